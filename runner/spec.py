@@ -1,0 +1,124 @@
+"""What the runner knows about a node class, read from its ComfyUI v1 metadata.
+
+A node class is any class with ComfyUI's attributes (``INPUT_TYPES``, ``RETURN_TYPES``,
+``FUNCTION``, ...). The runner also honours a few optional attributes that ComfyUI ignores:
+
+- ``DISK_CACHE = False``: outputs are kept in memory only (they are not tensors and
+  JSON-able values, or are cheaper to rebuild than to store).
+- hidden input ``"NST_CONTEXT"``: the :class:`runner.context.ExecutionContext` (device,
+  progress, interrupt). ComfyUI passes nothing for it, so nodes must accept ``None``.
+- ComfyUI's own ``VALIDATE_INPUTS`` and ``IS_CHANGED`` class methods, with ComfyUI's meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ANY_TYPE = "*"
+PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+COMBO_TYPE = "COMBO"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One declared input: its type (a type name, or ``COMBO`` with ``choices``) and options."""
+
+    name: str
+    type: str
+    required: bool
+    options: dict[str, Any]
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def default(self) -> Any:
+        return self.options.get("default")
+
+    @property
+    def accepts_constant(self) -> bool:
+        return self.type in PRIMITIVE_TYPES or self.type == COMBO_TYPE
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """The parsed metadata of one node class."""
+
+    node_class: type
+    inputs: dict[str, InputSpec]
+    hidden: dict[str, str]
+    return_types: tuple[str, ...]
+    return_names: tuple[str, ...]
+    output_node: bool
+    disk_cache: bool
+
+    @property
+    def function(self) -> str:
+        return self.node_class.FUNCTION
+
+
+def _parse_input(name: str, declaration: Any, required: bool) -> InputSpec:
+    kind = declaration[0] if isinstance(declaration, (tuple, list)) else declaration
+    options = declaration[1] if isinstance(declaration, (tuple, list)) and len(declaration) > 1 else {}
+    if isinstance(kind, (list, tuple)):
+        return InputSpec(name, COMBO_TYPE, required, dict(options), tuple(kind))
+    return InputSpec(name, str(kind), required, dict(options))
+
+
+@lru_cache(maxsize=None)
+def node_spec(node_class: type) -> NodeSpec:
+    declared = node_class.INPUT_TYPES()
+    inputs: dict[str, InputSpec] = {}
+    for section, required in (("required", True), ("optional", False)):
+        for name, declaration in declared.get(section, {}).items():
+            inputs[name] = _parse_input(name, declaration, required)
+    return_types = tuple(node_class.RETURN_TYPES)
+    return NodeSpec(
+        node_class=node_class,
+        inputs=inputs,
+        hidden=dict(declared.get("hidden", {})),
+        return_types=return_types,
+        return_names=tuple(getattr(node_class, "RETURN_NAMES", None) or return_types),
+        output_node=bool(getattr(node_class, "OUTPUT_NODE", False)),
+        disk_cache=bool(getattr(node_class, "DISK_CACHE", True)),
+    )
+
+
+@lru_cache(maxsize=None)
+def _package_fingerprint(package: str) -> str:
+    """Version and source digest of the package a node class lives in.
+
+    Nodes are thin adapters over plain functions elsewhere in their package, so a
+    class's own source is not enough: an edited loss function must invalidate the
+    cached results of the node that calls it.
+    """
+    digest = hashlib.sha256()
+    try:
+        digest.update(metadata.version(package.replace("_", "-")).encode())
+    except metadata.PackageNotFoundError:
+        pass
+    module = sys.modules.get(package)
+    module_file = getattr(module, "__file__", None)
+    if module_file:
+        root = Path(module_file).parent
+        files = sorted(root.rglob("*.py")) if root.name == package else [Path(module_file)]
+        for path in files:
+            digest.update(str(path.relative_to(root.parent)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def code_version(node_class: type) -> str:
+    """A hash of the class's source and of its package's version and source files."""
+    try:
+        source = inspect.getsource(node_class)
+    except (OSError, TypeError):
+        source = node_class.__qualname__
+    package = node_class.__module__.split(".")[0]
+    text = f"{node_class.__module__}.{node_class.__qualname__}\n{source}\n{_package_fingerprint(package)}"
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,222 @@
+"""Check a whole graph before anything runs, and report every problem at once."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from runner.graph import Graph
+from runner.registry import Registry
+from runner.spec import ANY_TYPE, COMBO_TYPE, InputSpec, NodeSpec, node_spec
+
+
+@dataclass(frozen=True)
+class ValidationError:
+    """One problem, located as precisely as possible (ComfyUI's error ``type`` names where they exist)."""
+
+    kind: str
+    message: str
+    node_id: str | None = None
+    class_type: str | None = None
+    input_name: str | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.node_id is not None:
+            where.append(f"node {self.node_id} ({self.class_type})")
+        if self.input_name is not None:
+            where.append(f"input '{self.input_name}'")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+class GraphValidationError(ValueError):
+    """Raised with every :class:`ValidationError` of a graph."""
+
+    def __init__(self, errors: list[ValidationError], source: str = "<dict>") -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        lines = [f"{self.source}: {len(self.errors)} error(s), nothing was run:"]
+        lines += [f"  - {error}" for error in self.errors]
+        return "\n".join(lines)
+
+    def to_comfy(self) -> dict[str, Any]:
+        """The report shaped like ComfyUI's /prompt validation answer (``error`` + ``node_errors``)."""
+        node_errors: dict[str, Any] = {}
+        for error in self.errors:
+            if error.node_id is None:
+                continue
+            entry = node_errors.setdefault(
+                error.node_id, {"errors": [], "dependent_outputs": [], "class_type": error.class_type}
+            )
+            entry["errors"].append(
+                {
+                    "type": error.kind,
+                    "message": error.message,
+                    "details": error.input_name or "",
+                    "extra_info": {"input_name": error.input_name} if error.input_name else {},
+                }
+            )
+        graph_level = [str(e) for e in self.errors if e.node_id is None]
+        return {
+            "error": {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "; ".join(graph_level),
+                "extra_info": {},
+            },
+            "node_errors": node_errors,
+        }
+
+
+def _constant_error(spec: InputSpec, value: Any) -> tuple[str, str] | None:
+    """(kind, message) when a constant does not fit its declared input, else None."""
+    if not spec.accepts_constant:
+        return "invalid_input_type", f"takes {spec.type}, which must come from a link, got the constant {value!r}"
+    if spec.type == COMBO_TYPE:
+        if value not in spec.choices:
+            return "value_not_in_list", f"{value!r} is not one of {list(spec.choices)}"
+        return None
+    type_ok = {
+        "INT": isinstance(value, int) and not isinstance(value, bool),
+        "FLOAT": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "STRING": isinstance(value, str),
+        "BOOLEAN": isinstance(value, bool),
+    }[spec.type]
+    if not type_ok:
+        return "invalid_input_type", f"expects {spec.type}, got {type(value).__name__} {value!r}"
+    low, high = spec.options.get("min"), spec.options.get("max")
+    if low is not None and value < low:
+        return "value_smaller_than_min", f"{value!r} is below the minimum {low}"
+    if high is not None and value > high:
+        return "value_bigger_than_max", f"{value!r} is above the maximum {high}"
+    return None
+
+
+def _custom_validation(spec: NodeSpec, constants: dict[str, Any]) -> str | None:
+    """Run the class's ComfyUI ``VALIDATE_INPUTS`` on the constants its signature names."""
+    check = getattr(spec.node_class, "VALIDATE_INPUTS", None)
+    if check is None:
+        return None
+    parameters = inspect.signature(check).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    arguments = {k: v for k, v in constants.items() if takes_all or k in parameters}
+    outcome = check(**arguments)
+    return None if outcome is True else str(outcome)
+
+
+def _node_errors(graph: Graph, node_id: str, registry: Registry) -> list[ValidationError]:
+    data = graph.node(node_id)
+    class_type = data["class_type"]
+    node_class = registry.classes.get(class_type)
+
+    def error(kind: str, message: str, input_name: str | None = None) -> ValidationError:
+        return ValidationError(kind, message, node_id, class_type, input_name)
+
+    if node_class is None:
+        close = difflib.get_close_matches(class_type, registry.classes, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return [error("invalid_class_type", f"unknown class_type '{class_type}'{hint}")]
+    spec = node_spec(node_class)
+    errors: list[ValidationError] = []
+    given = {**data["constants"], **data["links"]}
+
+    for name in given:
+        if name not in spec.inputs:
+            close = difflib.get_close_matches(name, spec.inputs, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; inputs are {sorted(spec.inputs)}"
+            errors.append(error("unknown_input", f"{class_type} has no input '{name}'{hint}", name))
+    for name, input_spec in spec.inputs.items():
+        if input_spec.required and name not in given:
+            errors.append(error("required_input_missing", f"required input of type {input_spec.type} is missing", name))
+
+    for name, (source_id, index) in data["links"].items():
+        if name not in spec.inputs:
+            continue
+        if source_id not in graph.dag:
+            errors.append(error("bad_linked_input", f"links to node '{source_id}', which is not in the graph", name))
+            continue
+        source_class = registry.classes.get(graph.node(source_id)["class_type"])
+        if source_class is None:
+            continue  # reported on the source node itself
+        source_types = node_spec(source_class).return_types
+        if not 0 <= index < len(source_types):
+            errors.append(
+                error(
+                    "bad_linked_input",
+                    f"links to output {index} of node {source_id}, which has outputs 0..{len(source_types) - 1}",
+                    name,
+                )
+            )
+            continue
+        wanted, offered = spec.inputs[name].type, source_types[index]
+        if ANY_TYPE not in (wanted, offered) and wanted != offered:
+            errors.append(
+                error(
+                    "return_type_mismatch",
+                    f"expects {wanted} but output {index} of node {source_id} is {offered}",
+                    name,
+                )
+            )
+
+    for name, value in data["constants"].items():
+        if name in spec.inputs:
+            problem = _constant_error(spec.inputs[name], value)
+            if problem:
+                errors.append(error(*problem, input_name=name))
+
+    if not errors:
+        message = _custom_validation(spec, data["constants"])
+        if message:
+            errors.append(error("custom_validation_failed", message))
+    return errors
+
+
+def output_nodes(graph: Graph, registry: Registry) -> list[str]:
+    """Ids of the nodes whose class is an ``OUTPUT_NODE``."""
+    return [
+        node_id
+        for node_id, data in graph.dag.nodes(data=True)
+        if data["class_type"] in registry.classes and node_spec(registry.classes[data["class_type"]]).output_node
+    ]
+
+
+def validate(
+    graph: Graph, registry: Registry, outputs: list[str] | None = None, recompute: list[str] | None = None
+) -> list[ValidationError]:
+    """Every problem of the graph (or of the part ``outputs`` needs), in a stable order."""
+    errors = [
+        ValidationError("invalid_recompute", f"node '{node_id}' to recompute is not in the graph")
+        for node_id in recompute or []
+        if node_id not in graph.dag
+    ]
+    if outputs is None:
+        needed = set(graph.dag)
+        if not output_nodes(graph, registry):
+            errors.append(ValidationError("prompt_no_outputs", "the graph has no output node (e.g. a save node)"))
+    else:
+        missing = [o for o in outputs if o not in graph.dag]
+        errors += [ValidationError("prompt_no_outputs", f"requested output node '{o}' is not in the graph") for o in missing]
+        present = [o for o in outputs if o in graph.dag]
+        needed = set(present).union(*(nx.ancestors(graph.dag, o) for o in present))
+
+    for cycle in nx.simple_cycles(graph.dag.subgraph(needed)):
+        path = " -> ".join([*cycle, cycle[0]])
+        for node_id in cycle:
+            class_type = graph.node(node_id)["class_type"]
+            errors.append(
+                ValidationError("dependency_cycle", f"is on the cycle {path}", node_id, class_type)
+            )
+    for node_id in sorted(needed, key=_id_order):
+        errors += _node_errors(graph, node_id, registry)
+    return errors
+
+
+def _id_order(node_id: str) -> tuple[int, str]:
+    return (int(node_id), "") if node_id.isdigit() else (1 << 62, node_id)

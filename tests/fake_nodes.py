@@ -1,0 +1,182 @@
+"""A tiny node pack for testing the runner without any image code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runner import Registry
+
+
+class Number:
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "make"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT", {"default": 1, "min": -100, "max": 100})}}
+
+    def make(self, value: int) -> tuple[int]:
+        return (value,)
+
+
+class Add:
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "add"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"a": ("INT", {"default": 0}), "b": ("INT", {"default": 0})}}
+
+    def add(self, a: int, b: int) -> tuple[int]:
+        return (a + b,)
+
+
+class Vector:
+    """Makes a tensor, so disk entries hold real tensors."""
+
+    RETURN_TYPES = ("TENSOR", "STRING")
+    FUNCTION = "make"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "length": ("INT", {"default": 3, "min": 1, "max": 1000}),
+                "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0}),
+                "kind": (["ones", "arange"], {"default": "ones"}),
+            }
+        }
+
+    def make(self, length: int, scale: float, kind: str) -> tuple[torch.Tensor, str]:
+        values = torch.ones(length) if kind == "ones" else torch.arange(length, dtype=torch.float32)
+        return values * scale, kind
+
+
+class Total:
+    RETURN_TYPES = ("FLOAT",)
+    FUNCTION = "total"
+    CATEGORY = "test"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"tensor": ("TENSOR",)}, "optional": {"offset": ("INT",)}}
+
+    def total(self, tensor: torch.Tensor, offset: int = 0) -> dict[str, Any]:
+        value = float(tensor.sum()) + offset
+        return {"ui": {"total": [value]}, "result": (value,)}
+
+
+class ReadText:
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "read"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"path": ("STRING", {"default": ""})}}
+
+    @classmethod
+    def IS_CHANGED(cls, path: str) -> str:
+        return Path(path).read_text()
+
+    def read(self, path: str) -> tuple[str]:
+        return (Path(path).read_text(),)
+
+
+class Show:
+    RETURN_TYPES = ()
+    FUNCTION = "show"
+    CATEGORY = "test"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("*",)}}
+
+    def show(self, value: Any) -> dict[str, Any]:
+        return {"ui": {"text": [str(value)]}, "result": ()}
+
+
+class Opaque:
+    """Returns an object the disk cache must not store."""
+
+    RETURN_TYPES = ("OBJECT",)
+    FUNCTION = "make"
+    CATEGORY = "test"
+    DISK_CACHE = False
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"seed": ("INT", {"default": 0})}}
+
+    def make(self, seed: int) -> tuple[object]:
+        return (object(),)
+
+
+class Countdown:
+    """Reports progress every step; ``interrupt_at`` sets the interrupt flag like a Ctrl-C would."""
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "count"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {"start": ("INT",), "steps": ("INT", {"default": 5, "min": 1})},
+            "optional": {"interrupt_at": ("INT", {"default": 0})},
+            "hidden": {"context": "NST_CONTEXT"},
+        }
+
+    def count(self, start: int, steps: int, interrupt_at: int = 0, context: Any = None) -> tuple[int]:
+        for step in range(1, steps + 1):
+            if step == interrupt_at:
+                context.interrupt.set()
+            context.progress(step, steps)
+        return (start + steps,)
+
+
+class Fail:
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "fail"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT",)}}
+
+    def fail(self, value: int) -> tuple[int]:
+        raise RuntimeError("boom")
+
+
+class Checked:
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "make"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"even": ("INT",)}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, even: int) -> bool | str:
+        return True if even % 2 == 0 else f"even: {even} is odd"
+
+    def make(self, even: int) -> tuple[int]:
+        return (even,)
+
+
+NODE_CLASS_MAPPINGS = {
+    cls.__name__: cls for cls in (Number, Add, Vector, Total, ReadText, Show, Opaque, Countdown, Fail, Checked)
+}
+
+
+def registry() -> Registry:
+    return Registry(classes=dict(NODE_CLASS_MAPPINGS))

@@ -1,0 +1,174 @@
+"""Every validation error, each from a real bad graph, reported together and before anything runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import fake_nodes
+from runner import GraphFormatError, GraphValidationError, load_graph, run, validate
+from runner.cli import main
+
+REGISTRY = fake_nodes.registry()
+
+
+def errors_of(prompt: dict, outputs: list[str] | None = None) -> list:
+    return validate(load_graph(prompt), REGISTRY, outputs)
+
+
+def only_error(prompt: dict) -> object:
+    errors = errors_of(prompt)
+    assert len(errors) == 1, [str(e) for e in errors]
+    return errors[0]
+
+
+GOOD = {
+    "1": {"class_type": "Vector", "inputs": {"length": 4, "scale": 2.0, "kind": "ones"}},
+    "2": {"class_type": "Total", "inputs": {"tensor": ["1", 0]}},
+}
+
+
+def with_inputs(node_id: str, **inputs: object) -> dict:
+    prompt = json.loads(json.dumps(GOOD))
+    prompt[node_id]["inputs"].update(inputs)
+    return prompt
+
+
+def test_good_graph_has_no_errors() -> None:
+    assert errors_of(GOOD) == []
+
+
+def test_unknown_class_type_suggests_a_name() -> None:
+    error = only_error({**GOOD, "3": {"class_type": "Totl", "inputs": {}}})
+    assert (error.kind, error.node_id, error.class_type) == ("invalid_class_type", "3", "Totl")
+    assert "did you mean 'Total'" in error.message
+
+
+def test_missing_required_input() -> None:
+    prompt = with_inputs("1")
+    del prompt["1"]["inputs"]["scale"]
+    error = only_error(prompt)
+    assert (error.kind, error.node_id, error.input_name) == ("required_input_missing", "1", "scale")
+    assert "node 1 (Vector), input 'scale'" in str(error)
+
+
+def test_link_to_missing_node() -> None:
+    error = only_error(with_inputs("2", tensor=["9", 0]))
+    assert (error.kind, error.input_name) == ("bad_linked_input", "tensor")
+    assert "'9'" in error.message
+
+
+def test_link_to_missing_output_index() -> None:
+    error = only_error(with_inputs("2", tensor=["1", 5]))
+    assert error.kind == "bad_linked_input" and "outputs 0..1" in error.message
+
+
+def test_link_type_mismatch() -> None:
+    error = only_error(with_inputs("2", tensor=["1", 1]))
+    assert error.kind == "return_type_mismatch"
+    assert "expects TENSOR but output 1 of node 1 is STRING" in error.message
+
+
+@pytest.mark.parametrize(
+    ("inputs", "kind", "input_name"),
+    [
+        ({"length": "four"}, "invalid_input_type", "length"),
+        ({"length": True}, "invalid_input_type", "length"),
+        ({"length": 2.5}, "invalid_input_type", "length"),
+        ({"length": 0}, "value_smaller_than_min", "length"),
+        ({"scale": 11}, "value_bigger_than_max", "scale"),
+        ({"kind": "zeros"}, "value_not_in_list", "kind"),
+    ],
+)
+def test_bad_constants(inputs: dict, kind: str, input_name: str) -> None:
+    error = only_error(with_inputs("1", **inputs))
+    assert (error.kind, error.node_id, error.class_type, error.input_name) == (kind, "1", "Vector", input_name)
+
+
+def test_constant_for_a_link_only_type() -> None:
+    error = only_error(with_inputs("2", tensor=5))
+    assert error.kind == "invalid_input_type" and "must come from a link" in error.message
+
+
+def test_unknown_input_name_suggests_the_closest() -> None:
+    error = only_error(with_inputs("1", lenght=3))
+    assert (error.kind, error.input_name) == ("unknown_input", "lenght")
+    assert "did you mean 'length'" in error.message
+
+
+def test_custom_validation_runs_on_constants() -> None:
+    prompt = {"1": {"class_type": "Checked", "inputs": {"even": 3}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    error = only_error(prompt)
+    assert error.kind == "custom_validation_failed" and "3 is odd" in error.message
+
+
+def test_cycle_names_the_nodes_on_it() -> None:
+    prompt = {
+        "1": {"class_type": "Add", "inputs": {"a": ["3", 0], "b": 1}},
+        "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1}},
+        "3": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": 1}},
+        "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+    }
+    errors = errors_of(prompt)
+    assert {e.node_id for e in errors} == {"1", "2", "3"}
+    assert all(e.kind == "dependency_cycle" for e in errors)
+    assert "1 -> 2 -> 3 -> 1" in errors[0].message or "2 -> 3 -> 1 -> 2" in errors[0].message or "3 -> 1 -> 2 -> 3" in errors[0].message
+
+
+def test_graph_without_output_node() -> None:
+    error = only_error({"1": GOOD["1"]})
+    assert error.kind == "prompt_no_outputs" and error.node_id is None
+
+
+def test_all_errors_are_reported_together_and_nothing_runs(reporter) -> None:
+    prompt = {
+        "1": {"class_type": "Vector", "inputs": {"length": 0, "scale": 2.0, "kind": "zeros"}},
+        "2": {"class_type": "Total", "inputs": {"tensor": ["1", 0], "ofset": 1}},
+        "3": {"class_type": "Nope", "inputs": {}},
+    }
+    with pytest.raises(GraphValidationError) as caught:
+        run(prompt, registry=REGISTRY, device="cpu", reporter=reporter)
+    kinds = sorted(e.kind for e in caught.value.errors)
+    assert kinds == ["invalid_class_type", "unknown_input", "value_not_in_list", "value_smaller_than_min"]
+    assert reporter.ran == [] and reporter.cached == []
+    node_errors = caught.value.to_comfy()["node_errors"]
+    assert set(node_errors) == {"1", "2", "3"}
+    assert node_errors["1"]["class_type"] == "Vector"
+    assert {e["details"] for e in node_errors["1"]["errors"]} == {"length", "kind"}
+
+
+def test_list_constants_and_prompt_wrapper_load() -> None:
+    graph = load_graph({"prompt": {"1": {"class_type": "Show", "inputs": {"value": {"__value__": [1, 2]}}}}})
+    assert graph.node("1")["constants"] == {"value": [1, 2]}
+    assert list(graph.dag.nodes) == ["1"]
+
+
+def test_edges_carry_input_names_and_output_indices() -> None:
+    graph = load_graph(GOOD)
+    assert graph.dag.edges["1", "2"]["inputs"] == {"tensor": 0}
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", "{}", '{"1": {"inputs": {}}}'])
+def test_malformed_files_are_format_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(GraphFormatError):
+        load_graph(path)
+
+
+def test_cli_validate_exit_code_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = json.loads(Path("graphs/gatys.json").read_text())
+    graph["12"]["inputs"]["weight"] = -1.0
+    graph["9"]["inputs"]["layers"] = "relu1_1,conv9_9"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(graph))
+    assert main(["validate", str(path)]) == 2
+    text = capsys.readouterr().err
+    assert "node 12 (NSTStyleLoss), input 'weight': -1.0 is below the minimum 0.0" in text
+    assert "node 9 (NSTFeatures)" in text and "conv9_9" in text and "relu5_4" in text
+    assert main(["run", str(path), "--json", "--no-cache"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["node_errors"]["12"]["errors"][0]["type"] == "value_smaller_than_min"
+    assert report["node_errors"]["9"]["errors"][0]["type"] == "custom_validation_failed"

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nst_nodes.vgg import (
+    CAFFE,
+    LAYER_INDEX,
+    LAYER_NAMES,
+    PREPROCESSINGS,
+    build_vgg19,
+    caffe_weights_path,
+    load_vgg19,
+    read_quantized_caffe,
+)
+
+# torchvision.models.vgg19().features: convolutions, poolings, and a ReLU after every convolution.
+TORCHVISION_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+TORCHVISION_POOL_INDICES = [4, 9, 18, 27, 36]
+
+
+def test_layer_names_follow_torchvision_feature_indices() -> None:
+    network = build_vgg19()
+    assert len(network) == len(LAYER_NAMES) == 37
+    assert [i for i, m in enumerate(network) if isinstance(m, nn.Conv2d)] == TORCHVISION_CONV_INDICES
+    assert [i for i, m in enumerate(network) if isinstance(m, nn.MaxPool2d)] == TORCHVISION_POOL_INDICES
+    named = {"conv1_1": 0, "relu1_1": 1, "pool1": 4, "conv2_1": 5, "conv3_4": 16, "pool3": 18,
+             "conv4_1": 19, "relu4_1": 20, "conv4_2": 21, "relu4_2": 22, "conv5_1": 28, "relu5_1": 29,
+             "relu5_4": 35, "pool5": 36}
+    assert {name: LAYER_INDEX[name] for name in named} == named
+    assert isinstance(build_vgg19("avg")[4], nn.AvgPool2d)
+
+
+def torchvision_like_checkpoint() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    state = {f"features.{k}": torch.randn(v.shape, generator=generator) for k, v in build_vgg19().state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # full-model checkpoints carry this too
+    return state
+
+
+def test_torchvision_layout_state_dict_loads_through_a_path(tmp_path: Path) -> None:
+    checkpoint = torchvision_like_checkpoint()
+    path = tmp_path / "vgg19.pth"
+    torch.save(checkpoint, path)
+    model = load_vgg19(str(path))
+    assert torch.equal(model.network[21].weight, checkpoint["features.21.weight"])
+    assert model.preprocessing.name == "torchvision"
+    assert model.identity.startswith("file:")
+    assert load_vgg19(str(path), preprocessing="caffe").preprocessing is CAFFE
+
+
+def test_torchvision_weights_come_from_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint = torchvision_like_checkpoint()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(checkpoint, tmp_path / "checkpoints" / "vgg19-dcbb9e9d.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    model = load_vgg19("torchvision")
+    assert torch.equal(model.network[0].bias, checkpoint["features.0.bias"])
+    assert model.preprocessing.name == "torchvision"
+
+
+def test_quantized_caffe_weights_load_safely_with_the_right_shapes() -> None:
+    raw = torch.load(caffe_weights_path(), map_location="cpu", weights_only=True)
+    assert raw["block1_conv1_W_q"].dtype == torch.uint8
+    state = read_quantized_caffe(caffe_weights_path())
+    expected = build_vgg19().state_dict()
+    assert set(state) == set(expected)
+    for key, value in expected.items():
+        assert state[key].shape == value.shape and state[key].dtype == torch.float32
+    assert len(torch.unique(state["21.weight"])) <= 256  # de-quantized from an 8-bit code book
+    assert state["0.weight"].abs().max() > 0.1
+
+
+def test_model_is_frozen_and_cut_at_the_deepest_requested_layer() -> None:
+    model = load_vgg19("caffe")
+    assert not any(p.requires_grad for p in model.network.parameters())
+    calls: list[int] = []
+    for index, module in enumerate(model.network):
+        module.register_forward_hook(lambda *_, index=index: calls.append(index))
+    out = model.features(torch.zeros(1, 3, 32, 32), ["relu1_1", "conv2_1", "relu2_1"])
+    assert list(out) == ["relu1_1", "conv2_1", "relu2_1"]
+    assert max(calls) == LAYER_INDEX["conv2_1"]  # ReLUs run functionally; the last module is conv2_1
+    assert (out["conv2_1"] < 0).any(), "a requested conv output must not be overwritten by its ReLU"
+
+
+@pytest.mark.parametrize("name", sorted(PREPROCESSINGS))
+def test_normalize_and_denormalize_are_inverses(name: str) -> None:
+    preprocessing = PREPROCESSINGS[name]
+    image = torch.rand(1, 5, 7, 3)
+    network_input = preprocessing.normalize(image)
+    assert network_input.shape == (1, 3, 5, 7)
+    assert torch.allclose(preprocessing.denormalize(network_input), image, atol=1e-5)
+
+
+def test_caffe_preprocessing_is_bgr_0_255_minus_mean() -> None:
+    red = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 1, 1, 3)
+    pixel = CAFFE.normalize(red).flatten().tolist()
+    assert pixel == pytest.approx([-103.939, -116.779, 255.0 - 123.68])
