@@ -16,12 +16,12 @@ from PIL import Image, UnidentifiedImageError
 from . import image as image_io
 from .digest import file_sha256
 from .losses import blend_targets, gram_matrix
-from .optimize import METHODS, OptimizerSettings, optimize, start_image
+from .optimize import METHODS, PRECISIONS, OptimizerSettings, optimize, start_image
 from .types import IMAGE, NST_FEATURES, NST_GRAMS, NST_HISTORY, NST_LOSS, NST_MODEL, NST_TENSOR, Objective
 from .vgg import LAYER_NAMES, PREPROCESSINGS, VGGModel, load_vgg19
 
 CATEGORY = "style transfer"
-BUILTIN_WEIGHTS = {"caffe": "caffe", "torchvision": "torchvision"}
+PREPROCESSING_OF_WEIGHTS = {"caffe": "caffe", "torchvision": "torchvision"}
 HIDDEN_CONTEXT = {"context": "NST_CONTEXT"}
 
 
@@ -89,9 +89,22 @@ def _require_same_model(what: str, expected: str, found: str) -> None:
         raise ValueError(f"{what} was made with model '{found}' but this node uses '{expected}'")
 
 
-class LoadImage:
-    DESCRIPTION = "Read an image file (EXIF orientation applied; alpha composited over white; 16-bit kept)."
+class _Node:
+    """What every node of this pack shares (ComfyUI reads inherited attributes too)."""
+
     CATEGORY = CATEGORY
+
+
+class _LossNode(_Node):
+    """Loss nodes build an objective (NST_LOSS); the optimizer evaluates it."""
+
+    FUNCTION = "build"
+    RETURN_TYPES = (NST_LOSS,)
+    RETURN_NAMES = ("loss",)
+
+
+class LoadImage(_Node):
+    DESCRIPTION = "Read an image file (EXIF orientation applied; alpha composited over white; 16-bit kept)."
     FUNCTION = "load"
     RETURN_TYPES = (IMAGE,)
     RETURN_NAMES = ("image",)
@@ -119,9 +132,8 @@ class LoadImage:
         return (image_io.load_image(path),)
 
 
-class ResizeImage:
+class ResizeImage(_Node):
     DESCRIPTION = "Antialiased resize by the long side or by total pixel count, optionally to a multiple of N."
-    CATEGORY = CATEGORY
     FUNCTION = "resize"
     RETURN_TYPES = (IMAGE,)
     RETURN_NAMES = ("image",)
@@ -143,12 +155,11 @@ class ResizeImage:
         return (image_io.resize_image(image, height, width),)
 
 
-class VGG19Model:
+class VGG19Model(_Node):
     DESCRIPTION = (
         "VGG19 with its own preprocessing. weights: 'caffe' (the original network, shipped offline), "
         "'torchvision' (downloaded once through torch.hub) or a path to a torchvision-layout state dict."
     )
-    CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (NST_MODEL,)
     RETURN_NAMES = ("model",)
@@ -172,8 +183,8 @@ class VGG19Model:
 
     @classmethod
     def VALIDATE_INPUTS(cls, weights: str, preprocessing: str = "auto") -> bool | str:
-        if weights in BUILTIN_WEIGHTS:
-            if preprocessing not in ("auto", BUILTIN_WEIGHTS[weights]):
+        if weights in PREPROCESSING_OF_WEIGHTS:
+            if preprocessing not in ("auto", PREPROCESSING_OF_WEIGHTS[weights]):
                 return f"preprocessing: the {weights} weights expect '{weights}' preprocessing, not '{preprocessing}'"
             return True
         if not Path(weights).is_file():
@@ -181,7 +192,7 @@ class VGG19Model:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, weights: str, **_: Any) -> str:
+    def IS_CHANGED(cls, weights: str) -> str:
         return file_sha256(weights) if Path(weights).is_file() else weights
 
     def load(self, weights: str, pooling: str, preprocessing: str = "auto",
@@ -189,9 +200,8 @@ class VGG19Model:
         return (load_vgg19(weights, pooling, preprocessing).to(_device(context)),)
 
 
-class NormalizeImage:
+class NormalizeImage(_Node):
     DESCRIPTION = "IMAGE -> the model's input space, with the preprocessing the model's weights expect."
-    CATEGORY = CATEGORY
     FUNCTION = "normalize"
     RETURN_TYPES = (NST_TENSOR,)
     RETURN_NAMES = ("tensor",)
@@ -207,9 +217,8 @@ class NormalizeImage:
         return ({"space": model.identity, "preprocessing": model.preprocessing.name, "pixels": pixels},)
 
 
-class DenormalizeImage:
+class DenormalizeImage(_Node):
     DESCRIPTION = "Network-space tensor -> IMAGE (exact inverse of Normalize), clamped to 0..1."
-    CATEGORY = CATEGORY
     FUNCTION = "denormalize"
     RETURN_TYPES = (IMAGE,)
     RETURN_NAMES = ("image",)
@@ -223,9 +232,8 @@ class DenormalizeImage:
         return (image.clamp(0.0, 1.0).contiguous(),)
 
 
-class VGGFeatures:
+class VGGFeatures(_Node):
     DESCRIPTION = "Activations of the named layers, from one forward pass."
-    CATEGORY = CATEGORY
     FUNCTION = "extract"
     RETURN_TYPES = (NST_FEATURES,)
     RETURN_NAMES = ("features",)
@@ -252,9 +260,8 @@ class VGGFeatures:
         return ({"model": model.identity, "layers": activations},)
 
 
-class GramMatrices:
+class GramMatrices(_Node):
     DESCRIPTION = "Gram matrix of every layer of a feature set, divided by C*H*W."
-    CATEGORY = CATEGORY
     FUNCTION = "grams"
     RETURN_TYPES = (NST_GRAMS,)
     RETURN_NAMES = ("grams",)
@@ -269,12 +276,8 @@ class GramMatrices:
         return ({"model": features["model"], "layers": grams},)
 
 
-class ContentLoss:
+class ContentLoss(_LossNode):
     DESCRIPTION = "Mean squared distance to target features, at the target's layers."
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = (NST_LOSS,)
-    RETURN_NAMES = ("loss",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -294,15 +297,11 @@ class ContentLoss:
         return ({"model": target["model"], "terms": [term]},)
 
 
-class StyleLoss:
+class StyleLoss(_LossNode):
     DESCRIPTION = (
         "Squared distance of Gram matrices to a style's, per layer. Up to three styles are blended "
         "with 'blend' weights (empty = equal)."
     )
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = (NST_LOSS,)
-    RETURN_NAMES = ("loss",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -338,12 +337,8 @@ class StyleLoss:
         return ({"model": target["model"], "terms": [term]},)
 
 
-class TVLoss:
+class TVLoss(_LossNode):
     DESCRIPTION = "Total variation: penalizes differences of neighbouring pixels (smoothness)."
-    CATEGORY = CATEGORY
-    FUNCTION = "build"
-    RETURN_TYPES = (NST_LOSS,)
-    RETURN_NAMES = ("loss",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -353,12 +348,9 @@ class TVLoss:
         return ({"model": None, "terms": [{"kind": "tv", "weight": weight}]},)
 
 
-class CombineLosses:
+class CombineLosses(_LossNode):
     DESCRIPTION = "Sum several losses into one objective."
-    CATEGORY = CATEGORY
     FUNCTION = "combine"
-    RETURN_TYPES = (NST_LOSS,)
-    RETURN_NAMES = ("loss",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -377,12 +369,11 @@ class CombineLosses:
         return ({"model": model, "terms": [term for loss in losses for term in loss["terms"]]},)
 
 
-class OptimizeImage:
+class OptimizeImage(_Node):
     DESCRIPTION = (
         "Optimize the pixels of an image against an objective (L-BFGS or Adam). One step is one "
         "optimizer iteration = one forward+backward pass. Start = (1-noise)*init + noise*uniform noise."
     )
-    CATEGORY = CATEGORY
     FUNCTION = "run"
     RETURN_TYPES = (NST_TENSOR, NST_HISTORY)
     RETURN_NAMES = ("tensor", "history")
@@ -402,29 +393,30 @@ class OptimizeImage:
                 "noise": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1}),
                 "history_size": ("INT", {"default": 100, "min": 1, "max": 1000, "tooltip": "L-BFGS memory"}),
+                "precision": (list(PRECISIONS), {"default": "fp32",
+                                                 "tooltip": "bf16: autocast for the network (fast on GPUs and bf16 CPUs)"}),
             },
             "hidden": HIDDEN_CONTEXT,
         }
 
     def run(self, model: VGGModel, objective: Objective, init: dict, steps: int, optimizer: str,
             lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 100,
-            context: Context | None = None) -> tuple[dict, dict]:
+            precision: str = "fp32", context: Context | None = None) -> tuple[dict, dict]:
         _require_same_model("init", model.identity, init["space"])
         if objective["model"] is not None:
             _require_same_model("objective", model.identity, objective["model"])
         start = start_image(model, init["pixels"].to(_device(context)), noise, seed)
-        settings = OptimizerSettings(steps=steps, method=optimizer, lr=lr, history_size=history_size)
+        settings = OptimizerSettings(steps, optimizer, lr, history_size, precision)
         report = should_stop = None
         if context is not None:
-            report = lambda step, total, loss: context.progress(step, total, loss=loss)  # noqa: E731
+            report = lambda step, total, loss, image: context.progress(step, total, loss=loss)  # noqa: E731
             should_stop = lambda: context.interrupted  # noqa: E731
         result, history = optimize(model.to(_device(context)), objective, start, settings, report, should_stop)
         return {**init, "pixels": result}, history
 
 
-class SaveImage:
+class SaveImage(_Node):
     DESCRIPTION = "Write PNG or JPEG with the graph embedded ('prompt'); numbered names unless overwrite."
-    CATEGORY = CATEGORY
     FUNCTION = "save"
     RETURN_TYPES = ()
     OUTPUT_NODE = True

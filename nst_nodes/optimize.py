@@ -19,6 +19,7 @@ from .types import Objective
 from .vgg import VGGModel
 
 METHODS = ("lbfgs", "adam")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class OptimizerSettings:
     method: str = "lbfgs"
     lr: float = 1.0
     history_size: int = 100
+    precision: str = "fp32"
 
 
 def start_image(model: VGGModel, init: torch.Tensor, noise: float, seed: int) -> torch.Tensor:
@@ -45,18 +47,23 @@ def optimize(
     objective: Objective,
     start: torch.Tensor,
     settings: OptimizerSettings,
-    report: Callable[[int, int, float], None] | None = None,
+    report: Callable[[int, int, float, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, dict[str, object]]:
     """Minimize the objective over the pixels of ``start`` ``[1, 3, H, W]``; returns (best image, history).
+
+    ``report(step, total, loss, image)`` is called after every step with the current iterate;
+    ``should_stop()`` is polled before every step.
 
     Works under a host's ``torch.inference_mode()``: targets and the start image are
     cloned into normal tensors before autograd sees them.
     """
     if settings.method not in METHODS:
         raise ValueError(f"optimizer must be one of {METHODS}, not {settings.method!r}")
+    if settings.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {settings.precision!r}")
     layers = term_layers(objective)
-    report = report or (lambda step, total, loss: None)
+    report = report or (lambda step, total, loss, image: None)
     should_stop = should_stop or (lambda: False)
     with torch.inference_mode(False), torch.enable_grad():
         device = start.device
@@ -74,9 +81,15 @@ def optimize(
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
 
+        def network_features() -> dict[str, torch.Tensor]:
+            """The network under bf16 autocast if asked; losses are always computed in fp32."""
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+                features = model.features(image, layers)
+            return {layer: value.float() for layer, value in features.items()}
+
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            parts = evaluate_terms(terms, model.features(image, layers), image)
+            parts = evaluate_terms(terms, network_features(), image)
             loss = sum(parts.values())
             loss.backward()
             tracker.record(image, parts)
@@ -88,10 +101,10 @@ def optimize(
                 break
             optimizer.step(closure)
             steps = step
-            report(step, settings.steps, tracker.history["loss"][-1])
+            report(step, settings.steps, tracker.history["loss"][-1], image.detach())
         if not should_stop():
             with torch.no_grad():
-                tracker.record(image, evaluate_terms(terms, model.features(image, layers), image))
+                tracker.record(image, evaluate_terms(terms, network_features(), image))
     history = {"method": settings.method, "steps": steps, **tracker.history}
     return tracker.best_image, history
 

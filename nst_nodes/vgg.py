@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
 from .digest import file_sha256
 
 BLOCK_CONVS = (2, 2, 4, 4, 4)
@@ -133,10 +134,13 @@ def features_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.
 class VGGModel:
     """A frozen VGG19 and the preprocessing its weights expect (the ``NST_MODEL`` type)."""
 
-    def __init__(self, network: nn.Sequential, preprocessing: Preprocessing, identity: str) -> None:
+    def __init__(self, network: nn.Sequential, preprocessing: Preprocessing, identity: str,
+                 winograd: bool = True) -> None:
+        """``winograd``: use the NNPACK fast path for 3x3 convolutions where it applies (CPU, fp32)."""
         self.network = network.eval().requires_grad_(False)
         self.preprocessing = preprocessing
         self.identity = identity
+        self.winograd = winograd
 
     def to(self, device: str | torch.device) -> "VGGModel":
         self.network.to(device)
@@ -152,6 +156,8 @@ class VGGModel:
             if isinstance(module, nn.ReLU):
                 # In place unless the conv output it would overwrite was asked for.
                 x = F.relu(x, inplace=LAYER_NAMES[index - 1] not in wanted)
+            elif isinstance(module, nn.Conv2d) and self.winograd and winograd.available(x):
+                x = winograd.frozen_conv3x3(x, module)
             else:
                 x = module(x)
             if name in wanted:
@@ -165,20 +171,24 @@ def load_vgg19(weights: str = "caffe", pooling: str = "max", preprocessing: str 
     ``preprocessing`` is ``auto`` (what the weights were trained with: Caffe for ``caffe``,
     torchvision for ``torchvision`` and for files) or, for a file only, an explicit name.
     """
-    if weights == "caffe":
-        state, trained_with, identity = read_quantized_caffe(caffe_weights_path()), CAFFE, "caffe"
-    elif weights == "torchvision":
-        checkpoint = torch.hub.load_state_dict_from_url(TORCHVISION_URL, map_location="cpu", weights_only=True)
-        state, trained_with, identity = features_state_dict(checkpoint), TORCHVISION, "torchvision"
-    else:
-        checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-        state, trained_with = features_state_dict(checkpoint), TORCHVISION
-        identity = f"file:{file_sha256(weights)[:16]}"
+    # Everything is built outside inference mode so autograd can use the weights even if
+    # the host (ComfyUI) calls nodes under torch.inference_mode().
+    with torch.inference_mode(False):
+        state, trained_with, identity = _read_weights(weights)
+        with torch.device("meta"):  # no random initialization: the weights are adopted below
+            network = build_vgg19(pooling)
+        network.load_state_dict(state, assign=True)
     if preprocessing != "auto":
         trained_with = PREPROCESSINGS[preprocessing]
-    # Built outside inference mode so autograd can use the weights even if the host
-    # (ComfyUI) calls nodes under torch.inference_mode().
-    with torch.inference_mode(False):
-        network = build_vgg19(pooling)
-        network.load_state_dict(state)
     return VGGModel(network, trained_with, f"{identity}/{trained_with.name}/{pooling}")
+
+
+def _read_weights(weights: str) -> tuple[dict[str, torch.Tensor], Preprocessing, str]:
+    """(state dict, the preprocessing the weights were trained with, identity) for a ``weights`` value."""
+    if weights == "caffe":
+        return read_quantized_caffe(caffe_weights_path()), CAFFE, "caffe"
+    if weights == "torchvision":
+        checkpoint = torch.hub.load_state_dict_from_url(TORCHVISION_URL, map_location="cpu", weights_only=True)
+        return features_state_dict(checkpoint), TORCHVISION, "torchvision"
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    return features_state_dict(checkpoint), TORCHVISION, f"file:{file_sha256(weights)[:16]}"

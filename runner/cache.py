@@ -3,7 +3,9 @@
 The key of a node is the SHA-256 of a canonical JSON of its class, the class's code
 version, its constants (plus what ``IS_CHANGED`` says, e.g. a file's content hash) and
 the keys of its linked inputs. Disk entries hold only tensors and JSON-able values and
-are read with ``torch.load(weights_only=True)``, never with a full unpickler.
+are read with ``torch.load(weights_only=True)``, never with a full unpickler. torch is
+imported only when an entry is touched, so that importing the runner leaves process
+tuning (runner.tuning) a chance to act before torch starts its thread pools.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 MAGIC = b"NSTCACHE1\n"
 SUFFIX = ".entry"
@@ -59,6 +59,8 @@ class CorruptCacheEntry(Exception):
 
 def is_storable(value: Any) -> bool:
     """True for tensors and JSON-able values nested in dicts, lists and tuples."""
+    import torch
+
     if isinstance(value, torch.Tensor) or value is None or isinstance(value, (str, int, float, bool)):
         return True
     if isinstance(value, (list, tuple)):
@@ -128,6 +130,8 @@ class Cache:
 
 
 def _encode(result: NodeResult) -> bytes:
+    import torch
+
     buffer = io.BytesIO()
     torch.save({"outputs": list(result.outputs), "ui": result.ui}, buffer)
     payload = buffer.getvalue()
@@ -141,5 +145,7 @@ def _decode(blob: bytes) -> NodeResult:
     digest, payload = blob[len(MAGIC) : header_length - 1], blob[header_length:]
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise ValueError("checksum mismatch (truncated or modified)")
+    import torch
+
     stored = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
     return NodeResult(outputs=tuple(stored["outputs"]), ui=stored["ui"])

@@ -14,7 +14,7 @@ from runner.cache import Cache, CorruptCacheEntry, NodeResult, is_storable, node
 from runner.context import ExecutionContext, Interrupted, resolve_device
 from runner.graph import Graph, load_graph, with_overrides
 from runner.registry import Registry, default_registry
-from runner.spec import code_version, node_spec
+from runner.spec import call_with_constants, code_version, node_spec
 from runner.validate import GraphValidationError, output_nodes, validate
 
 
@@ -81,7 +81,7 @@ class Execution:
             changed = None
             if hasattr(node_class, "IS_CHANGED"):
                 try:
-                    changed = node_class.IS_CHANGED(**data["constants"])
+                    changed = call_with_constants(node_class.IS_CHANGED, data["constants"])
                 except Exception as error:
                     raise NodeExecutionError(node_id, data["class_type"], f"IS_CHANGED failed: {error}") from error
             linked = {name: (self.keys[source], index) for name, (source, index) in data["links"].items()}
@@ -105,7 +105,10 @@ class Execution:
             result = self._run_node(node_id, inputs)
             spec = node_spec(self.node_class(node_id))
             to_disk = spec.disk_cache and self._storable(node_id, result)
-            self.cache.store(key, result, to_disk=to_disk)
+            try:
+                self.cache.store(key, result, to_disk=to_disk)
+            except OSError as error:
+                self.reporter.warning(f"node {node_id}: could not write its cache entry ({error}); kept in memory")
             self.reporter.node_done(node_id, data["class_type"], time.perf_counter() - started, cached=False)
         else:
             self.reporter.node_done(node_id, data["class_type"], time.perf_counter() - started, cached=True)

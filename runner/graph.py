@@ -92,17 +92,23 @@ def load_graph(source: str | Path | dict[str, Any], name: str = "<dict>") -> Gra
     return Graph(dag=dag, prompt=prompt, source=name)
 
 
+def _split_target(target: str, text: str) -> tuple[str, str]:
+    node_id, dot, input_name = target.partition(".")
+    if not dot or not node_id or not input_name:
+        raise ValueError(f"override {text!r} is not of the form ID.INPUT=VALUE")
+    return node_id, input_name
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse ``ID.INPUT=VALUE``; VALUE is read as JSON when it parses, else as a string."""
     target, separator, raw = text.partition("=")
-    node_id, dot, input_name = target.partition(".")
-    if not separator or not dot or not node_id or not input_name:
+    if not separator:
         raise ValueError(f"override {text!r} is not of the form ID.INPUT=VALUE")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    return node_id, input_name, _unwrap_constant(value)
+    return (*_split_target(target, text), _unwrap_constant(value))
 
 
 def with_overrides(graph: Graph, overrides: dict[str, Any] | list[str]) -> Graph:
@@ -110,7 +116,7 @@ def with_overrides(graph: Graph, overrides: dict[str, Any] | list[str]) -> Graph
     items = (
         [parse_override(text) for text in overrides]
         if isinstance(overrides, list)
-        else [(*key.split(".", 1), value) for key, value in overrides.items()]
+        else [(*_split_target(key, key), value) for key, value in overrides.items()]
     )
     prompt = copy.deepcopy(graph.prompt)
     for node_id, input_name, value in items:

@@ -89,6 +89,13 @@ def node_spec(node_class: type) -> NodeSpec:
     )
 
 
+def call_with_constants(function: Any, constants: dict[str, Any]) -> Any:
+    """Call a ComfyUI class hook (VALIDATE_INPUTS, IS_CHANGED) with the constants its signature names."""
+    parameters = inspect.signature(function).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return function(**{k: v for k, v in constants.items() if takes_all or k in parameters})
+
+
 @lru_cache(maxsize=None)
 def _package_fingerprint(package: str) -> str:
     """Version and source digest of the package a node class lives in.

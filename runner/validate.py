@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ import networkx as nx
 
 from runner.graph import Graph
 from runner.registry import Registry
-from runner.spec import ANY_TYPE, COMBO_TYPE, InputSpec, NodeSpec, node_spec
+from runner.spec import ANY_TYPE, COMBO_TYPE, InputSpec, NodeSpec, call_with_constants, node_spec
 
 
 @dataclass(frozen=True)
@@ -104,10 +103,7 @@ def _custom_validation(spec: NodeSpec, constants: dict[str, Any]) -> str | None:
     check = getattr(spec.node_class, "VALIDATE_INPUTS", None)
     if check is None:
         return None
-    parameters = inspect.signature(check).parameters
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    arguments = {k: v for k, v in constants.items() if takes_all or k in parameters}
-    outcome = check(**arguments)
+    outcome = call_with_constants(check, constants)
     return None if outcome is True else str(outcome)
 
 

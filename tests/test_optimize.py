@@ -74,7 +74,7 @@ def test_stop_request_returns_the_best_image_so_far(model: VGGModel, problem) ->
     reports: list[int] = []
     result, history = optimize(
         model, objective, content, OptimizerSettings(steps=50),
-        report=lambda step, total, loss: reports.append(step), should_stop=lambda: len(reports) >= 3,
+        report=lambda step, total, loss, image: reports.append(step), should_stop=lambda: len(reports) >= 3,
     )
     assert history["steps"] == 3 and reports == [1, 2, 3]
     assert result.shape == content.shape and not torch.equal(result, content)
@@ -95,3 +95,11 @@ def test_autograd_works_under_a_hosts_inference_mode(problem) -> None:
         objective = gatys_objective(model, content, style)
         _, history = optimize(model, objective, content.clone(), OptimizerSettings(steps=3))
     assert history["loss"][-1] < history["loss"][0]
+
+
+def test_bf16_autocast_evaluates_nearly_the_same_loss_and_still_optimizes(model: VGGModel, problem) -> None:
+    content, objective = problem
+    fp32 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0))[1]
+    bf16 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0, precision="bf16"))[1]
+    assert bf16["loss"][0] == pytest.approx(fp32["loss"][0], rel=0.02)  # same start image
+    assert bf16["loss"][-1] == pytest.approx(fp32["loss"][-1], rel=0.05)

