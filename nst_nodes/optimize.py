@@ -27,7 +27,7 @@ class OptimizerSettings:
     steps: int = 300
     method: str = "lbfgs"
     lr: float = 1.0
-    history_size: int = 100
+    history_size: int = 50  # L-BFGS pairs kept; 100 costs 2x the memory for the same loss (benchmarks/README)
     precision: str = "fp32"
 
 
