@@ -221,7 +221,7 @@ def cached_rerun(side: int, steps: int, work: Path) -> dict:
         def __init__(self) -> None:
             self.seconds: dict[str, float] = {}
 
-        def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool) -> None:
+        def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool, ui: dict | None) -> None:
             self.seconds[node_id] = seconds
 
         def progress(self, *args: object) -> None:

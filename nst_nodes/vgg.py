@@ -142,7 +142,7 @@ class VGGModel:
         self.identity = identity
         self.winograd = winograd
 
-    def to(self, device: str | torch.device) -> "VGGModel":
+    def to(self, device: str | torch.device) -> VGGModel:
         self.network.to(device)
         return self
 

@@ -136,8 +136,8 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
     if not args.quiet:
         for node_id, outputs in results.items():
-            shown = ", ".join(_describe(value) for value in outputs)
-            print(f"output {node_id}: {shown}")
+            if outputs:
+                print(f"output {node_id}: {', '.join(_describe(value) for value in outputs)}")
     return 0
 
 

@@ -6,7 +6,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
+from collections.abc import Iterable
 
 import networkx as nx
 
@@ -21,7 +22,9 @@ from runner.validate import GraphValidationError, output_nodes, validate
 class Reporter(Protocol):
     """Receives what happens during a run (the CLI prints it; tests count it)."""
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool) -> None: ...
+    def node_done(
+        self, node_id: str, class_type: str, seconds: float, cached: bool, ui: dict[str, Any] | None
+    ) -> None: ...
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any]) -> None: ...
 
@@ -29,7 +32,9 @@ class Reporter(Protocol):
 
 
 class SilentReporter:
-    def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool) -> None:
+    def node_done(
+        self, node_id: str, class_type: str, seconds: float, cached: bool, ui: dict[str, Any] | None
+    ) -> None:
         return None
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any]) -> None:
@@ -97,6 +102,7 @@ class Execution:
         key = self.keys[node_id]
         started = time.perf_counter()
         result = None if node_id in self.forced else self._cached(node_id, key)
+        cached = result is not None
         if result is None:
             inputs = {
                 name: self.evaluate(source).outputs[index] for name, (source, index) in data["links"].items()
@@ -109,9 +115,7 @@ class Execution:
                 self.cache.store(key, result, to_disk=to_disk)
             except OSError as error:
                 self.reporter.warning(f"node {node_id}: could not write its cache entry ({error}); kept in memory")
-            self.reporter.node_done(node_id, data["class_type"], time.perf_counter() - started, cached=False)
-        else:
-            self.reporter.node_done(node_id, data["class_type"], time.perf_counter() - started, cached=True)
+        self.reporter.node_done(node_id, data["class_type"], time.perf_counter() - started, cached, result.ui)
         self.results[node_id] = result
         return result
 

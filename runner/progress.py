@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
@@ -18,10 +19,13 @@ class ConsoleReporter:
             self.bar.close()
             self.bar = None
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool) -> None:
+    def node_done(
+        self, node_id: str, class_type: str, seconds: float, cached: bool, ui: dict[str, Any] | None
+    ) -> None:
         self._close_bar()
         how = "cached" if cached else f"ran in {seconds:.2f} s"
-        print(f"[{node_id}] {class_type}: {how}", file=self.stream)
+        files = [str(Path(i.get("subfolder", "")) / i["filename"]) for i in (ui or {}).get("images", [])]
+        print(f"[{node_id}] {class_type}: {how}{' -> ' + ', '.join(files) if files else ''}", file=self.stream)
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any]) -> None:
         if self.bar is None:

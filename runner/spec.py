@@ -16,7 +16,7 @@ import hashlib
 import inspect
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ def _parse_input(name: str, declaration: Any, required: bool) -> InputSpec:
     return InputSpec(name, str(kind), required, dict(options))
 
 
-@lru_cache(maxsize=None)
+@cache
 def node_spec(node_class: type) -> NodeSpec:
     declared = node_class.INPUT_TYPES()
     inputs: dict[str, InputSpec] = {}
@@ -96,7 +96,7 @@ def call_with_constants(function: Any, constants: dict[str, Any]) -> Any:
     return function(**{k: v for k, v in constants.items() if takes_all or k in parameters})
 
 
-@lru_cache(maxsize=None)
+@cache
 def _package_fingerprint(package: str) -> str:
     """Version and source digest of the package a node class lives in.
 

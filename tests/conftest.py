@@ -20,7 +20,7 @@ class RecordingReporter:
         self.steps: list[tuple[str, int, int]] = []
         self.warnings: list[str] = []
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool) -> None:
+    def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool, ui: dict | None) -> None:
         (self.cached if cached else self.ran).append(node_id)
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any]) -> None:

@@ -178,3 +178,16 @@ def test_code_version_follows_the_node_source(tmp_path: Path, monkeypatch: pytes
     second = code_version(importlib.import_module("edited_pack").Add)
     assert first != second
     assert code_version(fake_nodes.Number) == code_version(fake_nodes.Number)
+
+
+def test_a_failed_cache_write_warns_and_keeps_the_result(tmp_path: Path, reporter, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("runner.cache.tempfile.mkstemp", full_disk)
+    cache = later_process(tmp_path)
+    assert run_chain(cache, reporter) == {"3": (13.0,), "5": ()}
+    assert reporter.warnings and all("could not write" in w for w in reporter.warnings)
+    again = type(reporter)()
+    run_chain(cache, again)
+    assert again.ran == []  # kept in memory
