@@ -17,7 +17,16 @@ from . import image as image_io
 from .digest import file_sha256
 from .losses import blend_targets, gram_matrix
 from .optimize import METHODS, PRECISIONS, OptimizerSettings, optimize, start_image
-from .types import IMAGE, NST_FEATURES, NST_GRAMS, NST_HISTORY, NST_LOSS, NST_MODEL, NST_TENSOR, Objective
+from .types import (
+    IMAGE,
+    NST_FEATURES,
+    NST_GRAMS,
+    NST_HISTORY,
+    NST_LOSS,
+    NST_MODEL,
+    NST_TENSOR,
+    Objective,
+)
 from .vgg import LAYER_NAMES, PREPROCESSINGS, VGGModel, load_vgg19
 
 CATEGORY = "style transfer"

@@ -9,8 +9,8 @@ the best evaluated iterate (the final one is evaluated with one extra forward pa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 

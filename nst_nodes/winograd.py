@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 MIN_PIXELS = 32 * 32
 """Below this many pixels per channel NNPACK's transforms cost more than they save (measured)."""
 

@@ -10,7 +10,14 @@ import networkx as nx
 
 from runner.graph import Graph
 from runner.registry import Registry
-from runner.spec import ANY_TYPE, COMBO_TYPE, InputSpec, NodeSpec, call_with_constants, node_spec
+from runner.spec import (
+    ANY_TYPE,
+    COMBO_TYPE,
+    InputSpec,
+    NodeSpec,
+    call_with_constants,
+    node_spec,
+)
 
 
 @dataclass(frozen=True)

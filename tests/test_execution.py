@@ -7,10 +7,10 @@ import sys
 import threading
 from pathlib import Path
 
+import fake_nodes
 import pytest
 import torch
 
-import fake_nodes
 from runner import Cache, NodeExecutionError, RunInterrupted, run
 from runner.spec import code_version
 

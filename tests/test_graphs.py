@@ -12,7 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from runner import Cache, GraphValidationError, NodeExecutionError, default_registry, load_graph, run, validate
+from runner import (
+    Cache,
+    GraphValidationError,
+    NodeExecutionError,
+    default_registry,
+    load_graph,
+    run,
+    validate,
+)
 from runner.cli import main
 
 GRAPHS = sorted((Path(__file__).resolve().parent.parent / "graphs").glob("*.json"))

@@ -8,7 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from nst_nodes.image import ImageFileError, load_image, resize_image, save_image, target_size
+from nst_nodes.image import (
+    ImageFileError,
+    load_image,
+    resize_image,
+    save_image,
+    target_size,
+)
 
 
 def saved(tmp_path: Path, picture: Image.Image, name: str, **options: object) -> Path:

@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nst_nodes.losses import blend_targets, content_loss, gram_matrix, style_loss, tv_loss
+from nst_nodes.losses import (
+    blend_targets,
+    content_loss,
+    gram_matrix,
+    style_loss,
+    tv_loss,
+)
 
 
 def test_gram_matrix_matches_a_hand_computed_example() -> None:

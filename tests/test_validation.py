@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fake_nodes
 import pytest
 
-import fake_nodes
 from runner import GraphFormatError, GraphValidationError, load_graph, run, validate
 from runner.cli import main
 
