@@ -71,6 +71,19 @@ def square(path: Path, side: int) -> torch.Tensor:
     return resize_image(load_image(path), side, side)
 
 
+def sample_pair(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shipped content photo and style painting, resized to side x side."""
+    return square(IMAGES / "tubingen.jpg", side), square(IMAGES / "starry_night.jpg", side)
+
+
+def write_sample_pair(side: int, folder: Path) -> tuple[Path, Path]:
+    """The sample pair as PNG files, which is what pastiche reads."""
+    paths = folder / f"content{side}.png", folder / f"style{side}.png"
+    for image, path in zip(sample_pair(side), paths):
+        save_image(image, path, None, overwrite=True)
+    return paths
+
+
 def objective_for(model: VGGModel, content: torch.Tensor, style: torch.Tensor, style_layer_weights: dict | None = None,
                   content_weight: float = 1.0, style_weight: float = 1e-3) -> dict:
     with torch.no_grad():
@@ -97,7 +110,7 @@ def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
     """Seconds per step (with a phase split) and peak RSS for the Gatys objective at side x side."""
     model = load_vgg19("caffe")
     model.winograd = winograd
-    content, style = square(IMAGES / "tubingen.jpg", side), square(IMAGES / "starry_night.jpg", side)
+    content, style = sample_pair(side)
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
     layers = term_layers(objective)
@@ -182,12 +195,8 @@ def png_round_trip(image: torch.Tensor, folder: Path) -> torch.Tensor:
 
 
 def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
-    content_path, style_path = work / "content.png", work / "style.png"
     model = load_vgg19("caffe")
-    content = square(IMAGES / "tubingen.jpg", side)
-    style = square(IMAGES / "starry_night.jpg", side)
-    save_image(content, content_path, None, overwrite=True)
-    save_image(style, style_path, None, overwrite=True)
+    content_path, style_path = write_sample_pair(side, work)
     content, style = load_image(content_path), load_image(style_path)  # exactly what pastiche reads
     objective = pastiche_equivalent_objective(model, content, style)
     theirs = pastiche_run(content_path, style_path, side, pastiche_steps, work / "pastiche.png")
@@ -273,9 +282,7 @@ def main() -> None:
         results["pastiche"] = []
         if shutil.which("pastiche"):
             for side in sides:
-                content, style = work / f"c{side}.png", work / f"s{side}.png"
-                save_image(square(IMAGES / "tubingen.jpg", side), content, None, overwrite=True)
-                save_image(square(IMAGES / "starry_night.jpg", side), style, None, overwrite=True)
+                content, style = write_sample_pair(side, work)
                 results["pastiche"].append({"side": side, **pastiche_run(content, style, side, steps + 3, work / "p.png")})
             results["time_to_quality"] = time_to_quality(sides[0], 30 if args.quick else 100, work)
         results["cached_rerun"] = cached_rerun(sides[0], 3, work)
