@@ -380,8 +380,9 @@ class CombineLosses(_LossNode):
 
 class OptimizeImage(_Node):
     DESCRIPTION = (
-        "Optimize the pixels of an image against an objective (L-BFGS or Adam). One step is one "
-        "optimizer iteration = one forward+backward pass. Start = (1-noise)*init + noise*uniform noise."
+        "Optimize the pixels of an image against an objective (L-BFGS or Adam), keeping every iterate "
+        "inside the valid pixel range. One step is one optimizer iteration = one forward+backward pass "
+        "(L-BFGS adds one per backtrack, which is rare). Start = (1-noise)*init + noise*uniform noise."
     )
     FUNCTION = "run"
     RETURN_TYPES = (NST_TENSOR, NST_HISTORY)
@@ -404,18 +405,21 @@ class OptimizeImage(_Node):
                 "history_size": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "L-BFGS memory"}),
                 "precision": (list(PRECISIONS), {"default": "fp32",
                                                  "tooltip": "bf16: autocast for the network (fast on GPUs and bf16 CPUs)"}),
+                "history_precision": (list(PRECISIONS), {"default": "bf16",
+                                                         "tooltip": "storage of the L-BFGS memory (bf16: half the RAM)"}),
             },
             "hidden": HIDDEN_CONTEXT,
         }
 
     def run(self, model: VGGModel, objective: Objective, init: dict, steps: int, optimizer: str,
             lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 50,
-            precision: str = "fp32", context: Context | None = None) -> tuple[dict, dict]:
+            precision: str = "fp32", history_precision: str = "bf16",
+            context: Context | None = None) -> tuple[dict, dict]:
         _require_same_model("init", model.identity, init["space"])
         if objective["model"] is not None:
             _require_same_model("objective", model.identity, objective["model"])
         start = start_image(model, init["pixels"].to(_device(context)), noise, seed)
-        settings = OptimizerSettings(steps, optimizer, lr, history_size, precision)
+        settings = OptimizerSettings(steps, optimizer, lr, history_size, precision, history_precision)
         report = should_stop = None
         if context is not None:
             report = lambda step, total, loss, image: context.progress(step, total, loss=loss)  # noqa: E731

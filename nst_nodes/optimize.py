@@ -1,9 +1,10 @@
 """The optimization loop: update the pixels of an image in network space against an objective.
 
-One *step* is one optimizer iteration. For L-BFGS that is ``torch.optim.LBFGS`` with
-``max_iter=1`` and no line search, so every step costs exactly one function evaluation
-(one forward and one backward pass), the same unit as an Adam step. The image returned is
-the best evaluated iterate (the final one is evaluated with one extra forward pass).
+One *step* is one optimizer iteration: one function evaluation (a forward and a backward
+pass), the same unit as an Adam step, plus one per L-BFGS backtrack (a few in the first
+steps, rarely later). Every iterate stays inside the valid pixel range, so the saved image
+is the one that was optimized (see lbfgs.py). The image returned is the best evaluated
+iterate (Adam's final one is evaluated with one extra forward pass).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .lbfgs import BoxLBFGS
 from .losses import evaluate_terms, term_layers
 from .types import Objective
 from .vgg import VGGModel
 
 METHODS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class OptimizerSettings:
     method: str = "lbfgs"
     lr: float = 1.0
     history_size: int = 50  # L-BFGS pairs kept; 100 costs 2x the memory for the same loss (benchmarks/README)
-    precision: str = "fp32"
+    precision: str = "fp32"  # of the network pass
+    history_precision: str = "bf16"  # of the stored L-BFGS pairs: half the memory, the same losses (README)
 
 
 def start_image(model: VGGModel, init: torch.Tensor, noise: float, seed: int) -> torch.Tensor:
@@ -60,8 +64,9 @@ def optimize(
     """
     if settings.method not in METHODS:
         raise ValueError(f"optimizer must be one of {METHODS}, not {settings.method!r}")
-    if settings.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {settings.precision!r}")
+    for name in ("precision", "history_precision"):
+        if getattr(settings, name) not in PRECISIONS:
+            raise ValueError(f"{name} must be one of {PRECISIONS}, not {getattr(settings, name)!r}")
     layers = term_layers(objective)
     report = report or (lambda step, total, loss, image: None)
     should_stop = should_stop or (lambda: False)
@@ -71,11 +76,12 @@ def optimize(
             {**term, "targets": {k: v.to(device).clone() for k, v in term.get("targets", {}).items()}}
             for term in objective["terms"]
         ]
-        image = start.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+        lower, upper = model.preprocessing.bounds(start)
+        image = start.detach().clone(memory_format=torch.contiguous_format).clamp_(lower, upper).requires_grad_(True)
         if settings.method == "lbfgs":
-            optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-                [image], lr=settings.lr, max_iter=1, history_size=settings.history_size,
-                tolerance_grad=0.0, tolerance_change=0.0,
+            optimizer: torch.optim.Optimizer = BoxLBFGS(
+                [image], lower, upper, lr=settings.lr, history_size=settings.history_size,
+                history_dtype=DTYPES[settings.history_precision],
             )
         else:
             optimizer = torch.optim.Adam([image], lr=settings.lr)
@@ -87,22 +93,24 @@ def optimize(
                 features = model.features(image, layers)
             return {layer: value.float() for layer, value in features.items()}
 
-        def closure() -> torch.Tensor:
+        def evaluate() -> float:
+            """Loss and gradient at the current image."""
             optimizer.zero_grad(set_to_none=True)
             parts = evaluate_terms(terms, network_features(), image)
-            loss = sum(parts.values())
-            loss.backward()
-            tracker.record(image, parts)
-            return loss
+            sum(parts.values()).backward()
+            return tracker.record(image, parts)
 
         steps = 0
         for step in range(1, settings.steps + 1):
             if should_stop():
                 break
-            optimizer.step(closure)
+            optimizer.step(evaluate)
+            if settings.method == "adam":
+                with torch.no_grad():
+                    image.clamp_(lower, upper)  # projected Adam; L-BFGS keeps its iterates inside itself
             steps = step
             report(step, settings.steps, tracker.history["loss"][-1], image.detach())
-        if not should_stop():
+        if settings.method == "adam" and not should_stop():  # its last step moved past the last evaluation
             with torch.no_grad():
                 tracker.record(image, evaluate_terms(terms, network_features(), image))
     history = {"method": settings.method, "steps": steps, **tracker.history}
@@ -117,7 +125,7 @@ class _Tracker:
         self.best_loss = math.inf
         self.best_image = image
 
-    def record(self, image: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+    def record(self, image: torch.Tensor, parts: dict[str, torch.Tensor]) -> float:
         values = {kind: part.item() for kind, part in parts.items()}
         loss = sum(values.values())
         if not math.isfinite(loss):
@@ -130,3 +138,4 @@ class _Tracker:
             self.history.setdefault(kind, []).append(value)
         if loss < self.best_loss:
             self.best_loss, self.best_image = loss, image.detach().clone()
+        return loss

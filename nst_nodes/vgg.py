@@ -13,10 +13,9 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
+from . import lean, winograd
 from .digest import file_sha256
 
 BLOCK_CONVS = (2, 2, 4, 4, 4)
@@ -62,6 +61,12 @@ class Preprocessing:
             x = x.flip(1)
         mean, std = self._stats(x)
         return ((x * self.scale - mean) / std).contiguous()
+
+    def bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Network-space values of RGB 0 and 1 per channel, ``[1, 3, 1, 1]`` each: the box images live in."""
+        black_and_white = torch.tensor([0.0, 1.0], dtype=like.dtype, device=like.device).view(2, 1, 1, 1)
+        lower, upper = self.normalize(black_and_white.expand(2, 1, 1, 3)).split(1)
+        return lower, upper
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Exact inverse of :meth:`normalize` (no clamping)."""
@@ -155,7 +160,9 @@ class VGGModel:
             name = LAYER_NAMES[index]
             if isinstance(module, nn.ReLU):
                 # In place unless the conv output it would overwrite was asked for.
-                x = F.relu(x, inplace=LAYER_NAMES[index - 1] not in wanted)
+                x = lean.relu(x, keep_output=name in wanted, inplace=LAYER_NAMES[index - 1] not in wanted)
+            elif isinstance(module, nn.MaxPool2d):
+                x = lean.max_pool_2x2(x)
             elif isinstance(module, nn.Conv2d) and self.winograd and winograd.available(x):
                 x = winograd.frozen_conv3x3(x, module)
             else:

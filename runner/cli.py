@@ -17,7 +17,7 @@ from runner.graph import GraphFormatError, load_graph, with_overrides
 from runner.progress import ConsoleReporter
 from runner.registry import Registry, default_registry
 from runner.spec import node_spec
-from runner.tuning import configure_process
+from runner.tuning import MODES, configure_process
 from runner.validate import GraphValidationError, validate
 
 EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run_command.add_argument("--no-cache", action="store_true", help="keep results in memory only")
     run_command.add_argument("--quiet", action="store_true", help="print nothing but errors")
     run_command.add_argument("--json", action="store_true", help="validation errors as ComfyUI node_errors JSON")
-    run_command.add_argument("--no-tuning", action="store_true",
-                             help="leave OpenMP and malloc settings alone (see runner/tuning.py)")
+    run_command.add_argument("--tuning", choices=MODES, default=None,
+                             help="process settings: speed (default), memory (lower peak RSS, ~30%% slower) "
+                                  "or off; default NST_TUNING or speed (see runner/tuning.py)")
 
     validate_command = commands.add_parser("validate", help="check a graph without running it")
     validate_command.add_argument("graph", type=Path)
@@ -148,8 +149,8 @@ def _describe(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "run" and not args.no_tuning:
-        configure_process()
+    if args.command == "run":
+        configure_process(args.tuning)
     try:
         if args.command == "run":
             return _run(args)

@@ -16,7 +16,7 @@ import hashlib
 import inspect
 import sys
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any

@@ -1,15 +1,23 @@
-"""Process-level settings that make CPU tensor work faster; applied by the ``nst`` CLI.
+"""Process-level settings for CPU tensor work, applied by the ``nst`` CLI and the benchmark.
 
-- ``OMP_WAIT_POLICY=PASSIVE``: OpenMP worker threads sleep instead of spinning between
-  parallel regions, so they do not steal the two cores from NNPACK's own thread pool
-  (measured: 2.3 s -> 1.5 s per VGG19 step at 512x512 on 2 cores). Only effective before
-  torch is first imported; a value the user already set is kept.
-- glibc ``mallopt``: raise the mmap and trim thresholds so that large activations are
-  reused from the heap instead of being returned to the OS and faulted back in every step
-  (20-30% at 512x512). Skipped if ``MALLOC_MMAP_THRESHOLD_`` is set or libc is not glibc.
+Two modes, because glibc's allocator trades memory against speed here:
 
-``nst run --no-tuning`` (or ``NST_TUNING=0``) turns both off. Library users call
-:func:`configure_process` first thing, before importing torch.
+- ``speed`` (default): raise glibc's mmap and trim thresholds (``mallopt``) so that large
+  activations are reused from the heap instead of being returned to the OS and faulted
+  back in every step (20-30% per step at 512x512). The price is heap fragmentation: peak
+  RSS about 1.6 GiB at 512x512 where the tensors alive at once never exceed about 1 GiB.
+- ``memory``: every tensor of 128 KiB or more gets its own mapping, backed by transparent
+  huge pages (PyTorch's ``THP_MEM_ALLOC_ENABLE``), and goes back to the OS when freed, so
+  peak RSS is what is really alive (about 1.15 GiB at 512x512), for about 30% more time
+  per step.
+
+Both set ``OMP_WAIT_POLICY=PASSIVE``: OpenMP workers sleep instead of spinning between
+parallel regions, so they do not steal the two cores from NNPACK's own thread pool
+(measured: 2.3 s -> 1.5 s per VGG19 step at 512x512 on 2 cores).
+
+Environment variables are only read before torch is first imported, so library users call
+:func:`configure_process` first thing. A value the user already set is kept. ``nst run
+--tuning MODE`` (or ``NST_TUNING=speed|memory|off``) picks the mode.
 """
 
 from __future__ import annotations
@@ -19,25 +27,34 @@ import ctypes.util
 import os
 import sys
 
+MODES = ("speed", "memory", "off")
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1 << 30  # glibc's maximum for this setting on 64-bit (HEAP_MAX / 2)
+MMAP_THRESHOLDS = {"speed": 1 << 30, "memory": 128 << 10}  # 1 GiB is glibc's maximum on 64-bit
 TRIM_THRESHOLD = 1 << 30
 
 
-def configure_process() -> list[str]:
-    """Apply the settings above; returns what was applied (for logs and benchmarks)."""
-    if os.environ.get("NST_TUNING", "1") == "0":
+def configure_process(mode: str | None = None) -> list[str]:
+    """Apply ``mode`` (default: ``NST_TUNING`` or ``speed``); returns what was applied, for logs."""
+    mode = mode or os.environ.get("NST_TUNING", "speed")
+    if mode not in MODES:
+        raise ValueError(f"tuning mode must be one of {MODES}, not {mode!r}")
+    if mode == "off":
         return []
     applied = []
-    if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        applied.append("OMP_WAIT_POLICY=PASSIVE")
+    wanted_environment = {"OMP_WAIT_POLICY": "PASSIVE"}
+    if mode == "memory":
+        wanted_environment["THP_MEM_ALLOC_ENABLE"] = "1"
+    for name, value in wanted_environment.items():
+        if "torch" not in sys.modules and name not in os.environ:
+            os.environ[name] = value
+            applied.append(f"{name}={value}")
     if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-                applied.append("mallopt(mmap/trim thresholds = 1 GiB)")
+            threshold = MMAP_THRESHOLDS[mode]
+            if libc.mallopt(M_MMAP_THRESHOLD, threshold) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+                applied.append(f"mallopt(mmap threshold {threshold >> 10} KiB, trim threshold 1 GiB)")
         except (OSError, AttributeError):
             pass
     return applied

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nst_nodes.image import load_image, resize_image, target_size
+from nst_nodes.lbfgs import BoxLBFGS
 from nst_nodes.losses import gram_matrix
 from nst_nodes.optimize import OptimizerSettings, optimize, start_image
 from nst_nodes.vgg import VGGModel, load_vgg19
@@ -49,7 +50,7 @@ def problem(model: VGGModel, request: pytest.FixtureRequest) -> tuple[torch.Tens
 def test_lbfgs_lowers_the_objective_substantially(model: VGGModel, problem) -> None:
     content, objective = problem
     _, history = optimize(model, objective, content, OptimizerSettings(steps=10))
-    assert history["steps"] == 10 and len(history["loss"]) == 11  # 10 evaluations + the final iterate
+    assert history["steps"] == 10 and len(history["loss"]) >= 11  # the start, 10 steps, any backtracks
     assert min(history["loss"]) < 0.2 * history["loss"][0]
     assert history["style"][-1] < 0.2 * history["style"][0]
 
@@ -103,3 +104,66 @@ def test_bf16_autocast_evaluates_nearly_the_same_loss_and_still_optimizes(model:
     bf16 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0, precision="bf16"))[1]
     assert bf16["loss"][0] == pytest.approx(fp32["loss"][0], rel=0.02)  # same start image
     assert bf16["loss"][-1] == pytest.approx(fp32["loss"][-1], rel=0.05)
+
+
+def test_iterates_stay_in_the_valid_pixel_range(model: VGGModel, problem) -> None:
+    content, objective = problem
+    for method, lr in (("lbfgs", 1.0), ("adam", 20.0)):
+        iterates: list[torch.Tensor] = []
+        result, _ = optimize(model, objective, content, OptimizerSettings(steps=8, method=method, lr=lr),
+                             report=lambda step, total, loss, image: iterates.append(image.clone()))
+        for image in [*iterates, result]:
+            rgb = model.preprocessing.denormalize(image)
+            assert rgb.min() >= -1e-5 and rgb.max() <= 1 + 1e-5, method
+        assert any(bool((model.preprocessing.denormalize(i) <= 1e-5).any()) for i in iterates), "no pixel reached a bound"
+
+
+def quadratic_problem(bounded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An ill-conditioned quadratic (curvatures 1..100) whose minimum lies partly outside [-1, 1]."""
+    generator = torch.Generator().manual_seed(0)
+    curvature = torch.logspace(0, 2, 200)
+    center = 3 * torch.randn(200, generator=generator)
+    limit = torch.tensor(1.0 if bounded else float("inf"))
+    return curvature, center, -limit, limit
+
+
+def minimize_quadratic(bounded: bool, steps: int, history_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+    curvature, center, lower, upper = quadratic_problem(bounded)
+    x = torch.zeros(200, requires_grad=True)
+    optimizer = BoxLBFGS([x], lower, upper, history_size=10, history_dtype=history_dtype)
+    evaluations = 0
+
+    def closure() -> float:
+        nonlocal evaluations
+        evaluations += 1
+        optimizer.zero_grad()
+        loss = 0.5 * (curvature * (x - center) ** 2).sum()
+        loss.backward()
+        return loss.item()
+
+    for _ in range(steps):
+        optimizer.step(closure)
+    return x.detach(), evaluations
+
+
+@pytest.mark.parametrize("history_dtype", [torch.float32, torch.bfloat16])
+def test_box_lbfgs_finds_the_projected_minimum_of_an_ill_conditioned_quadratic(history_dtype: torch.dtype) -> None:
+    curvature, center, lower, upper = quadratic_problem(bounded=True)
+    x, evaluations = minimize_quadratic(bounded=True, steps=60, history_dtype=history_dtype)
+    assert torch.allclose(x, center.clamp(lower, upper), atol=1e-3)
+    assert evaluations < 70  # 60 steps: backtracking stays rare
+
+
+def test_box_lbfgs_beats_gradient_descent_unconstrained() -> None:
+    curvature, center, _, _ = quadratic_problem(bounded=False)
+    x, _ = minimize_quadratic(bounded=False, steps=60)
+    assert (x - center).abs().max() < 1e-3  # steepest descent (step 1/100) would still be off by ~3
+
+
+def test_bf16_history_reaches_the_losses_of_fp32_history(model: VGGModel, problem) -> None:
+    content, objective = problem
+    final = [
+        optimize(model, objective, content, OptimizerSettings(steps=15, history_precision=precision))[1]["loss"][-1]
+        for precision in ("fp32", "bf16")
+    ]
+    assert final[1] == pytest.approx(final[0], rel=0.1)

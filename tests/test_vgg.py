@@ -11,6 +11,7 @@ from nst_nodes.vgg import (
     LAYER_INDEX,
     LAYER_NAMES,
     PREPROCESSINGS,
+    TORCHVISION,
     build_vgg19,
     caffe_weights_path,
     load_vgg19,
@@ -118,3 +119,43 @@ def test_winograd_fast_path_matches_the_plain_path_in_loss_and_gradient() -> Non
     (plain_loss, plain_grad), (fast_loss, fast_grad) = results
     assert torch.allclose(fast_loss, plain_loss, rtol=1e-4)
     assert torch.allclose(fast_grad, plain_grad, rtol=1e-3, atol=1e-3 * plain_grad.abs().max().item())
+
+
+def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
+    from nst_nodes import lean
+
+    x = torch.randn(1, 4, 10, 14, generator=torch.Generator().manual_seed(2))
+    upstream = torch.randn(1, 4, 5, 7, generator=torch.Generator().manual_seed(3))
+    results = []
+    for relu, pool in (
+        (lambda t: torch.relu(t), lambda t: torch.nn.functional.max_pool2d(t, 2, 2)),
+        (lambda t: lean.relu(t, keep_output=False, inplace=False), lean.max_pool_2x2),
+        (lambda t: lean.relu(t * 1, keep_output=True, inplace=True), lean.max_pool_2x2),
+    ):
+        leaf = x.clone().requires_grad_(True)
+        out = pool(relu(leaf))
+        (out * upstream).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    for out, grad in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+@pytest.mark.parametrize("height", [29, 32, 37])
+def test_winograd_bands_match_one_convolution(height: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nst_nodes import winograd
+
+    x = torch.randn(1, 5, height, 23, generator=torch.Generator().manual_seed(height))
+    weight = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(0)) * 0.2
+    bias = torch.randn(6, generator=torch.Generator().manual_seed(1))
+    assert torch.backends.nnpack.is_available()  # also initializes NNPACK
+    whole = torch.nn.functional.conv2d(x, weight, bias, padding=1)
+    monkeypatch.setattr(winograd, "BAND_ELEMENTS", 6 * 23 * 4)  # bands of 4 rows, the last one shorter
+    assert torch.allclose(winograd._convolve(x, weight, bias), whole, atol=1e-4)
+
+
+def test_bounds_are_the_network_values_of_black_and_white() -> None:
+    for preprocessing in (CAFFE, TORCHVISION):
+        lower, upper = preprocessing.bounds(torch.zeros(()))
+        corners = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 1, 3)
+        assert torch.allclose(torch.cat([lower, upper]), preprocessing.normalize(corners))
+        assert lower.shape == (1, 3, 1, 1) and bool((lower < upper).all())

@@ -1,0 +1,35 @@
+"""Process tuning, in fresh interpreters: it only takes effect before torch is imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from runner.tuning import configure_process
+
+
+def tuned_child(mode: str) -> dict:
+    code = (
+        "import json, os; from runner.tuning import configure_process; applied = configure_process(%r); "
+        "print(json.dumps({'applied': applied, 'thp': os.environ.get('THP_MEM_ALLOC_ENABLE')}))" % mode
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")}
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
+    return json.loads(output.stdout)
+
+
+def test_memory_mode_maps_tensors_to_huge_pages_and_speed_mode_keeps_them_in_the_heap() -> None:
+    memory, speed, off = tuned_child("memory"), tuned_child("speed"), tuned_child("off")
+    assert memory["thp"] == "1" and any("128 KiB" in entry for entry in memory["applied"])
+    assert speed["thp"] is None and any("1048576 KiB" in entry for entry in speed["applied"])
+    assert "OMP_WAIT_POLICY=PASSIVE" in memory["applied"] and "OMP_WAIT_POLICY=PASSIVE" in speed["applied"]
+    assert off == {"applied": [], "thp": None}
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="tuning mode must be one of"):
+        configure_process("fastest")
