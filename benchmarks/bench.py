@@ -129,16 +129,10 @@ def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
         for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
             phases[name].append(seconds)
     optimize(model, objective, start, OptimizerSettings(steps=2, precision=precision))  # warm-up
-    times: list[float] = []
-    last = [time.perf_counter()]
-
-    def report(step: int, total: int, loss: float, image: torch.Tensor) -> None:
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-
-    _, history = optimize(model, objective, start, OptimizerSettings(steps=steps, precision=precision), report)
-    per_step = sorted(times)[len(times) // 2]
+    started = time.perf_counter()
+    _, history = optimize(model, objective, start, OptimizerSettings(steps=steps, precision=precision))
+    # Per evaluation (forward + backward + optimizer work): L-BFGS backtracks in its first steps.
+    per_step = (time.perf_counter() - started) / len(history["loss"])
     split = {name: sorted(values)[1] for name, values in phases.items()}
     split["optimizer"] = max(0.0, per_step - sum(split.values()))
     return {"side": side, "steps": steps, "precision": precision, "winograd": winograd, "seconds_per_step": per_step,
@@ -146,8 +140,21 @@ def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
             "max_rss_mib": max_rss_mib()}
 
 
-def in_child(*args: str) -> dict:
-    output = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
+def worker_memory(side: int, steps: int) -> dict:
+    """Peak RSS of what `nst run` does at side x side: load, targets, then only the optimizer."""
+    model = load_vgg19("caffe")
+    content, style = sample_pair(side)
+    objective = objective_for(model, content, style)
+    started = time.perf_counter()
+    _, history = optimize(model, objective, model.preprocessing.normalize(content), OptimizerSettings(steps=steps))
+    return {"side": side, "steps": steps, "seconds_per_step": (time.perf_counter() - started) / len(history["loss"]),
+            "max_rss_mib": max_rss_mib()}
+
+
+def in_child(*args: str, tuning: str = "speed") -> dict:
+    environment = {**os.environ, "NST_TUNING": tuning}
+    output = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True,
+                            check=False, env=environment)
     if output.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{output.stderr}")
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -253,12 +260,15 @@ def cached_rerun(side: int, steps: int, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--worker", nargs=4, metavar=("SIDE", "STEPS", "PRECISION", "WINOGRAD"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "bench.json")
     args = parser.parse_args()
     if args.worker:
-        side, steps, precision, winograd = args.worker
-        print(json.dumps(worker_step(int(side), int(steps), precision, winograd == "1")))
+        if args.worker[0] == "memory":
+            print(json.dumps(worker_memory(int(args.worker[1]), int(args.worker[2]))))
+        else:
+            side, steps, precision, winograd = args.worker
+            print(json.dumps(worker_step(int(side), int(steps), precision, winograd == "1")))
         return
 
     sides = (128, 256) if args.quick else (256, 512)
@@ -274,9 +284,11 @@ def main() -> None:
         figures["gflop"] = vgg_step_gflop(side, side)
         figures["fraction_of_conv_peak"] = figures["gflop"] / figures["seconds_per_step"] / peak
         results["steps"].append(figures)
-    # Peak memory with the L-BFGS history filled: as many steps as the default history holds.
+    # Peak memory with the L-BFGS history filled (as many steps as the default history holds),
+    # in both tuning modes of runner/tuning.py.
     history = OptimizerSettings().history_size
-    results["memory"] = in_child(str(sides[-1]), str(12 if args.quick else history + 2), "fp32", "1")
+    memory_steps = str(12 if args.quick else history + 2)
+    results["memory"] = {mode: in_child("memory", str(sides[-1]), memory_steps, tuning=mode) for mode in ("speed", "memory")}
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         results["pastiche"] = []
@@ -295,7 +307,7 @@ def main() -> None:
 def print_table(results: dict) -> None:
     print(f"torch {results['torch']}, {results['threads']} threads, tuning: {', '.join(results['tuning']) or 'none'}")
     print(f"3x3 conv peak (default torch path): {results['conv_peak_gflops']:.0f} GFLOP/s")
-    print("\nseconds per L-BFGS step, Gatys objective (content relu4_2 + 5 style layers)")
+    print("\nseconds per L-BFGS evaluation (= step, but for backtracks), Gatys objective (content relu4_2 + 5 style layers)")
     print(f"{'size':>9} {'path':>15} {'step s':>7} {'fwd':>6} {'bwd':>6} {'loss':>6} {'optim':>6} {'GFLOP':>6} {'of peak':>8} {'RSS MiB':>8}")
     for row in results["steps"]:
         path = f"{row['precision']}{' winograd' if row['winograd'] else ' direct'}"
@@ -318,9 +330,11 @@ def print_table(results: dict) -> None:
         line += (f"ours {ours['seconds']:.1f} s ({ours['step'] + 1} steps, "
                  f"{ours['seconds'] / quality_result['pastiche_seconds']:.0%} of pastiche's)") if ours else "ours: not reached"
         print(line)
-    memory = results["memory"]
-    print(f"peak RSS at {memory['side']}x{memory['side']} after {memory['steps']} L-BFGS steps "
-          f"(history {OptimizerSettings().history_size}): {memory['max_rss_mib']:.0f} MiB")
+    settings = OptimizerSettings()
+    for mode, memory in results["memory"].items():
+        print(f"tuning {mode}: peak RSS at {memory['side']}x{memory['side']} after {memory['steps']} L-BFGS steps "
+              f"(history {settings.history_size} in {settings.history_precision}): {memory['max_rss_mib']:.0f} MiB, "
+              f"{memory['seconds_per_step']:.3f} s per evaluation")
     rerun = results["cached_rerun"]
     first, second = rerun["first"], rerun["style_weight_changed"]
     print(f"cached rerun: first run {first['wall_seconds']:.2f} s (before optimizer {first['before_optimizer_seconds']:.2f} s); "

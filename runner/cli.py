@@ -150,7 +150,11 @@ def _describe(value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
-        configure_process(args.tuning)
+        try:
+            configure_process(args.tuning)
+        except ValueError as error:  # a bad NST_TUNING; the flag itself is checked by argparse
+            print(f"error: NST_TUNING: {error}", file=sys.stderr)
+            return EXIT_INVALID
     try:
         if args.command == "run":
             return _run(args)

@@ -8,8 +8,8 @@ Two modes, because glibc's allocator trades memory against speed here:
   RSS about 1.6 GiB at 512x512 where the tensors alive at once never exceed about 1 GiB.
 - ``memory``: every tensor of 128 KiB or more gets its own mapping, backed by transparent
   huge pages (PyTorch's ``THP_MEM_ALLOC_ENABLE``), and goes back to the OS when freed, so
-  peak RSS is what is really alive (about 1.15 GiB at 512x512), for about 30% more time
-  per step.
+  peak RSS is what is really alive (about 1.15 GiB at 512x512), for 30-40% more time
+  per step (page faults and zeroing).
 
 Both set ``OMP_WAIT_POLICY=PASSIVE``: OpenMP workers sleep instead of spinning between
 parallel regions, so they do not steal the two cores from NNPACK's own thread pool

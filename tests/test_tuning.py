@@ -33,3 +33,11 @@ def test_memory_mode_maps_tensors_to_huge_pages_and_speed_mode_keeps_them_in_the
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="tuning mode must be one of"):
         configure_process("fastest")
+
+
+def test_a_bad_nst_tuning_stops_the_cli_before_anything_runs(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from runner.cli import main
+
+    monkeypatch.setenv("NST_TUNING", "fastest")
+    assert main(["run", "graphs/gatys.json"]) == 2
+    assert "NST_TUNING" in capsys.readouterr().err
