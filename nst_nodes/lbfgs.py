@@ -6,9 +6,12 @@ for (measured at 256 px: clamping 2% of the pixels raised the style loss by 85%)
 iterate is projected onto the box, and pixels held at a bound by their gradient are left
 out of the search direction (a projected quasi-Newton step, as in Kim, Sra & Dhillon 2010).
 
-Like ``torch.optim.LBFGS(max_iter=1)`` without line search, one :meth:`BoxLBFGS.step`
-costs one gradient: the caller evaluates the loss and its gradient, then steps. The
-curvature history lives in buffers allocated once (no per-step allocations that fragment
+One :meth:`BoxLBFGS.step` is one iteration: it takes the quasi-Newton step and evaluates the
+loss there (one forward and backward pass through the closure). If the loss did not fall
+enough (Armijo) it backtracks along the projected path: a few times in the first steps, while
+the curvature estimate still comes from the tiny first step, rarely later. Without that, the
+first full step pushed 99% of the pixels onto the bounds at 256 px and the method cycled.
+The curvature history lives in buffers allocated once (no per-step allocations that fragment
 the heap), optionally in bfloat16 at half the memory.
 """
 
