@@ -122,8 +122,9 @@ class BoxLBFGS(torch.optim.Optimizer):
             alpha = rho * torch.vdot(self.steps_taken[slot].float().flatten(), q.flatten()).item()
             q.add_(self.gradient_changes[slot], alpha=-alpha)
             coefficients.append(alpha)
-        newest_s, newest_y = self.steps_taken[self.order[-1]].float(), self.gradient_changes[self.order[-1]].float()
-        q.mul_(torch.vdot(newest_s.flatten(), newest_y.flatten()) / torch.vdot(newest_y.flatten(), newest_y.flatten()))
+        # Initial scale sᵀy / yᵀy of the newest pair, whose sᵀy is already known as 1 / rho.
+        newest_y = self.gradient_changes[self.order[-1]].float().flatten()
+        q.mul_(1.0 / (self.inverse_curvatures[-1] * torch.vdot(newest_y, newest_y).item()))
         for slot, rho, alpha in zip(self.order, self.inverse_curvatures, reversed(coefficients)):
             beta = rho * torch.vdot(self.gradient_changes[slot].float().flatten(), q.flatten()).item()
             q.add_(self.steps_taken[slot], alpha=alpha - beta)

@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     run_command.add_argument("--quiet", action="store_true", help="print nothing but errors")
     run_command.add_argument("--json", action="store_true", help="validation errors as ComfyUI node_errors JSON")
     run_command.add_argument("--tuning", choices=MODES, default=None,
-                             help="process settings: speed (default), memory (lower peak RSS, ~30%% slower) "
+                             help="process settings: speed (default), memory (lower peak RSS, 30-40%% slower) "
                                   "or off; default NST_TUNING or speed (see runner/tuning.py)")
 
     validate_command = commands.add_parser("validate", help="check a graph without running it")
