@@ -1,5 +1,8 @@
-"""ComfyUI entry point: clone this repository into ComfyUI/custom_nodes/ and the nodes load."""
+"""ComfyUI loads the pack through this file: clone the repository into ComfyUI/custom_nodes/."""
 
 from .nst_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nst_nodes.comfy import install
+
+install()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+from .files import open_regular, write_atomically
+from .limits import check_pixels
+
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG"}
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class ImageFileError(ValueError):
-    """A file that is missing or cannot be decoded as an image; the message names the path."""
+    """A file that cannot be decoded as an image; the message names the path."""
 
 
 def _to_rgb_array(picture: Image.Image) -> np.ndarray:
@@ -36,20 +40,49 @@ def _to_rgb_array(picture: Image.Image) -> np.ndarray:
     return np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as ``[1, H, W, 3]``, with its EXIF orientation applied."""
+def _open(file: BinaryIO, path: Path) -> Image.Image:
+    """Read the header and check the pixel limit before anything is decoded."""
     try:
-        with Image.open(path) as picture:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
+            picture = Image.open(file)
+    except Image.DecompressionBombError:
+        raise ImageFileError(f"image: {path} claims more pixels than any image may have here") from None
+    except UnidentifiedImageError as error:
+        raise ImageFileError(f"image: {path} is not an image file (unrecognised format)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageFileError(f"image: cannot read {path} as an image ({error})") from error
+    check_pixels(*picture.size, what=f"image {path}")
+    return picture
+
+
+def probe_image(path: Path) -> tuple[int, int]:
+    """(width, height) from the header of a regular image file, within the pixel limit; nothing decoded."""
+    with open_regular(path) as file:
+        return _open(file, path).size
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Read an image file as ``[1, H, W, 3]``, with its EXIF orientation applied.
+
+    16-bit greyscale keeps its precision; Pillow reads 16-bit RGB(A) at 8 bits per channel
+    (finer than the network tells apart).
+    """
+    path = Path(path)
+    with open_regular(path) as file, _open(file, path) as picture:
+        try:
             picture.load()
             picture = ImageOps.exif_transpose(picture)
             pixels = _to_rgb_array(picture)
-    except FileNotFoundError as error:
-        raise ImageFileError(f"image file not found: {path}") from error
-    except UnidentifiedImageError as error:
-        raise ImageFileError(f"not an image file (unrecognised format): {path}") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageFileError(f"cannot decode image file {path}: {error}") from error
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageFileError(f"image: cannot decode {path}: {error}") from error
     return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0)
+
+
+def to_picture(image: torch.Tensor) -> Image.Image:
+    """The first image of an ``IMAGE`` batch as an 8-bit RGB PIL image."""
+    pixels = (image[0].detach().float().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
 
 
 def target_size(height: int, width: int, mode: str, size: int, multiple_of: int = 1) -> tuple[int, int]:
@@ -76,41 +109,24 @@ def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x.clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
 
 
-def free_path(path: Path) -> Path:
-    """``path`` if unused, else the first free ``stem_0001.ext``, ``stem_0002.ext``, ..."""
-    if not path.exists():
-        return path
-    number = 1
-    while (candidate := path.with_name(f"{path.stem}_{number:04d}{path.suffix}")).exists():
-        number += 1
-    return candidate
+def save_image(image: torch.Tensor, paths: list[Path], prompt: dict[str, Any] | None,
+               extra_pnginfo: dict[str, Any] | None = None) -> None:
+    """Write each image of the batch to its path, whole or not at all.
 
-
-def save_image(image: torch.Tensor, path: str | Path, prompt: dict[str, Any] | None, overwrite: bool) -> list[Path]:
-    """Write each image of the batch; the graph is embedded as ``prompt`` (PNG text chunk / JPEG comment).
-
-    Without ``overwrite`` an existing file is never replaced: a numbered name is used instead.
+    PNG carries the graph as ComfyUI writes it (text chunk ``prompt``, plus one per key of
+    ``extra_pnginfo``, where the editor puts its ``workflow``), so dropping the file onto the
+    editor restores the graph; JPEG carries the prompt as its comment.
     """
-    path = Path(path)
-    fmt = SAVE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"cannot save {path}: use one of {sorted(SAVE_FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(prompt) if prompt is not None else None
-    saved = []
-    for index, item in enumerate(image):
-        pixels = (item.detach().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
-        target = path if len(image) == 1 else path.with_name(f"{path.stem}_{index:02d}{path.suffix}")
-        target = target if overwrite else free_path(target)
+    for item, path in zip(image, paths):
+        fmt = SAVE_FORMATS[path.suffix.lower()]
         options: dict[str, Any] = {}
-        if fmt == "PNG" and text is not None:
+        if fmt == "PNG":
             info = PngImagePlugin.PngInfo()
-            info.add_text("prompt", text)
-            options["pnginfo"] = info
-        elif fmt == "JPEG":
-            options["quality"] = 95
-            if text is not None:
-                options["comment"] = text.encode()
-        Image.fromarray(pixels, "RGB").save(target, fmt, **options)
-        saved.append(target)
-    return saved
+            for key, value in {"prompt": prompt, **(extra_pnginfo or {})}.items():
+                if value is not None:
+                    info.add_text(key, json.dumps(value))
+            options = {"pnginfo": info, "compress_level": 4}
+        else:
+            options = {"quality": 95, **({"comment": json.dumps(prompt).encode()} if prompt is not None else {})}
+        picture = to_picture(item.unsqueeze(0))
+        write_atomically(path, lambda file: picture.save(file, fmt, **options))

@@ -17,7 +17,7 @@ import torch
 
 from .lbfgs import BoxLBFGS
 from .losses import evaluate_terms, term_layers
-from .types import Objective
+from .types import History, Objective
 from .vgg import VGGModel
 
 METHODS = ("lbfgs", "adam")
@@ -53,11 +53,12 @@ def optimize(
     settings: OptimizerSettings,
     report: Callable[[int, int, float, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[torch.Tensor, dict[str, object]]:
+) -> tuple[torch.Tensor, History]:
     """Minimize the objective over the pixels of ``start`` ``[1, 3, H, W]``; returns (best image, history).
 
-    ``report(step, total, loss, image)`` is called after every step with the current iterate;
-    ``should_stop()`` is polled before every step.
+    ``report(step, total, loss, image)`` is called after every step with the current iterate, then
+    ``should_stop()`` is polled: True ends the run with the best image so far (at least one step
+    is always taken, so a stopped run still returns an optimized image).
 
     Works under a host's ``torch.inference_mode()``: targets and the start image are
     cloned into normal tensors before autograd sees them.
@@ -100,17 +101,18 @@ def optimize(
             sum(parts.values()).backward()
             return tracker.record(image, parts)
 
-        steps = 0
+        steps, stopped = 0, False
         for step in range(1, settings.steps + 1):
-            if should_stop():
-                break
             optimizer.step(evaluate)
             if settings.method == "adam":
                 with torch.no_grad():
                     image.clamp_(lower, upper)  # projected Adam; L-BFGS keeps its iterates inside itself
             steps = step
             report(step, settings.steps, tracker.history["loss"][-1], image.detach())
-        if settings.method == "adam" and not should_stop():  # its last step moved past the last evaluation
+            if should_stop():
+                stopped = True
+                break
+        if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
             with torch.no_grad():
                 tracker.record(image, evaluate_terms(terms, network_features(), image))
     history = {"method": settings.method, "steps": steps, **tracker.history}

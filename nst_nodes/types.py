@@ -1,36 +1,88 @@
-"""The types that cross node boundaries, in one place.
+"""The values that cross node boundaries, described once.
 
-``IMAGE``          ComfyUI's image: float32 ``[B, H, W, 3]``, RGB, 0..1, on the CPU.
-``NST_MODEL``      :class:`nst_nodes.vgg.VGGModel`: a frozen VGG19 plus the preprocessing its
-                   weights were trained with and an ``identity`` string (weights/preprocessing/pooling).
-                   Kept in memory only: rebuilding it from the weights file takes well under a second.
-``NST_TENSOR``     an image in a model's input space: ``{"space": identity, "pixels": [1, 3, H, W]}``.
-                   ``space`` is the identity of the model that normalized it, so no node can
-                   pair it with another model's preprocessing.
-``NST_FEATURES``   ``{"model": identity, "layers": {layer name: [1, C, H, W] activation}}``.
-``NST_GRAMS``      ``{"model": identity, "layers": {layer name: [C, C] Gram matrix}}`` (see
-                   :func:`nst_nodes.losses.gram_matrix` for the normalization).
-``NST_LOSS``       an objective: ``{"model": identity, "terms": [term, ...]}`` where a term is
-                   ``{"kind": "content"|"style", "weight": float, "targets": {layer: tensor},
-                   "layer_weights": {layer: float}}`` or ``{"kind": "tv", "weight": float}``.
-``NST_HISTORY``    ``{"loss": [...], "content": [...], "style": [...], "tv": [...]}``: one value per
-                   evaluated iterate (the weighted terms), plus ``"method"`` and ``"steps"``.
-
-Tensors inside NST_* values may live on any device; a consumer moves them to its own.
-All NST_* values except NST_MODEL are tensors and JSON-able values, so the runner caches them on disk.
+The TypedDicts below are the documentation and also what the runner checks a cached value
+against (``VALUE_TYPES``, see runner/values.py). Tensors inside NST_* values may live on any
+device; a consumer moves them to its own. Every type but NST_MODEL is tensors and JSON-able
+values, so the runner caches them on disk.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, TypedDict
 
-IMAGE = "IMAGE"
-NST_MODEL = "NST_MODEL"
+import torch
+
+IMAGE = "IMAGE"  # ComfyUI's image: float32 [B, H, W, 3], RGB, 0..1, on the CPU
+NST_MODEL = "NST_MODEL"  # nst_nodes.vgg.VGGModel: a frozen VGG19 and the preprocessing its weights expect
 NST_TENSOR = "NST_TENSOR"
 NST_FEATURES = "NST_FEATURES"
 NST_GRAMS = "NST_GRAMS"
 NST_LOSS = "NST_LOSS"
 NST_HISTORY = "NST_HISTORY"
 
-Term = dict[str, Any]
-Objective = dict[str, Any]
+
+class NetworkTensor(TypedDict):
+    """NST_TENSOR: an image in a model's input space."""
+
+    space: str  # identity of the model that normalized it: no node pairs it with another model
+    preprocessing: str  # the name of that model's preprocessing, to invert it
+    pixels: torch.Tensor  # [1, 3, H, W]
+
+
+class Features(TypedDict):
+    """NST_FEATURES: activations of named layers."""
+
+    model: str
+    layers: dict[str, torch.Tensor]  # layer name -> [1, C, H, W]
+
+
+class Grams(TypedDict):
+    """NST_GRAMS: Gram matrices of named layers (normalization: nst_nodes.losses.gram_matrix)."""
+
+    model: str
+    layers: dict[str, torch.Tensor]  # layer name -> [C, C]
+
+
+class FeatureTerm(TypedDict):
+    """A content term (features) or a style term (Gram matrices) of an objective."""
+
+    kind: Literal["content", "style"]
+    weight: float
+    targets: dict[str, torch.Tensor]
+    layer_weights: dict[str, float]
+
+
+class SmoothnessTerm(TypedDict):
+    kind: Literal["tv"]
+    weight: float
+
+
+Term = FeatureTerm | SmoothnessTerm
+
+
+class Objective(TypedDict):
+    """NST_LOSS: the terms to minimize; ``model`` is None when no term depends on a network."""
+
+    model: str | None
+    terms: list[Term]
+
+
+class History(TypedDict, total=False):
+    """NST_HISTORY: one value per evaluated iterate (the weighted terms)."""
+
+    method: str
+    steps: int  # optimizer steps taken
+    loss: list[float]
+    content: list[float]
+    style: list[float]
+    tv: list[float]
+
+
+VALUE_TYPES: dict[str, Any] = {
+    IMAGE: torch.Tensor,
+    NST_TENSOR: NetworkTensor,
+    NST_FEATURES: Features,
+    NST_GRAMS: Grams,
+    NST_LOSS: Objective,
+    NST_HISTORY: History,
+}

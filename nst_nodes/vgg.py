@@ -8,6 +8,8 @@ weights were trained with, so an image can only be normalized the way the weight
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from . import lean, winograd
-from .digest import file_sha256
+from .files import open_regular
 
 BLOCK_CONVS = (2, 2, 4, 4, 4)
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
@@ -172,7 +174,7 @@ class VGGModel:
         return out
 
 
-def load_vgg19(weights: str = "caffe", pooling: str = "max", preprocessing: str = "auto") -> VGGModel:
+def load_vgg19(weights: str | Path = "caffe", pooling: str = "max", preprocessing: str = "auto") -> VGGModel:
     """``weights``: ``caffe`` (shipped, offline), ``torchvision`` (torch.hub download/cache) or a file path.
 
     ``preprocessing`` is ``auto`` (what the weights were trained with: Caffe for ``caffe``,
@@ -190,12 +192,14 @@ def load_vgg19(weights: str = "caffe", pooling: str = "max", preprocessing: str 
     return VGGModel(network, trained_with, f"{identity}/{trained_with.name}/{pooling}")
 
 
-def _read_weights(weights: str) -> tuple[dict[str, torch.Tensor], Preprocessing, str]:
+def _read_weights(weights: str | Path) -> tuple[dict[str, torch.Tensor], Preprocessing, str]:
     """(state dict, the preprocessing the weights were trained with, identity) for a ``weights`` value."""
     if weights == "caffe":
         return read_quantized_caffe(caffe_weights_path()), CAFFE, "caffe"
     if weights == "torchvision":
         checkpoint = torch.hub.load_state_dict_from_url(TORCHVISION_URL, map_location="cpu", weights_only=True)
         return features_state_dict(checkpoint), TORCHVISION, "torchvision"
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    return features_state_dict(checkpoint), TORCHVISION, f"file:{file_sha256(weights)[:16]}"
+    with open_regular(Path(weights), "weights") as file:
+        data = file.read()
+    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return features_state_dict(checkpoint), TORCHVISION, f"file:{hashlib.sha256(data).hexdigest()[:16]}"

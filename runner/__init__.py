@@ -1,30 +1,35 @@
-"""A small generic engine for JSON node graphs in ComfyUI's API format.
+"""A small generic engine for JSON node graphs in ComfyUI's API (or editor) format.
 
-Building (graph.py), validation (validate.py), execution (execute.py) and caching
-(cache.py) are separate; the runner knows node classes, types and values, nothing else.
+Building (graph.py, workflow.py), planning (plan.py), validation (validate.py), execution
+(execute.py) and caching (cache.py) are separate; host.py is what running nodes may ask of
+the runner. The runner knows node classes, types and values, nothing else.
 """
 
 from runner.cache import Cache, default_cache_dir
-from runner.context import ExecutionContext, Interrupted
 from runner.execute import NodeExecutionError, RunInterrupted, run
-from runner.graph import Graph, GraphFormatError, load_graph
+from runner.graph import Graph, GraphFormatError, GraphLimits, load_graph
+from runner.host import Folders, RunnerHost
+from runner.plan import Plan, plan
 from runner.registry import Registry, default_registry
 from runner.validate import GraphValidationError, ValidationError, validate
 
 __all__ = [
     "Cache",
-    "ExecutionContext",
+    "Folders",
     "Graph",
     "GraphFormatError",
+    "GraphLimits",
     "GraphValidationError",
-    "Interrupted",
     "NodeExecutionError",
+    "Plan",
     "Registry",
     "RunInterrupted",
+    "RunnerHost",
     "ValidationError",
     "default_cache_dir",
     "default_registry",
     "load_graph",
+    "plan",
     "run",
     "validate",
 ]

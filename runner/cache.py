@@ -6,6 +6,15 @@ the keys of its linked inputs. Disk entries hold only tensors and JSON-able valu
 are read with ``torch.load(weights_only=True)``, never with a full unpickler. torch is
 imported only when an entry is touched, so that importing the runner leaves process
 tuning (runner.tuning) a chance to act before torch starts its thread pools.
+
+Layout: ``DIR/<2 hex>/<64 hex>.entry``. Anything else inside the two-letter folders (the
+temporary file of a writer that was killed, a broken link) is a *leftover*: ``cache info``
+counts it, ``cache clear`` removes it. Nothing outside those folders is ever touched, so a
+mistyped ``--cache-dir`` cannot lose a user's files. Entries honour the umask, so a cache
+can be shared between users.
+
+The memory side keeps results within a byte budget, least recently used first out, so a
+long-lived host (ComfyUI, a service) does not grow without bound.
 """
 
 from __future__ import annotations
@@ -13,19 +22,28 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
-import tempfile
-from dataclasses import dataclass
+import re
+import secrets
+import shutil
+import stat
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MAGIC = b"NSTCACHE1\n"
+MAGIC = b"NSTCACHE2\n"
 SUFFIX = ".entry"
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.entry")
+SHARD_NAME = re.compile(r"[0-9a-f]{2}")
+DEFAULT_MEMORY_BYTES = 2 << 30
 
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "nst-nodes"
+    return Path(base).expanduser() / "nst-nodes"
 
 
 def node_key(
@@ -47,93 +65,279 @@ def node_key(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def always_changes(changed: Any) -> bool:
+    """ComfyUI's convention: an ``IS_CHANGED`` of NaN (or anything not comparable) means "rerun every time"."""
+    try:
+        json.dumps(changed, allow_nan=False, default=repr)
+    except (ValueError, TypeError, RecursionError):
+        return True
+    return isinstance(changed, float) and math.isnan(changed)
+
+
 @dataclass(frozen=True)
 class NodeResult:
     outputs: tuple[Any, ...]
     ui: dict[str, Any] | None = None
+    files: dict[str, str] = field(default_factory=dict)  # output file (relative to the output folder) -> SHA-256
 
 
-class CorruptCacheEntry(Exception):
-    """A disk entry failed its checksum or could not be read; it has been deleted."""
+class UnreadableEntry(Exception):
+    """A disk entry could not be read or failed its checksum; the lookup is a miss."""
 
 
 def is_storable(value: Any) -> bool:
     """True for tensors and JSON-able values nested in dicts, lists and tuples."""
     import torch
 
-    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (str, int, float, bool)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(is_storable(item) for item in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and is_storable(v) for k, v in value.items())
-    return False
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor) or item is None or isinstance(item, (str, int, float, bool)):
+            continue
+        if isinstance(item, (list, tuple)):
+            pending.extend(item)
+        elif isinstance(item, dict) and all(isinstance(k, str) for k in item):
+            pending.extend(item.values())
+        else:
+            return False
+    return True
+
+
+def approximate_bytes(value: Any) -> int:
+    """Memory a result holds: its tensors' storage (each counted once) plus a little per object."""
+    torch = sys.modules.get("torch")  # no torch imported: no tensors to count
+    seen_objects: set[int] = set()
+    seen_storages: set[int] = set()
+    total = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if id(item) in seen_objects:
+            continue
+        seen_objects.add(id(item))
+        total += 64
+        if torch is not None and isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            if storage.data_ptr() not in seen_storages:
+                seen_storages.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            pending.extend(item)
+        elif isinstance(item, (str, bytes)):
+            total += len(item)
+        elif hasattr(item, "__dict__"):
+            pending.extend(vars(item).values())
+    return total
+
+
+@dataclass
+class Scan:
+    """What a cache directory holds: real entries, and leftovers that are not entries."""
+
+    entries: list[Path] = field(default_factory=list)
+    leftovers: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def entry_bytes(self) -> int:
+        total = 0
+        for path in self.entries:
+            try:
+                total += path.lstat().st_size
+            except OSError:
+                pass
+        return total
 
 
 class Cache:
-    """Memory cache for this process in front of an optional disk cache shared by processes."""
+    """Memory cache for this process (LRU within ``memory_bytes``) in front of an optional disk cache."""
 
-    def __init__(self, directory: Path | str | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else None
-        self.memory: dict[str, NodeResult] = {}
+    def __init__(self, directory: Path | str | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+        if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 0:
+            raise ValueError(f"memory_bytes must be a whole number of bytes >= 0, not {memory_bytes!r}")
+        self.directory = Path(directory).expanduser() if directory is not None else None
+        self.memory_bytes = memory_bytes
+        self.memory: OrderedDict[str, tuple[NodeResult, int]] = OrderedDict()
+        self.disk_problem: str | None = None  # why the disk side is off, once it failed as a whole
+        self.read_only: set[str] = set()  # keys whose entry exists but cannot be read: not written over
+        self._problem_reported = False
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.directory) if self.directory else None!r}, memory_bytes={self.memory_bytes})"
+
+    # --- memory --------------------------------------------------------------------------------
+
+    @property
+    def memory_held(self) -> int:
+        return sum(size for _, size in self.memory.values())
+
+    def _remember(self, key: str, result: NodeResult) -> None:
+        self.memory.pop(key, None)
+        size = approximate_bytes(result.outputs)
+        if size > self.memory_bytes:
+            return
+        self.memory[key] = (result, size)
+        held = self.memory_held
+        while held > self.memory_bytes:
+            _, (_, evicted) = self.memory.popitem(last=False)
+            held -= evicted
+
+    # --- disk ----------------------------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
         assert self.directory is not None
         return self.directory / key[:2] / f"{key}{SUFFIX}"
 
+    def _disk_ready(self) -> bool:
+        """False when there is no disk side or it failed as a whole (reported once, by the caller)."""
+        if self.directory is None or self.disk_problem is not None:
+            return False
+        if self.directory.exists() and not self.directory.is_dir():
+            self.disk_problem = f"cache directory {self.directory} is not a directory"
+            return False
+        return True
+
+    def take_disk_problem(self) -> str | None:
+        """The reason the disk side is off, the first time it is asked; then None."""
+        if self.disk_problem is None or self._problem_reported:
+            return None
+        self._problem_reported = True
+        return f"{self.disk_problem}; results are kept in memory only"
+
     def lookup(self, key: str) -> NodeResult | None:
-        """The stored result, or None; raises :class:`CorruptCacheEntry` for a damaged disk entry."""
+        """The stored result or None; raises :class:`UnreadableEntry` for an entry that cannot be used."""
         if key in self.memory:
-            return self.memory[key]
-        if self.directory is None:
+            self.memory.move_to_end(key)
+            return self.memory[key][0]
+        if not self._disk_ready():
             return None
         path = self._path(key)
         try:
-            blob = path.read_bytes()
+            blob = _read_regular_file(path)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            # Not a file (a folder, a FIFO, a link) at our entry's name: remove it so the result can be
+            # stored again. A file we may not read (another user's) is left alone, and not written over.
+            try:
+                if not stat.S_ISREG(path.lstat().st_mode):
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                else:
+                    self.read_only.add(key)
+            except OSError:
+                self.read_only.add(key)
+            raise UnreadableEntry(f"cache entry {path} cannot be read ({error.strerror or error})") from error
         try:
             result = _decode(blob)
         except Exception as error:
-            path.unlink(missing_ok=True)
-            raise CorruptCacheEntry(f"cache entry {path} is damaged ({error}); discarded") from error
-        self.memory[key] = result
+            self.discard(key)
+            raise UnreadableEntry(f"cache entry {path} is damaged ({error}); discarded") from error
+        self._remember(key, result)
         return result
 
+    def discard(self, key: str) -> None:
+        """Forget an entry, in memory and on disk."""
+        self.memory.pop(key, None)
+        if self.directory is not None:
+            try:
+                self._path(key).unlink(missing_ok=True)
+            except OSError:
+                pass
+
     def store(self, key: str, result: NodeResult, to_disk: bool) -> None:
-        self.memory[key] = result
-        if self.directory is None or not to_disk:
+        """Keep a result; raises OSError if the disk write fails (the result stays in memory)."""
+        self._remember(key, result)
+        if not to_disk or key in self.read_only or not self._disk_ready():
             return
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        temporary = path.with_name(f"{key}.{secrets.token_hex(6)}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Mode 0666 less the umask, as for any new file, so that a cache can be shared.
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as error:
+            self.disk_problem = f"cannot write to cache directory {self.directory} ({error.strerror or error})"
+            raise
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(_encode(result))
             os.replace(temporary, path)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise
 
-    def entries(self) -> list[Path]:
+    def scan(self) -> Scan:
+        """Entries and leftovers of the disk side (nothing outside the two-letter folders is looked at)."""
+        found = Scan()
         if self.directory is None or not self.directory.exists():
-            return []
-        return sorted(self.directory.glob(f"*/*{SUFFIX}"))
+            return found
+        try:
+            shards = [item for item in os.scandir(self.directory) if SHARD_NAME.fullmatch(item.name)]
+        except OSError as error:
+            found.problems.append(f"{self.directory}: {error.strerror or error}")
+            return found
+        for shard in sorted(shards, key=lambda item: item.name):
+            path = Path(shard.path)
+            if not shard.is_dir(follow_symlinks=False):
+                found.leftovers.append(path)
+                continue
+            try:
+                items = sorted(os.scandir(path), key=lambda item: item.name)
+            except OSError as error:
+                found.problems.append(f"{path}: {error.strerror or error}")
+                continue
+            for item in items:
+                real = ENTRY_NAME.fullmatch(item.name) and item.name.startswith(shard.name)
+                is_file = item.is_file(follow_symlinks=False)
+                (found.entries if real and is_file else found.leftovers).append(Path(item.path))
+        return found
 
-    def clear(self) -> int:
-        """Delete every entry (memory and disk); returns how many disk entries went."""
+    def entries(self) -> list[Path]:
+        return self.scan().entries
+
+    def clear(self) -> tuple[int, int, list[str]]:
+        """Delete every entry and leftover (memory too): (entries removed, leftovers removed, problems)."""
         self.memory.clear()
-        removed = self.entries()
-        for path in removed:
-            path.unlink(missing_ok=True)
-        return len(removed)
+        found = self.scan()
+        problems = list(found.problems)
+        removed = {"entries": 0, "leftovers": 0}
+        for kind, paths in (("entries", found.entries), ("leftovers", found.leftovers)):
+            for path in paths:
+                try:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
+                    removed[kind] += 1
+                except OSError as error:
+                    problems.append(f"{path}: {error.strerror or error}")
+        if self.directory is not None and self.directory.is_dir():
+            for shard in self.directory.iterdir():
+                if SHARD_NAME.fullmatch(shard.name) and shard.is_dir() and not shard.is_symlink():
+                    try:
+                        shard.rmdir()
+                    except OSError:
+                        pass  # not empty: something we could not remove, reported above
+        return removed["entries"], removed["leftovers"], problems
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file; never follows a link, never blocks on a FIFO."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    handle = os.open(path, flags)
+    with os.fdopen(handle, "rb") as file:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return file.read()
 
 
 def _encode(result: NodeResult) -> bytes:
     import torch
 
     buffer = io.BytesIO()
-    torch.save({"outputs": list(result.outputs), "ui": result.ui}, buffer)
+    torch.save({"outputs": list(result.outputs), "ui": result.ui, "files": dict(result.files)}, buffer)
     payload = buffer.getvalue()
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
@@ -148,4 +352,9 @@ def _decode(blob: bytes) -> NodeResult:
     import torch
 
     stored = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
-    return NodeResult(outputs=tuple(stored["outputs"]), ui=stored["ui"])
+    if not isinstance(stored, dict) or not isinstance(stored.get("outputs"), (list, tuple)):
+        raise ValueError("not a node result")
+    ui, files = stored.get("ui"), stored.get("files") or {}
+    if ui is not None and not isinstance(ui, dict) or not isinstance(files, dict):
+        raise ValueError("not a node result")
+    return NodeResult(outputs=tuple(stored["outputs"]), ui=ui, files=files)

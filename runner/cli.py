@@ -4,27 +4,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from runner.cache import Cache, default_cache_dir
-from runner.context import DEVICES
+from runner.cache import DEFAULT_MEMORY_BYTES, Cache, default_cache_dir
 from runner.execute import NodeExecutionError, RunInterrupted, SilentReporter, run
-from runner.graph import GraphFormatError, load_graph, with_overrides
+from runner.graph import Graph, GraphFormatError, load_graph, with_overrides
+from runner.host import DEVICES, Folders, RunnerHost
+from runner.plan import plan
 from runner.progress import ConsoleReporter
 from runner.registry import Registry, default_registry
 from runner.spec import node_spec
 from runner.tuning import MODES, configure_process
-from runner.validate import GraphValidationError, validate
+from runner.validate import GraphValidationError, check_plan
 
-EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_INVALID = 1, 2
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 def _id_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _byte_size(text: str) -> int:
+    """``2GiB``, ``512MB``, ``1e9`` or ``0`` -> bytes."""
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
+    try:
+        number = float(match.group(1)) if match else -1.0
+    except ValueError:
+        number = -1.0
+    if not match or not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 2GiB, 512MB or 0")
+    power = "kmgt".find(match.group(2).lower()) + 1
+    return int(number * (1024 if match.group(3) or power == 0 else 1000) ** power)
+
+
+def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("graph", type=Path, help="an API prompt or an editor workflow (JSON)")
+    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.INPUT=VALUE",
+                         help="replace a constant input (VALUE is parsed as JSON, else taken as a string)")
+    command.add_argument("--only", type=_id_list, metavar="ID,...", help="run only what these nodes need")
+    command.add_argument("--json", action="store_true", help="validation errors as ComfyUI node_errors JSON")
+    command.add_argument("--input-dir", type=Path, default=Path("."),
+                         help="where relative image names are read from (default: the current directory)")
+    command.add_argument("--output-dir", type=Path, default=Path("output"),
+                         help="where file name prefixes are written (default: ./output)")
+    command.add_argument("--confine", action="store_true",
+                         help="refuse paths outside --input-dir / --output-dir, as ComfyUI does")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,26 +64,25 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run_command = commands.add_parser("run", help="validate and run a graph")
-    run_command.add_argument("graph", type=Path)
-    run_command.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.INPUT=VALUE",
-                             help="replace a constant input (VALUE is parsed as JSON, else taken as a string)")
+    _add_graph_arguments(run_command)
     run_command.add_argument("--device", choices=DEVICES, default="auto")
-    run_command.add_argument("--only", type=_id_list, metavar="ID,...", help="run only what these nodes need")
     run_command.add_argument("--recompute", type=_id_list, default=[], metavar="ID,...",
                              help="ignore cached results of these nodes and their descendants")
     run_command.add_argument("--cache-dir", type=Path, default=None, help=f"default {default_cache_dir()}")
     run_command.add_argument("--no-cache", action="store_true", help="keep results in memory only")
+    run_command.add_argument("--memory-cache", type=_byte_size, default=DEFAULT_MEMORY_BYTES, metavar="SIZE",
+                             help="results kept in memory across the run, least recently used out first (default 2GiB)")
+    run_command.add_argument("--preview", type=Path, default=None, metavar="PATH",
+                             help="write the running optimizer's current image here (e.g. preview.png)")
+    run_command.add_argument("--preview-every", type=float, default=1.0, metavar="SECONDS",
+                             help="at most one preview per this many seconds (default 1)")
     run_command.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    run_command.add_argument("--json", action="store_true", help="validation errors as ComfyUI node_errors JSON")
     run_command.add_argument("--tuning", choices=MODES, default=None,
                              help="process settings: speed (default), memory (lower peak RSS, 30-40%% slower) "
                                   "or off; default NST_TUNING or speed (see runner/tuning.py)")
 
     validate_command = commands.add_parser("validate", help="check a graph without running it")
-    validate_command.add_argument("graph", type=Path)
-    validate_command.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.INPUT=VALUE")
-    validate_command.add_argument("--only", type=_id_list, metavar="ID,...")
-    validate_command.add_argument("--json", action="store_true")
+    _add_graph_arguments(validate_command)
 
     nodes_command = commands.add_parser("nodes", help="list node classes, their inputs and outputs")
     nodes_command.add_argument("--json", action="store_true", help="a ComfyUI /object_info document")
@@ -67,11 +98,14 @@ def object_info(registry: Registry) -> dict[str, Any]:
     info = {}
     for name, node_class in sorted(registry.classes.items()):
         spec = node_spec(node_class)
+        declared = node_class.INPUT_TYPES()
         info[name] = {
-            "input": node_class.INPUT_TYPES(),
+            "input": declared,
+            "input_order": {section: list(declared.get(section, {})) for section in ("required", "optional")},
             "output": list(spec.return_types),
             "output_name": list(spec.return_names),
             "output_is_list": [False] * len(spec.return_types),
+            "output_tooltips": list(getattr(node_class, "OUTPUT_TOOLTIPS", ())),
             "name": name,
             "display_name": registry.display_name(name),
             "description": getattr(node_class, "DESCRIPTION", ""),
@@ -103,43 +137,116 @@ def _report_invalid(error: GraphValidationError, as_json: bool) -> int:
     return EXIT_INVALID
 
 
+def _report_format_error(error: GraphFormatError, as_json: bool) -> int:
+    if as_json:
+        report = {"error": {"type": "invalid_prompt", "message": str(error), "details": "", "extra_info": {}},
+                  "node_errors": {}}
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"error: {error}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _folders(args: argparse.Namespace) -> Folders:
+    return Folders(args.input_dir, args.output_dir, args.confine)
+
+
+def _load(args: argparse.Namespace) -> Graph:
+    graph = load_graph(args.graph)
+    return with_overrides(graph, args.overrides) if args.overrides else graph
+
+
+class _StopOnSignal:
+    """First Ctrl-C or SIGTERM: ask the run to stop after the current step. Second: abort at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        for number in EXIT_CODES:
+            self.previous[number] = signal.signal(number, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def handle(self, number: int, frame: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signal = number
+        self.event.set()
+        print(f"\n{SIGNAL_NAMES[number]}: stopping after the current step; the result so far will be saved "
+              "(press Ctrl-C again to abort at once)", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    interrupt = threading.Event()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if interrupt.is_set():
-            raise KeyboardInterrupt
-        interrupt.set()
-        print("\nstopping at the next progress report (Ctrl-C again to abort now)", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        results = run(
-            load_graph(args.graph),
-            device=args.device,
-            outputs=args.only,
-            overrides=args.overrides,
-            cache=Cache(cache_dir),
-            recompute=args.recompute,
-            reporter=SilentReporter() if args.quiet else ConsoleReporter(),
-            interrupt=interrupt,
-        )
-    except GraphValidationError as error:
-        return _report_invalid(error, args.json)
-    except RunInterrupted as error:
-        print(f"stopped: {error}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except NodeExecutionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    reporter = SilentReporter() if args.quiet else ConsoleReporter(preview_path=args.preview,
+                                                                   preview_seconds=args.preview_every)
+    with _StopOnSignal() as stop:
+        try:
+            results = run(
+                _load(args),
+                device=args.device,
+                outputs=args.only,
+                cache=Cache(cache_dir, memory_bytes=args.memory_cache),
+                recompute=args.recompute,
+                reporter=reporter,
+                interrupt=stop.event,
+                folders=_folders(args),
+            )
+        except GraphValidationError as error:
+            return _report_invalid(error, args.json)
+        except RunInterrupted as error:
+            name = SIGNAL_NAMES.get(stop.signal or signal.SIGINT, "stop request")
+            print(f"stopped by {name}: {error}; finished results stay cached", file=sys.stderr)
+            return EXIT_CODES.get(stop.signal or signal.SIGINT, 130)
+        except NodeExecutionError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            print(f"aborted by {SIGNAL_NAMES.get(stop.signal or signal.SIGINT)}; finished results stay cached",
+                  file=sys.stderr)
+            return EXIT_CODES.get(stop.signal or signal.SIGINT, 130)
     if not args.quiet:
         for node_id, outputs in results.items():
             if outputs:
                 print(f"output {node_id}: {', '.join(_describe(value) for value in outputs)}")
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    graph = _load(args)
+    registry = default_registry()
+    the_plan = plan(graph, registry, args.only)
+    host = RunnerHost("cpu", _folders(args), threading.Event())
+    errors = check_plan(graph, registry, the_plan, {"NST_CONTEXT": host})
+    if errors:
+        return _report_invalid(GraphValidationError(errors, graph.source), args.json)
+    print(json.dumps({"error": None, "node_errors": {}}) if args.json else f"{graph.source}: valid")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache_dir or default_cache_dir())
+    if cache.directory is not None and cache.directory.exists() and not cache.directory.is_dir():
+        print(f"error: {cache.directory} is not a directory", file=sys.stderr)
+        return EXIT_INVALID
+    if args.action == "clear":
+        entries, leftovers, problems = cache.clear()
+        print(f"removed {entries} entries and {leftovers} leftovers from {cache.directory}")
+    else:
+        found = cache.scan()
+        problems = found.problems
+        print(f"{cache.directory}: {len(found.entries)} entries, {found.entry_bytes / 2**20:.1f} MiB")
+        if found.leftovers:
+            print(f"{len(found.leftovers)} leftovers (unfinished writes, stray files); `nst cache clear` removes them")
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else 0
 
 
 def _describe(value: Any) -> str:
@@ -149,24 +256,16 @@ def _describe(value: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "run":
-        try:
-            configure_process(args.tuning)
-        except ValueError as error:  # a bad NST_TUNING; the flag itself is checked by argparse
-            print(f"error: NST_TUNING: {error}", file=sys.stderr)
-            return EXIT_INVALID
     try:
         if args.command == "run":
+            try:
+                configure_process(args.tuning)
+            except ValueError as error:  # a bad NST_TUNING; the flag itself is checked by argparse
+                print(f"error: NST_TUNING: {error}", file=sys.stderr)
+                return EXIT_INVALID
             return _run(args)
         if args.command == "validate":
-            graph = load_graph(args.graph)
-            if args.overrides:
-                graph = with_overrides(graph, args.overrides)
-            errors = validate(graph, default_registry(), args.only)
-            if errors:
-                return _report_invalid(GraphValidationError(errors, graph.source), args.json)
-            print(json.dumps({"error": None, "node_errors": {}}) if args.json else f"{graph.source}: valid")
-            return 0
+            return _validate(args)
         if args.command == "nodes":
             registry = default_registry()
             if args.json:
@@ -174,14 +273,17 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_nodes(registry)
             return 0
-        cache = Cache(args.cache_dir or default_cache_dir())
-        entries = cache.entries()
-        if args.action == "clear":
-            print(f"removed {cache.clear()} entries from {cache.directory}")
-        else:
-            size = sum(path.stat().st_size for path in entries)
-            print(f"{cache.directory}: {len(entries)} entries, {size / 2**20:.1f} MiB")
-        return 0
-    except (GraphFormatError, ValueError) as error:
+        return _cache(args)
+    except GraphFormatError as error:
+        return _report_format_error(error, getattr(args, "json", False))
+    except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the last line of defence: a message, never a traceback
+        if os.environ.get("NST_DEBUG"):
+            raise
+        print(f"error: unexpected {type(error).__name__}: {error} (NST_DEBUG=1 shows where)", file=sys.stderr)
+        return EXIT_FAILED

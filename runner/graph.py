@@ -1,4 +1,4 @@
-"""Graph files: ComfyUI "API" prompts loaded into a networkx DiGraph.
+"""Graph files: ComfyUI "API" prompts (or editor workflows, see workflow.py) loaded into a networkx DiGraph.
 
 A prompt is ``{"<id>": {"class_type": str, "inputs": {name: constant | [source_id, index]}}}``,
 optionally wrapped as ``{"prompt": {...}}`` (the body ComfyUI's /prompt endpoint takes).
@@ -8,33 +8,72 @@ Graph nodes carry ``class_type``, ``constants`` and ``links`` (input name -> (so
 output index)); an edge source -> target carries ``inputs`` (input name -> output index).
 Links to ids that are not in the prompt are kept in ``links`` (validation reports them) but
 make no edge, so networkx never invents a node.
+
+Files are read within :class:`GraphLimits` (size, node count, nesting depth), checked without
+recursion, so a hostile file gets a clear :class:`GraphFormatError`, never a RecursionError.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
+from runner.registry import Registry, default_registry
+
 
 class GraphFormatError(ValueError):
-    """The file is not a prompt at all (bad JSON, wrong shape); validation cannot start."""
+    """The file is not a prompt at all (bad JSON, wrong shape, over a limit); validation cannot start."""
 
 
 Link = tuple[str, int]
 
 
+def _environment_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise GraphFormatError(f"{name}={text!r} is not a whole number") from None
+    if value < 1:
+        raise GraphFormatError(f"{name}={value} must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class GraphLimits:
+    """What a graph file may be; each limit can be raised with the environment variable in brackets."""
+
+    max_bytes: int = 16 << 20  # [NST_MAX_GRAPH_BYTES] a 17-node graph is 4 KB, an editor workflow 30 KB
+    max_nodes: int = 10_000  # [NST_MAX_GRAPH_NODES]
+    max_depth: int = 64  # [NST_MAX_GRAPH_DEPTH] JSON nesting; a prompt needs 5, an editor workflow about 8
+
+    @classmethod
+    def from_environment(cls) -> GraphLimits:
+        defaults = cls()
+        return cls(
+            max_bytes=_environment_int("NST_MAX_GRAPH_BYTES", defaults.max_bytes),
+            max_nodes=_environment_int("NST_MAX_GRAPH_NODES", defaults.max_nodes),
+            max_depth=_environment_int("NST_MAX_GRAPH_DEPTH", defaults.max_depth),
+        )
+
+
 @dataclass
 class Graph:
-    """A loaded prompt: the DiGraph the runner works on, and the prompt it came from."""
+    """A loaded prompt: the DiGraph the runner works on, the prompt it came from and, for an
+    editor workflow, the workflow itself (embedded in saved images as ComfyUI does)."""
 
     dag: nx.DiGraph
     prompt: dict[str, Any]
     source: str = "<dict>"
+    workflow: dict[str, Any] | None = field(default=None, repr=False)
 
     def node(self, node_id: str) -> dict[str, Any]:
         return self.dag.nodes[node_id]
@@ -45,6 +84,7 @@ def _is_link(value: Any) -> bool:
         isinstance(value, list)
         and len(value) == 2
         and isinstance(value[0], (str, int))
+        and not isinstance(value[0], bool)
         and isinstance(value[1], int)
         and not isinstance(value[1], bool)
     )
@@ -56,26 +96,94 @@ def _unwrap_constant(value: Any) -> Any:
     return value
 
 
-def load_graph(source: str | Path | dict[str, Any], name: str = "<dict>") -> Graph:
-    """Load a prompt from a JSON file path or an already parsed dict (``name`` labels a dict)."""
+def _check_depth(document: Any, name: str, limit: int) -> None:
+    """Refuse JSON nested deeper than ``limit`` (iteratively: the check itself cannot overflow)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            raise GraphFormatError(
+                f"{name}: nested deeper than {limit} levels; a graph needs about 8 "
+                "(raise NST_MAX_GRAPH_DEPTH if this is intended)"
+            )
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _check_node_id(node_id: str, name: str) -> None:
+    printable = node_id.isprintable() and not any(0xD800 <= ord(c) <= 0xDFFF for c in node_id)
+    if not node_id or len(node_id) > 64 or not printable:
+        raise GraphFormatError(
+            f"{name}: node id {node_id!r} is not usable; ids are 1 to 64 printable characters, such as '17'"
+        )
+
+
+def read_document(path: str | Path, limits: GraphLimits) -> Any:
+    """The parsed JSON of a graph file, within the size and nesting limits."""
+    name = str(path)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limits.max_bytes + 1)
+    except OSError as error:
+        raise GraphFormatError(f"cannot read graph file {name}: {error.strerror or error}") from error
+    except ValueError as error:  # e.g. an embedded NUL in the path
+        raise GraphFormatError(f"cannot read graph file {name!r}: {error}") from error
+    if len(data) > limits.max_bytes:
+        raise GraphFormatError(
+            f"{name} is larger than {limits.max_bytes >> 20} MiB; is it a graph? "
+            "(raise NST_MAX_GRAPH_BYTES if it is)"
+        )
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise GraphFormatError(f"{name} is not UTF-8 text: {error}") from error
+    except json.JSONDecodeError as error:
+        raise GraphFormatError(f"{name} is not valid JSON: {error}") from error
+    except RecursionError:
+        raise GraphFormatError(f"{name}: JSON nested too deeply to read") from None
+    except ValueError as error:  # e.g. an integer with more than 4300 digits
+        raise GraphFormatError(f"{name}: {error}") from error
+    _check_depth(document, name, limits.max_depth)
+    return document
+
+
+def load_graph(
+    source: str | Path | dict[str, Any],
+    name: str = "<dict>",
+    limits: GraphLimits | None = None,
+    registry: Registry | None = None,
+) -> Graph:
+    """Load a prompt or an editor workflow from a JSON file path or an already parsed dict.
+
+    ``name`` labels a dict in messages. An editor workflow (``{"nodes": [...], "links": [...]}``)
+    is converted through the node specs of ``registry`` (default: every installed pack).
+    """
+    limits = limits or GraphLimits.from_environment()
     if isinstance(source, dict):
-        prompt = source
+        document: Any = source
+        _check_depth(document, name, limits.max_depth)
     else:
         name = str(source)
-        try:
-            prompt = json.loads(Path(source).read_text(encoding="utf-8"))
-        except OSError as error:
-            raise GraphFormatError(f"cannot read graph file {name}: {error.strerror}") from error
-        except json.JSONDecodeError as error:
-            raise GraphFormatError(f"{name} is not valid JSON: {error}") from error
-    if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), dict):
-        prompt = prompt["prompt"]
-    if not isinstance(prompt, dict) or not prompt:
+        document = read_document(source, limits)
+    workflow = None
+    from runner.workflow import is_workflow, workflow_to_prompt  # imported here: workflow.py imports this module
+
+    if is_workflow(document):
+        workflow = document
+        document = workflow_to_prompt(workflow, registry or default_registry(), name)
+    if isinstance(document, dict) and isinstance(document.get("prompt"), dict):
+        document = document["prompt"]
+    if not isinstance(document, dict) or not document:
         raise GraphFormatError(f"{name}: a graph is a non-empty JSON object of nodes keyed by id")
-    prompt = copy.deepcopy(prompt)
+    if len(document) > limits.max_nodes:
+        raise GraphFormatError(
+            f"{name} has {len(document)} nodes, more than {limits.max_nodes} (raise NST_MAX_GRAPH_NODES if intended)"
+        )
+    prompt = copy.deepcopy(document)
 
     dag = nx.DiGraph()
     for node_id, entry in prompt.items():
+        _check_node_id(node_id, name)
         if not isinstance(entry, dict) or not isinstance(entry.get("class_type"), str):
             raise GraphFormatError(f"{name}: node {node_id} must be an object with a string 'class_type'")
         inputs = entry.get("inputs", {})
@@ -83,13 +191,13 @@ def load_graph(source: str | Path | dict[str, Any], name: str = "<dict>") -> Gra
             raise GraphFormatError(f"{name}: node {node_id}: 'inputs' must be an object")
         constants = {k: _unwrap_constant(v) for k, v in inputs.items() if not _is_link(v)}
         links = {k: (str(v[0]), v[1]) for k, v in inputs.items() if _is_link(v)}
-        dag.add_node(str(node_id), class_type=entry["class_type"], constants=constants, links=links)
+        dag.add_node(node_id, class_type=entry["class_type"], constants=constants, links=links)
     for target, data in dag.nodes(data=True):
         for input_name, (source_id, index) in data["links"].items():
             if source_id in prompt:
                 dag.add_edge(source_id, target)
                 dag.edges[source_id, target].setdefault("inputs", {})[input_name] = index
-    return Graph(dag=dag, prompt=prompt, source=name)
+    return Graph(dag=dag, prompt=prompt, source=name, workflow=workflow)
 
 
 def _split_target(target: str, text: str) -> tuple[str, str]:
@@ -106,7 +214,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ValueError(f"override {text!r} is not of the form ID.INPUT=VALUE")
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         value = raw
     return (*_split_target(target, text), _unwrap_constant(value))
 
@@ -125,4 +233,4 @@ def with_overrides(graph: Graph, overrides: dict[str, Any] | list[str]) -> Graph
         if isinstance(value, list):
             value = {"__value__": value}
         prompt[node_id].setdefault("inputs", {})[input_name] = value
-    return load_graph(prompt, name=graph.source)
+    return load_graph(prompt, name=graph.source)  # the editor workflow no longer describes it: dropped

@@ -1,39 +1,79 @@
-"""Console reporting: one line per node, and a tqdm bar for nodes that report progress."""
+"""Console reporting: one line per node, a tqdm bar for nodes that report progress, previews to a file."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from runner.host import Preview
+
 
 class ConsoleReporter:
-    def __init__(self, stream: TextIO | None = None) -> None:
+    """Prints what a run does; with ``preview_path``, writes the running node's preview there.
+
+    The preview file is replaced atomically at most every ``preview_seconds`` (and at a node's
+    last step), so an image viewer watching it never sees half a file.
+    """
+
+    def __init__(self, stream: TextIO | None = None, preview_path: Path | None = None,
+                 preview_seconds: float = 1.0) -> None:
         self.stream = stream or sys.stderr
         self.bar: tqdm | None = None
+        self.preview_path = preview_path
+        self.preview_seconds = preview_seconds
+        self.last_preview = -float("inf")
+        self.last_step: dict[str, tuple[int, int]] = {}
 
     def _close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
-    def node_done(
-        self, node_id: str, class_type: str, seconds: float, cached: bool, ui: dict[str, Any] | None
-    ) -> None:
+    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path]) -> None:
         self._close_bar()
-        how = "cached" if cached else f"ran in {seconds:.2f} s"
-        files = [str(Path(i.get("subfolder", "")) / i["filename"]) for i in (ui or {}).get("images", [])]
-        print(f"[{node_id}] {class_type}: {how}{' -> ' + ', '.join(files) if files else ''}", file=self.stream)
+        if outcome == "cached":
+            how = "cached"
+        elif outcome == "partial" and node_id in self.last_step:
+            step, total = self.last_step[node_id]
+            how = f"stopped early at step {step} of {total} after {seconds:.2f} s (partial result, not cached)"
+        elif outcome == "partial":
+            how = f"ran in {seconds:.2f} s on a partial result (not cached)"
+        else:
+            how = f"ran in {seconds:.2f} s"
+        written = f" -> {', '.join(str(path) for path in files)}" if files else ""
+        print(f"[{node_id}] {class_type}: {how}{written}", file=self.stream)
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any]) -> None:
+    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
+                 preview: Preview | None) -> None:
+        self.last_step[node_id] = (step, total)
         if self.bar is None:
             self.bar = tqdm(total=total, desc=f"[{node_id}] {class_type}", file=self.stream, leave=False)
         self.bar.n = step
         if info:
             self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in info.items()}, refresh=False)
         self.bar.refresh()
+        if preview is not None and self.preview_path is not None:
+            now = time.monotonic()
+            if step >= total or now - self.last_preview >= self.preview_seconds:
+                self.last_preview = now
+                self._write_preview(preview)
+
+    def _write_preview(self, preview: Preview) -> None:
+        path = self.preview_path
+        assert path is not None
+        temporary = path.with_name(f".{path.stem}.writing{path.suffix}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            preview().save(temporary)
+            os.replace(temporary, path)
+        except (OSError, ValueError) as error:
+            self.warning(f"cannot write the preview to {path} ({error}); previews are off for this run")
+            self.preview_path = None
 
     def warning(self, message: str) -> None:
         self._close_bar()

@@ -5,8 +5,9 @@ A node class is any class with ComfyUI's attributes (``INPUT_TYPES``, ``RETURN_T
 
 - ``DISK_CACHE = False``: outputs are kept in memory only (they are not tensors and
   JSON-able values, or are cheaper to rebuild than to store).
-- hidden input ``"NST_CONTEXT"``: the :class:`runner.context.ExecutionContext` (device,
-  progress, interrupt). ComfyUI passes nothing for it, so nodes must accept ``None``.
+- hidden input ``"NST_CONTEXT"``: the :class:`runner.host.RunnerHost` (device, folders,
+  progress, stop). ComfyUI passes nothing for it, so nodes must accept ``None``.
+- ``OUTPUT_TOOLTIPS`` (ComfyUI's): one tooltip per output.
 - ComfyUI's own ``VALIDATE_INPUTS`` and ``IS_CHANGED`` class methods, with ComfyUI's meaning.
 """
 
@@ -89,11 +90,16 @@ def node_spec(node_class: type) -> NodeSpec:
     )
 
 
-def call_with_constants(function: Any, constants: dict[str, Any]) -> Any:
-    """Call a ComfyUI class hook (VALIDATE_INPUTS, IS_CHANGED) with the constants its signature names."""
+def call_hook(function: Any, constants: dict[str, Any], hidden: dict[str, Any] | None = None) -> Any:
+    """Call a ComfyUI class hook (VALIDATE_INPUTS, IS_CHANGED) with the values its signature names.
+
+    ``hidden`` maps hidden input names to values (e.g. ``context`` -> the host); a hook with
+    ``**kwargs`` gets everything, as ComfyUI does.
+    """
     parameters = inspect.signature(function).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    return function(**{k: v for k, v in constants.items() if takes_all or k in parameters})
+    values = {**constants, **(hidden or {})}
+    return function(**{k: v for k, v in values.items() if takes_all or k in parameters})
 
 
 @cache
@@ -120,6 +126,7 @@ def _package_fingerprint(package: str) -> str:
     return digest.hexdigest()
 
 
+@cache
 def code_version(node_class: type) -> str:
     """A hash of the class's source and of its package's version and source files."""
     try:

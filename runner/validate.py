@@ -1,21 +1,22 @@
-"""Check a whole graph before anything runs, and report every problem at once."""
+"""Check the planned part of a graph before anything runs, and report every problem at once."""
 
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any
 
-import networkx as nx
-
 from runner.graph import Graph
+from runner.plan import Plan, id_order
+from runner.plan import plan as make_plan
 from runner.registry import Registry
 from runner.spec import (
     ANY_TYPE,
     COMBO_TYPE,
     InputSpec,
     NodeSpec,
-    call_with_constants,
+    call_hook,
     node_spec,
 )
 
@@ -84,10 +85,10 @@ class GraphValidationError(ValueError):
 def _constant_error(spec: InputSpec, value: Any) -> tuple[str, str] | None:
     """(kind, message) when a constant does not fit its declared input, else None."""
     if not spec.accepts_constant:
-        return "invalid_input_type", f"takes {spec.type}, which must come from a link, got the constant {value!r}"
+        return "invalid_input_type", f"takes {spec.type}, which must come from a link, got the constant {value!r:.200}"
     if spec.type == COMBO_TYPE:
-        if value not in spec.choices:
-            return "value_not_in_list", f"{value!r} is not one of {list(spec.choices)}"
+        if not isinstance(value, (str, int, float, bool)) or value not in spec.choices:
+            return "value_not_in_list", f"{value!r:.200} is not one of {list(spec.choices)}"
         return None
     type_ok = {
         "INT": isinstance(value, int) and not isinstance(value, bool),
@@ -96,7 +97,9 @@ def _constant_error(spec: InputSpec, value: Any) -> tuple[str, str] | None:
         "BOOLEAN": isinstance(value, bool),
     }[spec.type]
     if not type_ok:
-        return "invalid_input_type", f"expects {spec.type}, got {type(value).__name__} {value!r}"
+        return "invalid_input_type", f"expects {spec.type}, got {type(value).__name__} {value!r:.200}"
+    if spec.type == "FLOAT" and not math.isfinite(value):
+        return "invalid_input_type", f"{value!r} is not a finite number"
     low, high = spec.options.get("min"), spec.options.get("max")
     if low is not None and value < low:
         return "value_smaller_than_min", f"{value!r} is below the minimum {low}"
@@ -105,16 +108,19 @@ def _constant_error(spec: InputSpec, value: Any) -> tuple[str, str] | None:
     return None
 
 
-def _custom_validation(spec: NodeSpec, constants: dict[str, Any]) -> str | None:
+def _custom_validation(spec: NodeSpec, constants: dict[str, Any], hidden: dict[str, Any]) -> str | None:
     """Run the class's ComfyUI ``VALIDATE_INPUTS`` on the constants its signature names."""
     check = getattr(spec.node_class, "VALIDATE_INPUTS", None)
     if check is None:
         return None
-    outcome = call_with_constants(check, constants)
+    try:
+        outcome = call_hook(check, constants, hidden)
+    except Exception as error:  # a hook that crashes on odd input still gets its node named
+        return f"its VALIDATE_INPUTS failed: {type(error).__name__}: {error}"
     return None if outcome is True else str(outcome)
 
 
-def _node_errors(graph: Graph, node_id: str, registry: Registry) -> list[ValidationError]:
+def _node_errors(graph: Graph, node_id: str, registry: Registry, hidden: dict[str, Any]) -> list[ValidationError]:
     data = graph.node(node_id)
     class_type = data["class_type"]
     node_class = registry.classes.get(class_type)
@@ -125,7 +131,7 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry) -> list[Validat
     if node_class is None:
         close = difflib.get_close_matches(class_type, registry.classes, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        return [error("invalid_class_type", f"unknown class_type '{class_type}'{hint}")]
+        return [error("invalid_class_type", f"unknown class_type {class_type!r:.100}{hint}")]
     spec = node_spec(node_class)
     errors: list[ValidationError] = []
     given = {**data["constants"], **data["links"]}
@@ -134,7 +140,7 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry) -> list[Validat
         if name not in spec.inputs:
             close = difflib.get_close_matches(name, spec.inputs, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; inputs are {sorted(spec.inputs)}"
-            errors.append(error("unknown_input", f"{class_type} has no input '{name}'{hint}", name))
+            errors.append(error("unknown_input", f"{class_type} has no input {name!r:.100}{hint}", name))
     for name, input_spec in spec.inputs.items():
         if input_spec.required and name not in given:
             errors.append(error("required_input_missing", f"required input of type {input_spec.type} is missing", name))
@@ -143,7 +149,7 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry) -> list[Validat
         if name not in spec.inputs:
             continue
         if source_id not in graph.dag:
-            errors.append(error("bad_linked_input", f"links to node '{source_id}', which is not in the graph", name))
+            errors.append(error("bad_linked_input", f"links to node {source_id!r:.100}, which is not in the graph", name))
             continue
         source_class = registry.classes.get(graph.node(source_id)["class_type"])
         if source_class is None:
@@ -175,51 +181,48 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry) -> list[Validat
                 errors.append(error(*problem, input_name=name))
 
     if not errors:
-        message = _custom_validation(spec, data["constants"])
+        hidden_values = {name: hidden[kind] for name, kind in spec.hidden.items() if kind in hidden}
+        message = _custom_validation(spec, data["constants"], hidden_values)
         if message:
             errors.append(error("custom_validation_failed", message))
     return errors
 
 
-def output_nodes(graph: Graph, registry: Registry) -> list[str]:
-    """Ids of the nodes whose class is an ``OUTPUT_NODE``."""
-    return [
-        node_id
-        for node_id, data in graph.dag.nodes(data=True)
-        if data["class_type"] in registry.classes and node_spec(registry.classes[data["class_type"]]).output_node
-    ]
+def check_plan(graph: Graph, registry: Registry, plan: Plan, hidden: dict[str, Any] | None = None) -> list[ValidationError]:
+    """Every problem of the planned part of the graph, in a stable order.
 
-
-def validate(
-    graph: Graph, registry: Registry, outputs: list[str] | None = None, recompute: list[str] | None = None
-) -> list[ValidationError]:
-    """Every problem of the graph (or of the part ``outputs`` needs), in a stable order."""
+    ``hidden`` maps hidden input kinds (e.g. ``NST_CONTEXT``) to what ``VALIDATE_INPUTS`` gets for them.
+    """
     errors = [
-        ValidationError("invalid_recompute", f"node '{node_id}' to recompute is not in the graph")
-        for node_id in recompute or []
-        if node_id not in graph.dag
+        ValidationError("invalid_recompute", f"node {node_id!r:.100} to recompute is not in the graph")
+        for node_id in plan.unknown_recompute
     ]
-    if outputs is None:
-        needed = set(graph.dag)
-        if not output_nodes(graph, registry):
-            errors.append(ValidationError("prompt_no_outputs", "the graph has no output node (e.g. a save node)"))
-    else:
-        missing = [o for o in outputs if o not in graph.dag]
-        errors += [ValidationError("prompt_no_outputs", f"requested output node '{o}' is not in the graph") for o in missing]
-        present = [o for o in outputs if o in graph.dag]
-        needed = set(present).union(*(nx.ancestors(graph.dag, o) for o in present))
-
-    for cycle in nx.simple_cycles(graph.dag.subgraph(needed)):
-        path = " -> ".join([*cycle, cycle[0]])
-        for node_id in cycle:
-            class_type = graph.node(node_id)["class_type"]
-            errors.append(
-                ValidationError("dependency_cycle", f"is on the cycle {path}", node_id, class_type)
-            )
-    for node_id in sorted(needed, key=_id_order):
-        errors += _node_errors(graph, node_id, registry)
+    errors += [
+        ValidationError("prompt_no_outputs", f"requested output node {node_id!r:.100} is not in the graph")
+        for node_id in plan.unknown_outputs
+    ]
+    if not plan.targets and not plan.unknown_outputs:
+        errors.append(ValidationError("prompt_no_outputs", "the graph has no output node (e.g. a save node)"))
+    for cycle in plan.cycles:
+        shown = ", ".join(cycle[:12]) + (f" and {len(cycle) - 12} more" if len(cycle) > 12 else "")
+        message = f"is on a cycle among nodes {shown}: a node cannot depend on its own result"
+        errors += [ValidationError("dependency_cycle", message, node_id, graph.node(node_id)["class_type"])
+                   for node_id in cycle]
+    needed = plan.needed
+    for node_id in sorted(graph.dag, key=id_order):
+        if node_id in needed:
+            errors += _node_errors(graph, node_id, registry, hidden or {})
+        elif graph.node(node_id)["class_type"] not in registry.classes:  # it might have been meant as an output
+            errors += _node_errors(graph, node_id, registry, {})
     return errors
 
 
-def _id_order(node_id: str) -> tuple[int, str]:
-    return (int(node_id), "") if node_id.isdigit() else (1 << 62, node_id)
+def validate(
+    graph: Graph,
+    registry: Registry,
+    outputs: list[str] | None = None,
+    recompute: list[str] | None = None,
+    hidden: dict[str, Any] | None = None,
+) -> list[ValidationError]:
+    """Every problem of the graph (or of the part ``outputs`` needs), in a stable order."""
+    return check_plan(graph, registry, make_plan(graph, registry, outputs, recompute), hidden)

@@ -1,30 +1,44 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGES = ROOT / "graphs" / "images"
+SAMPLES = ROOT / "nst_nodes" / "samples"
 sys.path.insert(0, str(Path(__file__).parent))
 
 
 class RecordingReporter:
-    """Counts what the runner did: ran / cached per node, progress and warnings."""
+    """Counts what the runner did: ran / cached / partial per node, progress, previews and warnings.
+
+    ``stop_at = (node_id, step, event)`` sets the run's stop event when that node reports that step,
+    as a Ctrl-C arriving mid-run would.
+    """
 
     def __init__(self) -> None:
         self.ran: list[str] = []
         self.cached: list[str] = []
+        self.partial: list[str] = []
+        self.files: dict[str, list[Path]] = {}
         self.steps: list[tuple[str, int, int]] = []
+        self.previews: list[Any] = []
         self.warnings: list[str] = []
+        self.stop_at: tuple[str, int, threading.Event] | None = None
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool, ui: dict | None) -> None:
-        (self.cached if cached else self.ran).append(node_id)
+    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path]) -> None:
+        {"ran": self.ran, "cached": self.cached, "partial": self.partial}[outcome].append(node_id)
+        self.files[node_id] = files
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any]) -> None:
+    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Any) -> None:
         self.steps.append((node_id, step, total))
+        if preview is not None:
+            self.previews.append(preview)
+        if self.stop_at is not None and self.stop_at[:2] == (node_id, step):
+            self.stop_at[2].set()
 
     def warning(self, message: str) -> None:
         self.warnings.append(message)
@@ -36,11 +50,11 @@ def reporter() -> RecordingReporter:
 
 
 @pytest.fixture
-def images() -> Path:
-    return IMAGES
+def samples() -> Path:
+    return SAMPLES
 
 
 @pytest.fixture(autouse=True)
 def _run_from_project_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shipped graphs name their images relative to the project root, as the README runs them."""
+    """The README runs the graphs from the project root; the tests do the same."""
     monkeypatch.chdir(ROOT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ class Opaque:
 
 
 class Countdown:
-    """Reports progress every step; ``interrupt_at`` sets the interrupt flag like a Ctrl-C would."""
+    """Counts ``steps`` steps, reporting each with a preview, and stops early when asked (returning the count so far)."""
 
     RETURN_TYPES = ("INT",)
     FUNCTION = "count"
@@ -131,16 +132,56 @@ class Countdown:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {"start": ("INT",), "steps": ("INT", {"default": 5, "min": 1})},
-            "optional": {"interrupt_at": ("INT", {"default": 0})},
             "hidden": {"context": "NST_CONTEXT"},
         }
 
-    def count(self, start: int, steps: int, interrupt_at: int = 0, context: Any = None) -> tuple[int]:
+    def count(self, start: int, steps: int, context: Any = None) -> tuple[int]:
+        done = 0
         for step in range(1, steps + 1):
-            if step == interrupt_at:
-                context.interrupt.set()
-            context.progress(step, steps)
-        return (start + steps,)
+            done = step
+            context.progress(step, steps, preview=lambda: f"picture at {step}", done=step)
+            if context.should_stop():
+                break
+        return (start + done,)
+
+
+class Volatile:
+    """IS_CHANGED says NaN: ComfyUI's "run me every time"."""
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "make"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT", {"default": 1})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **_: Any) -> float:
+        return float("nan")
+
+    def make(self, value: int) -> tuple[int]:
+        return (value,)
+
+
+class WriteText:
+    """An output node that writes a file into the output folder and reports it as ComfyUI does."""
+
+    RETURN_TYPES = ()
+    FUNCTION = "write"
+    CATEGORY = "test"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT",), "name": ("STRING", {"default": "out.txt"})},
+                "hidden": {"context": "NST_CONTEXT"}}
+
+    def write(self, value: int, name: str, context: Any = None) -> dict[str, Any]:
+        path = context.output_folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(value))
+        return {"ui": {"images": [{"filename": path.name, "subfolder": "", "type": "output"}]}, "result": ()}
 
 
 class Fail:
@@ -154,6 +195,29 @@ class Fail:
 
     def fail(self, value: int) -> tuple[int]:
         raise RuntimeError("boom")
+
+
+class Crashing:
+    """Hooks that raise on odd input, as third-party hooks may."""
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "make"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"text": ("STRING", {"default": ""})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, text: str) -> bool:
+        return int(text) >= 0
+
+    @classmethod
+    def IS_CHANGED(cls, text: str) -> str:
+        raise OSError("no such thing")
+
+    def make(self, text: str) -> tuple[int]:
+        return (len(text),)
 
 
 class Checked:
@@ -174,9 +238,16 @@ class Checked:
 
 
 NODE_CLASS_MAPPINGS = {
-    cls.__name__: cls for cls in (Number, Add, Vector, Total, ReadText, Show, Opaque, Countdown, Fail, Checked)
+    cls.__name__: cls
+    for cls in (Number, Add, Vector, Total, ReadText, Show, Opaque, Countdown, Fail, Checked, Volatile, WriteText,
+                Crashing)
 }
 
 
+VALUE_TYPES = {"TENSOR": torch.Tensor}
+
+
 def registry() -> Registry:
-    return Registry(classes=dict(NODE_CLASS_MAPPINGS))
+    pack = Registry()
+    pack.add_pack(sys.modules[__name__])
+    return pack

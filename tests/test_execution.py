@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 from pathlib import Path
@@ -11,7 +12,8 @@ import fake_nodes
 import pytest
 import torch
 
-from runner import Cache, NodeExecutionError, RunInterrupted, run
+from runner import Cache, Folders, NodeExecutionError, RunInterrupted, run
+from runner.cache import NodeResult
 from runner.spec import code_version
 
 REGISTRY = fake_nodes.registry()
@@ -93,7 +95,7 @@ def test_corrupt_entry_is_reported_discarded_and_recomputed(tmp_path: Path, repo
     again = type(reporter)()
     assert run_chain(later_process(tmp_path), again) == {"3": (13.0,), "5": ()}
     assert sorted(again.ran) == ["1", "2", "3", "4", "5"]
-    assert len(again.warnings) >= 2 and all("damaged" in w for w in again.warnings)
+    assert len(again.warnings) >= 2 and all("damaged" in w and "discarded" in w for w in again.warnings)
     healed = type(reporter)()
     run_chain(later_process(tmp_path), healed)
     assert healed.ran == [] and healed.warnings == []
@@ -129,28 +131,33 @@ def test_no_cache_directory_keeps_everything_in_memory(tmp_path: Path, reporter)
     assert again.ran == [] and cache.entries() == []
 
 
-def test_interrupt_stops_keeps_finished_results_and_caches_no_partial_result(tmp_path: Path, reporter) -> None:
+def test_stop_request_lets_the_partial_result_reach_the_outputs_and_caches_none_of_it(tmp_path: Path, reporter) -> None:
+    stop = threading.Event()
+    reporter.stop_at = ("2", 3, stop)
     graph = {
         "1": {"class_type": "Number", "inputs": {"value": 1}},
-        "2": {"class_type": "Countdown", "inputs": {"start": ["1", 0], "steps": 10, "interrupt_at": 3}},
+        "2": {"class_type": "Countdown", "inputs": {"start": ["1", 0], "steps": 10}},
         "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
+        "4": {"class_type": "Number", "inputs": {"value": 5}},
+        "5": {"class_type": "Show", "inputs": {"value": ["4", 0]}},  # not downstream of the stopped node
     }
     with pytest.raises(RunInterrupted) as caught:
-        run_chain(later_process(tmp_path), reporter, graph=graph)
-    assert caught.value.kept == ["1"]
-    assert [step for node, step, _ in reporter.steps] == [1, 2, 3]
+        run_chain(later_process(tmp_path), reporter, graph=graph, interrupt=stop)
+    assert [step for node, step, _ in reporter.steps] == [1, 2, 3]  # stopped within one step
+    assert reporter.ran == ["1"] and reporter.partial == ["2", "3"]
+    assert caught.value.partial == ["2", "3"] and caught.value.skipped == ["4", "5"]
+    assert caught.value.outputs == {"3": ()}
     resumed = type(reporter)()
-    graph["2"]["inputs"]["interrupt_at"] = 0
     run_chain(later_process(tmp_path), resumed, graph=graph)
-    assert resumed.cached == ["1"] and sorted(resumed.ran) == ["2", "3"]
+    assert resumed.cached == ["1"] and sorted(resumed.ran) == ["2", "3", "4", "5"]  # nothing partial was kept
 
 
-def test_interrupt_requested_before_a_node_starts(tmp_path: Path, reporter) -> None:
+def test_stop_requested_before_anything_runs_runs_nothing(tmp_path: Path, reporter) -> None:
     flag = threading.Event()
     flag.set()
-    with pytest.raises(RunInterrupted):
+    with pytest.raises(RunInterrupted) as caught:
         run_chain(later_process(tmp_path), reporter, interrupt=flag)
-    assert reporter.ran == []
+    assert reporter.ran == [] and caught.value.partial == [] and len(caught.value.skipped) == 5
 
 
 def test_failing_node_names_itself_and_keeps_finished_work(tmp_path: Path, reporter) -> None:
@@ -180,14 +187,114 @@ def test_code_version_follows_the_node_source(tmp_path: Path, monkeypatch: pytes
     assert code_version(fake_nodes.Number) == code_version(fake_nodes.Number)
 
 
-def test_a_failed_cache_write_warns_and_keeps_the_result(tmp_path: Path, reporter, monkeypatch: pytest.MonkeyPatch) -> None:
-    def full_disk(*args: object, **kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
+def test_a_failed_cache_write_warns_once_and_keeps_the_results(tmp_path: Path, reporter, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
 
-    monkeypatch.setattr("runner.cache.tempfile.mkstemp", full_disk)
+    def full_disk(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr("runner.cache.os.open", full_disk)
     cache = later_process(tmp_path)
     assert run_chain(cache, reporter) == {"3": (13.0,), "5": ()}
-    assert reporter.warnings and all("could not write" in w for w in reporter.warnings)
+    assert len(reporter.warnings) == 1 and "No space left on device" in reporter.warnings[0]
     again = type(reporter)()
     run_chain(cache, again)
     assert again.ran == []  # kept in memory
+
+
+def test_a_chain_of_thousands_of_nodes_runs_without_recursion(tmp_path: Path, reporter) -> None:
+    graph = {"0": {"class_type": "Number", "inputs": {"value": 0}}}
+    for index in range(1, 3000):
+        graph[str(index)] = {"class_type": "Add", "inputs": {"a": [str(index - 1), 0], "b": 1}}
+    graph["end"] = {"class_type": "Show", "inputs": {"value": ["2999", 0]}}
+    run_chain(Cache(None), reporter, graph=graph)
+    assert len(reporter.ran) == 3001
+
+
+def test_a_cycle_outside_the_requested_outputs_does_not_matter(tmp_path: Path, reporter) -> None:
+    graph = {**CHAIN, "8": {"class_type": "Add", "inputs": {"a": ["9", 0], "b": 1}},
+             "9": {"class_type": "Add", "inputs": {"a": ["8", 0], "b": 1}}}
+    assert run_chain(Cache(None), reporter, graph=graph, outputs=["3"]) == {"3": (13.0,)}
+
+
+def test_an_is_changed_of_nan_reruns_the_node_and_its_descendants_every_time(tmp_path: Path, reporter) -> None:
+    graph = {"1": {"class_type": "Volatile", "inputs": {"value": 4}},
+             "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1}},
+             "3": {"class_type": "Number", "inputs": {"value": 2}},
+             "4": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": ["3", 0]}},
+             "5": {"class_type": "Show", "inputs": {"value": ["4", 0]}}}
+    cache = later_process(tmp_path)
+    run_chain(cache, reporter, graph=graph)
+    again = type(reporter)()
+    run_chain(later_process(tmp_path), again, graph=graph)
+    assert sorted(again.ran) == ["1", "2", "4", "5"] and again.cached == ["3"]
+    assert len(cache.entries()) == 1  # only the steady node 3 was stored
+
+
+def test_a_failing_is_changed_warns_and_reruns(tmp_path: Path, reporter) -> None:
+    graph = {"1": {"class_type": "Crashing", "inputs": {"text": "12"}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    run_chain(later_process(tmp_path), reporter, graph=graph)
+    again = type(reporter)()
+    run_chain(later_process(tmp_path), again, graph=graph)
+    assert again.ran == ["1", "2"] and "IS_CHANGED failed (OSError: no such thing)" in again.warnings[0]
+
+
+def test_an_output_node_reruns_when_its_file_is_missing_or_changed(tmp_path: Path, reporter) -> None:
+    folders = Folders(output=tmp_path / "out")
+    graph = {"1": {"class_type": "Number", "inputs": {"value": 7}},
+             "2": {"class_type": "WriteText", "inputs": {"value": ["1", 0], "name": "seven.txt"}}}
+    run_chain(later_process(tmp_path), reporter, graph=graph, folders=folders)
+    written = tmp_path / "out" / "seven.txt"
+    assert written.read_text() == "7" and reporter.files["2"] == [written]
+    unchanged = type(reporter)()
+    run_chain(later_process(tmp_path), unchanged, graph=graph, folders=folders)
+    assert unchanged.cached == ["2"] and unchanged.files["2"] == [written]
+    for damage in (written.unlink, lambda: written.write_text("8")):
+        damage()
+        again = type(reporter)()
+        run_chain(later_process(tmp_path), again, graph=graph, folders=folders)
+        assert again.ran == ["2"] and again.cached == ["1"] and written.read_text() == "7"
+        assert "seven.txt is missing or changed" in again.warnings[0]
+
+
+@pytest.mark.parametrize("stored", [(1, 2), ("not a tensor", "ones")])
+def test_an_entry_that_does_not_fit_the_declared_outputs_is_discarded(tmp_path: Path, reporter, stored) -> None:
+    graph = {"1": {"class_type": "Vector", "inputs": {"length": 2, "scale": 1.0, "kind": "ones"}},
+             "2": {"class_type": "Total", "inputs": {"tensor": ["1", 0]}}}
+    run_chain(later_process(tmp_path), reporter, graph=graph)
+    cache = later_process(tmp_path)
+    execution_key = next(p.name[:-6] for p in cache.entries() if cache.lookup(p.name[:-6]).outputs[1:] == ("ones",))
+    cache.store(execution_key, NodeResult(stored), to_disk=True)  # well-formed, wrong shape
+    again = type(reporter)()
+    assert run_chain(later_process(tmp_path), again, graph=graph, recompute=["2"]) == {"2": (2.0,)}
+    assert again.ran == ["1", "2"] and "does not fit the outputs ('TENSOR', 'STRING')" in again.warnings[0]
+    healed = type(reporter)()
+    run_chain(later_process(tmp_path), healed, graph=graph, recompute=["2"])
+    assert healed.cached == ["1"] and healed.warnings == []
+
+
+def test_the_memory_cache_keeps_within_its_byte_budget_least_recently_used_first(tmp_path: Path, reporter) -> None:
+    graph = {str(i): {"class_type": "Vector", "inputs": {"length": 1000, "scale": float(i), "kind": "ones"}}
+             for i in range(1, 6)}  # 4000 bytes of tensor each
+    cache = Cache(None, memory_bytes=12_000)
+    run_chain(cache, reporter, graph=graph, outputs=list(graph))
+    assert 8_000 < cache.memory_held <= 12_000
+    again = type(reporter)()
+    run_chain(cache, again, graph=graph, outputs=list(graph))
+    assert again.ran == ["1", "2", "3"] and again.cached == ["4", "5"]  # the oldest went first
+
+
+def test_the_python_api_checks_its_arguments(tmp_path: Path, reporter, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TypeError, match=r"outputs must be a list of node ids, not the string '3'; did you mean \['3'\]"):
+        run_chain(Cache(None), reporter, outputs="3")
+    with pytest.raises(TypeError, match="recompute must be a list of node ids, not the string '15'"):
+        run_chain(Cache(None), reporter, recompute="15")
+    assert run_chain(Cache(None), reporter, outputs=[3]) == {"3": (13.0,)}  # ids may be ints
+    with pytest.raises(TypeError, match="cache must be a runner.Cache"):
+        run_chain("cache-dir", reporter)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert Cache("~/.cache/nst-nodes").directory == tmp_path / ".cache" / "nst-nodes"
+    with pytest.raises(ValueError, match="memory_bytes"):
+        Cache(None, memory_bytes=-1)

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 from runner import (
     Cache,
+    Folders,
     GraphValidationError,
     NodeExecutionError,
     default_registry,
@@ -26,9 +28,14 @@ from runner.cli import main
 GRAPHS = sorted((Path(__file__).resolve().parent.parent / "graphs").glob("*.json"))
 
 
-def tiny(output: Path) -> dict[str, object]:
-    """Overrides that shrink graphs/gatys.json to 64 px and 3 steps, writing to ``output``."""
-    return {"3.size": 64, "4.size": 64 * 48, "15.steps": 3, "17.path": str(output)}
+TINY = {"3.size": 64, "4.size": 64 * 48, "15.steps": 3}
+"""Overrides that shrink graphs/gatys.json to 64 px and 3 steps."""
+
+
+def tiny_run(tmp_path: Path, **kwargs: object) -> dict:
+    """graphs/gatys.json at 64 px, writing into ``tmp_path/output``."""
+    overrides = {**TINY, **kwargs.pop("overrides", {})}
+    return run("graphs/gatys.json", device="cpu", overrides=overrides, folders=Folders(output=tmp_path / "output"), **kwargs)
 
 
 @pytest.mark.parametrize("path", GRAPHS, ids=lambda p: p.name)
@@ -44,23 +51,24 @@ def test_registry_finds_the_pack_through_its_entry_point() -> None:
 
 
 def test_gatys_graph_runs_end_to_end_and_documents_itself(tmp_path: Path, reporter) -> None:
-    output = tmp_path / "out.png"
     cache = Cache(tmp_path / "cache")
-    results = run("graphs/gatys.json", device="cpu", overrides=tiny(output), cache=cache, reporter=reporter)
+    results = tiny_run(tmp_path, cache=cache, reporter=reporter)
     assert results == {"17": ()}
+    output = tmp_path / "output" / "gatys.png"
+    assert reporter.files["17"] == [output]
     with Image.open(output) as picture:
         assert picture.size == (64, 48)
         embedded = json.loads(picture.text["prompt"])
     assert embedded["15"]["inputs"]["steps"] == 3 and embedded["12"]["class_type"] == "NSTStyleLoss"
     # A new style weight reruns the style loss and what follows, nothing upstream of it.
     again = type(reporter)()
-    run("graphs/gatys.json", device="cpu", overrides={**tiny(output), "12.weight": 0.01}, cache=cache, reporter=again)
+    tiny_run(tmp_path, overrides={"12.weight": 0.01}, cache=cache, reporter=again)
     assert sorted(again.ran, key=int) == ["12", "14", "15", "16", "17"]
 
 
 def test_a_whole_graph_runs_inside_inference_mode_like_comfyui(tmp_path: Path) -> None:
     with torch.inference_mode():
-        results = run("graphs/gatys.json", device="cpu", overrides=tiny(tmp_path / "out.png"), outputs=["15"])
+        results = tiny_run(tmp_path, outputs=["15"])
     tensor, history = results["15"]
     assert tensor["pixels"].shape == (1, 3, 48, 64)
     assert history["loss"][-1] < history["loss"][0]
@@ -77,13 +85,20 @@ def bad_graph(tmp_path: Path, **changes: object) -> dict:
 @pytest.mark.parametrize(
     ("changes", "node_id", "text"),
     [
-        ({"1__path": "graphs/images/missing.jpg"}, "1", "image file not found: graphs/images/missing.jpg"),
+        ({"1__image": "graphs/missing.jpg"}, "1", "image: file not found: graphs/missing.jpg"),
         ({"9__layers": "relu1_1,relu9_1"}, "9", "unknown layer(s) ['relu9_1']; valid names are conv1_1"),
         ({"12__weight": -0.5}, "12", "-0.5 is below the minimum 0.0"),
-        ({"12__layer_weights": "1,-1,1,1,1"}, "12", "weights must be non-negative"),
-        ({"5__weights": "no/such/weights.pth"}, "5", "no file at no/such/weights.pth"),
+        ({"12__layer_weights": "1,-1,1,1,1"}, "12", "weights must be finite and non-negative"),
+        ({"5__weights": "no/such/weights.pth"}, "5", "weights: file not found: no/such/weights.pth"),
         ({"5__preprocessing": "torchvision"}, "5", "the caffe weights expect 'caffe' preprocessing"),
-        ({"17__path": "out.gif"}, "17", "must end in one of"),
+        ({"17__format": "gif"}, "17", "'gif' is not one of ['png', 'jpg']"),
+        ({"17__filename_prefix": "results/"}, "17", "must end in a file name"),
+        ({"12__weight": float("nan")}, "12", "nan is not a finite number"),
+        ({"12__layer_weights": "inf,1,1,1,1"}, "12", "weights must be finite and non-negative"),
+        ({"3__size": 100000}, "3", "size: 100000 is outside 8..16384 for mode long_side"),
+        ({"1__image": "graphs/gatys.json"}, "1", "is not an image file"),
+        ({"1__image": "graphs"}, "1", "is a folder, not a file"),
+        ({"1__image": "nst-samples/\x00.jpg"}, "1", "contains a NUL character"),
     ],
 )
 def test_bad_inputs_are_validation_errors_naming_node_and_input(tmp_path: Path, changes, node_id, text, reporter) -> None:
@@ -94,11 +109,11 @@ def test_bad_inputs_are_validation_errors_naming_node_and_input(tmp_path: Path, 
     assert reporter.ran == []
 
 
-def test_corrupt_image_is_an_error_naming_the_path(tmp_path: Path) -> None:
+def test_corrupt_image_is_an_error_naming_the_path(tmp_path: Path, samples: Path) -> None:
     corrupt = tmp_path / "broken.jpg"
-    corrupt.write_bytes(Path("graphs/images/tubingen.jpg").read_bytes()[:3000])
+    corrupt.write_bytes((samples / "tubingen.jpg").read_bytes()[:3000])
     with pytest.raises(NodeExecutionError, match=r"node 1 \(NSTLoadImage\) failed: .*broken.jpg"):
-        run(bad_graph(tmp_path, **{"1__path": str(corrupt)}), device="cpu", overrides=tiny(tmp_path / "o.png"))
+        tiny_run(tmp_path, overrides={"1.image": str(corrupt)})
 
 
 def test_features_refuse_a_tensor_normalized_for_another_model(tmp_path: Path) -> None:
@@ -106,15 +121,36 @@ def test_features_refuse_a_tensor_normalized_for_another_model(tmp_path: Path) -
     graph["50"] = {"class_type": "NSTVGG19", "inputs": {"weights": "caffe", "pooling": "avg"}}
     graph["9"]["inputs"]["model"] = ["50", 0]
     with pytest.raises(NodeExecutionError, match=r"node 9 \(NSTFeatures\) failed: .*tensor was made with model"):
-        run(graph, device="cpu", overrides=tiny(tmp_path / "o.png"))
+        run(graph, device="cpu", overrides=TINY, folders=Folders(output=tmp_path))
+
+
+def test_an_image_too_small_for_the_deepest_layer_is_refused_before_the_network_runs(tmp_path: Path) -> None:
+    with pytest.raises(NodeExecutionError, match=r"node 9 \(NSTFeatures\) failed: ValueError: tensor: a 8x5 image "
+                                                 r"is too small for layer relu5_1, which needs at least 16x16 px"):
+        tiny_run(tmp_path, overrides={"4.size": 40})
+
+
+def test_work_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("nst_nodes.limits.available_bytes", lambda device: 200 << 20)
+    with pytest.raises(NodeExecutionError) as caught:
+        tiny_run(tmp_path, overrides={"3.size": 2048, "4.size": 64 * 64})
+    message = str(caught.value)
+    assert message.startswith("node 8 (NSTFeatures) failed: MemoryError: tensor: a network pass at 2048x1536 needs about")
+    assert "but cpu has 0.2 GiB available; use a smaller size (about" in message
+
+
+def cli_sets(overrides: dict[str, object]) -> list[str]:
+    return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
 
 
 def test_cli_run_and_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    output, cache_dir = tmp_path / "cli.png", tmp_path / "cache"
-    sets = [arg for key, value in tiny(output).items() for arg in ("--set", f"{key}={value}")]
+    cache_dir, output = tmp_path / "cache", tmp_path / "out"
+    sets = [*cli_sets(TINY), "--output-dir", str(output), "--preview", str(tmp_path / "preview.png")]
     assert main(["run", "graphs/gatys.json", *sets, "--cache-dir", str(cache_dir), "--device", "cpu"]) == 0
     first = capsys.readouterr().err
-    assert "[15] NSTOptimize: ran in" in first and output.exists()
+    assert "[15] NSTOptimize: ran in" in first and f"-> {output / 'gatys.png'}" in first
+    with Image.open(tmp_path / "preview.png") as preview:  # the last step's image, as the result
+        assert preview.size == (64, 48)
     assert main(["run", "graphs/gatys.json", *sets, "--cache-dir", str(cache_dir), "--recompute", "16"]) == 0
     second = capsys.readouterr().err
     assert "[15] NSTOptimize: cached" in second and "[16] NSTDenormalize: ran in" in second
@@ -127,19 +163,28 @@ def test_cli_run_and_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert info["NSTOptimize"]["output"] == ["NST_TENSOR", "NST_HISTORY"] and info["NSTSaveImage"]["output_node"]
 
 
-def test_ctrl_c_stops_the_optimizer_keeps_finished_work_and_exits_130(tmp_path: Path) -> None:
-    cache_dir = tmp_path / "cache"
-    sets = [arg for key, value in {**tiny(tmp_path / "o.png"), "15.steps": 100000}.items() for arg in ("--set", f"{key}={value}")]
+@pytest.mark.parametrize(("signal_number", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_stops_the_optimizer_saves_the_best_image_so_far_and_caches_none_of_it(
+    tmp_path: Path, signal_number: int, code: int, name: str
+) -> None:
+    cache_dir, output = tmp_path / "cache", tmp_path / "output"
+    sets = cli_sets({**TINY, "15.steps": 100000})
     process = subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", "graphs/gatys.json", *sets, "--cache-dir", str(cache_dir)],
+        [sys.executable, "-m", "runner", "run", "graphs/gatys.json", *sets, "--cache-dir", str(cache_dir),
+         "--output-dir", str(output)],
         stderr=subprocess.PIPE, text=True,
     )
     assert process.stderr is not None
     for line in process.stderr:
         if "NSTCombineLosses" in line:
             break
-    process.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # some steps
+    process.send_signal(signal_number)
     remaining = process.stderr.read()
-    assert process.wait(timeout=60) == 130
-    assert "stopped: interrupted at node 15 (NSTOptimize)" in remaining and "kept" in remaining
-    assert len(list(cache_dir.glob("*/*.entry"))) >= 10  # everything before the optimizer
+    assert process.wait(timeout=60) == code
+    assert f"{name}: stopping after the current step" in remaining
+    assert "[15] NSTOptimize: stopped early at step" in remaining and "(partial result, not cached)" in remaining
+    assert f"-> {output / 'gatys.png'}" in remaining and f"stopped by {name}:" in remaining
+    with Image.open(output / "gatys.png") as picture:
+        assert picture.size == (64, 48)
+    assert len(list(cache_dir.glob("*/*.entry"))) == 13  # everything before the optimizer (the model is memory-only)

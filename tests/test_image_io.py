@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
+from nst_nodes.files import FileRuleError
 from nst_nodes.image import (
     ImageFileError,
     load_image,
+    probe_image,
     resize_image,
     save_image,
     target_size,
 )
+from nst_nodes.plot import COLOURS, plot_history
 
 
 def saved(tmp_path: Path, picture: Image.Image, name: str, **options: object) -> Path:
@@ -23,8 +29,8 @@ def saved(tmp_path: Path, picture: Image.Image, name: str, **options: object) ->
     return path
 
 
-def test_rgb_file_loads_as_comfy_image(images: Path) -> None:
-    image = load_image(images / "tubingen.jpg")
+def test_rgb_file_loads_as_comfy_image(samples: Path) -> None:
+    image = load_image(samples / "tubingen.jpg")
     assert image.shape == (1, 384, 512, 3) and image.dtype == torch.float32
     assert 0.0 <= image.min() and image.max() <= 1.0
 
@@ -64,17 +70,66 @@ def test_sixteen_bit_keeps_its_precision(tmp_path: Path) -> None:
     assert image[0, 0, :, 0].tolist() == pytest.approx([0.0, 257 / 65535, 1.0])
 
 
-def test_missing_corrupt_and_truncated_files_name_the_path(tmp_path: Path, images: Path) -> None:
-    with pytest.raises(ImageFileError, match="not found: .*nothing.png"):
+def test_missing_corrupt_and_truncated_files_name_the_path(tmp_path: Path, samples: Path) -> None:
+    with pytest.raises(FileRuleError, match="not found: .*nothing.png"):
         load_image(tmp_path / "nothing.png")
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG but not really")
     with pytest.raises(ImageFileError, match="corrupt.png"):
         load_image(corrupt)
     truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes((images / "tubingen.jpg").read_bytes()[:5000])
+    truncated.write_bytes((samples / "tubingen.jpg").read_bytes()[:5000])
     with pytest.raises(ImageFileError, match="truncated.jpg"):
         load_image(truncated)
+
+
+def test_sixteen_bit_rgb_reads_to_within_one_eight_bit_level(tmp_path: Path) -> None:
+    values = np.array([[[0, 257, 65535], [40000, 50000, 60000]]], dtype=">u2")
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(png(width=2, height=1, bit_depth=16, colour_type=2, rows=[values[0].tobytes()]))
+    image = load_image(path)
+    assert torch.allclose(image[0, 0], torch.from_numpy(values[0].astype(np.float32) / 65535), atol=1 / 255)
+
+
+def png(width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes]) -> bytes:
+    """A PNG file made by hand, so its header can claim anything."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    data = zlib.compress(b"".join(b"\x00" + row for row in rows))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("width", "height"), [(50000, 50000), (12000, 12000)])
+def test_decoded_pixels_are_limited_from_the_header(tmp_path: Path, width: int, height: int) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png(width, height, 1, 0, rows=[b"\x00" * (width // 8)]))  # a few KB claiming a huge image
+    with pytest.raises(ValueError, match="claims more pixels|more than the limit of 64"):
+        probe_image(path)
+    with pytest.raises(ValueError, match="claims more pixels|more than the limit of 64"):
+        load_image(path)
+
+
+def test_the_pixel_limit_has_an_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setenv("NST_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(ValueError, match="40x30 is 0 megapixels, more than the limit of 0.*NST_MAX_IMAGE_PIXELS"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_only_regular_files_are_opened(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "special.png"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    with pytest.raises(FileRuleError, match=f"is a {'device or socket' if kind == 'device' else kind.upper() if kind == 'fifo' else 'folder'}, not a file"):
+        probe_image(path)
 
 
 def test_target_size_by_long_side_pixels_and_multiple() -> None:
@@ -93,16 +148,29 @@ def test_resize_is_antialiased_and_stays_in_range() -> None:
     assert 0.0 <= small.min() and small.max() <= 1.0
 
 
-def test_save_embeds_the_graph_and_never_overwrites_silently(tmp_path: Path) -> None:
+def test_save_embeds_the_graph_and_the_workflow_and_writes_whole_files(tmp_path: Path) -> None:
     image = torch.rand(1, 6, 5, 3)
     prompt = {"1": {"class_type": "X", "inputs": {}}}
-    first = save_image(image, tmp_path / "out.png", prompt, overwrite=False)
-    second = save_image(image, tmp_path / "out.png", prompt, overwrite=False)
-    assert [p.name for p in first + second] == ["out.png", "out_0001.png"]
-    with Image.open(first[0]) as picture:
-        assert json.loads(picture.text["prompt"]) == prompt
+    workflow = {"nodes": [], "links": []}
+    path = tmp_path / "sub" / "out.png"
+    save_image(image, [path], prompt, {"workflow": workflow})
+    with Image.open(path) as picture:
+        assert json.loads(picture.text["prompt"]) == prompt and json.loads(picture.text["workflow"]) == workflow
         assert np.array_equal(np.asarray(picture), (image[0].numpy() * 255).round().astype(np.uint8))
-    assert save_image(image, tmp_path / "out.png", prompt, overwrite=True) == first
-    jpeg = save_image(image, tmp_path / "out.jpg", prompt, overwrite=False)[0]
+    assert [p.name for p in path.parent.iterdir()] == ["out.png"]  # no temporary file left behind
+    jpeg = tmp_path / "out.jpg"
+    save_image(image, [jpeg], prompt)
     with Image.open(jpeg) as picture:
         assert picture.format == "JPEG" and json.loads(picture.info["comment"]) == prompt
+
+
+def test_plot_history_draws_every_term_on_a_log_scale() -> None:
+    history = {"method": "lbfgs", "steps": 3, "loss": [1e6, 1e4, 1e3, 5e2], "content": [0.0, 10.0, 20.0, 30.0],
+               "style": [1e6, 9e3, 8e2, 4e2]}
+    plot = plot_history(history, width=320, height=200)
+    assert plot.shape == (1, 200, 320, 3) and plot.dtype == torch.float32
+    pixels = (plot[0] * 255).round().to(torch.uint8).reshape(-1, 3)
+    for colour in (COLOURS["loss"], COLOURS["content"], COLOURS["style"]):
+        assert (pixels == torch.tensor(colour, dtype=torch.uint8)).all(dim=1).any(), colour
+    empty = plot_history({"method": "adam", "steps": 0, "loss": [float("nan")]})
+    assert empty.shape == (1, 400, 640, 3)

@@ -42,7 +42,7 @@ def gatys_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor,
 
 @pytest.fixture(scope="module")
 def problem(model: VGGModel, request: pytest.FixtureRequest) -> tuple[torch.Tensor, dict]:
-    images = Path(__file__).resolve().parent.parent / "graphs" / "images"
+    images = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
     content, style = tiny(images / "tubingen.jpg", model), tiny(images / "starry_night.jpg", model)
     return content, gatys_objective(model, content, style)
 

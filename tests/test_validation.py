@@ -114,7 +114,7 @@ def test_cycle_names_the_nodes_on_it() -> None:
     errors = errors_of(prompt)
     assert {e.node_id for e in errors} == {"1", "2", "3"}
     assert all(e.kind == "dependency_cycle" for e in errors)
-    assert "1 -> 2 -> 3 -> 1" in errors[0].message or "2 -> 3 -> 1 -> 2" in errors[0].message or "3 -> 1 -> 2 -> 3" in errors[0].message
+    assert all("is on a cycle among nodes 1, 2, 3" in e.message for e in errors)
 
 
 def test_graph_without_output_node() -> None:
@@ -172,3 +172,127 @@ def test_cli_validate_exit_code_and_json(tmp_path: Path, capsys: pytest.CaptureF
     report = json.loads(capsys.readouterr().out)
     assert report["node_errors"]["12"]["errors"][0]["type"] == "value_smaller_than_min"
     assert report["node_errors"]["9"]["errors"][0]["type"] == "custom_validation_failed"
+
+
+def test_a_dense_cycle_is_reported_once_per_node_quickly() -> None:
+    count = 40
+    prompt = {
+        str(i): {"class_type": "Add", "inputs": {"a": [str((i + 1) % count), 0], "b": [str((i + 7) % count), 0]}}
+        for i in range(count)
+    }  # more simple cycles than could ever be listed
+    prompt["show"] = {"class_type": "Show", "inputs": {"value": ["0", 0]}}
+    errors = errors_of(prompt)
+    assert len(errors) == count and all(e.kind == "dependency_cycle" for e in errors)
+    assert "and 28 more" in errors[0].message
+
+
+def test_a_self_link_is_a_cycle() -> None:
+    prompt = {"1": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    assert [e.kind for e in errors_of(prompt)] == ["dependency_cycle"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_validation_errors(value: float) -> None:
+    error = only_error(with_inputs("1", scale=value))
+    assert (error.kind, error.input_name) == ("invalid_input_type", "scale") and "not a finite number" in error.message
+
+
+def test_a_crashing_validate_inputs_names_its_node() -> None:
+    prompt = {"1": {"class_type": "Crashing", "inputs": {"text": "abc"}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    error = only_error(prompt)
+    assert error.node_id == "1" and "VALIDATE_INPUTS failed: ValueError: invalid literal" in error.message
+
+
+@pytest.mark.parametrize("node_id", ["²", "①", "٣"])
+def test_odd_node_ids_are_sorted_and_named(node_id: str) -> None:
+    prompt = {node_id: {"class_type": "Vector", "inputs": {"length": 0, "scale": 1.0, "kind": "ones"}},
+              "2": {"class_type": "Total", "inputs": {"tensor": [node_id, 0]}}}
+    error = only_error(prompt)
+    assert error.node_id == node_id and str(error).startswith(f"node {node_id} (Vector)")
+
+
+@pytest.mark.parametrize("node_id", ["", "x" * 65, "a\nb", "\ud800"])
+def test_unusable_node_ids_are_format_errors(node_id: str) -> None:
+    with pytest.raises(GraphFormatError, match="is not usable"):
+        load_graph({node_id: {"class_type": "Show", "inputs": {}}})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 10_000 + "]" * 10_000, "nested"),
+        ('{"1": {"class_type": "Show", "inputs": {"value": ' + '{"__value__": [' * 900 + "1" + "]}" * 900 + "}}}", "nested"),
+        ('{"1": {"class_type": "Show", "inputs": {"value": ' + '{"__value__": [' * 40 + "1" + "]}" * 40 + "}}}", "nested deeper than 64"),
+        ('{"1": {"class_type": "Show", "inputs": {"value": ' + "9" * 5000 + "}}}", "digits"),
+        ('{"1": {"class_type": "Show"}}'.encode("utf-16").decode("latin-1"), "not UTF-8"),
+    ],
+    ids=["deep-json", "deep-value", "deeper-than-the-limit", "huge-int", "utf16"],
+)
+def test_hostile_files_are_clear_format_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="latin-1")
+    with pytest.raises(GraphFormatError, match=message):
+        load_graph(path)
+
+
+def test_graph_limits_have_clear_messages_and_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({str(i): {"class_type": "Number", "inputs": {"value": 1}} for i in range(30)}))
+    monkeypatch.setenv("NST_MAX_GRAPH_NODES", "20")
+    with pytest.raises(GraphFormatError, match="has 30 nodes, more than 20 .raise NST_MAX_GRAPH_NODES"):
+        load_graph(path)
+    monkeypatch.setenv("NST_MAX_GRAPH_NODES", "40")
+    monkeypatch.setenv("NST_MAX_GRAPH_BYTES", "100")
+    with pytest.raises(GraphFormatError, match="larger than"):
+        load_graph(path)
+    monkeypatch.setenv("NST_MAX_GRAPH_BYTES", "lots")
+    with pytest.raises(GraphFormatError, match="NST_MAX_GRAPH_BYTES='lots' is not a whole number"):
+        load_graph(path)
+
+
+def test_graph_files_that_cannot_be_read_are_format_errors(tmp_path: Path) -> None:
+    for path, message in ((tmp_path, "cannot read graph file"), (tmp_path / "none.json", "No such file"),
+                          ("bad\x00name.json", "cannot read graph file")):
+        with pytest.raises(GraphFormatError, match=message):
+            load_graph(path)
+
+
+def workflow(*nodes: dict, links: list | None = None) -> dict:
+    return {"last_node_id": 9, "last_link_id": 9, "nodes": list(nodes), "links": links or [], "groups": [],
+            "config": {}, "extra": {}, "version": 0.4}
+
+
+def test_editor_workflows_become_prompts_through_the_node_specs() -> None:
+    document = workflow(
+        {"id": 1, "type": "Vector", "mode": 0, "widgets_values": [4, 2.0, "arange"], "title": "Four",
+         "outputs": [{"name": "TENSOR", "type": "TENSOR", "links": [1]}]},
+        {"id": 2, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 1}]},
+        {"id": 3, "type": "Total", "mode": 0, "widgets_values": [],
+         "inputs": [{"name": "tensor", "type": "TENSOR", "link": 2}, {"name": "offset", "type": "INT", "link": 3}]},
+        {"id": 4, "type": "PrimitiveNode", "mode": 0, "widgets_values": [3, "fixed"]},
+        {"id": 5, "type": "Note", "mode": 0, "widgets_values": ["a note"]},
+        {"id": 6, "type": "Show", "mode": 2, "widgets_values": []},
+        links=[[1, 1, 0, 2, 0, "TENSOR"], [2, 2, 0, 3, 0, "TENSOR"], [3, 4, 0, 3, 1, "INT"]],
+    )
+    graph = load_graph(document, registry=REGISTRY)
+    assert graph.prompt == {
+        "1": {"class_type": "Vector", "inputs": {"length": 4, "scale": 2.0, "kind": "arange"}, "_meta": {"title": "Four"}},
+        "3": {"class_type": "Total", "inputs": {"tensor": ["1", 0]}},
+    }
+    assert graph.workflow is document
+    assert errors_of(graph.prompt) == []
+
+
+def test_editor_extra_widgets_bypassed_nodes_and_subgraphs() -> None:
+    document = workflow(
+        {"id": 1, "type": "Number", "mode": 0, "widgets_values": [5]},
+        {"id": 2, "type": "Add", "mode": 4, "widgets_values": [0, 0],
+         "inputs": [{"name": "a", "type": "INT", "link": 1, "widget": {"name": "a"}}]},
+        {"id": 3, "type": "Countdown", "mode": 0, "widgets_values": [0, 9],
+         "inputs": [{"name": "start", "type": "INT", "link": 2}]},
+        links=[[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 3, 0, "INT"]],
+    )
+    prompt = load_graph(document, registry=REGISTRY).prompt
+    assert prompt["3"]["inputs"] == {"steps": 9, "start": ["1", 0]}  # through the bypassed Add
+    with pytest.raises(GraphFormatError, match="subgraphs are not supported"):
+        load_graph({**document, "definitions": {"subgraphs": [{"id": "x"}]}}, registry=REGISTRY)

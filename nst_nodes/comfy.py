@@ -1,0 +1,92 @@
+"""ComfyUI's side of the host interface, and what the pack does when ComfyUI loads it.
+
+This is the only module that imports ComfyUI, and only when ComfyUI calls it: progress bar
+and previews through ``comfy.utils.ProgressBar`` (whose hook also raises ComfyUI's
+interruption), stop through ``comfy.model_management``, folders through ``folder_paths``.
+Under ComfyUI every path stays inside its folder: a server is often reachable on a network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .files import SAMPLES_FOLDER, SAMPLES_PREFIX
+from .host import Preview, use_host
+
+PREVIEW_SECONDS = 1.0  # at most one preview a second: encoding and sending one costs about a step at 128 px
+
+
+class ComfyHost:
+    """The host nodes get when ComfyUI runs them."""
+
+    confined = True
+
+    def __init__(self) -> None:
+        self.last_preview = -math.inf
+
+    @property
+    def device(self) -> str:
+        import comfy.model_management
+
+        return str(comfy.model_management.get_torch_device())
+
+    @property
+    def input_folder(self) -> Path:
+        import folder_paths
+
+        return Path(folder_paths.get_input_directory())
+
+    @property
+    def output_folder(self) -> Path:
+        import folder_paths
+
+        return Path(folder_paths.get_output_directory())
+
+    def progress(self, step: int, total: int, preview: Preview | None = None, **info: Any) -> None:
+        """ComfyUI's progress bar on the node, with the current image as KSampler shows its previews."""
+        import comfy.utils
+        from comfy.cli_args import args
+
+        image = None
+        now = time.monotonic()
+        if preview is not None and (step == 1 or step >= total or now - self.last_preview >= PREVIEW_SECONDS):
+            self.last_preview = now
+            image = ("JPEG", preview(), args.preview_size)
+        comfy.utils.ProgressBar(total).update_absolute(step, total, image)
+
+    def should_stop(self) -> bool:
+        """Raises ComfyUI's interruption when the user pressed Cancel: an interrupted node returns nothing there."""
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return False
+
+
+def copy_samples(input_folder: Path) -> None:
+    """Put the pack's sample images into ComfyUI's input folder (``nst-samples/``), so the example
+    workflows run as shipped and the picker shows them; files already there are left alone."""
+    target = input_folder / SAMPLES_PREFIX
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for sample in sorted(SAMPLES_FOLDER.iterdir()):
+            if sample.is_file() and not (target / sample.name).exists():
+                shutil.copyfile(sample, target / sample.name)
+    except OSError as error:
+        logging.warning("nst-nodes: could not copy the sample images to %s (%s); "
+                        "the example workflows will find them in the pack anyway", target, error)
+
+
+def install() -> None:
+    """Called when ComfyUI loads the pack (the repository's root __init__.py)."""
+    try:
+        import folder_paths  # noqa: F401  (ComfyUI's; imported before any pack is loaded)
+    except ImportError:
+        return  # not ComfyUI: something else (a test runner) imported the repository's folder
+    host = ComfyHost()
+    use_host(host)
+    copy_samples(host.input_folder)

@@ -1,0 +1,98 @@
+"""Resource limits, checked before the expensive work they protect.
+
+- Decoded pixels per image (``NST_MAX_IMAGE_PIXELS``, default 64 megapixels: a 48 MP phone
+  photo loads, a 17 KB PNG whose header claims 144 MP does not), checked from the header
+  before anything is decoded, and again for what a resize would produce.
+- Working memory: the network pass and the optimization at a given size are estimated from
+  VGG19's layer shapes and refused, with the estimate, when they cannot fit in the memory the
+  device has available (``NST_MEMORY_CHECK=0`` turns the check off).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from .vgg import BLOCK_CONVS, BLOCK_WIDTHS, LAYER_INDEX, LAYER_NAMES
+
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+SAVED_PER_ACTIVATION = 3.0
+"""Bytes kept per activation element and float byte, forward and backward together, measured: at
+512x512 the lean CPU path holds about 2x the conv outputs, a plain GPU path about 3x."""
+
+
+def max_image_pixels() -> int:
+    text = os.environ.get("NST_MAX_IMAGE_PIXELS")
+    if text is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        return max(1, int(float(text)))
+    except ValueError:
+        raise ValueError(f"NST_MAX_IMAGE_PIXELS={text!r} is not a number of pixels") from None
+
+
+def check_pixels(width: int, height: int, what: str) -> None:
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise ValueError(
+            f"{what}: {width}x{height} is {width * height / 1e6:.0f} megapixels, more than the limit of "
+            f"{limit / 1e6:.0f}; use a smaller image (or raise NST_MAX_IMAGE_PIXELS)"
+        )
+
+
+def _layer_shapes(height: int, width: int, deepest: str) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of every conv output up to ``deepest``."""
+    shapes = []
+    for block, (convs, channels) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS)):
+        scale = 2**block
+        for conv in range(1, convs + 1):
+            if LAYER_INDEX[f"conv{block + 1}_{conv}"] > LAYER_INDEX[deepest]:
+                return shapes
+            shapes.append((channels, height // scale, width // scale))
+    return shapes
+
+
+def smallest_side(deepest: str) -> int:
+    """Pixels an image needs on each side so that ``deepest`` has at least one row and column."""
+    pools = sum(1 for name in LAYER_NAMES[: LAYER_INDEX[deepest]] if name.startswith("pool"))
+    return 2**pools
+
+
+def network_bytes(height: int, width: int, deepest: str, with_gradient: bool, float_bytes: int = 4) -> int:
+    """Estimated memory of one network pass to ``deepest`` (and back, ``with_gradient``)."""
+    sizes = [c * h * w for c, h, w in _layer_shapes(height, width, deepest)]
+    if with_gradient:
+        return int(SAVED_PER_ACTIVATION * sum(sizes) * float_bytes)
+    return int((2 * max(sizes, default=0) + sum(sizes) // 4) * float_bytes)
+
+
+def available_bytes(device: str) -> int | None:
+    """Memory the device can still give, or None where it cannot be told."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(what: str, description: str, needed: int, device: str, height: int, width: int) -> None:
+    """Refuse work that cannot fit, naming the input, the estimate, what is available and a size that fits."""
+    if os.environ.get("NST_MEMORY_CHECK") == "0":
+        return
+    available = available_bytes(device)
+    if available is None or needed <= available:
+        return
+    scale = math.sqrt(available / needed)
+    raise MemoryError(
+        f"{what}: {description} at {width}x{height} needs about {needed / 2**30:.1f} GiB but {device} has "
+        f"{available / 2**30:.1f} GiB available; use a smaller size (about {int(width * scale)}x"
+        f"{int(height * scale)} would fit), or set NST_MEMORY_CHECK=0 to try anyway"
+    )

@@ -1,0 +1,45 @@
+"""The nodes: thin adapters from ComfyUI metadata to the plain functions of this package, by stage.
+
+Each class declares ComfyUI's v1 attributes directly (INPUT_TYPES, RETURN_TYPES, FUNCTION, ...),
+so the package loads as a ComfyUI custom-node pack; every node asks its host (host.py) for
+device, folders, progress and stop.
+"""
+
+from .images import LoadImage, PlotHistory, ResizeImage, SaveImage
+from .network import DenormalizeImage, GramMatrices, NormalizeImage, VGG19Model, VGGFeatures
+from .objective import CombineLosses, ContentLoss, StyleLoss, TVLoss
+from .optimizer import OptimizeImage
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "NSTLoadImage": LoadImage,
+    "NSTResizeImage": ResizeImage,
+    "NSTVGG19": VGG19Model,
+    "NSTNormalize": NormalizeImage,
+    "NSTDenormalize": DenormalizeImage,
+    "NSTFeatures": VGGFeatures,
+    "NSTGramMatrices": GramMatrices,
+    "NSTContentLoss": ContentLoss,
+    "NSTStyleLoss": StyleLoss,
+    "NSTTVLoss": TVLoss,
+    "NSTCombineLosses": CombineLosses,
+    "NSTOptimize": OptimizeImage,
+    "NSTSaveImage": SaveImage,
+    "NSTPlotHistory": PlotHistory,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "NSTLoadImage": "Load Image (NST)",
+    "NSTResizeImage": "Resize Image (NST)",
+    "NSTVGG19": "VGG19 Model",
+    "NSTNormalize": "Normalize for Model",
+    "NSTDenormalize": "De-normalize and Clamp",
+    "NSTFeatures": "VGG Features",
+    "NSTGramMatrices": "Gram Matrices",
+    "NSTContentLoss": "Content Loss",
+    "NSTStyleLoss": "Style Loss",
+    "NSTTVLoss": "Total Variation Loss",
+    "NSTCombineLosses": "Combine Losses",
+    "NSTOptimize": "Optimize Image",
+    "NSTSaveImage": "Save Image (NST)",
+    "NSTPlotHistory": "Plot History",
+}

@@ -1,0 +1,80 @@
+"""What every node of the pack shares: its category, the hidden host input and small checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ..host import Host, host_of
+from ..vgg import LAYER_NAMES
+
+CATEGORY = "style transfer"
+HIDDEN_CONTEXT = {"context": "NST_CONTEXT"}  # the runner's host; ComfyUI passes nothing (see host.py)
+WEIGHT_STEP = 1e-5
+"""The editor rounds a FLOAT widget to its step's decimals; 1e-5 keeps the default weights (1e-3) and
+every weight down to 1e-5 intact."""
+
+
+class Node:
+    """Base of the pack's nodes (ComfyUI reads inherited attributes too)."""
+
+    CATEGORY = CATEGORY
+
+
+def weight_input(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1e12, "step": WEIGHT_STEP, "tooltip": tooltip})
+
+
+def finite_weight(weight: float) -> float:
+    """ComfyUI lets NaN and infinities through its checks; stop them before the optimizer sees them."""
+    if not math.isfinite(weight):
+        raise ValueError(f"weight: {weight} is not a finite number")
+    return weight
+
+
+def validation(check: Callable[..., Any], *args: Any) -> bool | str:
+    """ComfyUI's VALIDATE_INPUTS convention: True, or the error message."""
+    try:
+        check(*args)
+    except (ValueError, OSError) as error:
+        return str(error)
+    return True
+
+
+def parse_layers(text: str) -> list[str]:
+    """``"relu1_1, relu2_1"`` -> names; raises ValueError listing the valid names."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in LAYER_NAMES]
+    if not names or unknown:
+        problem = f"unknown layer(s) {unknown}" if unknown else "no layer given"
+        raise ValueError(f"layers: {problem}; valid names are {', '.join(LAYER_NAMES)}")
+    return names
+
+
+def parse_numbers(text: str, what: str) -> list[float]:
+    """``"1, 0.5"`` -> finite non-negative floats (empty text -> empty list)."""
+    try:
+        numbers = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise ValueError(f"{what}: {text!r} is not a comma-separated list of numbers") from error
+    if any(not math.isfinite(n) or n < 0 for n in numbers):
+        raise ValueError(f"{what}: weights must be finite and non-negative, got {text!r}")
+    return numbers
+
+
+def weights_per_layer(layers: list[str], text: str) -> dict[str, float]:
+    """Per-layer weights: equal (1/n) when ``text`` is empty, else one number per layer, in order."""
+    numbers = parse_numbers(text, "layer_weights") or [1.0 / len(layers)] * len(layers)
+    if len(numbers) != len(layers):
+        raise ValueError(f"layer_weights: {len(numbers)} numbers for {len(layers)} layers {layers}")
+    return dict(zip(layers, numbers))
+
+
+def require_same_model(what: str, expected: str, found: str) -> None:
+    if expected != found:
+        raise ValueError(f"{what} was made with model '{found}' but this node uses '{expected}'")
+
+
+def device_of(context: Host | None) -> str:
+    return host_of(context).device

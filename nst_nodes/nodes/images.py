@@ -1,0 +1,180 @@
+"""Images in and out: load, resize, save, and the picture of an optimization's history."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import image as image_io
+from ..files import FileRuleError, file_sha256, image_names, input_path, output_paths, output_stem
+from ..host import Host, host_of
+from ..limits import check_pixels, max_image_pixels
+from ..plot import plot_history
+from ..types import IMAGE, NST_HISTORY, History
+from .common import HIDDEN_CONTEXT, Node
+
+RESIZE_MODES = ("long_side", "pixels")
+MAX_SIDE = 16384
+SAVE_FORMATS = ("png", "jpg")
+DEFAULT_IMAGE = "nst-samples/tubingen.jpg"
+
+
+class LoadImage(Node):
+    DESCRIPTION = (
+        "Read an image: EXIF orientation applied, transparency composited over white, greyscale, "
+        "palette and CMYK converted to RGB. In ComfyUI, pick or upload a file of the input folder."
+    )
+    FUNCTION = "load"
+    RETURN_TYPES = (IMAGE,)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The picture: float RGB 0..1, one image.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        host = host_of(None)
+        if host.confined:  # a server: offer its input folder, as ComfyUI's own Load Image does
+            kind: Any = image_names(host.input_folder)
+            tooltip = "An image of the input folder; upload one with the button. nst-samples/ holds the pack's samples."
+        else:
+            kind = "STRING"
+            tooltip = "A path (relative to the input folder, default the current directory) or nst-samples/<name>."
+        return {
+            "required": {"image": (kind, {"default": DEFAULT_IMAGE, "image_upload": True, "tooltip": tooltip})},
+            "hidden": HIDDEN_CONTEXT,
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image: str | None = None, context: Host | None = None) -> bool | str:
+        if image is None:  # linked: checked when it runs
+            return True
+        try:
+            image_io.probe_image(input_path(host_of(context), image))
+        except (FileRuleError, image_io.ImageFileError, ValueError) as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, image: str | None = None, context: Host | None = None, **_: Any) -> str:
+        """The file's content hash: an edited image invalidates the cache, a renamed one does not matter."""
+        try:
+            return file_sha256(input_path(host_of(context), image))
+        except (OSError, ValueError) as error:
+            return f"unreadable: {error}"
+
+    def load(self, image: str, context: Host | None = None) -> tuple[torch.Tensor]:
+        return (image_io.load_image(input_path(host_of(context), image)),)
+
+
+class ResizeImage(Node):
+    DESCRIPTION = "Antialiased bicubic resize, by the long side or by total pixel count, optionally to a multiple of N."
+    FUNCTION = "resize"
+    RETURN_TYPES = (IMAGE,)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The resized picture.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "image": (IMAGE, {"tooltip": "The picture to resize."}),
+                "mode": (list(RESIZE_MODES), {"default": "long_side",
+                                              "tooltip": "long_side: size is the longer side in px; pixels: size is H*W"}),
+                "size": ("INT", {"default": 512, "min": 8, "max": 1 << 28,
+                                 "tooltip": f"The long side in px (at most {MAX_SIDE}), or H*W for mode 'pixels'."}),
+            },
+            "optional": {
+                "multiple_of": ("INT", {"default": 1, "min": 1, "max": 256,
+                                        "tooltip": "Round both sides to a multiple of this (1: no rounding)."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, mode: str | None = None, size: int | None = None) -> bool | str:
+        # ComfyUI skips its own checks of the inputs named here, so they are all checked.
+        if mode is not None and mode not in RESIZE_MODES:
+            return f"mode: {mode!r} is not one of {list(RESIZE_MODES)}"
+        if size is not None:
+            limit = MAX_SIDE if mode in (None, "long_side") else max_image_pixels()
+            if not 8 <= size <= limit:
+                return f"size: {size} is outside 8..{limit} for mode {mode or 'long_side'}"
+        return True
+
+    def resize(self, image: torch.Tensor, mode: str, size: int, multiple_of: int = 1) -> tuple[torch.Tensor]:
+        height, width = image_io.target_size(image.shape[1], image.shape[2], mode, size, multiple_of)
+        check_pixels(width, height, "size")
+        return (image_io.resize_image(image, height, width),)
+
+
+class SaveImage(Node):
+    DESCRIPTION = (
+        "Write PNG or JPEG into the output folder, with the graph embedded (PNG: 'prompt' and 'workflow', "
+        "so dropping the file onto the editor restores the graph). Numbered names unless overwrite."
+    )
+    FUNCTION = "save"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "image": (IMAGE, {"tooltip": "The picture(s) to write."}),
+                "filename_prefix": ("STRING", {"default": "nst/result",
+                                               "tooltip": "Relative to the output folder; may name subfolders."}),
+                "format": (list(SAVE_FORMATS), {"default": "png", "tooltip": "png (lossless) or jpg (quality 95)."}),
+                "overwrite": ("BOOLEAN", {"default": False,
+                                          "tooltip": "On: write <prefix>.png every time. Off: <prefix>_00001_.png, "
+                                                     "then the next free number."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", **HIDDEN_CONTEXT},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None = None, context: Host | None = None) -> bool | str:
+        if filename_prefix is None:
+            return True
+        try:
+            output_stem(host_of(context), filename_prefix)
+        except FileRuleError as error:
+            return str(error)
+        return True
+
+    def save(self, image: torch.Tensor, filename_prefix: str, format: str = "png", overwrite: bool = False,
+             prompt: dict | None = None, extra_pnginfo: dict | None = None,
+             context: Host | None = None) -> dict[str, Any]:
+        host = host_of(context)
+        stem = output_stem(host, filename_prefix)
+        paths = output_paths(stem, format, overwrite, len(image))
+        image_io.save_image(image, paths, prompt, extra_pnginfo)
+        folder = os.path.abspath(host.output_folder)
+        images = []
+        for path in paths:
+            parent = os.path.abspath(path.parent)
+            inside = os.path.commonpath([folder, parent]) == folder
+            subfolder = Path(os.path.relpath(parent, folder)).as_posix() if inside else parent
+            images.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"})
+        return {"ui": {"images": images}, "result": ()}
+
+
+class PlotHistory(Node):
+    DESCRIPTION = "Draw an optimization's history: every loss term per evaluation, log scale, the total in black."
+    FUNCTION = "plot"
+    RETURN_TYPES = (IMAGE,)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The plot as an image (connect a preview or save node).",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "history": (NST_HISTORY, {"tooltip": "The history output of Optimize Image."}),
+                "width": ("INT", {"default": 640, "min": 160, "max": 4096, "tooltip": "Plot width in px."}),
+                "height": ("INT", {"default": 400, "min": 120, "max": 4096, "tooltip": "Plot height in px."}),
+            }
+        }
+
+    def plot(self, history: History, width: int, height: int) -> tuple[torch.Tensor]:
+        return (plot_history(history, width, height),)

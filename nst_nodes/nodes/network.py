@@ -1,0 +1,194 @@
+"""The network: VGG19 and its preprocessing, features and their Gram matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..files import FileRuleError, file_sha256, input_path, open_regular
+from ..host import Host, host_of
+from ..limits import check_memory, network_bytes, smallest_side
+from ..losses import gram_matrix
+from ..types import IMAGE, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, Grams, NetworkTensor
+from ..vgg import LAYER_INDEX, PREPROCESSINGS, VGGModel, load_vgg19
+from .common import HIDDEN_CONTEXT, Node, device_of, parse_layers, require_same_model, validation
+
+BUILT_IN_WEIGHTS = {"caffe": "caffe", "torchvision": "torchvision"}  # name -> the preprocessing they expect
+POOLINGS = ("max", "avg")
+PREPROCESSING_CHOICES = ("auto", *PREPROCESSINGS)
+
+
+def _weights_file(weights: str, context: Host | None) -> Path:
+    """A weights file, found like an input image (inside the input folder where the host confines paths)."""
+    return input_path(host_of(context), weights, "weights")
+
+
+def deepest_layer(layers: list[str]) -> str:
+    return max(layers, key=LAYER_INDEX.__getitem__)
+
+
+def check_large_enough(what: str, pixels: torch.Tensor, layers: list[str]) -> None:
+    """Refuse an image too small to reach the deepest layer (each pooling halves it) before the network runs."""
+    height, width = pixels.shape[-2:]
+    deepest = deepest_layer(layers)
+    side = smallest_side(deepest)
+    if height < side or width < side:
+        raise ValueError(f"{what}: a {width}x{height} image is too small for layer {deepest}, which needs at "
+                         f"least {side}x{side} px; use a larger size")
+
+
+class VGG19Model(Node):
+    DESCRIPTION = (
+        "VGG19 with its own preprocessing. weights: 'caffe' (the original network of Gatys et al., shipped, "
+        "offline), 'torchvision' (downloaded once through torch.hub) or a torchvision-layout state dict file."
+    )
+    FUNCTION = "load"
+    RETURN_TYPES = (NST_MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The frozen network and the preprocessing its weights expect.",)
+    DISK_CACHE = False
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "weights": ("STRING", {"default": "caffe",
+                                       "tooltip": "caffe, torchvision, or a state dict file (features.N.weight keys)"}),
+                "pooling": (list(POOLINGS), {"default": "max",
+                                             "tooltip": "max: the network as trained; avg: smoother, as Gatys et al. preferred"}),
+            },
+            "optional": {
+                "preprocessing": (list(PREPROCESSING_CHOICES), {
+                    "default": "auto",
+                    "tooltip": "auto: what the weights were trained with; set it only for a weights file",
+                }),
+            },
+            "hidden": HIDDEN_CONTEXT,
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights: str | None = None, preprocessing: str | None = None,
+                        context: Host | None = None) -> bool | str:
+        if preprocessing is not None and preprocessing not in PREPROCESSING_CHOICES:  # ComfyUI skips this check
+            return f"preprocessing: {preprocessing!r} is not one of {list(PREPROCESSING_CHOICES)}"
+        if weights is None:
+            return True
+        if weights in BUILT_IN_WEIGHTS:
+            if preprocessing not in (None, "auto", BUILT_IN_WEIGHTS[weights]):
+                return f"preprocessing: the {weights} weights expect '{weights}' preprocessing, not '{preprocessing}'"
+            return True
+        try:
+            open_regular(_weights_file(weights, context), "weights").close()
+        except FileRuleError as error:
+            return f"{error} (or use 'caffe' or 'torchvision')"
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, weights: str | None = None, context: Host | None = None, **_: Any) -> str | None:
+        if weights is None or weights in BUILT_IN_WEIGHTS:
+            return weights
+        try:
+            return file_sha256(_weights_file(weights, context), "weights")
+        except (OSError, ValueError) as error:
+            return f"unreadable: {error}"
+
+    def load(self, weights: str, pooling: str, preprocessing: str = "auto",
+             context: Host | None = None) -> tuple[VGGModel]:
+        source = weights if weights in BUILT_IN_WEIGHTS else _weights_file(weights, context)
+        return (load_vgg19(source, pooling, preprocessing).to(device_of(context)),)
+
+
+class NormalizeImage(Node):
+    DESCRIPTION = "IMAGE -> the model's input space, with the preprocessing the model's weights expect."
+    FUNCTION = "normalize"
+    RETURN_TYPES = (NST_TENSOR,)
+    RETURN_NAMES = ("tensor",)
+    OUTPUT_TOOLTIPS = ("The image in the network's input space, tagged with the model it belongs to.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "image": (IMAGE, {"tooltip": "One picture."}),
+                "model": (NST_MODEL, {"tooltip": "The model whose preprocessing to apply."}),
+            },
+            "hidden": HIDDEN_CONTEXT,
+        }
+
+    def normalize(self, image: torch.Tensor, model: VGGModel, context: Host | None = None) -> tuple[NetworkTensor]:
+        if image.shape[0] != 1:
+            raise ValueError(f"image: expected a batch of one image, got {image.shape[0]}")
+        pixels = model.preprocessing.normalize(image.to(device_of(context)))
+        return ({"space": model.identity, "preprocessing": model.preprocessing.name, "pixels": pixels},)
+
+
+class DenormalizeImage(Node):
+    DESCRIPTION = "Network-space tensor -> IMAGE (the exact inverse of Normalize), clamped to 0..1."
+    FUNCTION = "denormalize"
+    RETURN_TYPES = (IMAGE,)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The picture, ready to save or preview.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"tensor": (NST_TENSOR, {"tooltip": "An image in a model's input space."})}}
+
+    def denormalize(self, tensor: NetworkTensor) -> tuple[torch.Tensor]:
+        image = PREPROCESSINGS[tensor["preprocessing"]].denormalize(tensor["pixels"].detach().float().cpu())
+        return (image.clamp(0.0, 1.0).contiguous(),)
+
+
+class VGGFeatures(Node):
+    DESCRIPTION = "Activations of the named layers, from one forward pass that stops at the deepest of them."
+    FUNCTION = "extract"
+    RETURN_TYPES = (NST_FEATURES,)
+    RETURN_NAMES = ("features",)
+    OUTPUT_TOOLTIPS = ("Layer name -> activation; feed Content Loss, or Gram Matrices for a style.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": (NST_MODEL, {"tooltip": "The network."}),
+                "tensor": (NST_TENSOR, {"tooltip": "An image normalized for this model."}),
+                "layers": ("STRING", {"default": "relu4_2",
+                                      "tooltip": "Comma-separated: conv1_1 ... conv5_4, relu1_1 ... relu5_4, pool1 ... pool5"}),
+            },
+            "hidden": HIDDEN_CONTEXT,
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, layers: str | None = None) -> bool | str:
+        return True if layers is None else validation(parse_layers, layers)
+
+    def extract(self, model: VGGModel, tensor: NetworkTensor, layers: str,
+                context: Host | None = None) -> tuple[Features]:
+        require_same_model("tensor", model.identity, tensor["space"])
+        names = parse_layers(layers)
+        device = device_of(context)
+        check_large_enough("tensor", tensor["pixels"], names)
+        height, width = tensor["pixels"].shape[-2:]
+        needed = network_bytes(height, width, deepest_layer(names), with_gradient=False)
+        check_memory("tensor", "a network pass", needed, device, height, width)
+        with torch.no_grad():
+            activations = model.features(tensor["pixels"].to(device), names)
+        return ({"model": model.identity, "layers": activations},)
+
+
+class GramMatrices(Node):
+    DESCRIPTION = "Gram matrix of every layer of a feature set, divided by C*H*W: the style statistics of Gatys et al."
+    FUNCTION = "grams"
+    RETURN_TYPES = (NST_GRAMS,)
+    RETURN_NAMES = ("grams",)
+    OUTPUT_TOOLTIPS = ("Layer name -> C x C Gram matrix; feed Style Loss.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"features": (NST_FEATURES, {"tooltip": "Features of the style image."})}}
+
+    def grams(self, features: Features) -> tuple[Grams]:
+        with torch.no_grad():
+            grams = {layer: gram_matrix(value) for layer, value in features["layers"].items()}
+        return ({"model": features["model"], "layers": grams},)

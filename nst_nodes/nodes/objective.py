@@ -1,0 +1,119 @@
+"""The objective: content, style and smoothness terms, and their sum."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..losses import blend_targets
+from ..types import NST_FEATURES, NST_GRAMS, NST_LOSS, Features, Grams, Objective
+from .common import Node, finite_weight, parse_numbers, require_same_model, validation, weight_input, weights_per_layer
+
+LAYER_WEIGHTS_INPUT = ("STRING", {"default": "", "tooltip": "One weight per layer, comma-separated; empty: equal"})
+
+
+class LossNode(Node):
+    """Loss nodes build an objective (NST_LOSS); the optimizer evaluates it."""
+
+    FUNCTION = "build"
+    RETURN_TYPES = (NST_LOSS,)
+    RETURN_NAMES = ("loss",)
+    OUTPUT_TOOLTIPS = ("A term of the objective; combine terms with Combine Losses.",)
+
+
+class ContentLoss(LossNode):
+    DESCRIPTION = "Mean squared distance to target features, at the target's layers: keeps the photo's content."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "target": (NST_FEATURES, {"tooltip": "Features of the content image (e.g. relu4_2)."}),
+                "weight": weight_input(1.0, "Content weight (alpha of Gatys et al.)."),
+            },
+            "optional": {"layer_weights": LAYER_WEIGHTS_INPUT},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, layer_weights: str | None = None) -> bool | str:
+        return True if layer_weights is None else validation(parse_numbers, layer_weights, "layer_weights")
+
+    def build(self, target: Features, weight: float, layer_weights: str = "") -> tuple[Objective]:
+        layers = list(target["layers"])
+        term = {"kind": "content", "weight": finite_weight(weight), "targets": target["layers"],
+                "layer_weights": weights_per_layer(layers, layer_weights)}
+        return ({"model": target["model"], "terms": [term]},)
+
+
+class StyleLoss(LossNode):
+    DESCRIPTION = (
+        "Squared distance of Gram matrices to a style's, per layer. Up to three styles are blended "
+        "with 'blend' weights (empty: equal)."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "target": (NST_GRAMS, {"tooltip": "Gram matrices of the style image."}),
+                "weight": weight_input(1e-3, "Style weight (beta of Gatys et al.); 1e-3 suits the Caffe weights, "
+                                             "the torchvision weights need about 1000x more."),
+            },
+            "optional": {
+                "layer_weights": LAYER_WEIGHTS_INPUT,
+                "target_2": (NST_GRAMS, {"tooltip": "A second style to blend in."}),
+                "target_3": (NST_GRAMS, {"tooltip": "A third style to blend in."}),
+                "blend": ("STRING", {"default": "", "tooltip": "One weight per style, e.g. 0.7,0.3; empty: equal"}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, layer_weights: str | None = None, blend: str | None = None) -> bool | str:
+        for text, what in ((layer_weights, "layer_weights"), (blend, "blend")):
+            outcome = True if text is None else validation(parse_numbers, text, what)
+            if outcome is not True:
+                return outcome
+        return True
+
+    def build(self, target: Grams, weight: float, layer_weights: str = "", target_2: Grams | None = None,
+              target_3: Grams | None = None, blend: str = "") -> tuple[Objective]:
+        targets = [t for t in (target, target_2, target_3) if t is not None]
+        for other in targets[1:]:
+            require_same_model("style target", target["model"], other["model"])
+        blend_weights = parse_numbers(blend, "blend") or [1.0] * len(targets)
+        if len(blend_weights) != len(targets):
+            raise ValueError(f"blend: {len(blend_weights)} weights for {len(targets)} style targets")
+        grams = blend_targets([t["layers"] for t in targets], blend_weights)
+        term = {"kind": "style", "weight": finite_weight(weight), "targets": grams,
+                "layer_weights": weights_per_layer(list(grams), layer_weights)}
+        return ({"model": target["model"], "terms": [term]},)
+
+
+class TVLoss(LossNode):
+    DESCRIPTION = "Total variation: penalizes differences of neighbouring pixels, for a smoother result."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"weight": weight_input(1e-3, "Smoothness weight; raise it (e.g. 10) for a noise start.")}}
+
+    def build(self, weight: float) -> tuple[Objective]:
+        return ({"model": None, "terms": [{"kind": "tv", "weight": finite_weight(weight)}]},)
+
+
+class CombineLosses(LossNode):
+    DESCRIPTION = "Sum several losses into one objective."
+    FUNCTION = "combine"
+    OUTPUT_TOOLTIPS = ("The sum of the terms: the objective to optimize.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        loss = (NST_LOSS, {"tooltip": "A loss to add."})
+        return {"required": {"loss_1": loss, "loss_2": loss}, "optional": {"loss_3": loss, "loss_4": loss}}
+
+    def combine(self, loss_1: Objective, loss_2: Objective, loss_3: Objective | None = None,
+                loss_4: Objective | None = None) -> tuple[Objective]:
+        losses = [loss for loss in (loss_1, loss_2, loss_3, loss_4) if loss is not None]
+        models = {loss["model"] for loss in losses} - {None}
+        if len(models) > 1:
+            raise ValueError(f"losses were built with different models: {sorted(models)}")
+        model = models.pop() if models else None
+        return ({"model": model, "terms": [term for loss in losses for term in loss["terms"]]},)

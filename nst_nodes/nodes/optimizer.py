@@ -1,0 +1,96 @@
+"""The optimizer node: minimize the objective over the pixels, with progress, previews and stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..host import Host, host_of
+from ..image import to_picture
+from ..limits import check_memory, network_bytes
+from ..losses import term_layers
+from ..optimize import DTYPES, METHODS, PRECISIONS, OptimizerSettings, optimize, start_image
+from ..types import NST_HISTORY, NST_LOSS, NST_MODEL, NST_TENSOR, History, NetworkTensor, Objective
+from ..vgg import VGGModel
+from .common import HIDDEN_CONTEXT, Node, require_same_model
+from .network import check_large_enough, deepest_layer
+
+VECTORS_PER_STEP = 12
+"""Image-sized float32 vectors the optimizer holds besides its history (iterate, gradients, direction, best...)."""
+
+
+def optimization_bytes(pixels: torch.Tensor, layers: list[str], settings: OptimizerSettings) -> int:
+    height, width = pixels.shape[-2:]
+    deepest = deepest_layer(layers) if layers else "conv1_1"
+    image = 3 * height * width
+    history = 2 * settings.history_size * image * DTYPES[settings.history_precision].itemsize
+    return network_bytes(height, width, deepest, with_gradient=True) + history + VECTORS_PER_STEP * image * 4
+
+
+class OptimizeImage(Node):
+    DESCRIPTION = (
+        "Optimize the pixels of an image against an objective (L-BFGS or Adam), keeping every iterate inside the "
+        "valid pixel range. One step is one optimizer iteration (one forward and backward pass; L-BFGS adds one "
+        "per backtrack, which is rare). Shows progress and the current image; stops within one step when asked."
+    )
+    FUNCTION = "run"
+    RETURN_TYPES = (NST_TENSOR, NST_HISTORY)
+    RETURN_NAMES = ("tensor", "history")
+    OUTPUT_TOOLTIPS = (
+        "The best image found, in the network's input space (connect De-normalize).",
+        "The loss of every evaluation, per term (connect Plot History).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": (NST_MODEL, {"tooltip": "The network the objective was built with."}),
+                "objective": (NST_LOSS, {"tooltip": "What to minimize (Combine Losses)."}),
+                "init": (NST_TENSOR, {"tooltip": "The start image (usually the content photo), normalized."}),
+                "steps": ("INT", {"default": 300, "min": 1, "max": 100000,
+                                  "tooltip": "Optimizer iterations; L-BFGS looks converged after 200-500."}),
+                "optimizer": (list(METHODS), {"default": "lbfgs",
+                                              "tooltip": "lbfgs: fast and the standard for this; adam: simple, needs lr"}),
+            },
+            "optional": {
+                "lr": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 1e4, "step": 0.001,
+                                 "tooltip": "Step size: 1 for L-BFGS (it scales its own steps), 1-10 for Adam."}),
+                "noise": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                    "tooltip": "Start from (1-noise)*init + noise*random image; 1: pure noise."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": False,
+                                 "tooltip": "Seed of the start noise (used only when noise > 0); fixed, so reruns are cached."}),
+                "history_size": ("INT", {"default": 50, "min": 1, "max": 1000,
+                                         "tooltip": "L-BFGS memory: curvature pairs kept."}),
+                "precision": (list(PRECISIONS), {"default": "fp32",
+                                                 "tooltip": "bf16: autocast for the network (fast on GPUs and bf16 CPUs)"}),
+                "history_precision": (list(PRECISIONS), {"default": "bf16",
+                                                         "tooltip": "Storage of the L-BFGS memory (bf16: half the RAM)."}),
+            },
+            "hidden": HIDDEN_CONTEXT,
+        }
+
+    def run(self, model: VGGModel, objective: Objective, init: NetworkTensor, steps: int, optimizer: str,
+            lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 50,
+            precision: str = "fp32", history_precision: str = "bf16",
+            context: Host | None = None) -> tuple[NetworkTensor, History]:
+        host = host_of(context)
+        require_same_model("init", model.identity, init["space"])
+        if objective["model"] is not None:
+            require_same_model("objective", model.identity, objective["model"])
+        settings = OptimizerSettings(steps, optimizer, lr, history_size, precision, history_precision)
+        layers = term_layers(objective)
+        if layers:
+            check_large_enough("init", init["pixels"], layers)
+        height, width = init["pixels"].shape[-2:]
+        check_memory("init", "optimizing", optimization_bytes(init["pixels"], layers, settings), host.device,
+                     height, width)
+        start = start_image(model, init["pixels"].to(host.device), noise, seed)
+
+        def report(step: int, total: int, loss: float, image: torch.Tensor) -> None:
+            host.progress(step, total, preview=lambda: to_picture(model.preprocessing.denormalize(image.cpu())),
+                          loss=loss)
+
+        result, history = optimize(model.to(host.device), objective, start, settings, report, host.should_stop)
+        return {**init, "pixels": result}, history

@@ -1,0 +1,98 @@
+"""The runner as the host of the nodes it runs: device, folders, progress with previews, and stop.
+
+A node that declares the hidden input ``"NST_CONTEXT"`` receives a :class:`RunnerHost` (the
+class hooks ``VALIDATE_INPUTS`` and ``IS_CHANGED`` receive it too when they name it). ComfyUI
+passes nothing for that input; a node pack offers ComfyUI the same interface through its own
+adapter (``nst_nodes/host.py`` describes the interface, ``nst_nodes/comfy.py`` adapts ComfyUI).
+
+Stopping is one path: ``should_stop()`` answers True once the user asked to stop (Ctrl-C,
+SIGTERM, an API caller's event). A node that sees it returns the best result it has; the
+runner marks that result partial, lets it flow to the output nodes, caches none of it, and
+then reports the run as interrupted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+Preview = Callable[[], Any]
+"""Makes a preview picture (an object with ``save(path)``, e.g. a PIL image) when a host wants one."""
+
+ProgressSink = Callable[[int, int, dict[str, Any], Preview | None], None]
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.split(":")[0] not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' was asked for but torch sees no MPS device")
+    return name
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where relative file names point: inputs are read from ``input``, outputs written under ``output``.
+
+    ``confined``: names must stay inside these folders (no absolute paths, no ``..`` out),
+    as a server must insist; the CLI's default is plain paths.
+    """
+
+    input: Path = Path(".")
+    output: Path = Path("output")
+    confined: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input", Path(self.input).expanduser())
+        object.__setattr__(self, "output", Path(self.output).expanduser())
+
+
+class RunnerHost:
+    """What a running node may ask of the runner; one per node execution."""
+
+    def __init__(self, device: str, folders: Folders, stop: threading.Event,
+                 on_progress: ProgressSink | None = None) -> None:
+        self.device = device
+        self.folders = folders
+        self._stop = stop
+        self._on_progress = on_progress
+        self.stopped_early = False  # the node saw a stop request: what it returns is partial
+
+    @property
+    def input_folder(self) -> Path:
+        return self.folders.input
+
+    @property
+    def output_folder(self) -> Path:
+        return self.folders.output
+
+    @property
+    def confined(self) -> bool:
+        return self.folders.confined
+
+    def progress(self, step: int, total: int, preview: Preview | None = None, **info: Any) -> None:
+        """Report progress; ``preview`` is called only if the user watches (``nst run --preview``)."""
+        if self._on_progress is not None:
+            self._on_progress(step, total, info, preview)
+
+    def should_stop(self) -> bool:
+        """True once a stop was requested: return the best result so far, now."""
+        if self._stop.is_set():
+            self.stopped_early = True
+        return self.stopped_early

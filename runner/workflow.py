@@ -1,0 +1,132 @@
+"""Editor workflows (the JSON ComfyUI's editor saves) -> API prompts, through the node specs.
+
+The editor stores a node's constants as ``widgets_values``: one value per widget input, in the
+order the inputs are declared (required, then optional). Two widgets carry a value that is no
+input: the "control after generate" menu that follows a seed-like INT (``control_after_generate``,
+or an INT named ``seed``/``noise_seed`` unless it says ``False``) or a COMBO that asks for it,
+and the upload button that follows an input with ``image_upload``. Links are
+``[id, origin node, origin slot, target node, target slot, type]`` (or objects with those names).
+
+Editor-only nodes are resolved as the editor does when it queues a prompt: ``Reroute`` passes
+its input through, ``PrimitiveNode`` leaves its value in the widget it feeds, notes vanish, a
+muted node (mode 2) is left out and a bypassed node (mode 4) hands its consumers the input of
+the same type. Positions, sizes and groups are the editor's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.graph import GraphFormatError
+from runner.registry import Registry
+from runner.spec import COMBO_TYPE, InputSpec, node_spec
+
+EDITOR_ONLY = ("Note", "MarkdownNote")
+MUTED, BYPASSED = 2, 4
+SEED_NAMES = ("seed", "noise_seed")
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
+
+
+def is_workflow(document: Any) -> bool:
+    return isinstance(document, dict) and isinstance(document.get("nodes"), list) and "links" in document
+
+
+def extra_widget_values(spec: InputSpec) -> int:
+    """How many widget values beyond its own the editor stores after this input."""
+    control = spec.options.get("control_after_generate")
+    if spec.type == "INT":
+        has_control = bool(control) if control is not None else spec.name in SEED_NAMES
+    else:
+        has_control = spec.type == COMBO_TYPE and bool(control)
+    has_upload = any(spec.options.get(option) for option in UPLOAD_OPTIONS)
+    return int(has_control) + int(has_upload)
+
+
+def is_widget(spec: InputSpec) -> bool:
+    return spec.accepts_constant and not spec.options.get("forceInput")
+
+
+def widget_inputs(inputs: dict[str, InputSpec], values: Any) -> dict[str, Any]:
+    """Input name -> value for a node's ``widgets_values`` (a list, or a dict by name)."""
+    if isinstance(values, dict):
+        return {name: values[name] for name, spec in inputs.items() if is_widget(spec) and name in values}
+    values = values if isinstance(values, list) else []
+    found: dict[str, Any] = {}
+    position = 0
+    for name, spec in inputs.items():
+        if not is_widget(spec):
+            continue
+        if position >= len(values):
+            break  # a workflow from an older version of the node: validation names what is missing
+        found[name] = values[position]
+        position += 1 + extra_widget_values(spec)
+    return found
+
+
+def _links(workflow: dict[str, Any], name: str) -> dict[Any, dict[str, Any]]:
+    links = {}
+    for link in workflow.get("links") or []:
+        if isinstance(link, list) and len(link) >= 5:
+            link = dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
+        if not isinstance(link, dict) or "id" not in link:
+            raise GraphFormatError(f"{name}: a link must be [id, origin, slot, target, slot, type], got {link!r:.100}")
+        links[link["id"]] = link
+    return links
+
+
+def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str = "<workflow>") -> dict[str, Any]:
+    """The API prompt the editor would queue for ``workflow``."""
+    if (workflow.get("definitions") or {}).get("subgraphs"):
+        raise GraphFormatError(f"{name}: subgraphs are not supported; unpack them in the editor first")
+    nodes: dict[str, dict[str, Any]] = {}
+    for node in workflow["nodes"]:
+        if not isinstance(node, dict) or not isinstance(node.get("type"), str) or "id" not in node:
+            raise GraphFormatError(f"{name}: every node needs an 'id' and a string 'type', got {node!r:.100}")
+        nodes[str(node["id"])] = node
+    links = _links(workflow, name)
+
+    def source_of(link_id: Any) -> tuple[str, int] | None:
+        """The real node output a link carries, through reroutes and bypassed nodes; None for none."""
+        seen = set()
+        while link_id is not None and link_id not in seen:
+            seen.add(link_id)
+            link = links.get(link_id)
+            if link is None:
+                return None
+            origin_id, slot = str(link["origin_id"]), link["origin_slot"]
+            origin = nodes.get(origin_id)
+            if origin is None:
+                return origin_id, slot  # validation reports the missing node
+            inputs = origin.get("inputs") or []
+            if origin["type"] == "Reroute":
+                link_id = inputs[0].get("link") if inputs else None
+            elif origin["type"] == "PrimitiveNode" or origin.get("mode") == MUTED:
+                return None
+            elif origin.get("mode") == BYPASSED:
+                same_slot = [inputs[slot]] if isinstance(slot, int) and slot < len(inputs) else []
+                matching = [i for i in same_slot + inputs if i.get("type") == link.get("type")]
+                link_id = matching[0].get("link") if matching else None
+            else:
+                return origin_id, slot
+        return None
+
+    prompt: dict[str, Any] = {}
+    for node_id, node in sorted(nodes.items(), key=lambda item: (len(item[0]), item[0])):
+        kind = node["type"]
+        if kind in EDITOR_ONLY or kind in ("Reroute", "PrimitiveNode") or node.get("mode") in (MUTED, BYPASSED):
+            continue
+        node_class = registry.classes.get(kind)
+        constants = widget_inputs(node_spec(node_class).inputs, node.get("widgets_values")) if node_class else {}
+        inputs: dict[str, Any] = {key: {"__value__": value} if isinstance(value, list) else value
+                                  for key, value in constants.items()}  # a bare pair would read as a link
+        for slot in node.get("inputs") or []:
+            if isinstance(slot, dict) and slot.get("link") is not None and isinstance(slot.get("name"), str):
+                source = source_of(slot["link"])
+                if source is not None:
+                    inputs[slot["name"]] = [source[0], source[1]]
+        entry: dict[str, Any] = {"class_type": kind, "inputs": inputs}
+        if isinstance(node.get("title"), str):
+            entry["_meta"] = {"title": node["title"]}
+        prompt[node_id] = entry
+    return prompt
+

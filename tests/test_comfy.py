@@ -1,0 +1,212 @@
+"""The nodes as ComfyUI meets them, through stand-ins for its modules (comfy_standins.py).
+
+ComfyUI calls a node's function with its inputs by keyword plus the hidden PROMPT, EXTRA_PNGINFO
+and UNIQUE_ID it knows (never NST_CONTEXT), under torch.inference_mode(); it calls IS_CHANGED
+with every input as a keyword (links as None), and VALIDATE_INPUTS with the constants its
+signature names, skipping its own range and list checks for those.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import pytest
+import torch
+from comfy_standins import ComfyStandIns, InterruptProcessingException
+from PIL import Image
+
+from nst_nodes import NODE_CLASS_MAPPINGS
+from nst_nodes.comfy import install
+from nst_nodes.host import LocalHost, use_host
+
+GATYS = json.loads((Path(__file__).resolve().parent.parent / "graphs" / "gatys.json").read_text())
+TINY = {("3", "size"): 64, ("4", "size"): 64 * 48, ("15", "steps"): 3}
+HIDDEN_KINDS = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID")
+
+
+@pytest.fixture
+def comfy(tmp_path: Path) -> ComfyStandIns:
+    standins = ComfyStandIns(tmp_path)
+    standins.install()
+    install()
+    yield standins
+    use_host(LocalHost())
+    standins.remove()
+
+
+def tiny_gatys() -> dict[str, Any]:
+    prompt = json.loads(json.dumps(GATYS))
+    for (node_id, name), value in TINY.items():
+        prompt[node_id]["inputs"][name] = value
+    return prompt
+
+
+def is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+
+
+def hidden_values(node_class: type, node_id: str, prompt: dict, extra: dict | None) -> dict[str, Any]:
+    values = {"PROMPT": prompt, "EXTRA_PNGINFO": extra, "UNIQUE_ID": node_id}
+    return {name: values[kind] for name, kind in node_class.INPUT_TYPES().get("hidden", {}).items() if kind in values}
+
+
+def call_hook(node_class: type, hook: str, inputs: dict, hidden: dict) -> Any:
+    """A class hook called the way ComfyUI 0.3.64 calls it."""
+    function = getattr(node_class, hook)
+    every = {name: None if is_link(value) else value for name, value in inputs.items()} | hidden
+    if hook == "IS_CHANGED":
+        return function(**every)
+    spec = inspect.getfullargspec(function)
+    return function(**{k: v for k, v in every.items() if spec.varkw or k in spec.args})
+
+
+def comfy_execute(prompt: dict, extra: dict | None = None) -> dict[str, Any]:
+    """Validate, then run every node in dependency order, as ComfyUI does; returns each node's ui."""
+    dag = nx.DiGraph()
+    for node_id, node in prompt.items():
+        dag.add_node(node_id)
+        dag.add_edges_from((value[0], node_id) for value in node["inputs"].values() if is_link(value))
+    outputs: dict[str, tuple] = {}
+    uis: dict[str, Any] = {}
+    with torch.inference_mode():
+        for node_id in nx.topological_sort(dag):
+            node = prompt[node_id]
+            node_class = NODE_CLASS_MAPPINGS[node["class_type"]]
+            hidden = hidden_values(node_class, node_id, prompt, extra)
+            if hasattr(node_class, "VALIDATE_INPUTS"):
+                assert call_hook(node_class, "VALIDATE_INPUTS", node["inputs"], hidden) is True, node_id
+            if hasattr(node_class, "IS_CHANGED"):
+                changed = call_hook(node_class, "IS_CHANGED", node["inputs"], hidden)
+                assert not (isinstance(changed, float) and math.isnan(changed)), node_id
+            inputs = {name: outputs[value[0]][value[1]] if is_link(value) else value
+                      for name, value in node["inputs"].items()}
+            returned = getattr(node_class(), node_class.FUNCTION)(**inputs, **hidden)
+            outputs[node_id] = tuple(returned.get("result", ())) if isinstance(returned, dict) else returned
+            uis[node_id] = returned.get("ui") if isinstance(returned, dict) else None
+    return uis
+
+
+def test_loading_the_pack_points_it_at_comfyuis_folders_and_brings_the_samples(comfy: ComfyStandIns) -> None:
+    assert sorted(p.name for p in (comfy.input / "nst-samples").iterdir()) == ["shipwreck.jpg", "starry_night.jpg", "tubingen.jpg"]
+    (comfy.input / "mine.png").write_bytes(b"")
+    choices, options = NODE_CLASS_MAPPINGS["NSTLoadImage"].INPUT_TYPES()["required"]["image"]
+    assert choices == ["mine.png", "nst-samples/shipwreck.jpg", "nst-samples/starry_night.jpg", "nst-samples/tubingen.jpg"]
+    assert options["image_upload"] is True and options["default"] in choices
+
+
+def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_viewable_results(comfy: ComfyStandIns) -> None:
+    workflow = {"nodes": [], "links": [], "version": 0.4}
+    uis = comfy_execute(tiny_gatys(), extra={"workflow": workflow})
+    assert [(value, total) for value, total, _ in comfy.updates] == [(1, 3), (2, 3), (3, 3)]
+    first, last = comfy.updates[0][2], comfy.updates[-1][2]
+    for preview in (first, last):
+        kind, picture, size = preview
+        assert (kind, size) == ("JPEG", 512) and isinstance(picture, Image.Image) and picture.size == (64, 48)
+    assert comfy.checks == 3  # the interruption was checked after every step
+    assert uis["17"] == {"images": [{"filename": "gatys.png", "subfolder": "", "type": "output"}]}
+    with Image.open(comfy.output / "gatys.png") as saved:  # where ComfyUI's /view looks for it
+        assert json.loads(saved.text["workflow"]) == workflow and json.loads(saved.text["prompt"])["17"]
+    with Image.open(comfy.output / "gatys.png") as saved, Image.open(comfy.input / "nst-samples" / "tubingen.jpg") as photo:
+        assert saved.size == (64, 48) and photo.size == (512, 384)
+
+
+def test_cancel_in_comfyui_stops_the_optimizer_within_one_step(comfy: ComfyStandIns) -> None:
+    comfy.interrupt_after = 2
+    with pytest.raises(InterruptProcessingException):
+        comfy_execute(tiny_gatys() | {"15": {**GATYS["15"], "inputs": {**GATYS["15"]["inputs"], "steps": 300}}})
+    assert [value for value, _, _ in comfy.updates] == [1, 2]
+    assert not (comfy.output / "gatys.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("class_type", "inputs", "message"),
+    [
+        ("NSTLoadImage", {"image": "../../../etc/hostname"}, "is outside the input folder"),
+        ("NSTLoadImage", {"image": "/etc/hostname"}, "is outside the input folder"),
+        ("NSTLoadImage", {"image": "pipe.png"}, "is a FIFO, not a file"),
+        ("NSTVGG19", {"weights": "/etc/hostname", "pooling": "max"}, "is outside the input folder"),
+        ("NSTSaveImage", {"image": ["16", 0], "filename_prefix": "../../x", "format": "png", "overwrite": True},
+         "is outside the output folder"),
+        ("NSTSaveImage", {"image": ["16", 0], "filename_prefix": "/tmp/x", "format": "png", "overwrite": True},
+         "is outside the output folder"),
+        ("NSTResizeImage", {"image": ["1", 0], "mode": "long_side", "size": 100000}, "size: 100000 is outside 8..16384"),
+        ("NSTResizeImage", {"image": ["1", 0], "mode": "sideways", "size": 64}, "mode: 'sideways' is not one of"),
+        ("NSTVGG19", {"weights": "caffe", "pooling": "max", "preprocessing": "odd"}, "preprocessing: 'odd' is not one of"),
+    ],
+)
+def test_comfyui_validation_refuses_paths_outside_the_folders_and_values_it_would_not_check(
+    comfy: ComfyStandIns, class_type: str, inputs: dict, message: str
+) -> None:
+    os.mkfifo(comfy.input / "pipe.png")
+    node_class = NODE_CLASS_MAPPINGS[class_type]
+    outcome = call_hook(node_class, "VALIDATE_INPUTS", inputs, hidden_values(node_class, "1", {}, None))
+    assert isinstance(outcome, str) and message in outcome
+
+
+def test_every_is_changed_accepts_the_way_comfyui_calls_it_and_is_stable(comfy: ComfyStandIns) -> None:
+    for node_id, node in tiny_gatys().items():
+        node_class = NODE_CLASS_MAPPINGS[node["class_type"]]
+        if hasattr(node_class, "IS_CHANGED"):
+            hidden = hidden_values(node_class, node_id, {}, None)
+            first = call_hook(node_class, "IS_CHANGED", node["inputs"], hidden)
+            assert first == call_hook(node_class, "IS_CHANGED", node["inputs"], hidden), node_id
+
+
+def editor_value(value: float, options: dict) -> float:
+    """What ComfyUI's editor (frontend 1.27) turns a FLOAT widget value into: rounded to its step's decimals."""
+    precision = max(0, -math.floor(math.log10(options.get("step", 0.5))))
+    step = options["round"] if options.get("round") else 10.0**-precision if precision else None
+    return value if step is None else round(round(value / step) * step, precision)
+
+
+def float_inputs() -> list[tuple[str, str, dict]]:
+    found = []
+    for class_type, node_class in NODE_CLASS_MAPPINGS.items():
+        declared = node_class.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, declaration in declared.get(section, {}).items():
+                if declaration[0] == "FLOAT":
+                    found.append((class_type, name, declaration[1]))
+    return found
+
+
+def test_every_float_default_and_every_shipped_value_survives_the_editors_rounding() -> None:
+    for class_type, name, options in float_inputs():
+        assert editor_value(options["default"], options) == options["default"], (class_type, name)
+    graphs = Path(__file__).resolve().parent.parent / "graphs"
+    for path in graphs.glob("*.json"):
+        for node in json.loads(path.read_text()).values():
+            for name, value in node["inputs"].items():
+                options = dict(float_inputs_of(node["class_type"]).get(name, {}))
+                if options:
+                    assert editor_value(value, options) == value, (path.name, node["class_type"], name, value)
+
+
+def float_inputs_of(class_type: str) -> dict[str, dict]:
+    return {name: options for owner, name, options in float_inputs() if owner == class_type}
+
+
+def test_weights_down_to_a_hundred_thousandth_survive_the_editor() -> None:
+    options = float_inputs_of("NSTStyleLoss")["weight"]
+    for weight in (1e-5, 3e-4, 0.001, 0.0125, 1.0, 10.0, 12345.6789):
+        assert editor_value(weight, options) == weight
+
+
+def test_seeds_stay_fixed_and_every_input_and_output_explains_itself() -> None:
+    for class_type, node_class in NODE_CLASS_MAPPINGS.items():
+        declared = node_class.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, declaration in declared.get(section, {}).items():
+                options = declaration[1] if len(declaration) > 1 else {}
+                assert options.get("tooltip"), (class_type, name)
+                if declaration[0] == "INT" and name in ("seed", "noise_seed"):
+                    assert options.get("control_after_generate") is False, (class_type, name)
+        tooltips = getattr(node_class, "OUTPUT_TOOLTIPS", ())
+        assert len(tooltips) == len(node_class.RETURN_TYPES) and all(tooltips), class_type
+        assert node_class.DESCRIPTION, class_type

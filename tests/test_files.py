@@ -1,0 +1,96 @@
+"""Which files nodes may read and write: the host's folders, confinement, samples and numbering."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from nst_nodes.files import FileRuleError, input_path, output_paths, output_stem, write_atomically
+from nst_nodes.host import Host, LocalHost
+from runner import Folders, RunnerHost
+
+
+def host(tmp_path: Path, confined: bool) -> RunnerHost:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    return RunnerHost("cpu", Folders(tmp_path / "in", tmp_path / "out", confined), threading.Event())
+
+
+def test_both_hosts_of_the_runner_and_plain_python_fit_the_host_interface(tmp_path: Path) -> None:
+    assert isinstance(host(tmp_path, True), Host) and isinstance(LocalHost(), Host)
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/passwd", "a/../../secret.png", "sub/../../../x.png"])
+def test_a_confined_host_refuses_names_outside_its_input_folder(tmp_path: Path, name: str) -> None:
+    with pytest.raises(FileRuleError, match="is outside the input folder; name a file inside"):
+        input_path(host(tmp_path, confined=True), name)
+
+
+@pytest.mark.parametrize("prefix", ["../../x", "/tmp/x", "nst/../../x"])
+def test_a_confined_host_refuses_prefixes_outside_its_output_folder(tmp_path: Path, prefix: str) -> None:
+    with pytest.raises(FileRuleError, match="filename_prefix: .* is outside the output folder"):
+        output_stem(host(tmp_path, confined=True), prefix)
+
+
+def test_names_inside_the_folders_resolve_there_and_the_owners_links_are_followed(tmp_path: Path) -> None:
+    confined = host(tmp_path, confined=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "in" / "photos").symlink_to(tmp_path / "elsewhere")  # placed by the server's owner
+    assert input_path(confined, "photos/a.png") == tmp_path / "in" / "photos" / "a.png"
+    assert output_stem(confined, "nst/result") == tmp_path / "out" / "nst" / "result"
+
+
+def test_plain_paths_without_confinement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = host(tmp_path, confined=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert input_path(plain, "/etc/hostname") == Path("/etc/hostname")
+    assert input_path(plain, "~/x.png") == tmp_path / "x.png"
+    assert output_stem(plain, "../up") == tmp_path / "out" / ".." / "up"
+
+
+def test_the_samples_answer_in_every_host_unless_the_folder_has_its_own(tmp_path: Path, samples: Path) -> None:
+    for confined in (True, False):
+        assert input_path(host(tmp_path, confined), "nst-samples/tubingen.jpg") == samples / "tubingen.jpg"
+    own = tmp_path / "in" / "nst-samples" / "tubingen.jpg"
+    own.parent.mkdir()
+    own.write_bytes(b"mine")
+    assert input_path(host(tmp_path, True), "nst-samples/tubingen.jpg") == own
+    missing = input_path(host(tmp_path, True), "nst-samples/other.jpg")
+    assert missing == tmp_path / "in" / "nst-samples" / "other.jpg"  # not a sample: reported as not found there
+
+
+def test_numbering_follows_comfyuis_convention(tmp_path: Path) -> None:
+    stem = tmp_path / "nst" / "result"
+    assert output_paths(stem, "png", overwrite=False) == [tmp_path / "nst" / "result_00001_.png"]
+    stem.parent.mkdir()
+    for name in ("result_00001_.png", "result_00007_.png", "result_00009_.jpg", "other_00020_.png"):
+        (stem.parent / name).write_text("x")
+    assert [p.name for p in output_paths(stem, "png", False, count=2)] == ["result_00008_.png", "result_00009_.png"]
+    assert [p.name for p in output_paths(stem, "png", True)] == ["result.png"]
+    assert [p.name for p in output_paths(stem, "jpg", True, count=2)] == ["result_00.jpg", "result_01.jpg"]
+
+
+@pytest.mark.parametrize("prefix", ["", "nst/", "..", "a\x00b"])
+def test_unusable_prefixes_are_refused(tmp_path: Path, prefix: str) -> None:
+    with pytest.raises(FileRuleError, match="filename_prefix"):
+        output_stem(host(tmp_path, confined=False), prefix)
+
+
+def test_files_are_written_whole_with_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b.png"
+    previous = os.umask(0o027)
+    try:
+        write_atomically(path, lambda file: file.write(b"data"))
+    finally:
+        os.umask(previous)
+    assert path.read_bytes() == b"data" and stat.S_IMODE(path.stat().st_mode) == 0o640
+
+    def failing(file: object) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_atomically(path, failing)
+    assert path.read_bytes() == b"data" and sorted(p.name for p in path.parent.iterdir()) == ["b.png"]
