@@ -117,6 +117,12 @@ class Execution:
     def spec(self, node_id: str) -> NodeSpec:
         return node_spec(self.registry.classes[self.graph.node(node_id)["class_type"]])
 
+    def constants(self, node_id: str) -> dict[str, Any]:
+        """The node's constants as ComfyUI passes them: a FLOAT written as 1 arrives as 1.0 (and keys the same)."""
+        inputs = self.spec(node_id).inputs
+        return {name: float(value) if name in inputs and inputs[name].type == "FLOAT" else value
+                for name, value in self.graph.node(node_id)["constants"].items()}
+
     def sources(self, node_id: str) -> list[str]:
         return [source for source, _ in self.graph.node(node_id)["links"].values()]
 
@@ -150,7 +156,7 @@ class Execution:
             changed = None
             if hasattr(node_class, "IS_CHANGED"):
                 try:
-                    changed = call_hook(node_class.IS_CHANGED, data["constants"],
+                    changed = call_hook(node_class.IS_CHANGED, self.constants(node_id),
                                         self.hidden_for(node_id, self.host(node_id)))
                 except Exception as error:  # ComfyUI's reading too: a failing IS_CHANGED means "changed"
                     self.reporter.warning(f"node {node_id}: IS_CHANGED failed ({type(error).__name__}: {error}); "
@@ -165,7 +171,7 @@ class Execution:
                 continue
             linked = {name: (self.keys[source], index) for name, (source, index) in data["links"].items()}
             self.keys[node_id] = node_key(
-                data["class_type"], code_version(node_class), data["constants"], changed, linked
+                data["class_type"], code_version(node_class), self.constants(node_id), changed, linked
             )
 
     # --- the cache -----------------------------------------------------------------------------
@@ -250,7 +256,7 @@ class Execution:
         host = self.host(node_id)
         function = getattr(spec.node_class(), spec.function)
         try:
-            returned = function(**data["constants"], **inputs, **self.hidden_for(node_id, host))
+            returned = function(**self.constants(node_id), **inputs, **self.hidden_for(node_id, host))
         except Exception as error:
             raise NodeExecutionError(node_id, class_type, f"{type(error).__name__}: {error}") from error
         if isinstance(returned, dict):

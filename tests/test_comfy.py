@@ -110,6 +110,7 @@ def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_vi
         assert (kind, size) == ("JPEG", 512) and isinstance(picture, Image.Image) and picture.size == (64, 48)
     assert comfy.checks == 3  # the interruption was checked after every step
     assert uis["17"] == {"images": [{"filename": "gatys.png", "subfolder": "", "type": "output"}]}
+    assert uis["19"] == {"images": [{"filename": "gatys_history.png", "subfolder": "", "type": "output"}]}
     with Image.open(comfy.output / "gatys.png") as saved:  # where ComfyUI's /view looks for it
         assert json.loads(saved.text["workflow"]) == workflow and json.loads(saved.text["prompt"])["17"]
     with Image.open(comfy.output / "gatys.png") as saved, Image.open(comfy.input / "nst-samples" / "tubingen.jpg") as photo:
@@ -138,6 +139,8 @@ def test_cancel_in_comfyui_stops_the_optimizer_within_one_step(comfy: ComfyStand
         ("NSTResizeImage", {"image": ["1", 0], "mode": "long_side", "size": 100000}, "size: 100000 is outside 8..16384"),
         ("NSTResizeImage", {"image": ["1", 0], "mode": "sideways", "size": 64}, "mode: 'sideways' is not one of"),
         ("NSTVGG19", {"weights": "caffe", "pooling": "max", "preprocessing": "odd"}, "preprocessing: 'odd' is not one of"),
+        ("NSTStyleLoss", {"target": ["10", 0], "weight": float("nan")}, "weight: nan is not a finite number"),
+        ("NSTTVLoss", {"weight": -1.0}, "weight: -1.0 is not a finite number between 0 and 1e+12"),
     ],
 )
 def test_comfyui_validation_refuses_paths_outside_the_folders_and_values_it_would_not_check(

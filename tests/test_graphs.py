@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -53,8 +54,10 @@ def test_registry_finds_the_pack_through_its_entry_point() -> None:
 def test_gatys_graph_runs_end_to_end_and_documents_itself(tmp_path: Path, reporter) -> None:
     cache = Cache(tmp_path / "cache")
     results = tiny_run(tmp_path, cache=cache, reporter=reporter)
-    assert results == {"17": ()}
+    assert results == {"17": (), "19": ()}
     output = tmp_path / "output" / "gatys.png"
+    with Image.open(tmp_path / "output" / "gatys_history.png") as plot:
+        assert plot.size == (640, 400)
     assert reporter.files["17"] == [output]
     with Image.open(output) as picture:
         assert picture.size == (64, 48)
@@ -63,7 +66,7 @@ def test_gatys_graph_runs_end_to_end_and_documents_itself(tmp_path: Path, report
     # A new style weight reruns the style loss and what follows, nothing upstream of it.
     again = type(reporter)()
     tiny_run(tmp_path, overrides={"12.weight": 0.01}, cache=cache, reporter=again)
-    assert sorted(again.ran, key=int) == ["12", "14", "15", "16", "17"]
+    assert sorted(again.ran, key=int) == ["12", "14", "15", "16", "17", "18", "19"]
 
 
 def test_a_whole_graph_runs_inside_inference_mode_like_comfyui(tmp_path: Path) -> None:
@@ -188,3 +191,39 @@ def test_a_signal_stops_the_optimizer_saves_the_best_image_so_far_and_caches_non
     with Image.open(output / "gatys.png") as picture:
         assert picture.size == (64, 48)
     assert len(list(cache_dir.glob("*/*.entry"))) == 13  # everything before the optimizer (the model is memory-only)
+
+
+@pytest.mark.parametrize("name", ["gatys", "blend"])
+def test_every_example_workflow_is_its_shipped_graph(name: str) -> None:
+    """The editor workflows in example_workflows/ queue exactly the prompts in graphs/."""
+    example = load_graph(Path("example_workflows") / f"{name}.json")
+    assert example.prompt == load_graph(Path("graphs") / f"{name}.json").prompt
+    assert example.workflow is not None
+
+
+def tiny_workflow(tmp_path: Path) -> Path:
+    """example_workflows/gatys.json with its widgets set to 64 px and 3 steps, as a user would in the editor."""
+    workflow = json.loads(Path("example_workflows/gatys.json").read_text())
+    sizes = {3: {1: 64}, 4: {1: 64 * 48}, 15: {0: 3}}
+    for node in workflow["nodes"]:
+        for index, value in sizes.get(node["id"], {}).items():
+            node["widgets_values"][index] = value
+    path = tmp_path / "tiny_workflow.json"
+    path.write_text(json.dumps(workflow))
+    return path
+
+
+def test_an_editor_workflow_runs_from_the_cli_like_its_graph_and_embeds_itself(tmp_path: Path, capsys) -> None:
+    cache = str(tmp_path / "cache")
+    assert main(["run", "graphs/gatys.json", *cli_sets(TINY), "--cache-dir", cache, "--output-dir", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    workflow = tiny_workflow(tmp_path)
+    assert main(["run", str(workflow), "--cache-dir", cache, "--output-dir", str(tmp_path / "b")]) == 0
+    log = capsys.readouterr().err
+    # The same prompt, so the same keys: only the files missing from the new folder are written.
+    assert "[16] NSTDenormalize: cached" in log and "NSTOptimize" not in log and "[17] NSTSaveImage: ran" in log
+    assert main(["run", str(workflow), "--no-cache", "--output-dir", str(tmp_path / "c")]) == 0
+    with Image.open(tmp_path / "a" / "gatys.png") as graph_image, Image.open(tmp_path / "c" / "gatys.png") as editor_image:
+        assert np.array_equal(np.asarray(graph_image), np.asarray(editor_image))
+        assert json.loads(editor_image.text["workflow"])["nodes"] == json.loads(workflow.read_text())["nodes"]
+        assert json.loads(editor_image.text["prompt"]) == json.loads(graph_image.text["prompt"])

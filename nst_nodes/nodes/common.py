@@ -22,15 +22,18 @@ class Node:
     CATEGORY = CATEGORY
 
 
+MAX_WEIGHT = 1e12
+
+
 def weight_input(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": 1e12, "step": WEIGHT_STEP, "tooltip": tooltip})
+    return ("FLOAT", {"default": default, "min": 0.0, "max": MAX_WEIGHT, "step": WEIGHT_STEP, "tooltip": tooltip})
 
 
-def finite_weight(weight: float) -> float:
-    """ComfyUI lets NaN and infinities through its checks; stop them before the optimizer sees them."""
-    if not math.isfinite(weight):
-        raise ValueError(f"weight: {weight} is not a finite number")
-    return weight
+def check_weight(weight: float | None) -> bool | str:
+    """For VALIDATE_INPUTS: ComfyUI lets NaN through, and skips its own range check for a named input."""
+    if weight is None or (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
+        return True
+    return f"weight: {weight} is not a finite number between 0 and {MAX_WEIGHT:g}"
 
 
 def validation(check: Callable[..., Any], *args: Any) -> bool | str:

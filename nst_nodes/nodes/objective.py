@@ -6,7 +6,7 @@ from typing import Any
 
 from ..losses import blend_targets
 from ..types import NST_FEATURES, NST_GRAMS, NST_LOSS, Features, Grams, Objective
-from .common import Node, finite_weight, parse_numbers, require_same_model, validation, weight_input, weights_per_layer
+from .common import Node, check_weight, parse_numbers, require_same_model, validation, weight_input, weights_per_layer
 
 LAYER_WEIGHTS_INPUT = ("STRING", {"default": "", "tooltip": "One weight per layer, comma-separated; empty: equal"})
 
@@ -34,12 +34,15 @@ class ContentLoss(LossNode):
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, layer_weights: str | None = None) -> bool | str:
-        return True if layer_weights is None else validation(parse_numbers, layer_weights, "layer_weights")
+    def VALIDATE_INPUTS(cls, weight: float | None = None, layer_weights: str | None = None) -> bool | str:
+        outcome = check_weight(weight)
+        if outcome is True and layer_weights is not None:
+            outcome = validation(parse_numbers, layer_weights, "layer_weights")
+        return outcome
 
     def build(self, target: Features, weight: float, layer_weights: str = "") -> tuple[Objective]:
         layers = list(target["layers"])
-        term = {"kind": "content", "weight": finite_weight(weight), "targets": target["layers"],
+        term = {"kind": "content", "weight": weight, "targets": target["layers"],
                 "layer_weights": weights_per_layer(layers, layer_weights)}
         return ({"model": target["model"], "terms": [term]},)
 
@@ -67,12 +70,13 @@ class StyleLoss(LossNode):
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, layer_weights: str | None = None, blend: str | None = None) -> bool | str:
+    def VALIDATE_INPUTS(cls, weight: float | None = None, layer_weights: str | None = None,
+                        blend: str | None = None) -> bool | str:
+        outcome = check_weight(weight)
         for text, what in ((layer_weights, "layer_weights"), (blend, "blend")):
-            outcome = True if text is None else validation(parse_numbers, text, what)
-            if outcome is not True:
-                return outcome
-        return True
+            if outcome is True and text is not None:
+                outcome = validation(parse_numbers, text, what)
+        return outcome
 
     def build(self, target: Grams, weight: float, layer_weights: str = "", target_2: Grams | None = None,
               target_3: Grams | None = None, blend: str = "") -> tuple[Objective]:
@@ -83,7 +87,7 @@ class StyleLoss(LossNode):
         if len(blend_weights) != len(targets):
             raise ValueError(f"blend: {len(blend_weights)} weights for {len(targets)} style targets")
         grams = blend_targets([t["layers"] for t in targets], blend_weights)
-        term = {"kind": "style", "weight": finite_weight(weight), "targets": grams,
+        term = {"kind": "style", "weight": weight, "targets": grams,
                 "layer_weights": weights_per_layer(list(grams), layer_weights)}
         return ({"model": target["model"], "terms": [term]},)
 
@@ -95,8 +99,12 @@ class TVLoss(LossNode):
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"weight": weight_input(1e-3, "Smoothness weight; raise it (e.g. 10) for a noise start.")}}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, weight: float | None = None) -> bool | str:
+        return check_weight(weight)
+
     def build(self, weight: float) -> tuple[Objective]:
-        return ({"model": None, "terms": [{"kind": "tv", "weight": finite_weight(weight)}]},)
+        return ({"model": None, "terms": [{"kind": "tv", "weight": weight}]},)
 
 
 class CombineLosses(LossNode):
