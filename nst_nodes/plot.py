@@ -11,14 +11,14 @@ from PIL import Image, ImageDraw, ImageFont
 from .types import History
 
 COLOURS = {"loss": (20, 20, 20), "content": (31, 119, 180), "style": (230, 120, 20), "tv": (44, 160, 44)}
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 30, 40
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 30, 62
 
 
 def plot_history(history: History, width: int = 640, height: int = 400) -> torch.Tensor:
     """``[1, height, width, 3]`` IMAGE: one line per term (total in black), x = evaluation, y = log10."""
-    series = {name: [v for v in history.get(name, []) if v > 0 and math.isfinite(v)]  # type: ignore[union-attr]
-              for name in COLOURS}
-    series = {name: values for name, values in series.items() if values}
+    series = {name: [(i, v) for i, v in enumerate(history.get(name, [])) if v > 0 and math.isfinite(v)]  # type: ignore[union-attr]
+              for name in COLOURS}  # a log scale shows positive values only; each keeps its evaluation index
+    series = {name: points for name, points in series.items() if points}
     picture = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(picture)
     font_size = max(10, height // 32)
@@ -32,10 +32,10 @@ def plot_history(history: History, width: int = 640, height: int = 400) -> torch
         draw.text((left + 8, top + 8), "no finite positive losses to plot", fill=(0, 0, 0), font=font)
         return _tensor(picture)
 
-    low = math.floor(math.log10(min(min(values) for values in series.values())))
-    high = math.ceil(math.log10(max(max(values) for values in series.values())))
+    values = [v for points in series.values() for _, v in points]
+    low, high = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
     high = max(high, low + 1)
-    count = max(len(values) for values in series.values())
+    count = max(len(history.get(name, [])) for name in series)  # type: ignore[arg-type]
 
     def x_of(index: int) -> float:
         return left + (right - left) * (index / max(count - 1, 1))
@@ -52,16 +52,15 @@ def plot_history(history: History, width: int = 640, height: int = 400) -> torch
     draw.text((right - 40, bottom + 6), f"{count}", fill=(80, 80, 80), font=font)
     draw.text(((left + right) // 2 - 30, bottom + 6), "evaluation", fill=(80, 80, 80), font=font)
 
-    for name, values in series.items():
-        points = [(x_of(i), y_of(v)) for i, v in enumerate(values)]
-        if len(points) == 1:
-            points.append(points[0])
-        draw.line(points, fill=COLOURS[name], width=3 if name == "loss" else 2)
-    legend_y = top + 6
-    for name in series:
-        draw.line((right - 110, legend_y + 7, right - 90, legend_y + 7), fill=COLOURS[name], width=3)
-        draw.text((right - 84, legend_y), f"{name} {series[name][-1]:.3g}", fill=(0, 0, 0), font=font)
-        legend_y += font_size + 4
+    for name, points in series.items():
+        line = [(x_of(i), y_of(v)) for i, v in points]
+        draw.line(line if len(line) > 1 else line * 2, fill=COLOURS[name], width=3 if name == "loss" else 2)
+    legend_x, legend_y = left, bottom + font_size + 14  # one row under the axis, the final value of each term
+    for name, points in series.items():
+        draw.line((legend_x, legend_y + font_size // 2, legend_x + 20, legend_y + font_size // 2), fill=COLOURS[name], width=3)
+        label = f"{name} {points[-1][1]:.3g}"
+        draw.text((legend_x + 26, legend_y), label, fill=(0, 0, 0), font=font)
+        legend_x += 40 + int(draw.textlength(label, font=font))
     return _tensor(picture)
 
 

@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         return _cache(args)
     except GraphFormatError as error:
         return _report_format_error(error, getattr(args, "json", False))
+    except BrokenPipeError:  # `nst nodes | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID

@@ -227,3 +227,25 @@ def test_an_editor_workflow_runs_from_the_cli_like_its_graph_and_embeds_itself(t
         assert np.array_equal(np.asarray(graph_image), np.asarray(editor_image))
         assert json.loads(editor_image.text["workflow"])["nodes"] == json.loads(workflow.read_text())["nodes"]
         assert json.loads(editor_image.text["prompt"]) == json.loads(graph_image.text["prompt"])
+
+
+def test_a_second_signal_aborts_at_once() -> None:
+    from runner.cli import _StopOnSignal
+
+    with _StopOnSignal() as stop:
+        stop.handle(signal.SIGTERM, None)
+        assert stop.event.is_set() and stop.signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)
+
+
+def test_no_traceback_reaches_the_user(tmp_path: Path, capsys, monkeypatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("something nobody foresaw")
+
+    monkeypatch.setattr("runner.cli.run", broken)
+    assert main(["run", "graphs/gatys.json", "--no-cache"]) == 1
+    assert capsys.readouterr().err == "error: unexpected RuntimeError: something nobody foresaw (NST_DEBUG=1 shows where)\n"
+    (tmp_path / "bad.json").write_text("{")
+    assert main(["validate", str(tmp_path / "bad.json"), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["type"] == "invalid_prompt"
