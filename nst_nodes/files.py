@@ -28,6 +28,7 @@ SAMPLES_FOLDER = Path(__file__).resolve().parent / "samples"
 SAMPLES_PREFIX = "nst-samples"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MAX_LISTED = 10_000
+NAME_BYTES = 240  # a file name may have 255 bytes; the counter and extension take up to 15
 
 
 class FileRuleError(ValueError):
@@ -103,14 +104,31 @@ def output_stem(host: Host, prefix: object) -> Path:
     prefix = _clean(prefix, "filename_prefix")
     if prefix.endswith(("/", "\\")) or PurePosixPath(prefix.replace("\\", "/")).name in ("", ".", ".."):
         raise FileRuleError(f"filename_prefix: {prefix!r} must end in a file name, e.g. 'nst/result'")
-    return _in_folder(host, host.output_folder, prefix, "filename_prefix", "output")
+    stem = _in_folder(host, host.output_folder, prefix, "filename_prefix", "output")
+    if len(os.fsencode(stem.name)) > NAME_BYTES:
+        raise FileRuleError(f"filename_prefix: the file name {stem.name[:40]!r}... is too long; "
+                            f"use at most {NAME_BYTES} bytes after the last '/'")
+    return stem
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, before any work, a folder that cannot be created or written: the first part of its
+    path that exists must be a folder this process may write into."""
+    existing = folder
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FileRuleError(f"{what}: {existing} is a file, so the folder {folder} cannot be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FileRuleError(f"{what}: the folder {existing} is not writable; choose another output folder")
 
 
 def output_paths(stem: Path, extension: str, overwrite: bool, count: int = 1) -> list[Path]:
     """Where a batch of ``count`` images goes.
 
     ``overwrite``: ``stem.ext`` (``stem_00.ext``, ``stem_01.ext``, ... for a batch), replaced each
-    time. Otherwise ComfyUI's numbering: ``stem_00001_.ext`` and on, after the highest number there.
+    time. Otherwise ComfyUI's numbering: ``stem_00001_.ext`` and on, after the highest number there
+    (:func:`write_atomically` moves on to the next number if another writer took one meanwhile).
     """
     if overwrite:
         names = [f"{stem.name}.{extension}"] if count == 1 else [f"{stem.name}_{i:02d}.{extension}" for i in range(count)]
@@ -124,18 +142,41 @@ def output_paths(stem: Path, extension: str, overwrite: bool, count: int = 1) ->
     return [stem.with_name(f"{stem.name}_{first + i:05d}_.{extension}") for i in range(count)]
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Create ``path``'s folder and write it through a temporary file, so it appears whole or not at all."""
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None], overwrite: bool = True) -> Path:
+    """Create ``path``'s folder and write it through a temporary file, so it appears whole or not at all.
+
+    Without ``overwrite`` the name is claimed exclusively: a numbered name (``x_00007_.png``) that
+    another writer took meanwhile moves on to the next number. Returns the path written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.writing")
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
+        if not overwrite:
+            path = _claim(path)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    return path
+
+
+def _claim(path: Path) -> Path:
+    """Create ``path`` empty if it does not exist yet, else the next free numbered name."""
+    match = re.fullmatch(r"(.*)_(\d{5,})_(\.\w+)", path.name)
+    number = int(match.group(2)) if match else 0
+    while True:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            if match is None:
+                raise
+            number += 1
+            path = path.with_name(f"{match.group(1)}_{number:05d}_{match.group(3)}")
 
 
 def image_names(folder: Path) -> list[str]:

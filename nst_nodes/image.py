@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .files import open_regular, write_atomically
-from .limits import check_pixels
+from .limits import check_pixels, max_image_pixels, megapixels
 
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG"}
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -46,8 +46,9 @@ def _open(file: BinaryIO, path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
             picture = Image.open(file)
-    except Image.DecompressionBombError:
-        raise ImageFileError(f"image: {path} claims more pixels than any image may have here") from None
+    except Image.DecompressionBombError as error:
+        raise ImageFileError(f"image: {path}: {error}; the limit here is {megapixels(max_image_pixels())} "
+                             "(NST_MAX_IMAGE_PIXELS)") from None
     except UnidentifiedImageError as error:
         raise ImageFileError(f"image: {path} is not an image file (unrecognised format)") from error
     except (OSError, SyntaxError, ValueError) as error:
@@ -110,13 +111,15 @@ def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def save_image(image: torch.Tensor, paths: list[Path], prompt: dict[str, Any] | None,
-               extra_pnginfo: dict[str, Any] | None = None) -> None:
+               extra_pnginfo: dict[str, Any] | None = None, overwrite: bool = True) -> list[Path]:
     """Write each image of the batch to its path, whole or not at all.
 
     PNG carries the graph as ComfyUI writes it (text chunk ``prompt``, plus one per key of
     ``extra_pnginfo``, where the editor puts its ``workflow``), so dropping the file onto the
-    editor restores the graph; JPEG carries the prompt as its comment.
+    editor restores the graph; JPEG carries the prompt as its comment. Without ``overwrite`` a
+    numbered name another writer took meanwhile moves on to the next number; returns the paths.
     """
+    written = []
     for item, path in zip(image, paths):
         fmt = SAVE_FORMATS[path.suffix.lower()]
         options: dict[str, Any] = {}
@@ -129,4 +132,5 @@ def save_image(image: torch.Tensor, paths: list[Path], prompt: dict[str, Any] | 
         else:
             options = {"quality": 95, **({"comment": json.dumps(prompt).encode()} if prompt is not None else {})}
         picture = to_picture(item.unsqueeze(0))
-        write_atomically(path, lambda file: picture.save(file, fmt, **options))
+        written.append(write_atomically(path, lambda file: picture.save(file, fmt, **options), overwrite))
+    return written

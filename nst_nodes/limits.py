@@ -27,17 +27,24 @@ def max_image_pixels() -> int:
     if text is None:
         return DEFAULT_MAX_IMAGE_PIXELS
     try:
-        return max(1, int(float(text)))
+        limit = int(text)
     except ValueError:
-        raise ValueError(f"NST_MAX_IMAGE_PIXELS={text!r} is not a number of pixels") from None
+        raise ValueError(f"NST_MAX_IMAGE_PIXELS={text!r} is not a whole number of pixels, e.g. 100000000") from None
+    if limit < 1:
+        raise ValueError(f"NST_MAX_IMAGE_PIXELS={text!r} must be at least 1")
+    return limit
+
+
+def megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g} megapixels"
 
 
 def check_pixels(width: int, height: int, what: str) -> None:
     limit = max_image_pixels()
     if width * height > limit:
         raise ValueError(
-            f"{what}: {width}x{height} is {width * height / 1e6:.0f} megapixels, more than the limit of "
-            f"{limit / 1e6:.0f}; use a smaller image (or raise NST_MAX_IMAGE_PIXELS)"
+            f"{what}: {width}x{height} is {megapixels(width * height)}, more than the limit of {megapixels(limit)}; "
+            "use a smaller image (or raise NST_MAX_IMAGE_PIXELS)"
         )
 
 
@@ -83,16 +90,26 @@ def available_bytes(device: str) -> int | None:
     return None
 
 
-def check_memory(what: str, description: str, needed: int, device: str, height: int, width: int) -> None:
-    """Refuse work that cannot fit, naming the input, the estimate, what is available and a size that fits."""
-    if os.environ.get("NST_MEMORY_CHECK") == "0":
+def check_memory(what: str, description: str, needed: int, device: str, height: int, width: int,
+                 deepest: str | None = None) -> None:
+    """Refuse work that cannot fit, naming the input, the estimate, what is available and a size that fits.
+
+    With ``deepest``, a network pass that fits is also measured against optimizing at that size,
+    so that the size suggested is one the whole graph can use."""
+    switch = os.environ.get("NST_MEMORY_CHECK", "1")
+    if switch not in ("0", "1"):
+        raise ValueError(f"NST_MEMORY_CHECK={switch!r} must be 0 (off) or 1 (on)")
+    if switch == "0":
         return
     available = available_bytes(device)
     if available is None or needed <= available:
         return
-    scale = math.sqrt(available / needed)
+    scale, purpose = math.sqrt(available / needed), ""
+    if deepest is not None:  # the image is usually optimized next, which needs more
+        scale = math.sqrt(available / network_bytes(height, width, deepest, with_gradient=True))
+        purpose = ", also for optimizing it"
     raise MemoryError(
         f"{what}: {description} at {width}x{height} needs about {needed / 2**30:.1f} GiB but {device} has "
         f"{available / 2**30:.1f} GiB available; use a smaller size (about {int(width * scale)}x"
-        f"{int(height * scale)} would fit), or set NST_MEMORY_CHECK=0 to try anyway"
+        f"{int(height * scale)} would fit{purpose}), or set NST_MEMORY_CHECK=0 to try anyway"
     )

@@ -109,7 +109,7 @@ def optimize(
                     image.clamp_(lower, upper)  # projected Adam; L-BFGS keeps its iterates inside itself
             steps = step
             report(step, settings.steps, tracker.history["loss"][-1], image.detach())
-            if should_stop():
+            if step < settings.steps and should_stop():  # after the last step there is nothing left to stop
                 stopped = True
                 break
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -128,14 +129,28 @@ def read_quantized_caffe(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def features_state_dict(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keep the ``features.N.*`` (or bare ``N.*``) entries of a torchvision VGG19 checkpoint."""
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save's zip format, or its older pickle format
+
+
+def features_state_dict(checkpoint: object, source: object = "the checkpoint") -> dict[str, torch.Tensor]:
+    """The ``features.N.*`` (or bare ``N.*``) entries of a torchvision VGG19 checkpoint, checked
+    against VGG19's shapes; a ValueError names what is missing or wrong."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"weights: {source} holds a {type(checkpoint).__name__}, not a state dict")
     state = {}
     for key, value in checkpoint.items():
-        bare = key.removeprefix("features.")
+        bare = key.removeprefix("features.") if isinstance(key, str) else ""
         if bare.split(".")[0].isdigit():
             state[bare] = value
-    return state
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in build_vgg19().state_dict().items()}
+    wrong = [key for key, shape in expected.items()
+             if not isinstance(state.get(key), torch.Tensor) or tuple(state[key].shape) != shape]
+    if wrong:
+        raise ValueError(f"weights: {source} is not a VGG19 state dict: {len(wrong)} of its {len(expected)} "
+                         f"tensors are missing or of the wrong shape, the first is 'features.{wrong[0]}' "
+                         f"(expected {list(expected[wrong[0]])})")
+    return {key: state[key] for key in expected}
 
 
 class VGGModel:
@@ -201,5 +216,12 @@ def _read_weights(weights: str | Path) -> tuple[dict[str, torch.Tensor], Preproc
         return features_state_dict(checkpoint), TORCHVISION, "torchvision"
     with open_regular(Path(weights), "weights") as file:
         data = file.read()
-    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    return features_state_dict(checkpoint), TORCHVISION, f"file:{hashlib.sha256(data).hexdigest()[:16]}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's own message suggests unpickling unsafely: not shown
+        raise ValueError(f"weights: {weights} is not a file of plain tensors ({type(error).__name__}); save one "
+                         "with torch.save(model.state_dict(), path)") from None
+    return (features_state_dict(checkpoint, weights), TORCHVISION,
+            f"file:{hashlib.sha256(data).hexdigest()[:16]}")

@@ -7,14 +7,15 @@ are read with ``torch.load(weights_only=True)``, never with a full unpickler. to
 imported only when an entry is touched, so that importing the runner leaves process
 tuning (runner.tuning) a chance to act before torch starts its thread pools.
 
-Layout: ``DIR/<2 hex>/<64 hex>.entry``. Anything else inside the two-letter folders (the
-temporary file of a writer that was killed, a broken link) is a *leftover*: ``cache info``
-counts it, ``cache clear`` removes it. Nothing outside those folders is ever touched, so a
-mistyped ``--cache-dir`` cannot lose a user's files. Entries honour the umask, so a cache
-can be shared between users.
+Layout: ``DIR/<2 hex>/<64 hex>.entry``; each entry names its key inside, so a file moved to
+another name is not served. *Leftovers* are the cache's own debris: the temporary file of a
+writer that was killed (``<64 hex>.<12 hex>.tmp``) and whatever is not a regular file at an
+entry's name. ``cache info`` counts them, ``cache clear`` removes them with the entries.
+Nothing else is ever touched, so a mistyped ``--cache-dir`` cannot lose a user's files.
+Entries honour the umask, so a cache can be shared between users.
 
-The memory side keeps results within a byte budget, least recently used first out, so a
-long-lived host (ComfyUI, a service) does not grow without bound.
+Both sides are bounded: memory by a byte budget, least recently used first out (a long-lived
+host such as ComfyUI does not grow without bound), disk by a byte budget, oldest entries out.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from typing import Any
 MAGIC = b"NSTCACHE2\n"
 SUFFIX = ".entry"
 ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.entry")
+TEMPORARY_NAME = re.compile(r"[0-9a-f]{64}\.[0-9a-f]{12}\.tmp")
 SHARD_NAME = re.compile(r"[0-9a-f]{2}")
 DEFAULT_MEMORY_BYTES = 2 << 30
+DEFAULT_DISK_BYTES = 20 << 30
 
 
 def default_cache_dir() -> Path:
@@ -134,31 +137,43 @@ def approximate_bytes(value: Any) -> int:
 
 @dataclass
 class Scan:
-    """What a cache directory holds: real entries, and leftovers that are not entries."""
+    """What a cache directory holds: entries, the cache's leftovers, and files that are not the cache's."""
 
     entries: list[Path] = field(default_factory=list)
     leftovers: list[Path] = field(default_factory=list)
+    foreign: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
     def entry_bytes(self) -> int:
-        total = 0
+        return sum(size for _, size, _ in self.entry_stats())
+
+    def entry_stats(self) -> list[tuple[Path, int, float]]:
+        """(path, size, modification time) of every entry still there."""
+        stats = []
         for path in self.entries:
             try:
-                total += path.lstat().st_size
+                info = path.lstat()
             except OSError:
-                pass
-        return total
+                continue
+            stats.append((path, info.st_size, info.st_mtime))
+        return stats
 
 
 class Cache:
     """Memory cache for this process (LRU within ``memory_bytes``) in front of an optional disk cache."""
 
-    def __init__(self, directory: Path | str | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
-        if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 0:
-            raise ValueError(f"memory_bytes must be a whole number of bytes >= 0, not {memory_bytes!r}")
+    def __init__(self, directory: Path | str | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                 disk_bytes: int = DEFAULT_DISK_BYTES) -> None:
+        for name, value in (("memory_bytes", memory_bytes), ("disk_bytes", disk_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number of bytes >= 0, not {value!r}")
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(f"the cache directory must be a path, not {type(directory).__name__}")
         self.directory = Path(directory).expanduser() if directory is not None else None
         self.memory_bytes = memory_bytes
+        self.disk_bytes = disk_bytes
+        self._written_since_trim: int | None = None  # None: not trimmed yet in this process
         self.memory: OrderedDict[str, tuple[NodeResult, int]] = OrderedDict()
         self.disk_problem: str | None = None  # why the disk side is off, once it failed as a whole
         self.read_only: set[str] = set()  # keys whose entry exists but cannot be read: not written over
@@ -218,6 +233,9 @@ class Cache:
             blob = _read_regular_file(path)
         except FileNotFoundError:
             return None
+        except NotADirectoryError:  # the cache directory's path runs through a file
+            self.disk_problem = f"cache directory {self.directory} cannot be used (a part of its path is a file)"
+            return None
         except OSError as error:
             # Not a file (a folder, a FIFO, a link) at our entry's name: remove it so the result can be
             # stored again. A file we may not read (another user's) is left alone, and not written over.
@@ -230,7 +248,7 @@ class Cache:
                 self.read_only.add(key)
             raise UnreadableEntry(f"cache entry {path} cannot be read ({error.strerror or error})") from error
         try:
-            result = _decode(blob)
+            result = _decode(blob, key)
         except Exception as error:
             self.discard(key)
             raise UnreadableEntry(f"cache entry {path} is damaged ({error}); discarded") from error
@@ -253,56 +271,83 @@ class Cache:
             return
         path = self._path(key)
         temporary = path.with_name(f"{key}.{secrets.token_hex(6)}.tmp")
+        blob = _encode(key, result)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Mode 0666 less the umask, as for any new file, so that a cache can be shared.
             handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except OSError as error:
+            try:
+                with os.fdopen(handle, "wb") as file:
+                    file.write(blob)
+                os.replace(temporary, path)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+        except OSError as error:  # a full disk, a read-only folder: the next write would fail the same way
             self.disk_problem = f"cannot write to cache directory {self.directory} ({error.strerror or error})"
             raise
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(_encode(result))
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        self._trim_if_due(len(blob))
+
+    def _trim_if_due(self, written: int) -> None:
+        """Keep the disk side within ``disk_bytes``: scan after the first write and then after every
+        tenth of the budget written, removing the oldest entries first."""
+        if self._written_since_trim is not None:
+            self._written_since_trim += written
+            if self._written_since_trim < self.disk_bytes // 10:
+                return
+        self._written_since_trim = 0
+        stats = sorted(self.scan().entry_stats(), key=lambda stat: stat[2])
+        total = sum(size for _, size, _ in stats)
+        for path, size, _ in stats:
+            if total <= self.disk_bytes:
+                break
+            try:
+                path.unlink()
+                total -= size
+            except OSError:
+                pass
 
     def scan(self) -> Scan:
-        """Entries and leftovers of the disk side (nothing outside the two-letter folders is looked at)."""
+        """Entries, leftovers and foreign files inside the two-letter folders (nothing else is looked at)."""
         found = Scan()
-        if self.directory is None or not self.directory.exists():
+        if self.directory is None or not self.directory.is_dir():
             return found
         try:
-            shards = [item for item in os.scandir(self.directory) if SHARD_NAME.fullmatch(item.name)]
+            shards = [item for item in os.scandir(self.directory)
+                      if SHARD_NAME.fullmatch(item.name) and item.is_dir(follow_symlinks=False)]
         except OSError as error:
             found.problems.append(f"{self.directory}: {error.strerror or error}")
             return found
         for shard in sorted(shards, key=lambda item: item.name):
-            path = Path(shard.path)
-            if not shard.is_dir(follow_symlinks=False):
-                found.leftovers.append(path)
-                continue
             try:
-                items = sorted(os.scandir(path), key=lambda item: item.name)
+                items = sorted(os.scandir(shard.path), key=lambda item: item.name)
             except OSError as error:
-                found.problems.append(f"{path}: {error.strerror or error}")
+                found.problems.append(f"{shard.path}: {error.strerror or error}")
                 continue
             for item in items:
-                real = ENTRY_NAME.fullmatch(item.name) and item.name.startswith(shard.name)
-                is_file = item.is_file(follow_symlinks=False)
-                (found.entries if real and is_file else found.leftovers).append(Path(item.path))
+                ours = item.name.startswith(shard.name)
+                if ours and ENTRY_NAME.fullmatch(item.name):
+                    regular = item.is_file(follow_symlinks=False)
+                    (found.entries if regular else found.leftovers).append(Path(item.path))
+                elif ours and TEMPORARY_NAME.fullmatch(item.name):
+                    found.leftovers.append(Path(item.path))
+                else:
+                    found.foreign.append(Path(item.path))
         return found
 
     def entries(self) -> list[Path]:
         return self.scan().entries
 
     def clear(self) -> tuple[int, int, list[str]]:
-        """Delete every entry and leftover (memory too): (entries removed, leftovers removed, problems)."""
+        """Delete every entry and leftover (memory too): (entries removed, leftovers removed, problems).
+
+        Files that are not the cache's are left where they are.
+        """
         self.memory.clear()
         found = self.scan()
         problems = list(found.problems)
         removed = {"entries": 0, "leftovers": 0}
+        emptied: set[Path] = set()
         for kind, paths in (("entries", found.entries), ("leftovers", found.leftovers)):
             for path in paths:
                 try:
@@ -311,15 +356,14 @@ class Cache:
                     else:
                         path.unlink(missing_ok=True)
                     removed[kind] += 1
+                    emptied.add(path.parent)
                 except OSError as error:
                     problems.append(f"{path}: {error.strerror or error}")
-        if self.directory is not None and self.directory.is_dir():
-            for shard in self.directory.iterdir():
-                if SHARD_NAME.fullmatch(shard.name) and shard.is_dir() and not shard.is_symlink():
-                    try:
-                        shard.rmdir()
-                    except OSError:
-                        pass  # not empty: something we could not remove, reported above
+        for shard in emptied:
+            try:
+                shard.rmdir()
+            except OSError:
+                pass  # something else is still in it
         return removed["entries"], removed["leftovers"], problems
 
 
@@ -333,16 +377,16 @@ def _read_regular_file(path: Path) -> bytes:
         return file.read()
 
 
-def _encode(result: NodeResult) -> bytes:
+def _encode(key: str, result: NodeResult) -> bytes:
     import torch
 
     buffer = io.BytesIO()
-    torch.save({"outputs": list(result.outputs), "ui": result.ui, "files": dict(result.files)}, buffer)
+    torch.save({"key": key, "outputs": list(result.outputs), "ui": result.ui, "files": dict(result.files)}, buffer)
     payload = buffer.getvalue()
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
-def _decode(blob: bytes) -> NodeResult:
+def _decode(blob: bytes, key: str) -> NodeResult:
     header_length = len(MAGIC) + 65
     if not blob.startswith(MAGIC) or len(blob) < header_length:
         raise ValueError("bad header")
@@ -354,6 +398,8 @@ def _decode(blob: bytes) -> NodeResult:
     stored = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
     if not isinstance(stored, dict) or not isinstance(stored.get("outputs"), (list, tuple)):
         raise ValueError("not a node result")
+    if stored.get("key") != key:
+        raise ValueError("it holds the result of another node (moved or copied under this name)")
     ui, files = stored.get("ui"), stored.get("files") or {}
     if ui is not None and not isinstance(ui, dict) or not isinstance(files, dict):
         raise ValueError("not a node result")

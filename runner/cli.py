@@ -9,11 +9,12 @@ import re
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
-from runner.cache import DEFAULT_MEMORY_BYTES, Cache, default_cache_dir
-from runner.execute import NodeExecutionError, RunInterrupted, SilentReporter, run
+from runner.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, Cache, default_cache_dir
+from runner.execute import NodeExecutionError, RunInterrupted, run
 from runner.graph import Graph, GraphFormatError, load_graph, with_overrides
 from runner.host import DEVICES, Folders, RunnerHost
 from runner.plan import plan
@@ -45,12 +46,22 @@ def _byte_size(text: str) -> int:
     return int(number * (1024 if match.group(3) or power == 0 else 1000) ** power)
 
 
+PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def _preview_path(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.suffix.lower() not in PREVIEW_FORMATS or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image file name (end it in one of {', '.join(PREVIEW_FORMATS)})")
+    return path
+
+
 def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("graph", type=Path, help="an API prompt or an editor workflow (JSON)")
     command.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.INPUT=VALUE",
                          help="replace a constant input (VALUE is parsed as JSON, else taken as a string)")
     command.add_argument("--only", type=_id_list, metavar="ID,...", help="run only what these nodes need")
-    command.add_argument("--json", action="store_true", help="validation errors as ComfyUI node_errors JSON")
+    command.add_argument("--json", action="store_true", help="errors as JSON on stdout (validation: ComfyUI's node_errors)")
     command.add_argument("--input-dir", type=Path, default=Path("."),
                          help="where relative image names are read from (default: the current directory)")
     command.add_argument("--output-dir", type=Path, default=Path("output"),
@@ -72,11 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     run_command.add_argument("--no-cache", action="store_true", help="keep results in memory only")
     run_command.add_argument("--memory-cache", type=_byte_size, default=DEFAULT_MEMORY_BYTES, metavar="SIZE",
                              help="results kept in memory across the run, least recently used out first (default 2GiB)")
-    run_command.add_argument("--preview", type=Path, default=None, metavar="PATH",
+    run_command.add_argument("--disk-cache", type=_byte_size, default=DEFAULT_DISK_BYTES, metavar="SIZE",
+                             help="size of the disk cache, oldest entries out first (default 20GiB)")
+    run_command.add_argument("--preview", type=_preview_path, default=None, metavar="PATH",
                              help="write the running optimizer's current image here (e.g. preview.png)")
     run_command.add_argument("--preview-every", type=float, default=1.0, metavar="SECONDS",
                              help="at most one preview per this many seconds (default 1)")
-    run_command.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run_command.add_argument("--quiet", action="store_true", help="print nothing but errors (--preview still writes)")
     run_command.add_argument("--tuning", choices=MODES, default=None,
                              help="process settings: speed (default), memory (lower peak RSS, 30-40%% slower) "
                                   "or off; default NST_TUNING or speed (see runner/tuning.py)")
@@ -184,15 +197,14 @@ class _StopOnSignal:
 
 def _run(args: argparse.Namespace) -> int:
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    reporter = SilentReporter() if args.quiet else ConsoleReporter(preview_path=args.preview,
-                                                                   preview_seconds=args.preview_every)
+    reporter = ConsoleReporter(preview_path=args.preview, preview_seconds=args.preview_every, quiet=args.quiet)
     with _StopOnSignal() as stop:
         try:
             results = run(
                 _load(args),
                 device=args.device,
                 outputs=args.only,
-                cache=Cache(cache_dir, memory_bytes=args.memory_cache),
+                cache=Cache(cache_dir, memory_bytes=args.memory_cache, disk_bytes=args.disk_cache),
                 recompute=args.recompute,
                 reporter=reporter,
                 interrupt=stop.event,
@@ -205,6 +217,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"stopped by {name}: {error}; finished results stay cached", file=sys.stderr)
             return EXIT_CODES.get(stop.signal or signal.SIGINT, 130)
         except NodeExecutionError as error:
+            if os.environ.get("NST_DEBUG"):
+                traceback.print_exception(error.__cause__ or error)
+            if args.json:
+                print(json.dumps({"error": {"type": "execution_error", "message": str(error), "node_id": error.node_id,
+                                            "node_type": error.class_type}, "node_errors": {}}, indent=2))
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED
         except KeyboardInterrupt:
@@ -235,15 +252,18 @@ def _cache(args: argparse.Namespace) -> int:
     if cache.directory is not None and cache.directory.exists() and not cache.directory.is_dir():
         print(f"error: {cache.directory} is not a directory", file=sys.stderr)
         return EXIT_INVALID
+    found = cache.scan()
     if args.action == "clear":
         entries, leftovers, problems = cache.clear()
         print(f"removed {entries} entries and {leftovers} leftovers from {cache.directory}")
     else:
-        found = cache.scan()
         problems = found.problems
-        print(f"{cache.directory}: {len(found.entries)} entries, {found.entry_bytes / 2**20:.1f} MiB")
+        print(f"{cache.directory}: {len(found.entries)} entries, {found.entry_bytes / 2**20:.1f} MiB "
+              f"(kept within {cache.disk_bytes / 2**30:.0f} GiB, oldest out first)")
         if found.leftovers:
-            print(f"{len(found.leftovers)} leftovers (unfinished writes, stray files); `nst cache clear` removes them")
+            print(f"{len(found.leftovers)} leftovers (unfinished writes, broken entries); `nst cache clear` removes them")
+    if found.foreign:
+        print(f"{len(found.foreign)} files that are not the cache's (e.g. {found.foreign[0]}) were left alone")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     return EXIT_FAILED if problems else 0

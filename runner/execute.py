@@ -326,7 +326,7 @@ class Execution:
 
         outputs = {node_id: self.results[node_id].outputs for node_id in self.plan.order
                    if node_id in self.plan.targets and node_id in self.results}
-        if self.stop.is_set():
+        if self.stop.is_set() and (self.partial or skipped):  # a stop after the last node changes nothing
             raise RunInterrupted(sorted(self.partial, key=self.plan.order.index), skipped, outputs)
         return outputs
 
@@ -351,13 +351,20 @@ def run(
     is set (after the best result so far reached the output nodes); in every case the results
     finished before stay cached.
     """
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str such as 'cpu' or 'auto', not {type(device).__name__}")
+    for name, value, kind in (("cache", cache, Cache), ("registry", registry, Registry),
+                              ("folders", folders, Folders), ("interrupt", interrupt, threading.Event)):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, not {type(value).__name__}")
+    if reporter is not None and not all(callable(getattr(reporter, method, None))
+                                        for method in ("node_done", "progress", "warning")):
+        raise TypeError("reporter must have the methods node_done, progress and warning (see runner.execute.Reporter)")
     registry = registry or default_registry()
     if not isinstance(graph, Graph):
         graph = load_graph(graph, registry=registry)
     if overrides:
         graph = with_overrides(graph, overrides)
-    if cache is not None and not isinstance(cache, Cache):
-        raise TypeError(f"cache must be a runner.Cache, not {type(cache).__name__}")
     folders = folders or Folders()
     stop = interrupt or threading.Event()
     the_plan = plan(graph, registry, outputs, recompute)

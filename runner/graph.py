@@ -112,9 +112,10 @@ def _check_depth(document: Any, name: str, limit: int) -> None:
 
 def _check_node_id(node_id: str, name: str) -> None:
     printable = node_id.isprintable() and not any(0xD800 <= ord(c) <= 0xDFFF for c in node_id)
-    if not node_id or len(node_id) > 64 or not printable:
+    if not node_id or len(node_id) > 64 or not printable or "," in node_id or node_id.strip() != node_id:
         raise GraphFormatError(
-            f"{name}: node id {node_id!r} is not usable; ids are 1 to 64 printable characters, such as '17'"
+            f"{name}: node id {node_id!r:.80} is not usable; ids are 1 to 64 printable characters without "
+            "commas or surrounding spaces, such as '17'"
         )
 
 
@@ -130,8 +131,7 @@ def read_document(path: str | Path, limits: GraphLimits) -> Any:
         raise GraphFormatError(f"cannot read graph file {name!r}: {error}") from error
     if len(data) > limits.max_bytes:
         raise GraphFormatError(
-            f"{name} is larger than {limits.max_bytes >> 20} MiB; is it a graph? "
-            "(raise NST_MAX_GRAPH_BYTES if it is)"
+            f"{name} is larger than {limits.max_bytes:,} bytes; is it a graph? (raise NST_MAX_GRAPH_BYTES if it is)"
         )
     try:
         document = json.loads(data.decode("utf-8"))
@@ -162,9 +162,11 @@ def load_graph(
     if isinstance(source, dict):
         document: Any = source
         _check_depth(document, name, limits.max_depth)
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         name = str(source)
         document = read_document(source, limits)
+    else:
+        raise TypeError(f"a graph is a file path or a dict, not {type(source).__name__}")
     workflow = None
     from runner.workflow import is_workflow, workflow_to_prompt  # imported here: workflow.py imports this module
 
@@ -179,7 +181,7 @@ def load_graph(
         raise GraphFormatError(
             f"{name} has {len(document)} nodes, more than {limits.max_nodes} (raise NST_MAX_GRAPH_NODES if intended)"
         )
-    prompt = copy.deepcopy(document)
+    prompt = {str(node_id): entry for node_id, entry in copy.deepcopy(document).items()}  # JSON keys are strings
 
     dag = nx.DiGraph()
     for node_id, entry in prompt.items():
@@ -201,9 +203,9 @@ def load_graph(
 
 
 def _split_target(target: str, text: str) -> tuple[str, str]:
-    node_id, dot, input_name = target.partition(".")
+    node_id, dot, input_name = target.rpartition(".")  # input names have no dots; ids may
     if not dot or not node_id or not input_name:
-        raise ValueError(f"override {text!r} is not of the form ID.INPUT=VALUE")
+        raise ValueError(f"override {text!r:.80} is not of the form ID.INPUT=VALUE")
     return node_id, input_name
 
 
@@ -211,7 +213,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse ``ID.INPUT=VALUE``; VALUE is read as JSON when it parses, else as a string."""
     target, separator, raw = text.partition("=")
     if not separator:
-        raise ValueError(f"override {text!r} is not of the form ID.INPUT=VALUE")
+        raise ValueError(f"override {text!r:.80} is not of the form ID.INPUT=VALUE")
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):

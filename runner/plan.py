@@ -47,6 +47,7 @@ class Plan:
     """
 
     targets: tuple[str, ...]
+    requested: tuple[str, ...] | None  # the outputs asked for; None: every output node
     order: tuple[str, ...]
     forced: frozenset[str]
     cycles: tuple[tuple[str, ...], ...]
@@ -111,6 +112,7 @@ def plan(
     forced = _reachable([r for r in forced_ids if r in dag], dag.successors)
     return Plan(
         targets=tuple(dict.fromkeys(targets)),
+        requested=None if requested is None else tuple(requested),
         order=tuple(order),
         forced=frozenset(forced & needed),
         cycles=cycles,

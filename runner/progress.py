@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -14,25 +15,35 @@ from runner.host import Preview
 
 
 class ConsoleReporter:
-    """Prints what a run does; with ``preview_path``, writes the running node's preview there.
+    """Prints what a run does (nothing with ``quiet``); with ``preview_path``, writes the running
+    node's preview there.
 
     The preview file is replaced atomically at most every ``preview_seconds`` (and at a node's
-    last step), so an image viewer watching it never sees half a file.
+    last step), so an image viewer watching it never sees half a file. A console that goes away
+    (a closed pipe, a closed terminal) silences the reporter, never the run.
     """
 
     def __init__(self, stream: TextIO | None = None, preview_path: Path | None = None,
-                 preview_seconds: float = 1.0) -> None:
-        self.stream = stream or sys.stderr
+                 preview_seconds: float = 1.0, quiet: bool = False) -> None:
+        self.stream = None if quiet else (stream or sys.stderr)
         self.bar: tqdm | None = None
         self.preview_path = preview_path
         self.preview_seconds = preview_seconds
         self.last_preview = -float("inf")
         self.last_step: dict[str, tuple[int, int]] = {}
 
+    def _write(self, show: Callable[[TextIO], None]) -> None:
+        if self.stream is None:
+            return
+        try:
+            show(self.stream)
+        except (OSError, ValueError):  # the console is gone: keep working, silently
+            self.stream, self.bar = None, None
+
     def _close_bar(self) -> None:
         if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+            bar, self.bar = self.bar, None
+            self._write(lambda stream: bar.close())
 
     def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path]) -> None:
         self._close_bar()
@@ -46,22 +57,26 @@ class ConsoleReporter:
         else:
             how = f"ran in {seconds:.2f} s"
         written = f" -> {', '.join(str(path) for path in files)}" if files else ""
-        print(f"[{node_id}] {class_type}: {how}{written}", file=self.stream)
+        self._write(lambda stream: print(f"[{node_id}] {class_type}: {how}{written}", file=stream, flush=True))
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
                  preview: Preview | None) -> None:
         self.last_step[node_id] = (step, total)
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=f"[{node_id}] {class_type}", file=self.stream, leave=False)
-        self.bar.n = step
-        if info:
-            self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in info.items()}, refresh=False)
-        self.bar.refresh()
+        self._write(lambda stream: self._update_bar(stream, node_id, class_type, step, total, info))
         if preview is not None and self.preview_path is not None:
             now = time.monotonic()
             if step >= total or now - self.last_preview >= self.preview_seconds:
                 self.last_preview = now
                 self._write_preview(preview)
+
+    def _update_bar(self, stream: TextIO, node_id: str, class_type: str, step: int, total: int,
+                    info: dict[str, Any]) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f"[{node_id}] {class_type}", file=stream, leave=False)
+        self.bar.n = step
+        if info:
+            self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in info.items()}, refresh=False)
+        self.bar.refresh()
 
     def _write_preview(self, preview: Preview) -> None:
         path = self.preview_path
@@ -77,4 +92,4 @@ class ConsoleReporter:
 
     def warning(self, message: str) -> None:
         self._close_bar()
-        print(f"warning: {message}", file=self.stream)
+        self._write(lambda stream: print(f"warning: {message}", file=stream, flush=True))

@@ -48,9 +48,11 @@ class GraphValidationError(ValueError):
         self.source = source
         super().__init__(self.report())
 
-    def report(self) -> str:
+    def report(self, most: int = 40) -> str:
         lines = [f"{self.source}: {len(self.errors)} error(s), nothing was run:"]
-        lines += [f"  - {error}" for error in self.errors]
+        lines += [f"  - {error}" for error in self.errors[:most]]
+        if len(self.errors) > most:
+            lines.append(f"  ... and {len(self.errors) - most} more (--json lists them all)")
         return "\n".join(lines)
 
     def to_comfy(self) -> dict[str, Any]:
@@ -102,9 +104,9 @@ def _constant_error(spec: InputSpec, value: Any) -> tuple[str, str] | None:
         return "invalid_input_type", f"{value!r} is not a finite number"
     low, high = spec.options.get("min"), spec.options.get("max")
     if low is not None and value < low:
-        return "value_smaller_than_min", f"{value!r} is below the minimum {low}"
+        return "value_smaller_than_min", f"{value!r:.60} is below the minimum {low}"
     if high is not None and value > high:
-        return "value_bigger_than_max", f"{value!r} is above the maximum {high}"
+        return "value_bigger_than_max", f"{value!r:.60} is above the maximum {high}"
     return None
 
 
@@ -201,7 +203,9 @@ def check_plan(graph: Graph, registry: Registry, plan: Plan, hidden: dict[str, A
         ValidationError("prompt_no_outputs", f"requested output node {node_id!r:.100} is not in the graph")
         for node_id in plan.unknown_outputs
     ]
-    if not plan.targets and not plan.unknown_outputs:
+    if plan.requested == ():
+        errors.append(ValidationError("prompt_no_outputs", "no node was requested (an empty --only or outputs list)"))
+    elif not plan.targets and not plan.unknown_outputs:
         errors.append(ValidationError("prompt_no_outputs", "the graph has no output node (e.g. a save node)"))
     for cycle in plan.cycles:
         shown = ", ".join(cycle[:12]) + (f" and {len(cycle) - 12} more" if len(cycle) > 12 else "")

@@ -80,8 +80,10 @@ def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str =
         raise GraphFormatError(f"{name}: subgraphs are not supported; unpack them in the editor first")
     nodes: dict[str, dict[str, Any]] = {}
     for node in workflow["nodes"]:
-        if not isinstance(node, dict) or not isinstance(node.get("type"), str) or "id" not in node:
+        if not isinstance(node, dict) or not isinstance(node.get("type"), str) or not isinstance(node.get("id"), (int, str)):
             raise GraphFormatError(f"{name}: every node needs an 'id' and a string 'type', got {node!r:.100}")
+        if str(node["id"]) in nodes:
+            raise GraphFormatError(f"{name}: two nodes have the id {node['id']!r}; save the workflow again from the editor")
         nodes[str(node["id"])] = node
     links = _links(workflow, name)
 
@@ -128,5 +130,7 @@ def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str =
         if isinstance(node.get("title"), str):
             entry["_meta"] = {"title": node["title"]}
         prompt[node_id] = entry
+    if not prompt:
+        raise GraphFormatError(f"{name}: the workflow has no node to run (every node is muted, bypassed or a note)")
     return prompt
 

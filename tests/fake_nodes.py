@@ -140,7 +140,7 @@ class Countdown:
         for step in range(1, steps + 1):
             done = step
             context.progress(step, steps, preview=lambda: f"picture at {step}", done=step)
-            if context.should_stop():
+            if step < steps and context.should_stop():
                 break
         return (start + done,)
 

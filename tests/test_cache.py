@@ -69,29 +69,78 @@ def test_entries_honour_the_umask_so_a_cache_can_be_shared(tmp_path: Path, repor
     assert entries and all(stat.S_IMODE(entry.stat().st_mode) == 0o664 for entry in entries)
 
 
-def make_leftovers(directory: Path) -> list[Path]:
+def make_leftovers(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The cache's own debris, and files in its folders that are not the cache's."""
     shard = next(p for p in directory.iterdir() if p.is_dir())
-    leftovers = [shard / ("a" * 64 + ".1234abcd.tmp"), shard / "junk", shard / "broken-link", shard / (shard.name + "f" * 62 + ".entry")]
-    leftovers[0].write_bytes(b"half an entry")
-    leftovers[1].write_text("?")
-    leftovers[2].symlink_to(directory / "gone")
-    leftovers[3].mkdir()  # named like an entry, but a folder
-    (leftovers[3] / "inside").write_text("x")
-    (directory / "ab").write_text("a file named like a shard")
-    return leftovers + [directory / "ab"]
+    key = shard.name + "e" * 62
+    leftovers = [shard / f"{key}.0123456789ab.tmp", shard / f"{shard.name + 'f' * 62}.entry", shard / f"{key}.entry"]
+    leftovers[0].write_bytes(b"half an entry")  # a killed writer's
+    leftovers[1].mkdir()  # named like an entry, but a folder
+    (leftovers[1] / "inside").write_text("x")
+    leftovers[2].symlink_to(directory / "gone")  # named like an entry, a broken link
+    foreign = [shard / "notes.txt", shard / "other-link"]
+    foreign[0].write_text("?")
+    foreign[1].symlink_to(directory / "gone")
+    (directory / "ab").write_text("a file named like a folder of the cache")
+    return leftovers, foreign + [directory / "ab"]
 
 
 def test_info_counts_real_entries_and_clear_removes_leftovers_but_nothing_else(tmp_path: Path, reporter, capsys) -> None:
     directory = tmp_path / "cache"
     entries = entries_after_one_run(directory, reporter)
-    leftovers = make_leftovers(directory)
+    leftovers, foreign = make_leftovers(directory)
     (directory / "notes.txt").write_text("the user's own file")
     assert main(["cache", "info", "--cache-dir", str(directory)]) == 0
     out = capsys.readouterr().out
-    assert f"{len(entries)} entries" in out and f"{len(leftovers)} leftovers" in out
+    assert f"{len(entries)} entries" in out and f"{len(leftovers)} leftovers" in out and "2 files that are not" in out
     assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
     assert f"removed {len(entries)} entries and {len(leftovers)} leftovers" in capsys.readouterr().out
-    assert sorted(p.name for p in directory.iterdir()) == ["notes.txt"]
+    assert all(path.exists() or path.is_symlink() for path in foreign) and (directory / "notes.txt").exists()
+    assert not any(path.exists() or path.is_symlink() for path in leftovers + entries)
+
+
+def test_clear_on_the_wrong_folder_loses_nothing(tmp_path: Path, capsys) -> None:
+    photos = tmp_path / "photos" / "2023"
+    for month in ("01", "02", "12"):
+        (photos / month).mkdir(parents=True)
+        (photos / month / "beach.jpg").write_text("x")
+    (photos / "ab").mkdir()  # an empty folder named like one of the cache's
+    assert main(["cache", "clear", "--cache-dir", str(photos)]) == 0
+    assert "removed 0 entries and 0 leftovers" in capsys.readouterr().out
+    assert sorted(p.name for p in photos.iterdir()) == ["01", "02", "12", "ab"]
+    assert all((photos / month / "beach.jpg").exists() for month in ("01", "02", "12"))
+
+
+def test_an_entry_moved_to_another_key_is_not_served(tmp_path: Path, reporter) -> None:
+    directory = tmp_path / "cache"
+    first, second = entries_after_one_run(directory, reporter)
+    first_bytes, second_bytes = first.read_bytes(), second.read_bytes()
+    first.write_bytes(second_bytes)
+    second.write_bytes(first_bytes)
+    again = type(reporter)()
+    assert run_graph(Cache(directory), again) == {"2": (6.0,)}
+    assert sorted(again.ran) == ["1", "2"] and all("another node" in w for w in again.warnings)
+
+
+def test_the_disk_side_keeps_within_its_budget_oldest_first(tmp_path: Path, reporter) -> None:
+    graph = {str(i): {"class_type": "Vector", "inputs": {"length": 1000, "scale": float(i), "kind": "ones"}}
+             for i in range(1, 7)}  # about 5 KB an entry
+    cache = Cache(tmp_path / "cache")
+    for node_id in graph:  # one node per run, so their ages differ
+        run({node_id: graph[node_id]}, registry=REGISTRY, device="cpu", cache=cache, outputs=[node_id])
+        if node_id == "1":
+            cache.disk_bytes = int(3.5 * cache.scan().entry_bytes)  # room for three entries
+    assert cache.scan().entry_bytes <= cache.disk_bytes and len(cache.entries()) == 3
+    newest = Cache(tmp_path / "cache")  # a later process finds the three newest results on disk
+    again = type(reporter)()
+    run(graph, registry=REGISTRY, device="cpu", cache=newest, reporter=again, outputs=list(graph))
+    assert again.cached == ["4", "5", "6"] and again.ran == ["1", "2", "3"]
+
+
+def test_a_cache_path_through_a_file_warns_once(tmp_path: Path, reporter) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert run_graph(Cache(tmp_path / "afile" / "sub"), reporter) == {"2": (6.0,)}
+    assert len(reporter.warnings) == 1 and "a part of its path is a file" in reporter.warnings[0]
 
 
 def test_cache_commands_on_a_missing_or_wrong_directory(tmp_path: Path, capsys) -> None:

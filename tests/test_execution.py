@@ -292,9 +292,31 @@ def test_the_python_api_checks_its_arguments(tmp_path: Path, reporter, monkeypat
     with pytest.raises(TypeError, match="recompute must be a list of node ids, not the string '15'"):
         run_chain(Cache(None), reporter, recompute="15")
     assert run_chain(Cache(None), reporter, outputs=[3]) == {"3": (13.0,)}  # ids may be ints
-    with pytest.raises(TypeError, match="cache must be a runner.Cache"):
+    with pytest.raises(TypeError, match="cache must be a runner.cache.Cache, not str"):
         run_chain("cache-dir", reporter)
+    for wrong in ({"device": None}, {"interrupt": True}, {"folders": "/tmp"}):
+        with pytest.raises(TypeError, match=f"{next(iter(wrong))} must be a "):
+            run(CHAIN, registry=REGISTRY, **wrong)
+    with pytest.raises(TypeError, match="reporter must have the methods"):
+        run(CHAIN, registry=REGISTRY, device="cpu", reporter=object())
+    with pytest.raises(TypeError, match="a graph is a file path or a dict, not int"):
+        run(5, registry=REGISTRY, device="cpu")
+    assert run({3: {"class_type": "Number", "inputs": {"value": 2}}}, registry=REGISTRY, device="cpu", outputs=[3]) == {"3": (2,)}
     monkeypatch.setenv("HOME", str(tmp_path))
     assert Cache("~/.cache/nst-nodes").directory == tmp_path / ".cache" / "nst-nodes"
     with pytest.raises(ValueError, match="memory_bytes"):
         Cache(None, memory_bytes=-1)
+
+
+def test_a_stop_request_at_the_last_step_keeps_the_whole_result(tmp_path: Path, reporter) -> None:
+    stop = threading.Event()
+    reporter.stop_at = ("2", 10, stop)
+    graph = {"1": {"class_type": "Number", "inputs": {"value": 1}},
+             "2": {"class_type": "Countdown", "inputs": {"start": ["1", 0], "steps": 10}},
+             "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    with pytest.raises(RunInterrupted) as caught:
+        run_chain(later_process(tmp_path), reporter, graph=graph, interrupt=stop)
+    assert reporter.partial == [] and sorted(reporter.ran) == ["1", "2"] and caught.value.skipped == ["3"]
+    again = type(reporter)()
+    run_chain(later_process(tmp_path), again, graph=graph)
+    assert again.cached == ["2"] and again.ran == ["3"]  # the finished count was kept

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nst_nodes.files import FileRuleError, input_path, output_paths, output_stem, write_atomically
+from nst_nodes.files import FileRuleError, check_writable, input_path, output_paths, output_stem, write_atomically
 from nst_nodes.host import Host, LocalHost
 from runner import Folders, RunnerHost
 
@@ -94,3 +94,25 @@ def test_files_are_written_whole_with_the_umask(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_atomically(path, failing)
     assert path.read_bytes() == b"data" and sorted(p.name for p in path.parent.iterdir()) == ["b.png"]
+
+
+def test_output_folders_that_cannot_be_written_are_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileRuleError, match="afile is a file, so the folder .* cannot be made there"):
+        check_writable(tmp_path / "afile" / "sub", "filename_prefix")
+    monkeypatch.setattr("nst_nodes.files.os.access", lambda path, mode: False)  # what a read-only folder answers
+    with pytest.raises(FileRuleError, match="is not writable; choose another output folder"):
+        check_writable(tmp_path / "new" / "deeper", "filename_prefix")
+
+
+def test_a_prefix_too_long_for_a_file_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileRuleError, match="is too long; use at most 240 bytes"):
+        output_stem(host(tmp_path, confined=False), "x" * 300)
+
+
+def test_a_numbered_name_taken_meanwhile_moves_on_to_the_next(tmp_path: Path) -> None:
+    taken = tmp_path / "result_00004_.png"
+    taken.write_bytes(b"another writer's")  # between our choice of the number and our write
+    written = write_atomically(taken, lambda file: file.write(b"ours"), overwrite=False)
+    assert written.name == "result_00005_.png" and written.read_bytes() == b"ours"
+    assert taken.read_bytes() == b"another writer's"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -139,6 +140,7 @@ def test_work_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path: P
         tiny_run(tmp_path, overrides={"3.size": 2048, "4.size": 64 * 64})
     message = str(caught.value)
     assert message.startswith("node 8 (NSTFeatures) failed: MemoryError: tensor: a network pass at 2048x1536 needs about")
+    assert "would fit, also for optimizing it), or set NST_MEMORY_CHECK=0" in message
     assert "but cpu has 0.2 GiB available; use a smaller size (about" in message
 
 
@@ -249,3 +251,56 @@ def test_no_traceback_reaches_the_user(tmp_path: Path, capsys, monkeypatch) -> N
     (tmp_path / "bad.json").write_text("{")
     assert main(["validate", str(tmp_path / "bad.json"), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "invalid_prompt"
+
+
+def test_bad_output_destinations_fail_validation_not_the_save_after_the_work(tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert main(["validate", "graphs/gatys.json", "--output-dir", str(tmp_path / "afile")]) == 2
+    assert "node 17 (NSTSaveImage): filename_prefix: " in capsys.readouterr().err
+    assert main(["validate", "graphs/gatys.json", "--set", "17.filename_prefix=afile/x", "--output-dir", str(tmp_path)]) == 2
+    assert "is a file, so the folder" in capsys.readouterr().err
+
+
+def test_a_closed_console_silences_the_run_but_never_stops_it(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "runner", "run", "graphs/gatys.json", *cli_sets(TINY), "--no-cache",
+               "--output-dir", str(tmp_path)]
+    finished = subprocess.run(command, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2), timeout=120)
+    assert finished.returncode == 0 and (tmp_path / "gatys.png").exists()
+
+
+def test_quiet_runs_still_write_previews_and_json_reports_node_failures(tmp_path: Path, capsys) -> None:
+    preview = tmp_path / "p.png"
+    assert main(["run", "graphs/gatys.json", *cli_sets(TINY), "--no-cache", "--quiet", "--preview", str(preview),
+                 "--output-dir", str(tmp_path)]) == 0
+    assert preview.exists() and capsys.readouterr().err == ""
+    assert main(["run", "graphs/gatys.json", *cli_sets({**TINY, "4.size": 40}), "--no-cache", "--json",
+                 "--output-dir", str(tmp_path)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["error"]["type"] == "execution_error" and report["error"]["node_id"] == "9"
+
+
+def test_odd_requests_get_clear_answers(tmp_path: Path, capsys) -> None:
+    assert main(["validate", "graphs/gatys.json", "--only", ""]) == 2
+    assert "no node was requested" in capsys.readouterr().err
+    dotted = json.loads(Path("graphs/gatys.json").read_text())
+    dotted["opt.main"] = dotted.pop("15")
+    for node in dotted.values():
+        node["inputs"] = {k: ["opt.main", v[1]] if isinstance(v, list) and v[0] == "15" else v for k, v in node["inputs"].items()}
+    path = tmp_path / "dotted.json"
+    path.write_text(json.dumps(dotted))
+    assert main(["validate", str(path), "--set", "opt.main.steps=0"]) == 2
+    assert "node opt.main (NSTOptimize), input 'steps': 0 is below the minimum 1" in capsys.readouterr().err
+
+
+def test_a_huge_cycle_reports_briefly_in_text_and_fully_in_json(tmp_path: Path, capsys) -> None:
+    count = 300
+    graph = {str(i): {"class_type": "NSTCombineLosses", "inputs": {"loss_1": [str((i + 1) % count), 0],
+                                                                     "loss_2": [str((i + 1) % count), 0]}}
+             for i in range(count)}
+    path = tmp_path / "cycle.json"
+    path.write_text(json.dumps(graph))
+    assert main(["validate", str(path), "--only", "0"]) == 2
+    text = capsys.readouterr().err
+    assert len(text.splitlines()) < 50 and "and 260 more (--json lists them all)" in text
+    assert main(["validate", str(path), "--only", "0", "--json"]) == 2
+    assert len(json.loads(capsys.readouterr().out)["node_errors"]) == count

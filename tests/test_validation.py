@@ -296,3 +296,14 @@ def test_editor_extra_widgets_bypassed_nodes_and_subgraphs() -> None:
     assert prompt["3"]["inputs"] == {"steps": 9, "start": ["1", 0]}  # through the bypassed Add
     with pytest.raises(GraphFormatError, match="subgraphs are not supported"):
         load_graph({**document, "definitions": {"subgraphs": [{"id": "x"}]}}, registry=REGISTRY)
+
+
+def test_editor_workflows_with_duplicate_ids_or_nothing_to_run_are_format_errors() -> None:
+    twice = workflow({"id": 1, "type": "Number", "mode": 0, "widgets_values": [1]},
+                     {"id": 1, "type": "Show", "mode": 0, "widgets_values": []})
+    with pytest.raises(GraphFormatError, match="two nodes have the id 1"):
+        load_graph(twice, registry=REGISTRY)
+    muted = workflow({"id": 1, "type": "Number", "mode": 2, "widgets_values": [1]},
+                     {"id": 2, "type": "Note", "mode": 0, "widgets_values": ["x"]})
+    with pytest.raises(GraphFormatError, match="the workflow has no node to run"):
+        load_graph(muted, registry=REGISTRY)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .. import image as image_io
-from ..files import FileRuleError, file_sha256, image_names, input_path, output_paths, output_stem
+from ..files import FileRuleError, check_writable, file_sha256, image_names, input_path, output_paths, output_stem
 from ..host import Host, host_of
 from ..limits import check_pixels, max_image_pixels
 from ..plot import plot_history
@@ -137,7 +137,7 @@ class SaveImage(Node):
         if filename_prefix is None:
             return True
         try:
-            output_stem(host_of(context), filename_prefix)
+            check_writable(output_stem(host_of(context), filename_prefix).parent, "filename_prefix")
         except FileRuleError as error:
             return str(error)
         return True
@@ -147,8 +147,8 @@ class SaveImage(Node):
              context: Host | None = None) -> dict[str, Any]:
         host = host_of(context)
         stem = output_stem(host, filename_prefix)
-        paths = output_paths(stem, format, overwrite, len(image))
-        image_io.save_image(image, paths, prompt, extra_pnginfo)
+        paths = image_io.save_image(image, output_paths(stem, format, overwrite, len(image)), prompt, extra_pnginfo,
+                                    overwrite)
         folder = os.path.abspath(host.output_folder)
         images = []
         for path in paths:

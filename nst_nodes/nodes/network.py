@@ -12,7 +12,7 @@ from ..host import Host, host_of
 from ..limits import check_memory, network_bytes, smallest_side
 from ..losses import gram_matrix
 from ..types import IMAGE, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, Grams, NetworkTensor
-from ..vgg import LAYER_INDEX, PREPROCESSINGS, VGGModel, load_vgg19
+from ..vgg import LAYER_INDEX, PREPROCESSINGS, TORCH_FILE_STARTS, VGGModel, load_vgg19
 from .common import HIDDEN_CONTEXT, Node, device_of, parse_layers, require_same_model, validation
 
 BUILT_IN_WEIGHTS = {"caffe": "caffe", "torchvision": "torchvision"}  # name -> the preprocessing they expect
@@ -80,9 +80,12 @@ class VGG19Model(Node):
                 return f"preprocessing: the {weights} weights expect '{weights}' preprocessing, not '{preprocessing}'"
             return True
         try:
-            open_regular(_weights_file(weights, context), "weights").close()
+            with open_regular(_weights_file(weights, context), "weights") as file:
+                start = file.read(4)
         except FileRuleError as error:
             return f"{error} (or use 'caffe' or 'torchvision')"
+        if not start.startswith(TORCH_FILE_STARTS):
+            return f"weights: {weights} is not a file saved by torch.save (or use 'caffe' or 'torchvision')"
         return True
 
     @classmethod
@@ -170,8 +173,9 @@ class VGGFeatures(Node):
         device = device_of(context)
         check_large_enough("tensor", tensor["pixels"], names)
         height, width = tensor["pixels"].shape[-2:]
-        needed = network_bytes(height, width, deepest_layer(names), with_gradient=False)
-        check_memory("tensor", "a network pass", needed, device, height, width)
+        deepest = deepest_layer(names)
+        needed = network_bytes(height, width, deepest, with_gradient=False)
+        check_memory("tensor", "a network pass", needed, device, height, width, deepest)
         with torch.no_grad():
             activations = model.features(tensor["pixels"].to(device), names)
         return ({"model": model.identity, "layers": activations},)
