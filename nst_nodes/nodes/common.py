@@ -14,15 +14,13 @@ HIDDEN_CONTEXT = {"context": "NST_CONTEXT"}  # the runner's host; ComfyUI passes
 WEIGHT_STEP = 1e-5
 """The editor rounds a FLOAT widget to its step's decimals; 1e-5 keeps the default weights (1e-3) and
 every weight down to 1e-5 intact."""
+MAX_WEIGHT = 1e12
 
 
 class Node:
     """Base of the pack's nodes (ComfyUI reads inherited attributes too)."""
 
     CATEGORY = CATEGORY
-
-
-MAX_WEIGHT = 1e12
 
 
 def weight_input(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
