@@ -276,12 +276,13 @@ class Execution:
             result = NodeResult(result.outputs, result.ui, {name: d for name, d in files.items() if d})
         return result
 
-    def run(self) -> dict[str, tuple[Any, ...]]:
-        self.compute_keys()
+    def serve_from_cache(self) -> tuple[dict[str, float], set[str]]:
+        """Backwards from the targets: the nodes the cache serves (with the seconds that took) and
+        the nodes that must run. The inputs of a served node are not touched."""
         hits: dict[str, float] = {}
         to_run: set[str] = set()
         wanted = set(self.plan.targets)
-        for node_id in reversed(self.plan.order):  # what the cache serves, and what must run
+        for node_id in reversed(self.plan.order):
             if node_id not in wanted:
                 continue
             started = time.perf_counter()
@@ -292,7 +293,12 @@ class Execution:
             else:
                 self.results[node_id] = result
                 hits[node_id] = time.perf_counter() - started
+        return hits, to_run
 
+    def run(self) -> dict[str, tuple[Any, ...]]:
+        """Forwards through the plan: report what the cache served, run the rest, each after its inputs."""
+        self.compute_keys()
+        hits, to_run = self.serve_from_cache()
         readers = Counter(source for node_id in to_run for source in self.sources(node_id))
         skipped: list[str] = []
         for node_id in self.plan.order:
