@@ -16,13 +16,12 @@ from typing import Any
 from runner.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, Cache, default_cache_dir
 from runner.execute import NodeExecutionError, RunInterrupted, run
 from runner.graph import Graph, GraphFormatError, load_graph, with_overrides
-from runner.host import DEVICES, Folders, RunnerHost
-from runner.plan import plan
+from runner.host import DEVICES, Folders
 from runner.progress import ConsoleReporter
 from runner.registry import Registry, default_registry
 from runner.spec import node_spec
 from runner.tuning import MODES, configure_process
-from runner.validate import GraphValidationError, check_plan
+from runner.validate import GraphValidationError, validate
 
 EXIT_FAILED, EXIT_INVALID = 1, 2
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -237,10 +236,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     graph = _load(args)
-    registry = default_registry()
-    the_plan = plan(graph, registry, args.only)
-    host = RunnerHost("cpu", _folders(args), threading.Event())
-    errors = check_plan(graph, registry, the_plan, {"NST_CONTEXT": host})
+    errors = validate(graph, default_registry(), args.only, folders=_folders(args))
     if errors:
         return _report_invalid(GraphValidationError(errors, graph.source), args.json)
     print(json.dumps({"error": None, "node_errors": {}}) if args.json else f"{graph.source}: valid")

@@ -28,7 +28,7 @@ from runner.graph import Graph, load_graph, with_overrides
 from runner.host import Folders, Preview, RunnerHost, resolve_device
 from runner.plan import Plan, plan
 from runner.registry import Registry, default_registry
-from runner.spec import NodeSpec, call_hook, code_version, node_spec
+from runner.spec import NodeSpec, call_hook, code_version, hidden_inputs, node_spec
 from runner.validate import GraphValidationError, check_plan
 from runner.values import conforms
 
@@ -144,8 +144,7 @@ class Execution:
         }
 
     def hidden_for(self, node_id: str, host: RunnerHost) -> dict[str, Any]:
-        values = self.hidden(node_id, host)
-        return {name: values[kind] for name, kind in self.spec(node_id).hidden.items() if kind in values}
+        return hidden_inputs(self.spec(node_id), self.hidden(node_id, host))
 
     # --- keys ----------------------------------------------------------------------------------
 
@@ -384,7 +383,7 @@ def run(
         stop=stop,
         reporter=reporter or SilentReporter(),
     )
-    errors = check_plan(graph, registry, the_plan, {"NST_CONTEXT": RunnerHost(execution.device, folders, stop)})
+    errors = check_plan(graph, registry, the_plan, folders, execution.device)
     if errors:
         raise GraphValidationError(errors, graph.source)
     return execution.run()

@@ -90,6 +90,11 @@ def node_spec(node_class: type) -> NodeSpec:
     )
 
 
+def hidden_inputs(spec: NodeSpec, by_kind: dict[str, Any]) -> dict[str, Any]:
+    """The node's hidden input names with the values the host offers for their kinds (``PROMPT``, ...)."""
+    return {name: by_kind[kind] for name, kind in spec.hidden.items() if kind in by_kind}
+
+
 def call_hook(function: Any, constants: dict[str, Any], hidden: dict[str, Any] | None = None) -> Any:
     """Call a ComfyUI class hook (VALIDATE_INPUTS, IS_CHANGED) with the values its signature names.
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from runner.graph import Graph
+from runner.host import Folders, RunnerHost
 from runner.plan import Plan, id_order
 from runner.plan import plan as make_plan
 from runner.registry import Registry
@@ -17,6 +19,7 @@ from runner.spec import (
     InputSpec,
     NodeSpec,
     call_hook,
+    hidden_inputs,
     node_spec,
 )
 
@@ -183,18 +186,19 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry, hidden: dict[st
                 errors.append(error(*problem, input_name=name))
 
     if not errors:
-        hidden_values = {name: hidden[kind] for name, kind in spec.hidden.items() if kind in hidden}
-        message = _custom_validation(spec, data["constants"], hidden_values)
+        message = _custom_validation(spec, data["constants"], hidden_inputs(spec, hidden))
         if message:
             errors.append(error("custom_validation_failed", message))
     return errors
 
 
-def check_plan(graph: Graph, registry: Registry, plan: Plan, hidden: dict[str, Any] | None = None) -> list[ValidationError]:
+def check_plan(graph: Graph, registry: Registry, plan: Plan, folders: Folders | None = None,
+               device: str = "cpu") -> list[ValidationError]:
     """Every problem of the planned part of the graph, in a stable order.
 
-    ``hidden`` maps hidden input kinds (e.g. ``NST_CONTEXT``) to what ``VALIDATE_INPUTS`` gets for them.
+    A ``VALIDATE_INPUTS`` that names the hidden ``NST_CONTEXT`` gets a host with ``folders`` and ``device``.
     """
+    hidden = {"NST_CONTEXT": RunnerHost(device, folders or Folders(), threading.Event())}
     errors = [
         ValidationError("invalid_recompute", f"node {node_id!r:.100} to recompute is not in the graph")
         for node_id in plan.unknown_recompute
@@ -215,7 +219,7 @@ def check_plan(graph: Graph, registry: Registry, plan: Plan, hidden: dict[str, A
     needed = plan.needed
     for node_id in sorted(graph.dag, key=id_order):
         if node_id in needed:
-            errors += _node_errors(graph, node_id, registry, hidden or {})
+            errors += _node_errors(graph, node_id, registry, hidden)
         elif graph.node(node_id)["class_type"] not in registry.classes:  # it might have been meant as an output
             errors += _node_errors(graph, node_id, registry, {})
     return errors
@@ -226,7 +230,7 @@ def validate(
     registry: Registry,
     outputs: list[str] | None = None,
     recompute: list[str] | None = None,
-    hidden: dict[str, Any] | None = None,
+    folders: Folders | None = None,
 ) -> list[ValidationError]:
     """Every problem of the graph (or of the part ``outputs`` needs), in a stable order."""
-    return check_plan(graph, registry, make_plan(graph, registry, outputs, recompute), hidden)
+    return check_plan(graph, registry, make_plan(graph, registry, outputs, recompute), folders)
