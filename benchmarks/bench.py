@@ -28,7 +28,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from nst_nodes.image import load_image, resize_image, save_image  # noqa: E402
-from nst_nodes.losses import evaluate_terms, gram_matrix, term_layers  # noqa: E402
+from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers  # noqa: E402
 from nst_nodes.optimize import OptimizerSettings, optimize  # noqa: E402
 from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19  # noqa: E402
 from runner import Cache, Folders, run  # noqa: E402
@@ -89,13 +89,13 @@ def objective_for(model: VGGModel, content: torch.Tensor, style: torch.Tensor, s
     with torch.no_grad():
         content_input = model.preprocessing.normalize(content)
         targets = model.features(content_input, [CONTENT_LAYER])
-        grams = {k: gram_matrix(v) for k, v in model.features(model.preprocessing.normalize(style), STYLE_LAYERS).items()}
-    weights = style_layer_weights or {layer: 1 / len(STYLE_LAYERS) for layer in STYLE_LAYERS}
+        style_features = model.features(model.preprocessing.normalize(style), STYLE_LAYERS)
+        statistics = {k: style_statistics(v) for k, v in style_features.items()}
     return {
         "model": model.identity,
         "terms": [
             {"kind": "content", "weight": content_weight, "targets": targets, "layer_weights": {CONTENT_LAYER: 1.0}},
-            {"kind": "style", "weight": style_weight, "targets": grams, "layer_weights": weights},
+            style_term(statistics, style_weight, style_layer_weights),
         ],
     }
 
@@ -114,6 +114,7 @@ def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
     layers = term_layers(objective)
+    loss_parts = ObjectiveFunction(objective["terms"])
     phases = {"forward": [], "loss": [], "backward": []}
     for _ in range(3):  # the same work as one closure call, timed phase by phase
         image = start.clone().requires_grad_(True)
@@ -122,7 +123,7 @@ def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
             features = model.features(image, layers)
         features = {k: v.float() for k, v in features.items()}
         t1 = time.perf_counter()
-        loss = sum(evaluate_terms(objective["terms"], features, image).values())
+        loss = sum(loss_parts(features, image).values())
         t2 = time.perf_counter()
         loss.backward()
         t3 = time.perf_counter()
@@ -192,7 +193,7 @@ def quality(model: VGGModel, objective: dict, image: torch.Tensor) -> tuple[floa
     """(content, style) losses of an IMAGE by our metric code, unweighted by the term weights."""
     with torch.no_grad():
         x = model.preprocessing.normalize(image)
-        parts = evaluate_terms(objective["terms"], model.features(x, term_layers(objective)), x)
+        parts = ObjectiveFunction(objective["terms"])(model.features(x, term_layers(objective)), x)
     return parts["content"].item(), parts["style"].item()
 
 

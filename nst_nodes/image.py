@@ -80,6 +80,29 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0)
 
 
+MASK_CHANNELS = ("luminance", "alpha", "red", "green", "blue")
+
+
+def load_mask(path: str | Path, channel: str = "luminance") -> torch.Tensor:
+    """One channel of an image file as a ComfyUI ``MASK`` ``[1, H, W]``, 0..1 (``alpha``: opaque = 1;
+    a file without transparency is all 1), with the EXIF orientation applied."""
+    if channel not in MASK_CHANNELS:
+        raise ValueError(f"channel must be one of {MASK_CHANNELS}, not {channel!r}")
+    path = Path(path)
+    with open_regular(path) as file, _open(file, path) as picture:
+        try:
+            picture.load()
+            picture = ImageOps.exif_transpose(picture)
+            if channel == "luminance":
+                values = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+            else:
+                index = {"red": 0, "green": 1, "blue": 2, "alpha": 3}[channel]
+                values = np.asarray(picture.convert("RGBA"), dtype=np.float32)[..., index] / 255.0
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageFileError(f"image: cannot decode {path}: {error}") from error
+    return torch.from_numpy(np.ascontiguousarray(values)).unsqueeze(0)
+
+
 def to_picture(image: torch.Tensor) -> Image.Image:
     """The first image of an ``IMAGE`` batch as an 8-bit RGB PIL image."""
     pixels = (image[0].detach().float().cpu().clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
@@ -99,6 +122,14 @@ def target_size(height: int, width: int, mode: str, size: int, multiple_of: int 
         return max(multiple_of, int(round(length / multiple_of)) * multiple_of)
 
     return snap(height * scale), snap(width * scale)
+
+
+def matching_size(height: int, width: int, reference_height: int, reference_width: int,
+                  scale: float) -> tuple[int, int]:
+    """(height, width) with the image's shape and ``scale²`` times the reference's area: a style image at
+    ``scale`` 1 has strokes the size the network sees them at in the content's frame."""
+    factor = scale * math.sqrt(reference_height * reference_width / (height * width))
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:

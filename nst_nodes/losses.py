@@ -1,41 +1,168 @@
-"""The losses of Gatys et al. as plain functions over feature dictionaries.
+"""The losses as plain functions over feature dictionaries.
 
-Conventions (so that weights carry across image sizes and layer widths):
+Conventions (so that a weight means the same at every image size and layer width):
 
-- ``gram_matrix(F) = F Fᵀ / (C·H·W)`` for activations F of shape ``C × (H·W)``.
-- style loss of a layer = ``sum((G - A)²)`` of the normalized Grams. With this
-  normalization it equals ``4·E_l`` of the paper (``E_l = Σ(G-A)² / (4 N² M²)`` on raw Grams).
-- content loss of a layer = ``mean((F - P)²)`` (the paper's ``½ Σ(F-P)²`` divided by the
-  element count, so it does not grow with image size).
+- Statistics are means over the positions of a layer (weighted by a region mask when there is
+  one, Gatys et al. 2017 §4): ``gram = Σ_p w_p f_p f_pᵀ / C`` with ``Σ_p w_p = 1``; without a mask
+  ``w_p = 1/(H·W)``, so ``gram(F) = F Fᵀ / (C·H·W)``. A mask is resized to every layer by area
+  averaging, the way pooling shrinks the image.
+- Style statistics of a layer (``style_statistics``): the Gram matrix, the mean, and quantiles of
+  the features projected on fixed random directions. The style loss compares one of them:
+  ``gram``: ``Σ(G - A)²`` (``4·E_l`` of Gatys et al. 2015); ``mean_cov``: the squared
+  2-Wasserstein distance between Gaussians fitted to the two feature distributions;
+  ``sliced``: the squared sliced 2-Wasserstein distance between the distributions themselves.
+  With ``normalize``, each layer's loss is divided by the same quantity of the target (its
+  Gram's squared norm, its second moment, its projections' mean square), so every layer counts.
+- content loss of a layer = ``mean((F - P)²)``.
 - total variation = mean squared difference of vertically and horizontally adjacent pixels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
+
 import torch
+import torch.nn.functional as F
 
-from .types import Objective, Term
+from .types import FeatureTerm, LayerStatistics, Objective, StyleTerm, Term
+
+STATISTICS = ("gram", "mean_cov", "sliced")
+PROJECTIONS = 64  # random directions per layer for the sliced distance
+QUANTILES = 256  # quantiles kept of the style's projected features
+EIGEN_FLOOR = 1e-8  # eigenvalues below this count as zero (the covariance of relu features is singular)
 
 
-def gram_matrix(activation: torch.Tensor) -> torch.Tensor:
-    """``[1, C, H, W]`` -> ``[C, C]``, divided by C·H·W."""
-    _, channels, height, width = activation.shape
-    flat = activation.reshape(channels, height * width)
-    return (flat @ flat.t()) / (channels * height * width)
+def layer_weights_of(mask: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
+    """A ``[H·W]`` weight per position of a layer summing to 1, from a mask of any size; None: uniform."""
+    if mask is None:
+        return None
+    resized = F.interpolate(mask.float()[None, None], size=(height, width), mode="area").flatten()
+    total = resized.sum()
+    if total <= 0:
+        raise ValueError(f"the mask selects no pixel at a {width}x{height} layer; paint a larger region")
+    return resized / total
+
+
+def check_mask_fits(what: str, mask: torch.Tensor, height: int, width: int) -> None:
+    """A mask is resized to every layer, so any size will do, but not another shape: that would misplace it."""
+    mask_height, mask_width = mask.shape[-2:]
+    if abs(mask_width * height - width * mask_height) > 0.02 * width * mask_height:
+        raise ValueError(f"{what}: a {mask_width}x{mask_height} mask does not have the shape of the "
+                         f"{width}x{height} image it covers; resize them alike")
+    if mask.max() <= 0:
+        raise ValueError(f"{what}: the mask is empty (all black); white marks the region")
+
+
+def _flat(activation: torch.Tensor) -> torch.Tensor:
+    return activation.reshape(activation.shape[1], -1)
+
+
+def gram_matrix(activation: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``[1, C, H, W]`` -> ``[C, C]``: the weighted mean of ``f fᵀ``, divided by C."""
+    flat = _flat(activation)
+    channels, positions = flat.shape
+    if weights is None:
+        return (flat @ flat.t()) / (channels * positions)
+    return ((flat * weights) @ flat.t()) / channels
+
+
+def feature_mean(activation: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    flat = _flat(activation)
+    return flat.mean(1) if weights is None else flat @ weights
+
+
+@lru_cache(maxsize=16)
+def projection_directions(channels: int) -> torch.Tensor:
+    """``[C, PROJECTIONS]`` unit vectors, the same for every image (fixed seed): a deterministic objective."""
+    directions = torch.randn(channels, PROJECTIONS, generator=torch.Generator().manual_seed(channels))
+    return directions / directions.norm(dim=0, keepdim=True)
+
+
+def interpolate_columns(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``fp(x)`` per column (``np.interp`` on each of K columns): x ``[L, K]``, xp, fp ``[M, K]``."""
+    last = xp.shape[0] - 1
+    above = torch.searchsorted(xp.t().contiguous(), x.t().contiguous()).t()
+    low, high = (above - 1).clamp(0, last), above.clamp(0, last)
+    x0, x1 = xp.gather(0, low), xp.gather(0, high)
+    y0, y1 = fp.gather(0, low), fp.gather(0, high)
+    t = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return y0 + t * (y1 - y0)
+
+
+def sorted_projections(flat: torch.Tensor,
+                       weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features ``[C, N]`` projected and sorted per direction ``[N, K]``, each one's weight, and its
+    quantile level (the midpoint of its weight)."""
+    positions = flat.shape[1]
+    projected = flat.t() @ projection_directions(flat.shape[0]).to(flat)
+    values, order = projected.sort(dim=0)
+    if weights is None:
+        weight = torch.full_like(values, 1.0 / positions)
+    else:
+        weight = weights.to(values)[order]
+    levels = weight.cumsum(0) - weight / 2
+    return values, weight, levels
+
+
+def quantile_levels(device: torch.device | str = "cpu") -> torch.Tensor:
+    return (torch.arange(QUANTILES, dtype=torch.float32, device=device) + 0.5) / QUANTILES
+
+
+def style_statistics(activation: torch.Tensor, mask: torch.Tensor | None = None) -> LayerStatistics:
+    """The statistics every style loss reads, of one layer's activations (inside ``mask``)."""
+    weights = layer_weights_of(mask, *activation.shape[-2:])
+    flat = _flat(activation)
+    if weights is not None:  # positions outside the region would tie with their neighbours' levels
+        inside = weights > 0
+        flat, weights = flat[:, inside], weights[inside]
+    values, _, levels = sorted_projections(flat, weights)
+    wanted = quantile_levels(values.device)[:, None].expand(-1, values.shape[1])
+    inside_only = flat[None, :, :, None]
+    return {
+        "gram": gram_matrix(inside_only, weights),
+        "mean": feature_mean(inside_only, weights),
+        "quantiles": interpolate_columns(wanted, levels, values),
+    }
+
+
+def blend_statistics(styles: list[dict[str, LayerStatistics]], weights: list[float]) -> dict[str, LayerStatistics]:
+    """Several styles' statistics as one target, layer by layer.
+
+    Grams and means are averaged with the weights: the moments of the mixture, and for ``gram``
+    exactly the gradient of the weighted sum of the per-style losses (``Σ wᵢ‖G - Aᵢ‖² =
+    (Σ wᵢ)‖G - Ā‖² + const``). Quantiles are averaged too: the 1-D Wasserstein barycentre.
+    """
+    total = sum(weights)
+    if total <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f"blend weights must be non-negative with a positive sum, got {weights}")
+    layers = styles[0].keys()
+    for other in styles[1:]:
+        if other.keys() != layers:
+            raise ValueError(f"style targets have different layers: {sorted(layers)} vs {sorted(other)}")
+    return {
+        layer: {key: sum(w * s[layer][key] for w, s in zip(weights, styles)) / total  # type: ignore[misc]
+                for key in ("gram", "mean", "quantiles")}
+        for layer in layers
+    }
+
+
+def style_term(targets: dict[str, LayerStatistics], weight: float, layer_weights: dict[str, float] | None = None,
+               statistic: str = "gram", normalize: bool = False, mask: torch.Tensor | None = None) -> StyleTerm:
+    """A style term of an objective (``layer_weights`` None: equal)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, not {statistic!r}")
+    if mask is not None and mask.max() <= 0:
+        raise ValueError("mask: the mask is empty (all black); white marks the region")
+    equal = {layer: 1.0 / len(targets) for layer in targets}
+    return {"kind": "style", "weight": weight, "statistic": statistic, "normalize": normalize,  # type: ignore[typeddict-item]
+            "targets": targets, "layer_weights": layer_weights or equal, "mask": mask}
 
 
 def content_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                  layer_weights: dict[str, float]) -> torch.Tensor:
     return sum(
         layer_weights[layer] * torch.mean((features[layer] - target) ** 2) for layer, target in targets.items()
-    )
-
-
-def style_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-               layer_weights: dict[str, float]) -> torch.Tensor:
-    return sum(
-        layer_weights[layer] * torch.sum((gram_matrix(features[layer]) - target) ** 2)
-        for layer, target in targets.items()
     )
 
 
@@ -46,20 +173,57 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
     return torch.mean(vertical**2) + torch.mean(horizontal**2)
 
 
-def blend_targets(targets: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """Weighted mean of several styles' Gram targets, layer by layer.
+def _covariance(gram: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    return gram.shape[0] * gram - torch.outer(mean, mean)
 
-    ``Σ wᵢ·‖G - Aᵢ‖² = (Σ wᵢ)·‖G - Ā‖² + const`` with ``Ā = Σ wᵢ Aᵢ / Σ wᵢ``, so optimizing against
-    the blended target has exactly the gradient of blending the per-style losses.
+
+def _sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.t()
+
+
+LayerLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def layer_loss(statistic: str, target: LayerStatistics, normalize: bool) -> LayerLoss:
+    """The loss of one layer against a style's statistics: ``loss(activation, weights)``.
+
+    Whatever depends on the target alone (its covariance's square root, the normalizer) is
+    computed here once, not at every evaluation.
     """
-    total = sum(weights)
-    if total <= 0 or any(w < 0 for w in weights):
-        raise ValueError(f"blend weights must be non-negative with a positive sum, got {weights}")
-    layers = targets[0].keys()
-    for other in targets[1:]:
-        if other.keys() != layers:
-            raise ValueError(f"style targets have different layers: {sorted(layers)} vs {sorted(other)}")
-    return {layer: sum(w * t[layer] for w, t in zip(weights, targets)) / total for layer in layers}
+    if statistic == "gram":
+        scale = target["gram"].square().sum() if normalize else 1.0
+
+        def gram_loss(activation: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+            return torch.sum((gram_matrix(activation, weights) - target["gram"]) ** 2) / scale
+
+        return gram_loss
+    if statistic == "mean_cov":
+        covariance = _covariance(target["gram"].double(), target["mean"].double())
+        root = _sqrtm(covariance)
+        constant = torch.trace(covariance)
+        scale = (target["mean"].double().square().sum() + constant) if normalize else 1.0
+
+        def gaussian_loss(activation: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+            mean = feature_mean(activation, weights)
+            own = _covariance(gram_matrix(activation, weights), mean).double()
+            cross = torch.linalg.eigvalsh(root @ own @ root).clamp(min=EIGEN_FLOOR).sqrt().sum()
+            distance = (mean.double() - target["mean"].double()).square().sum() + torch.trace(own) + constant - 2 * cross
+            return (distance / scale).float()
+
+        return gaussian_loss
+    if statistic == "sliced":
+        quantiles = target["quantiles"]
+        scale = quantiles.square().mean() if normalize else 1.0
+
+        def sliced_loss(activation: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+            values, weight, levels = sorted_projections(_flat(activation), weights)
+            grid = quantile_levels(values.device)[:, None].expand(-1, values.shape[1])
+            wanted = interpolate_columns(levels, grid, quantiles.to(values))
+            return (weight * (values - wanted) ** 2).sum(0).mean() / scale
+
+        return sliced_loss
+    raise ValueError(f"style statistic must be one of {STATISTICS}, not {statistic!r}")
 
 
 def term_layers(objective: Objective) -> list[str]:
@@ -67,20 +231,54 @@ def term_layers(objective: Objective) -> list[str]:
     return sorted({layer for term in objective["terms"] for layer in term.get("targets", {})})
 
 
-def evaluate_terms(
-    terms: list[Term], features: dict[str, torch.Tensor], image: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Weighted loss per kind (``content``, ``style``, ``tv``) for the current image and its features."""
-    parts: dict[str, torch.Tensor] = {}
-    for term in terms:
+class ObjectiveFunction:
+    """An objective's terms, prepared once on one device; calling it gives the weighted loss per kind."""
+
+    def __init__(self, terms: list[Term], device: torch.device | str = "cpu") -> None:
+        self.parts: list[tuple[str, float, Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]]] = []
+        for term in terms:
+            self.parts.append((term["kind"], term["weight"], self._prepare(term, device)))
+
+    @staticmethod
+    def _prepare(term: Term, device: torch.device | str) -> Callable[[dict[str, torch.Tensor], torch.Tensor],
+                                                                        torch.Tensor]:
+        # Targets are cloned: autograd must not see a host's inference-mode tensors.
+        if term["kind"] == "tv":
+            return lambda features, image: tv_loss(image)
         if term["kind"] == "content":
-            value = content_loss(features, term["targets"], term["layer_weights"])
-        elif term["kind"] == "style":
-            value = style_loss(features, term["targets"], term["layer_weights"])
-        elif term["kind"] == "tv":
-            value = tv_loss(image)
-        else:
-            raise ValueError(f"unknown loss term kind {term['kind']!r}")
-        weighted = term["weight"] * value
-        parts[term["kind"]] = parts[term["kind"]] + weighted if term["kind"] in parts else weighted
-    return parts
+            content: FeatureTerm = term  # type: ignore[assignment]
+            targets = {layer: value.to(device).clone() for layer, value in content["targets"].items()}
+            return lambda features, image: content_loss(features, targets, content["layer_weights"])
+        if term["kind"] == "style":
+            style: StyleTerm = term  # type: ignore[assignment]
+            mask = style.get("mask")
+            mask = None if mask is None else mask.to(device)
+            losses = {
+                layer: layer_loss(style["statistic"], {k: v.to(device).clone() for k, v in target.items()},  # type: ignore[misc]
+                                  style["normalize"])
+                for layer, target in style["targets"].items()
+            }
+
+            region: dict[tuple[int, ...], torch.Tensor | None] = {}  # layer size -> position weights
+
+            def style_loss(features: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+                total = torch.zeros((), device=image.device)
+                for layer, loss in losses.items():
+                    activation = features[layer]
+                    size = tuple(activation.shape[-2:])
+                    if size not in region:
+                        region[size] = layer_weights_of(mask, *size)
+                    weights = region[size]
+                    total = total + style["layer_weights"][layer] * loss(activation, weights)
+                return total
+
+            return style_loss
+        raise ValueError(f"unknown loss term kind {term['kind']!r}")
+
+    def __call__(self, features: dict[str, torch.Tensor], image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss per kind (``content``, ``style``, ``tv``) for an image and its features."""
+        parts: dict[str, torch.Tensor] = {}
+        for kind, weight, loss in self.parts:
+            weighted = weight * loss(features, image)
+            parts[kind] = parts[kind] + weighted if kind in parts else weighted
+        return parts

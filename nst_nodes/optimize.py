@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .lbfgs import BoxLBFGS
-from .losses import evaluate_terms, term_layers
+from .losses import ObjectiveFunction, term_layers
 from .types import History, Objective
 from .vgg import VGGModel
 
@@ -60,8 +60,8 @@ def optimize(
     ``should_stop()`` is polled: True ends the run with the best image so far (at least one step
     is always taken, so a stopped run still returns an optimized image).
 
-    Works under a host's ``torch.inference_mode()``: targets and the start image are
-    cloned into normal tensors before autograd sees them.
+    Works under a host's ``torch.inference_mode()``: targets (ObjectiveFunction) and the start
+    image are cloned into normal tensors before autograd sees them.
     """
     if settings.method not in METHODS:
         raise ValueError(f"optimizer must be one of {METHODS}, not {settings.method!r}")
@@ -73,10 +73,7 @@ def optimize(
     should_stop = should_stop or (lambda: False)
     with torch.inference_mode(False), torch.enable_grad():
         device = start.device
-        terms = [
-            {**term, "targets": {k: v.to(device).clone() for k, v in term.get("targets", {}).items()}}
-            for term in objective["terms"]
-        ]
+        loss_parts = ObjectiveFunction(objective["terms"], device)
         lower, upper = model.preprocessing.bounds(start)
         image = start.detach().clone(memory_format=torch.contiguous_format).clamp_(lower, upper).requires_grad_(True)
         if settings.method == "lbfgs":
@@ -97,7 +94,7 @@ def optimize(
         def evaluate() -> float:
             """Loss and gradient at the current image."""
             optimizer.zero_grad(set_to_none=True)
-            parts = evaluate_terms(terms, network_features(), image)
+            parts = loss_parts(network_features(), image)
             sum(parts.values()).backward()
             return tracker.record(image, parts)
 
@@ -114,7 +111,7 @@ def optimize(
                 break
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
             with torch.no_grad():
-                tracker.record(image, evaluate_terms(terms, network_features(), image))
+                tracker.record(image, loss_parts(network_features(), image))
     history = {"method": settings.method, "steps": steps, **tracker.history}
     return tracker.best_image, history
 

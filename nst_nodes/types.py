@@ -13,6 +13,7 @@ from typing import Any, Literal, TypedDict
 import torch
 
 IMAGE = "IMAGE"  # ComfyUI's image: float32 [B, H, W, 3], RGB, 0..1, on the CPU
+MASK = "MASK"  # ComfyUI's mask: float32 [B, H, W] (or [H, W]), 0..1, 1 = selected
 NST_MODEL = "NST_MODEL"  # nst_nodes.vgg.VGGModel: a frozen VGG19 and the preprocessing its weights expect
 NST_TENSOR = "NST_TENSOR"
 NST_FEATURES = "NST_FEATURES"
@@ -36,20 +37,40 @@ class Features(TypedDict):
     layers: dict[str, torch.Tensor]  # layer name -> [1, C, H, W]
 
 
-class Grams(TypedDict):
-    """NST_GRAMS: Gram matrices of named layers (normalization: nst_nodes.losses.gram_matrix)."""
+class LayerStatistics(TypedDict):
+    """A style's statistics at one layer (definitions: nst_nodes.losses)."""
+
+    gram: torch.Tensor  # [C, C]
+    mean: torch.Tensor  # [C]
+    quantiles: torch.Tensor  # [QUANTILES, PROJECTIONS]: of the features projected on fixed directions
+
+
+class StyleStatistics(TypedDict):
+    """NST_GRAMS: what the style losses compare with, per named layer (of a region, with a mask)."""
 
     model: str
-    layers: dict[str, torch.Tensor]  # layer name -> [C, C]
+    layers: dict[str, LayerStatistics]
 
 
 class FeatureTerm(TypedDict):
-    """A content term (features) or a style term (Gram matrices) of an objective."""
+    """A content term: features to stay close to."""
 
-    kind: Literal["content", "style"]
+    kind: Literal["content"]
     weight: float
     targets: dict[str, torch.Tensor]
     layer_weights: dict[str, float]
+
+
+class StyleTerm(TypedDict):
+    """A style term: statistics to match, with one of the style losses, inside a region of the result."""
+
+    kind: Literal["style"]
+    weight: float
+    statistic: Literal["gram", "mean_cov", "sliced"]
+    normalize: bool  # divide each layer's loss by the target's own size, so that every layer counts
+    targets: dict[str, LayerStatistics]
+    layer_weights: dict[str, float]
+    mask: torch.Tensor | None  # [H, W] 0..1 over the result; None: everywhere
 
 
 class SmoothnessTerm(TypedDict):
@@ -57,7 +78,7 @@ class SmoothnessTerm(TypedDict):
     weight: float
 
 
-Term = FeatureTerm | SmoothnessTerm
+Term = FeatureTerm | StyleTerm | SmoothnessTerm
 
 
 class Objective(TypedDict):
@@ -82,7 +103,8 @@ VALUE_TYPES: dict[str, Any] = {
     IMAGE: torch.Tensor,
     NST_TENSOR: NetworkTensor,
     NST_FEATURES: Features,
-    NST_GRAMS: Grams,
+    NST_GRAMS: StyleStatistics,
+    MASK: torch.Tensor,
     NST_LOSS: Objective,
     NST_HISTORY: History,
 }

@@ -38,8 +38,10 @@ RAN, CACHED, PARTIAL = "ran", "cached", "partial"
 class Reporter(Protocol):
     """Receives what happens during a run (the CLI prints it; tests count it)."""
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path]) -> None:
-        """``outcome``: ``ran``, ``cached`` or ``partial`` (ran on a stopped node's result; not cached)."""
+    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
+                  text: list[str]) -> None:
+        """``outcome``: ``ran``, ``cached`` or ``partial`` (ran on a stopped node's result; not cached);
+        ``files``: what it wrote; ``text``: what it shows (ComfyUI's ``ui`` text)."""
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
                  preview: Preview | None) -> None: ...
@@ -48,7 +50,8 @@ class Reporter(Protocol):
 
 
 class SilentReporter:
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path]) -> None:
+    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
+                  text: list[str]) -> None:
         return None
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
@@ -247,6 +250,12 @@ class Execution:
                     items.append(Path(str(item.get("subfolder") or "")) / item["filename"])
         return items
 
+    @staticmethod
+    def shown_text(result: NodeResult) -> list[str]:
+        """The lines a node shows, in ComfyUI's ``ui`` shape (``{"text": [...]}``)."""
+        text = (result.ui or {}).get("text") or []
+        return [str(line) for line in text] if isinstance(text, (list, tuple)) else [str(text)]
+
     def run_node(self, node_id: str) -> NodeResult:
         data = self.graph.node(node_id)
         class_type = data["class_type"]
@@ -303,8 +312,9 @@ class Execution:
         for node_id in self.plan.order:
             class_type = self.graph.node(node_id)["class_type"]
             if node_id in hits:
-                files = [self.folders.output / name for name in self.results[node_id].files]
-                self.reporter.node_done(node_id, class_type, hits[node_id], CACHED, files)
+                result = self.results[node_id]
+                files = [self.folders.output / name for name in result.files]
+                self.reporter.node_done(node_id, class_type, hits[node_id], CACHED, files, self.shown_text(result))
                 continue
             if node_id not in to_run:
                 continue
@@ -323,7 +333,8 @@ class Execution:
                 outcome = RAN
                 self.keep(node_id, result)
             files = [self.folders.output / path for path in self.written_files(result)]
-            self.reporter.node_done(node_id, class_type, time.perf_counter() - started, outcome, files)
+            self.reporter.node_done(node_id, class_type, time.perf_counter() - started, outcome, files,
+                                    self.shown_text(result))
             for source in sources:  # release what no later node reads
                 readers[source] -= 1
                 if readers[source] == 0 and source not in self.plan.targets:

@@ -45,7 +45,8 @@ class ConsoleReporter:
             bar, self.bar = self.bar, None
             self._write(lambda stream: bar.close())
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path]) -> None:
+    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
+                  text: list[str]) -> None:
         self._close_bar()
         if outcome == "cached":
             how = "cached"
@@ -57,7 +58,8 @@ class ConsoleReporter:
         else:
             how = f"ran in {seconds:.2f} s"
         written = f" -> {', '.join(str(path) for path in files)}" if files else ""
-        self._write(lambda stream: print(f"[{node_id}] {class_type}: {how}{written}", file=stream, flush=True))
+        shown = "".join(f"\n    {line}" for line in text)
+        self._write(lambda stream: print(f"[{node_id}] {class_type}: {how}{written}{shown}", file=stream, flush=True))
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
                  preview: Preview | None) -> None:

@@ -24,14 +24,17 @@ class RecordingReporter:
         self.cached: list[str] = []
         self.partial: list[str] = []
         self.files: dict[str, list[Path]] = {}
+        self.text: dict[str, list[str]] = {}
         self.steps: list[tuple[str, int, int]] = []
         self.previews: list[Any] = []
         self.warnings: list[str] = []
         self.stop_at: tuple[str, int, threading.Event] | None = None
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path]) -> None:
+    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
+                  text: list[str]) -> None:
         {"ran": self.ran, "cached": self.cached, "partial": self.partial}[outcome].append(node_id)
         self.files[node_id] = files
+        self.text[node_id] = text
 
     def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Any) -> None:
         self.steps.append((node_id, step, total))

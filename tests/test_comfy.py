@@ -23,6 +23,7 @@ from PIL import Image
 
 from nst_nodes import NODE_CLASS_MAPPINGS
 from nst_nodes.comfy import install
+from nst_nodes.files import SAMPLES_FOLDER
 from nst_nodes.host import LocalHost, use_host
 
 GATYS = json.loads((Path(__file__).resolve().parent.parent / "graphs" / "gatys.json").read_text())
@@ -93,10 +94,11 @@ def comfy_execute(prompt: dict, extra: dict | None = None) -> dict[str, Any]:
 
 
 def test_loading_the_pack_points_it_at_comfyuis_folders_and_brings_the_samples(comfy: ComfyStandIns) -> None:
-    assert sorted(p.name for p in (comfy.input / "nst-samples").iterdir()) == ["shipwreck.jpg", "starry_night.jpg", "tubingen.jpg"]
+    assert sorted(p.name for p in (comfy.input / "nst-samples").iterdir()) == sorted(p.name for p in SAMPLES_FOLDER.iterdir()) != []
     (comfy.input / "mine.png").write_bytes(b"")
     choices, options = NODE_CLASS_MAPPINGS["NSTLoadImage"].INPUT_TYPES()["required"]["image"]
-    assert choices == ["mine.png", "nst-samples/shipwreck.jpg", "nst-samples/starry_night.jpg", "nst-samples/tubingen.jpg"]
+    assert choices == ["mine.png", "nst-samples/shipwreck.jpg", "nst-samples/starry_night.jpg", "nst-samples/tubingen.jpg",
+                       "nst-samples/tubingen_sky.png"]
     assert options["image_upload"] is True and options["default"] in choices
 
 

@@ -1,13 +1,24 @@
+"""The losses against hand computations and reference formulas (scipy), on small random features."""
+
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from nst_nodes.losses import (
-    blend_targets,
+    QUANTILES,
+    ObjectiveFunction,
+    blend_statistics,
+    check_mask_fits,
     content_loss,
     gram_matrix,
-    style_loss,
+    layer_loss,
+    layer_weights_of,
+    projection_directions,
+    style_statistics,
+    style_term,
     tv_loss,
 )
 
@@ -29,6 +40,10 @@ def features() -> dict[str, torch.Tensor]:
     return {"a": torch.rand(1, 4, 6, 6, generator=generator), "b": torch.rand(1, 8, 3, 3, generator=generator)}
 
 
+def evaluate(term: dict, activations: dict[str, torch.Tensor]) -> torch.Tensor:
+    return ObjectiveFunction([term])(activations, torch.zeros(1, 3, 4, 4))["style"]
+
+
 def test_content_loss_is_zero_at_its_target_and_positive_elsewhere() -> None:
     target, other = features(), {k: v + 0.1 for k, v in features().items()}
     weights = {"a": 0.5, "b": 0.5}
@@ -36,13 +51,95 @@ def test_content_loss_is_zero_at_its_target_and_positive_elsewhere() -> None:
     assert content_loss(other, target, weights).item() == pytest.approx(0.01, rel=1e-4)
 
 
-def test_style_loss_is_zero_at_its_target_and_positive_elsewhere() -> None:
+@pytest.mark.parametrize("statistic", ["gram", "mean_cov", "sliced"])
+def test_every_style_loss_is_zero_at_its_own_statistics_and_positive_elsewhere(statistic: str) -> None:
     target = features()
-    grams = {k: gram_matrix(v) for k, v in target.items()}
-    weights = {"a": 1.0, "b": 1.0}
-    assert style_loss(target, grams, weights).item() == 0.0
-    shifted = {k: v * 1.5 for k, v in target.items()}
-    assert style_loss(shifted, grams, weights).item() > 0.0
+    term = style_term({k: style_statistics(v) for k, v in target.items()}, 1.0, statistic=statistic)
+    assert abs(evaluate(term, target).item()) < 1e-4 * evaluate(term, {k: v * 1.5 for k, v in target.items()}).item()
+    assert evaluate(term, {k: v * 1.5 for k, v in target.items()}).item() > 0.0
+
+
+def test_a_mask_takes_the_statistics_of_its_region_alone() -> None:
+    activation = torch.rand(1, 5, 8, 8)
+    left = torch.zeros(8, 8)
+    left[:, :4] = 1.0
+    inside = style_statistics(activation, left)
+    alone = style_statistics(activation[..., :4].contiguous())
+    assert torch.allclose(inside["gram"], alone["gram"], atol=1e-6)
+    assert torch.allclose(inside["mean"], alone["mean"], atol=1e-6)
+    assert torch.allclose(inside["quantiles"], alone["quantiles"], atol=1e-5)
+    everywhere = style_statistics(activation, torch.ones(8, 8))
+    assert torch.allclose(everywhere["gram"], gram_matrix(activation), atol=1e-6)
+
+
+def test_a_mask_follows_the_network_down_by_area_averaging() -> None:
+    mask = (torch.rand(16, 16) > 0.5).float()
+    weights = layer_weights_of(mask, 8, 8)
+    pooled = torch.nn.functional.avg_pool2d(mask[None, None], 2).flatten()
+    assert torch.allclose(weights, pooled / pooled.sum())
+    assert weights.sum().item() == pytest.approx(1.0)
+
+
+def test_masks_must_have_the_image_shape_and_select_something() -> None:
+    check_mask_fits("mask", torch.ones(50, 100), 25, 50)
+    with pytest.raises(ValueError, match="shape"):
+        check_mask_fits("mask", torch.ones(50, 50), 25, 50)
+    with pytest.raises(ValueError, match="empty"):
+        check_mask_fits("mask", torch.zeros(25, 50), 25, 50)
+
+
+def test_mean_cov_is_the_2_wasserstein_distance_between_fitted_gaussians() -> None:
+    generator = torch.Generator().manual_seed(1)
+    style = torch.randn(1, 6, 10, 10, generator=generator) * torch.arange(1, 7.0).reshape(1, 6, 1, 1)
+    image = torch.randn(1, 6, 9, 11, generator=generator) + 0.5
+    got = layer_loss("mean_cov", style_statistics(style), normalize=False)(image, None).item()
+
+    def gaussian(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        flat = x.reshape(6, -1).double().numpy()
+        return flat.mean(1), np.cov(flat, bias=True)
+
+    (m1, s1), (m2, s2) = gaussian(image), gaussian(style)
+    root = scipy.linalg.sqrtm(s2).real
+    want = np.sum((m1 - m2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(root @ s1 @ root).real)
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_sliced_is_the_mean_squared_gap_of_sorted_projections() -> None:
+    # With QUANTILES positions on both sides the quantile grid is the samples themselves: exact.
+    generator = torch.Generator().manual_seed(2)
+    style = torch.randn(1, 3, 16, QUANTILES // 16, generator=generator) * 2
+    image = torch.rand(1, 3, QUANTILES // 16, 16, generator=generator)
+    got = layer_loss("sliced", style_statistics(style), normalize=False)(image, None).item()
+    directions = projection_directions(3).double().numpy()
+    project = lambda x: np.sort(x.reshape(3, -1).double().numpy().T @ directions, axis=0)  # noqa: E731
+    want = np.mean((project(image) - project(style)) ** 2)
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("statistic", ["gram", "mean_cov", "sliced"])
+def test_normalize_divides_each_layer_by_the_size_of_its_target(statistic: str) -> None:
+    target = style_statistics(torch.rand(1, 4, 16, 16) * 3)
+    image = torch.rand(1, 4, 16, 16)
+    plain = layer_loss(statistic, target, normalize=False)(image, None)
+    scaled = layer_loss(statistic, target, normalize=True)(image, None)
+    size = {"gram": target["gram"].square().sum(), "mean_cov": 4 * torch.trace(target["gram"]),
+            "sliced": target["quantiles"].square().mean()}[statistic]
+    assert scaled.item() == pytest.approx((plain / size).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("statistic", ["gram", "mean_cov", "sliced"])
+def test_gradient_descent_on_each_style_loss_moves_features_to_the_style(statistic: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    style = (torch.randn(1, 4, 12, 12, generator=generator) * torch.tensor([3.0, 1, 0.5, 2]).reshape(1, 4, 1, 1)).relu()
+    loss = layer_loss(statistic, style_statistics(style), normalize=True)
+    image = torch.rand(1, 4, 12, 12, generator=generator).requires_grad_(True)
+    optimizer = torch.optim.Adam([image], lr=0.05)
+    start = loss(image, None).item()
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss(image, None).backward()
+        optimizer.step()
+    assert loss(image, None).item() < 0.2 * start
 
 
 def test_total_variation_of_a_constant_image_is_zero() -> None:
@@ -50,13 +147,12 @@ def test_total_variation_of_a_constant_image_is_zero() -> None:
     assert tv_loss(torch.rand(1, 3, 9, 7)).item() > 0.0
 
 
-def test_blended_style_target_has_the_gradient_of_blended_losses() -> None:
+def test_blended_gram_target_has_the_gradient_of_blended_losses() -> None:
     first, second = features(), {k: v.flip(-1) ** 2 for k, v in features().items()}
-    grams = [{k: gram_matrix(v) for k, v in f.items()} for f in (first, second)]
-    weights = {"a": 1.0, "b": 1.0}
+    styles = [{k: style_statistics(v) for k, v in f.items()} for f in (first, second)]
     image = {k: (v + 0.3).requires_grad_(True) for k, v in features().items()}
-    blended = style_loss(image, blend_targets(grams, [0.7, 0.3]), weights)
-    separate = 0.7 * style_loss(image, grams[0], weights) + 0.3 * style_loss(image, grams[1], weights)
+    blended = evaluate(style_term(blend_statistics(styles, [0.7, 0.3]), 1.0), image)
+    separate = 0.7 * evaluate(style_term(styles[0], 1.0), image) + 0.3 * evaluate(style_term(styles[1], 1.0), image)
     got = torch.autograd.grad(blended, list(image.values()))
     want = torch.autograd.grad(separate, list(image.values()))
     for g, w in zip(got, want):
@@ -64,6 +160,17 @@ def test_blended_style_target_has_the_gradient_of_blended_losses() -> None:
 
 
 def test_blend_rejects_negative_weights() -> None:
-    grams = {k: gram_matrix(v) for k, v in features().items()}
+    statistics = {k: style_statistics(v) for k, v in features().items()}
     with pytest.raises(ValueError, match="non-negative"):
-        blend_targets([grams, grams], [1.0, -1.0])
+        blend_statistics([statistics, statistics], [1.0, -1.0])
+
+
+def test_a_masked_style_term_ignores_the_image_outside_its_region() -> None:
+    target = {"a": style_statistics(torch.rand(1, 4, 8, 8))}
+    mask = torch.zeros(8, 8)
+    mask[:4] = 1.0
+    term = style_term(target, 1.0, mask=mask)
+    image = torch.rand(1, 4, 8, 8).requires_grad_(True)
+    evaluate(term, {"a": image}).backward()
+    assert image.grad[..., 4:, :].abs().max().item() == 0.0
+    assert image.grad[..., :4, :].abs().max().item() > 0.0

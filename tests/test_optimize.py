@@ -9,7 +9,7 @@ import torch
 
 from nst_nodes.image import load_image, resize_image, target_size
 from nst_nodes.lbfgs import BoxLBFGS
-from nst_nodes.losses import gram_matrix
+from nst_nodes.losses import style_statistics, style_term
 from nst_nodes.optimize import OptimizerSettings, optimize, start_image
 from nst_nodes.vgg import VGGModel, load_vgg19
 
@@ -29,13 +29,12 @@ def tiny(path: Path, model: VGGModel) -> torch.Tensor:
 def gatys_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor, style_weight: float = 1e-3) -> dict:
     with torch.no_grad():
         content_features = model.features(content, ["relu4_2"])
-        style_grams = {k: gram_matrix(v) for k, v in model.features(style, STYLE_LAYERS).items()}
-    equal = {layer: 1 / len(STYLE_LAYERS) for layer in STYLE_LAYERS}
+        style_targets = {k: style_statistics(v) for k, v in model.features(style, STYLE_LAYERS).items()}
     return {
         "model": model.identity,
         "terms": [
             {"kind": "content", "weight": 1.0, "targets": content_features, "layer_weights": {"relu4_2": 1.0}},
-            {"kind": "style", "weight": style_weight, "targets": style_grams, "layer_weights": equal},
+            style_term(style_targets, style_weight),
         ],
     }
 

@@ -5,14 +5,21 @@ so the package loads as a ComfyUI custom-node pack; every node asks its host (ho
 device, folders, progress and stop.
 """
 
-from .images import LoadImage, PlotHistory, ResizeImage, SaveImage
+from .color import Luminance, MatchColors, OriginalColors
+from .images import LoadImage, LoadMask, PlotHistory, ResizeImage, ResizeToMatch, SaveImage
+from .metrics import QualityMetrics
 from .network import DenormalizeImage, GramMatrices, NormalizeImage, VGG19Model, VGGFeatures
 from .objective import CombineLosses, ContentLoss, StyleLoss, TVLoss
 from .optimizer import OptimizeImage
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "NSTLoadImage": LoadImage,
+    "NSTLoadMask": LoadMask,
     "NSTResizeImage": ResizeImage,
+    "NSTResizeToMatch": ResizeToMatch,
+    "NSTLuminance": Luminance,
+    "NSTOriginalColors": OriginalColors,
+    "NSTMatchColors": MatchColors,
     "NSTVGG19": VGG19Model,
     "NSTNormalize": NormalizeImage,
     "NSTDenormalize": DenormalizeImage,
@@ -25,16 +32,22 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "NSTOptimize": OptimizeImage,
     "NSTSaveImage": SaveImage,
     "NSTPlotHistory": PlotHistory,
+    "NSTQualityMetrics": QualityMetrics,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "NSTLoadImage": "Load Image (NST)",
+    "NSTLoadMask": "Load Mask (NST)",
     "NSTResizeImage": "Resize Image (NST)",
+    "NSTResizeToMatch": "Resize to Match (style scale)",
+    "NSTLuminance": "Luminance Only",
+    "NSTOriginalColors": "Original Colours",
+    "NSTMatchColors": "Match Colours",
     "NSTVGG19": "VGG19 Model",
     "NSTNormalize": "Normalize for Model",
     "NSTDenormalize": "De-normalize and Clamp",
     "NSTFeatures": "VGG Features",
-    "NSTGramMatrices": "Gram Matrices",
+    "NSTGramMatrices": "Style Statistics",
     "NSTContentLoss": "Content Loss",
     "NSTStyleLoss": "Style Loss",
     "NSTTVLoss": "Total Variation Loss",
@@ -42,4 +55,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "NSTOptimize": "Optimize Image",
     "NSTSaveImage": "Save Image (NST)",
     "NSTPlotHistory": "Plot History",
+    "NSTQualityMetrics": "Quality Metrics",
 }

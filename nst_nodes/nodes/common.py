@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from ..host import Host, host_of
 from ..vgg import LAYER_NAMES
 
@@ -75,6 +77,15 @@ def weights_per_layer(layers: list[str], text: str) -> dict[str, float]:
 def require_same_model(what: str, expected: str, found: str) -> None:
     if expected != found:
         raise ValueError(f"{what} was made with model '{found}' but this node uses '{expected}'")
+
+
+def one_mask(mask: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's MASK (``[B, H, W]`` or ``[H, W]``) -> the first mask, ``[H, W]`` float."""
+    if mask.dim() == 3:
+        mask = mask[0]
+    if mask.dim() != 2:
+        raise ValueError(f"mask: expected [H, W] or [B, H, W], got shape {list(mask.shape)}")
+    return mask.float()
 
 
 def device_of(context: Host | None) -> str:

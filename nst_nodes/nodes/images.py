@@ -13,13 +13,14 @@ from ..files import FileRuleError, check_writable, file_sha256, image_names, inp
 from ..host import Host, host_of
 from ..limits import check_pixels, max_image_pixels
 from ..plot import plot_history
-from ..types import IMAGE, NST_HISTORY, History
+from ..types import IMAGE, MASK, NST_HISTORY, History
 from .common import HIDDEN_CONTEXT, Node
 
 RESIZE_MODES = ("long_side", "pixels")
 MAX_SIDE = 16384
 SAVE_FORMATS = ("png", "jpg")
 DEFAULT_IMAGE = "nst-samples/tubingen.jpg"
+DEFAULT_MASK = "nst-samples/tubingen_sky.png"
 
 
 class LoadImage(Node):
@@ -68,6 +69,37 @@ class LoadImage(Node):
         return (image_io.load_image(input_path(host_of(context), image)),)
 
 
+class LoadMask(LoadImage):
+    DESCRIPTION = (
+        "Read one channel of an image file as a mask (white = inside) for Style Statistics and Style Loss. "
+        "In ComfyUI a mask painted in the editor (Load Image's MASK output) works the same."
+    )
+    RETURN_TYPES = (MASK,)
+    RETURN_NAMES = ("mask",)
+    OUTPUT_TOOLTIPS = ("The mask: 0..1, one per file.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        inputs = super().INPUT_TYPES()
+        inputs["required"]["image"][1]["default"] = DEFAULT_MASK
+        inputs["required"]["channel"] = (list(image_io.MASK_CHANNELS), {
+            "default": "luminance", "tooltip": "Which channel is the mask; alpha: opaque = inside"})
+        inputs["required"]["invert"] = ("BOOLEAN", {"default": False, "tooltip": "Swap inside and outside."})
+        return inputs
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, image: str | None = None, channel: str | None = None,
+                        context: Host | None = None) -> bool | str:
+        if channel is not None and channel not in image_io.MASK_CHANNELS:  # ComfyUI skips this check
+            return f"channel: {channel!r} is not one of {list(image_io.MASK_CHANNELS)}"
+        return super().VALIDATE_INPUTS(image, context)
+
+    def load(self, image: str, channel: str = "luminance", invert: bool = False,
+             context: Host | None = None) -> tuple[torch.Tensor]:
+        mask = image_io.load_mask(input_path(host_of(context), image), channel)
+        return (1.0 - mask if invert else mask,)
+
+
 class ResizeImage(Node):
     DESCRIPTION = "Antialiased bicubic resize, by the long side or by total pixel count, optionally to a multiple of N."
     FUNCTION = "resize"
@@ -105,6 +137,40 @@ class ResizeImage(Node):
     def resize(self, image: torch.Tensor, mode: str, size: int, multiple_of: int = 1) -> tuple[torch.Tensor]:
         height, width = image_io.target_size(image.shape[1], image.shape[2], mode, size, multiple_of)
         check_pixels(width, height, "size")
+        return (image_io.resize_image(image, height, width),)
+
+
+class ResizeToMatch(Node):
+    DESCRIPTION = (
+        "Resize an image, keeping its shape, to scale² times the area of a reference: the style scale of "
+        "Gatys et al. 2017 (smaller: finer strokes; larger: bigger ones)."
+    )
+    FUNCTION = "resize"
+    RETURN_TYPES = (IMAGE,)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The resized picture.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "image": (IMAGE, {"tooltip": "The picture to resize (usually the style)."}),
+                "reference": (IMAGE, {"tooltip": "The picture whose area to match (usually the content)."}),
+                "scale": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 8.0, "step": 0.01,
+                                    "tooltip": "Side length relative to the reference's area; 1: the same area."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, scale: float | None = None) -> bool | str:
+        if scale is not None and not 0.05 <= scale <= 8.0:  # also refuses NaN
+            return f"scale: {scale} is outside 0.05..8"
+        return True
+
+    def resize(self, image: torch.Tensor, reference: torch.Tensor, scale: float) -> tuple[torch.Tensor]:
+        height, width = image_io.matching_size(image.shape[1], image.shape[2], reference.shape[1], reference.shape[2],
+                                               scale)
+        check_pixels(width, height, "scale")
         return (image_io.resize_image(image, height, width),)
 
 

@@ -10,10 +10,10 @@ import torch
 from ..files import FileRuleError, file_sha256, input_path, open_regular
 from ..host import Host, host_of
 from ..limits import check_memory, network_bytes, smallest_side
-from ..losses import gram_matrix
-from ..types import IMAGE, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, Grams, NetworkTensor
+from ..losses import check_mask_fits, style_statistics
+from ..types import IMAGE, MASK, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, NetworkTensor, StyleStatistics
 from ..vgg import LAYER_INDEX, PREPROCESSINGS, TORCH_FILE_STARTS, VGGModel, load_vgg19
-from .common import HIDDEN_CONTEXT, Node, device_of, parse_layers, require_same_model, validation
+from .common import HIDDEN_CONTEXT, Node, device_of, one_mask, parse_layers, require_same_model, validation
 
 BUILT_IN_WEIGHTS = {"caffe": "caffe", "torchvision": "torchvision"}  # name -> the preprocessing they expect
 POOLINGS = ("max", "avg")
@@ -182,17 +182,29 @@ class VGGFeatures(Node):
 
 
 class GramMatrices(Node):
-    DESCRIPTION = "Gram matrix of every layer of a feature set, divided by C*H*W: the style statistics of Gatys et al."
-    FUNCTION = "grams"
+    DESCRIPTION = (
+        "The style statistics of every layer of a feature set: Gram matrices (Gatys et al.), means and projected "
+        "quantiles (for the other style losses); with a mask, of that region of the style image only."
+    )
+    FUNCTION = "statistics"
     RETURN_TYPES = (NST_GRAMS,)
     RETURN_NAMES = ("grams",)
-    OUTPUT_TOOLTIPS = ("Layer name -> C x C Gram matrix; feed Style Loss.",)
+    OUTPUT_TOOLTIPS = ("Layer name -> statistics; feed Style Loss.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"features": (NST_FEATURES, {"tooltip": "Features of the style image."})}}
+        return {
+            "required": {"features": (NST_FEATURES, {"tooltip": "Features of the style image."})},
+            "optional": {"mask": (MASK, {"tooltip": "Take the style from this region of the style image only "
+                                                    "(white = inside)."})},
+        }
 
-    def grams(self, features: Features) -> tuple[Grams]:
+    def statistics(self, features: Features, mask: torch.Tensor | None = None) -> tuple[StyleStatistics]:
+        region = None if mask is None else one_mask(mask)
         with torch.no_grad():
-            grams = {layer: gram_matrix(value) for layer, value in features["layers"].items()}
-        return ({"model": features["model"], "layers": grams},)
+            layers = {}
+            for layer, value in features["layers"].items():
+                if region is not None:
+                    check_mask_fits("mask", region, *value.shape[-2:])
+                layers[layer] = style_statistics(value, None if region is None else region.to(value.device))
+        return ({"model": features["model"], "layers": layers},)

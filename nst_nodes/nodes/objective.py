@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..losses import blend_targets
-from ..types import NST_FEATURES, NST_GRAMS, NST_LOSS, Features, Grams, Objective
-from .common import Node, check_weight, parse_numbers, require_same_model, validation, weight_input, weights_per_layer
+import torch
+
+from ..losses import STATISTICS, blend_statistics, style_term
+from ..types import MASK, NST_FEATURES, NST_GRAMS, NST_LOSS, Features, Objective, StyleStatistics
+from .common import (Node, check_weight, one_mask, parse_numbers, require_same_model, validation, weight_input,
+                     weights_per_layer)
 
 LAYER_WEIGHTS_INPUT = ("STRING", {"default": "", "tooltip": "One weight per layer, comma-separated; empty: equal"})
 
@@ -49,46 +52,61 @@ class ContentLoss(LossNode):
 
 class StyleLoss(LossNode):
     DESCRIPTION = (
-        "Squared distance of Gram matrices to a style's, per layer. Up to three styles are blended "
-        "with 'blend' weights (empty: equal)."
+        "Distance of the result's style statistics to a style's, per layer: Gram matrices (Gatys et al.), "
+        "Gaussians (mean and covariance) or whole distributions (sliced Wasserstein). Up to three styles are "
+        "blended with 'blend' weights; with a mask, the style applies to that region of the result only."
     )
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "target": (NST_GRAMS, {"tooltip": "Gram matrices of the style image."}),
-                "weight": weight_input(1e-3, "Style weight (beta of Gatys et al.); 1e-3 suits the Caffe weights, "
-                                             "the torchvision weights need about 1000x more."),
+                "target": (NST_GRAMS, {"tooltip": "Statistics of the style image (Style Statistics)."}),
+                "weight": weight_input(1e-3, "Style weight (beta of Gatys et al.); 1e-3 suits the Caffe weights "
+                                             "with the gram statistic, see the README for the others."),
             },
             "optional": {
                 "layer_weights": LAYER_WEIGHTS_INPUT,
                 "target_2": (NST_GRAMS, {"tooltip": "A second style to blend in."}),
                 "target_3": (NST_GRAMS, {"tooltip": "A third style to blend in."}),
                 "blend": ("STRING", {"default": "", "tooltip": "One weight per style, e.g. 0.7,0.3; empty: equal"}),
+                "statistic": (list(STATISTICS), {
+                    "default": "gram",
+                    "tooltip": "gram: Gatys et al.; mean_cov: Gaussians' 2-Wasserstein distance; "
+                               "sliced: sliced 2-Wasserstein distance of the feature distributions",
+                }),
+                "normalize": ("BOOLEAN", {"default": False,
+                                          "tooltip": "Divide each layer's loss by the style's own size there, so "
+                                                     "deep layers count as much as shallow ones."}),
+                "mask": (MASK, {"tooltip": "Apply this style inside the region only (white = inside; any size "
+                                           "with the result's shape)."}),
             },
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, weight: float | None = None, layer_weights: str | None = None,
-                        blend: str | None = None) -> bool | str:
+                        blend: str | None = None, statistic: str | None = None) -> bool | str:
+        if statistic is not None and statistic not in STATISTICS:  # ComfyUI skips this check for a named input
+            return f"statistic: {statistic!r} is not one of {list(STATISTICS)}"
         outcome = check_weight(weight)
         for text, what in ((layer_weights, "layer_weights"), (blend, "blend")):
             if outcome is True and text is not None:
                 outcome = validation(parse_numbers, text, what)
         return outcome
 
-    def build(self, target: Grams, weight: float, layer_weights: str = "", target_2: Grams | None = None,
-              target_3: Grams | None = None, blend: str = "") -> tuple[Objective]:
+    def build(self, target: StyleStatistics, weight: float, layer_weights: str = "",
+              target_2: StyleStatistics | None = None, target_3: StyleStatistics | None = None, blend: str = "",
+              statistic: str = "gram", normalize: bool = False,
+              mask: torch.Tensor | None = None) -> tuple[Objective]:
         targets = [t for t in (target, target_2, target_3) if t is not None]
         for other in targets[1:]:
             require_same_model("style target", target["model"], other["model"])
         blend_weights = parse_numbers(blend, "blend") or [1.0] * len(targets)
         if len(blend_weights) != len(targets):
             raise ValueError(f"blend: {len(blend_weights)} weights for {len(targets)} style targets")
-        grams = blend_targets([t["layers"] for t in targets], blend_weights)
-        term = {"kind": "style", "weight": weight, "targets": grams,
-                "layer_weights": weights_per_layer(list(grams), layer_weights)}
+        statistics = blend_statistics([t["layers"] for t in targets], blend_weights)
+        term = style_term(statistics, weight, weights_per_layer(list(statistics), layer_weights), statistic,
+                          normalize, None if mask is None else one_mask(mask).cpu())
         return ({"model": target["model"], "terms": [term]},)
 
 

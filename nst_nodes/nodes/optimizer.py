@@ -9,7 +9,7 @@ import torch
 from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory, network_bytes
-from ..losses import term_layers
+from ..losses import check_mask_fits, term_layers
 from ..optimize import DTYPES, METHODS, PRECISIONS, OptimizerSettings, optimize, start_image
 from ..types import NST_HISTORY, NST_LOSS, NST_MODEL, NST_TENSOR, History, NetworkTensor, Objective
 from ..vgg import VGGModel
@@ -84,6 +84,9 @@ class OptimizeImage(Node):
         if layers:
             check_large_enough("init", init["pixels"], layers)
         height, width = init["pixels"].shape[-2:]
+        for term in objective["terms"]:
+            if term.get("mask") is not None:
+                check_mask_fits("objective: a style loss's mask", term["mask"], height, width)
         check_memory("init", "optimizing", optimization_bytes(init["pixels"], layers, settings), host.device,
                      height, width)
         start = start_image(model, init["pixels"].to(host.device), noise, seed)

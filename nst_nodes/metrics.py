@@ -1,0 +1,65 @@
+"""Quality of a result, measured the same way whatever made it.
+
+Every figure is computed under one fixed network (the Caffe VGG19 of Gatys et al., max pooling),
+whatever network the graph optimized with, so results of different graphs and tools compare:
+
+- ``style``: the relative Gram error ``‖G(x) - G(s)‖ / ‖G(s)‖`` at relu1_1 ... relu5_1, averaged;
+- ``sliced``: the sliced 2-Wasserstein distance of the feature distributions, relative to the
+  style's (``√(sliced loss / mean square of the style's projections)``), at the same layers, averaged;
+- ``content``: the relative feature error ``‖F(x) - F(c)‖ / ‖F(c)‖`` at relu4_2.
+
+The content image is resized to the result; the style image is used as given (its scale is a choice).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TypedDict
+
+import torch
+
+from .image import resize_image
+from .losses import gram_matrix, layer_loss, style_statistics
+from .vgg import VGGModel, load_vgg19
+
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYER = "relu4_2"
+
+
+class Quality(TypedDict):
+    style: float
+    sliced: float
+    content: float
+
+
+@lru_cache(maxsize=1)
+def metric_model() -> VGGModel:
+    return load_vgg19("caffe", "max")
+
+
+def quality(result: torch.Tensor, content: torch.Tensor, style: torch.Tensor, device: str = "cpu") -> Quality:
+    """The three distances for ``IMAGE`` tensors (lower is closer)."""
+    model = metric_model().to(device)
+    if content.shape[1:3] != result.shape[1:3]:
+        content = resize_image(content, result.shape[1], result.shape[2])
+    layers = [*STYLE_LAYERS, CONTENT_LAYER]
+
+    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model.features(model.preprocessing.normalize(image[:1].to(device)), layers)
+
+    with torch.no_grad():
+        mine, theirs, original = features(result), features(style), features(content)
+        style_errors, sliced_errors = [], []
+        for layer in STYLE_LAYERS:
+            target = gram_matrix(theirs[layer])
+            style_errors.append((torch.linalg.norm(gram_matrix(mine[layer]) - target) / torch.linalg.norm(target)).item())
+            sliced = layer_loss("sliced", style_statistics(theirs[layer]), normalize=True)
+            sliced_errors.append(sliced(mine[layer], None).clamp(min=0).sqrt().item())
+        change = torch.linalg.norm(mine[CONTENT_LAYER] - original[CONTENT_LAYER])
+        content_error = (change / torch.linalg.norm(original[CONTENT_LAYER])).item()
+    return {"style": sum(style_errors) / len(style_errors), "sliced": sum(sliced_errors) / len(sliced_errors),
+            "content": content_error}
+
+
+def describe(measured: Quality) -> str:
+    return f"style {measured['style']:.4f}  sliced {measured['sliced']:.4f}  content {measured['content']:.4f}"

@@ -1,0 +1,84 @@
+"""Colour control (Gatys et al. 2017): luminance-only transfer and colour histogram matching."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..color import MATCH_METHODS, keep_colors, luminance, match_colors
+from ..types import IMAGE
+from .common import Node
+
+
+class ColorNode(Node):
+    RETURN_TYPES = (IMAGE,)
+    RETURN_NAMES = ("image",)
+
+
+class Luminance(ColorNode):
+    DESCRIPTION = (
+        "The luminance (Y of YIQ) as a grey image, for luminance-only style transfer: stylize the luminance of "
+        "content and style, then restore the content's colours with Original Colours."
+    )
+    FUNCTION = "luminance"
+    OUTPUT_TOOLTIPS = ("Y repeated into R, G and B.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {"image": (IMAGE, {"tooltip": "A picture."})},
+            "optional": {"match": (IMAGE, {"tooltip": "Shift and scale the luminance to this image's mean and "
+                                                      "deviation (connect the content when this is the style)."})},
+        }
+
+    def luminance(self, image: torch.Tensor, match: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        return (luminance(image, match),)
+
+
+class OriginalColors(ColorNode):
+    DESCRIPTION = "The luminance of a result with the colours (I and Q of YIQ) of another image, usually the content."
+    FUNCTION = "recolor"
+    OUTPUT_TOOLTIPS = ("The result in the original colours.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "image": (IMAGE, {"tooltip": "The stylized result (its luminance is kept)."}),
+                "colors": (IMAGE, {"tooltip": "The image whose colours to use (resized to the result)."}),
+            }
+        }
+
+    def recolor(self, image: torch.Tensor, colors: torch.Tensor) -> tuple[torch.Tensor]:
+        return (keep_colors(image, colors),)
+
+
+class MatchColors(ColorNode):
+    DESCRIPTION = (
+        "Move an image's colours to another's mean and covariance (a linear map): applied to the style image "
+        "with the content as reference, the result keeps the photo's palette."
+    )
+    FUNCTION = "match"
+    OUTPUT_TOOLTIPS = ("The image in the reference's colours.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "image": (IMAGE, {"tooltip": "The image to recolour (usually the style)."}),
+                "reference": (IMAGE, {"tooltip": "The image whose colour statistics to take (usually the content)."}),
+                "method": (list(MATCH_METHODS), {"default": "symmetric",
+                                                 "tooltip": "symmetric: Σc^½ Σs^-½ (keeps hues closest); "
+                                                            "cholesky: Lc Ls⁻¹"}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, method: str | None = None) -> bool | str:
+        if method is not None and method not in MATCH_METHODS:  # ComfyUI skips this check for a named input
+            return f"method: {method!r} is not one of {list(MATCH_METHODS)}"
+        return True
+
+    def match(self, image: torch.Tensor, reference: torch.Tensor, method: str) -> tuple[torch.Tensor]:
+        return (match_colors(image, reference, method),)

@@ -1,0 +1,46 @@
+"""Measure a result: how close its style is to the painting's and its content to the photo's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..host import Host, host_of
+from ..metrics import describe, quality
+from ..types import IMAGE
+from .common import HIDDEN_CONTEXT, Node
+
+
+class QualityMetrics(Node):
+    DESCRIPTION = (
+        "Style distance (relative Gram error), distribution distance (sliced Wasserstein) and content distance "
+        "(relative feature error) of a result, all under one fixed network (Caffe VGG19), so any two results "
+        "compare. Lower is closer. Shown on the node and printed by the CLI."
+    )
+    FUNCTION = "measure"
+    RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "STRING")
+    RETURN_NAMES = ("style", "sliced", "content", "summary")
+    OUTPUT_TOOLTIPS = ("Relative Gram error, averaged over relu1_1 ... relu5_1.",
+                       "Relative sliced Wasserstein distance, averaged over the same layers.",
+                       "Relative feature error at relu4_2.",
+                       "The three figures as one line of text.")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "image": (IMAGE, {"tooltip": "The result to measure."}),
+                "content": (IMAGE, {"tooltip": "The content photo (resized to the result)."}),
+                "style": (IMAGE, {"tooltip": "The style image, at the scale the result was made with."}),
+            },
+            "hidden": HIDDEN_CONTEXT,
+        }
+
+    def measure(self, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor,
+                context: Host | None = None) -> dict[str, Any]:
+        measured = quality(image, content, style, host_of(context).device)
+        summary = describe(measured)
+        return {"ui": {"text": [summary]},
+                "result": (measured["style"], measured["sliced"], measured["content"], summary)}
