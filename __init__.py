@@ -5,4 +5,6 @@ from .nst_nodes.comfy import install
 
 install()
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+WEB_DIRECTORY = "./nst_nodes/web"  # the editor extension that shows the metrics on their node
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,80 @@
+"""The control graphs (colour, regions, style losses, coarse to fine) at tiny sizes, and the metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nst_nodes.color import rgb_to_yiq
+from nst_nodes.image import load_image, resize_image
+from nst_nodes.metrics import quality
+from runner import Folders, NodeExecutionError, run
+
+GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
+SAMPLES = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
+
+
+def tiny_run(name: str, tmp_path: Path, reporter=None, **overrides) -> Path:
+    """Run a shipped graph with every size divided by 8 and 2 optimizer steps; returns the output folder."""
+    graph = json.loads((GRAPHS / name).read_text())
+    changes = {}
+    for node_id, node in graph.items():
+        if node["class_type"] == "NSTResizeImage":
+            changes[f"{node_id}.size"] = node["inputs"]["size"] // 8
+        if node["class_type"] == "NSTOptimize":
+            changes[f"{node_id}.steps"] = 2
+    run(GRAPHS / name, device="cpu", overrides={**changes, **overrides}, reporter=reporter,
+        folders=Folders(output=tmp_path / "output"))
+    return tmp_path / "output"
+
+
+def picture(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).unsqueeze(0)
+
+
+def test_luminance_only_transfer_keeps_the_photos_colours(tmp_path: Path) -> None:
+    output = tiny_run("colors.json", tmp_path)
+    result = picture(output / "colors_luminance.png")
+    content = load_image(SAMPLES / "tubingen.jpg")
+    content = resize_image(content, *result.shape[1:3])
+    chroma = (rgb_to_yiq(result)[..., 1:] - rgb_to_yiq(content)[..., 1:]).abs()
+    assert result.shape == (1, 36, 48, 3) and chroma.mean().item() < 0.01  # 8-bit rounding and clamping only
+    assert (output / "colors_histogram.png").is_file()
+
+
+def test_two_styles_in_two_regions_run_and_a_mask_of_another_shape_is_refused(tmp_path: Path) -> None:
+    assert Image.open(tiny_run("regions.json", tmp_path) / "regions.png").size == (48, 36)
+    with pytest.raises(NodeExecutionError, match="does not have the shape"):
+        tiny_run("regions.json", tmp_path, **{"4.image": "nst-samples/starry_night.jpg"})
+
+
+def test_every_style_loss_runs_and_the_metrics_are_shown(tmp_path: Path, reporter) -> None:
+    output = tiny_run("styles.json", tmp_path, reporter=reporter)
+    graph = json.loads((GRAPHS / "styles.json").read_text())
+    metric_nodes = [node_id for node_id, node in graph.items() if node["class_type"] == "NSTQualityMetrics"]
+    assert len(metric_nodes) == 4 and len(list(output.glob("styles_*.png"))) == 4
+    for node_id in metric_nodes:
+        (line,) = reporter.text[node_id]
+        assert line.startswith("style ") and "content" in line
+
+
+def test_coarse_to_fine_upsamples_the_coarse_result(tmp_path: Path) -> None:
+    output = tiny_run("hires.json", tmp_path)
+    assert Image.open(output / "hires_coarse.png").size == (64, 48)
+    assert Image.open(output / "hires.png").size == (128, 96)
+
+
+def test_metrics_are_zero_for_the_images_themselves_and_grow_with_change() -> None:
+    content = resize_image(load_image(SAMPLES / "tubingen.jpg"), 48, 64)
+    style = resize_image(load_image(SAMPLES / "starry_night.jpg"), 40, 64)
+    same = quality(content, content, style)
+    assert same["content"] == 0.0 and same["style"] > 0.1
+    assert quality(style, content, style)["style"] < 1e-6
+    assert quality(style, content, style)["sliced"] < 0.02  # quantiles of the style itself, interpolated
+    blurred = resize_image(resize_image(content, 12, 16), 48, 64)
+    assert quality(blurred, content, style)["content"] > 0.1
