@@ -75,8 +75,9 @@ def feature_mean(activation: torch.Tensor, weights: torch.Tensor | None = None) 
 @lru_cache(maxsize=16)
 def projection_directions(channels: int) -> torch.Tensor:
     """``[C, PROJECTIONS]`` unit vectors, the same for every image (fixed seed): a deterministic objective."""
-    directions = torch.randn(channels, PROJECTIONS, generator=torch.Generator().manual_seed(channels))
-    return directions / directions.norm(dim=0, keepdim=True)
+    with torch.inference_mode(False):  # kept for later calls, which may need autograd
+        directions = torch.randn(channels, PROJECTIONS, generator=torch.Generator().manual_seed(channels))
+        return directions / directions.norm(dim=0, keepdim=True)
 
 
 def interpolate_columns(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -252,7 +253,7 @@ class ObjectiveFunction:
         if term["kind"] == "style":
             style: StyleTerm = term  # type: ignore[assignment]
             mask = style.get("mask")
-            mask = None if mask is None else mask.to(device)
+            mask = None if mask is None else mask.to(device).clone()
             losses = {
                 layer: layer_loss(style["statistic"], {k: v.to(device).clone() for k, v in target.items()},  # type: ignore[misc]
                                   style["normalize"])

@@ -116,7 +116,7 @@ def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_vi
     with Image.open(comfy.output / "gatys.png") as saved:  # where ComfyUI's /view looks for it
         assert json.loads(saved.text["workflow"]) == workflow and json.loads(saved.text["prompt"])["17"]
     with Image.open(comfy.output / "gatys.png") as saved, Image.open(comfy.input / "nst-samples" / "tubingen.jpg") as photo:
-        assert saved.size == (64, 48) and photo.size == (512, 384)
+        assert saved.size == (64, 48) and photo.size == (1024, 768)
 
 
 def test_cancel_in_comfyui_stops_the_optimizer_within_one_step(comfy: ComfyStandIns) -> None:

@@ -31,7 +31,7 @@ def saved(tmp_path: Path, picture: Image.Image, name: str, **options: object) ->
 
 def test_rgb_file_loads_as_comfy_image(samples: Path) -> None:
     image = load_image(samples / "tubingen.jpg")
-    assert image.shape == (1, 384, 512, 3) and image.dtype == torch.float32
+    assert image.shape == (1, 768, 1024, 3) and image.dtype == torch.float32
     assert 0.0 <= image.min() and image.max() <= 1.0
 
 
