@@ -8,7 +8,7 @@ import torch
 
 from ..color import MATCH_METHODS, keep_colors, luminance, match_colors
 from ..types import IMAGE
-from .common import Node
+from .common import Node, check_choice
 
 
 class ColorNode(Node):
@@ -76,9 +76,7 @@ class MatchColors(ColorNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, method: str | None = None) -> bool | str:
-        if method is not None and method not in MATCH_METHODS:  # ComfyUI skips this check for a named input
-            return f"method: {method!r} is not one of {list(MATCH_METHODS)}"
-        return True
+        return check_choice("method", method, MATCH_METHODS)
 
     def match(self, image: torch.Tensor, reference: torch.Tensor, method: str) -> tuple[torch.Tensor]:
         return (match_colors(image, reference, method),)

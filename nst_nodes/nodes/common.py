@@ -36,6 +36,11 @@ def check_weight(weight: float | None) -> bool | str:
     return f"weight: {weight} is not a finite number between 0 and {MAX_WEIGHT:g}"
 
 
+def check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> bool | str:
+    """For VALIDATE_INPUTS: ComfyUI skips its own check of a combo input the hook names."""
+    return True if value is None or value in choices else f"{name}: {value!r} is not one of {list(choices)}"
+
+
 def validation(check: Callable[..., Any], *args: Any) -> bool | str:
     """ComfyUI's VALIDATE_INPUTS convention: True, or the error message."""
     try:

@@ -14,7 +14,7 @@ from ..host import Host, host_of
 from ..limits import check_pixels, max_image_pixels
 from ..plot import plot_history
 from ..types import IMAGE, MASK, NST_HISTORY, History
-from .common import HIDDEN_CONTEXT, Node
+from .common import HIDDEN_CONTEXT, Node, check_choice
 
 RESIZE_MODES = ("long_side", "pixels")
 MAX_SIDE = 16384
@@ -90,9 +90,8 @@ class LoadMask(LoadImage):
     @classmethod
     def VALIDATE_INPUTS(cls, image: str | None = None, channel: str | None = None,
                         context: Host | None = None) -> bool | str:
-        if channel is not None and channel not in image_io.MASK_CHANNELS:  # ComfyUI skips this check
-            return f"channel: {channel!r} is not one of {list(image_io.MASK_CHANNELS)}"
-        return super().VALIDATE_INPUTS(image, context)
+        choice = check_choice("channel", channel, image_io.MASK_CHANNELS)
+        return super().VALIDATE_INPUTS(image, context) if choice is True else choice
 
     def load(self, image: str, channel: str = "luminance", invert: bool = False,
              context: Host | None = None) -> tuple[torch.Tensor]:
@@ -100,12 +99,15 @@ class LoadMask(LoadImage):
         return (1.0 - mask if invert else mask,)
 
 
-class ResizeImage(Node):
-    DESCRIPTION = "Antialiased bicubic resize, by the long side or by total pixel count, optionally to a multiple of N."
+class ResizeNode(Node):
     FUNCTION = "resize"
     RETURN_TYPES = (IMAGE,)
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("The resized picture.",)
+
+
+class ResizeImage(ResizeNode):
+    DESCRIPTION = "Antialiased bicubic resize, by the long side or by total pixel count, optionally to a multiple of N."
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -126,8 +128,9 @@ class ResizeImage(Node):
     @classmethod
     def VALIDATE_INPUTS(cls, mode: str | None = None, size: int | None = None) -> bool | str:
         # ComfyUI skips its own checks of the inputs named here, so they are all checked.
-        if mode is not None and mode not in RESIZE_MODES:
-            return f"mode: {mode!r} is not one of {list(RESIZE_MODES)}"
+        choice = check_choice("mode", mode, RESIZE_MODES)
+        if choice is not True:
+            return choice
         if size is not None:
             limit = MAX_SIDE if mode in (None, "long_side") else max_image_pixels()
             if not 8 <= size <= limit:
@@ -140,15 +143,11 @@ class ResizeImage(Node):
         return (image_io.resize_image(image, height, width),)
 
 
-class ResizeToMatch(Node):
+class ResizeToMatch(ResizeNode):
     DESCRIPTION = (
         "Resize an image, keeping its shape, to scale² times the area of a reference: the style scale of "
         "Gatys et al. 2017 (smaller: finer strokes; larger: bigger ones)."
     )
-    FUNCTION = "resize"
-    RETURN_TYPES = (IMAGE,)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The resized picture.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from ..limits import check_memory, network_bytes, smallest_side
 from ..losses import check_mask_fits, style_statistics
 from ..types import IMAGE, MASK, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, NetworkTensor, StyleStatistics
 from ..vgg import LAYER_INDEX, PREPROCESSINGS, TORCH_FILE_STARTS, VGGModel, load_vgg19
-from .common import HIDDEN_CONTEXT, Node, device_of, one_mask, parse_layers, require_same_model, validation
+from .common import (HIDDEN_CONTEXT, Node, check_choice, device_of, one_mask, parse_layers, require_same_model,
+                     validation)
 
 BUILT_IN_WEIGHTS = {"caffe": "caffe", "torchvision": "torchvision"}  # name -> the preprocessing they expect
 POOLINGS = ("max", "avg")
@@ -71,8 +72,9 @@ class VGG19Model(Node):
     @classmethod
     def VALIDATE_INPUTS(cls, weights: str | None = None, preprocessing: str | None = None,
                         context: Host | None = None) -> bool | str:
-        if preprocessing is not None and preprocessing not in PREPROCESSING_CHOICES:  # ComfyUI skips this check
-            return f"preprocessing: {preprocessing!r} is not one of {list(PREPROCESSING_CHOICES)}"
+        choice = check_choice("preprocessing", preprocessing, PREPROCESSING_CHOICES)
+        if choice is not True:
+            return choice
         if weights is None:
             return True
         if weights in BUILT_IN_WEIGHTS:

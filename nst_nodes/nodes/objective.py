@@ -8,8 +8,8 @@ import torch
 
 from ..losses import STATISTICS, blend_statistics, style_term
 from ..types import MASK, NST_FEATURES, NST_GRAMS, NST_LOSS, Features, Objective, StyleStatistics
-from .common import (Node, check_weight, one_mask, parse_numbers, require_same_model, validation, weight_input,
-                     weights_per_layer)
+from .common import (Node, check_choice, check_weight, one_mask, parse_numbers, require_same_model, validation,
+                     weight_input, weights_per_layer)
 
 LAYER_WEIGHTS_INPUT = ("STRING", {"default": "", "tooltip": "One weight per layer, comma-separated; empty: equal"})
 
@@ -86,9 +86,9 @@ class StyleLoss(LossNode):
     @classmethod
     def VALIDATE_INPUTS(cls, weight: float | None = None, layer_weights: str | None = None,
                         blend: str | None = None, statistic: str | None = None) -> bool | str:
-        if statistic is not None and statistic not in STATISTICS:  # ComfyUI skips this check for a named input
-            return f"statistic: {statistic!r} is not one of {list(STATISTICS)}"
-        outcome = check_weight(weight)
+        outcome = check_choice("statistic", statistic, STATISTICS)
+        if outcome is True:
+            outcome = check_weight(weight)
         for text, what in ((layer_weights, "layer_weights"), (blend, "blend")):
             if outcome is True and text is not None:
                 outcome = validation(parse_numbers, text, what)
