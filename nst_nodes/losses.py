@@ -50,6 +50,10 @@ def check_mask_fits(what: str, mask: torch.Tensor, height: int, width: int) -> N
     if abs(mask_width * height - width * mask_height) > 0.02 * width * mask_height:
         raise ValueError(f"{what}: a {mask_width}x{mask_height} mask does not have the shape of the "
                          f"{width}x{height} image it covers; resize them alike")
+    check_mask_selects(what, mask)
+
+
+def check_mask_selects(what: str, mask: torch.Tensor) -> None:
     if mask.max() <= 0:
         raise ValueError(f"{what}: the mask is empty (all black); white marks the region")
 
@@ -58,18 +62,24 @@ def _flat(activation: torch.Tensor) -> torch.Tensor:
     return activation.reshape(activation.shape[1], -1)
 
 
-def gram_matrix(activation: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """``[1, C, H, W]`` -> ``[C, C]``: the weighted mean of ``f fᵀ``, divided by C."""
-    flat = _flat(activation)
+def _gram(flat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     channels, positions = flat.shape
     if weights is None:
         return (flat @ flat.t()) / (channels * positions)
     return ((flat * weights) @ flat.t()) / channels
 
 
-def feature_mean(activation: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    flat = _flat(activation)
+def _mean(flat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     return flat.mean(1) if weights is None else flat @ weights
+
+
+def gram_matrix(activation: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``[1, C, H, W]`` -> ``[C, C]``: the weighted mean of ``f fᵀ``, divided by C."""
+    return _gram(_flat(activation), weights)
+
+
+def feature_mean(activation: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    return _mean(_flat(activation), weights)
 
 
 @lru_cache(maxsize=16)
@@ -119,10 +129,9 @@ def style_statistics(activation: torch.Tensor, mask: torch.Tensor | None = None)
         flat, weights = flat[:, inside], weights[inside]
     values, _, levels = sorted_projections(flat, weights)
     wanted = quantile_levels(values.device)[:, None].expand(-1, values.shape[1])
-    inside_only = flat[None, :, :, None]
     return {
-        "gram": gram_matrix(inside_only, weights),
-        "mean": feature_mean(inside_only, weights),
+        "gram": _gram(flat, weights),
+        "mean": _mean(flat, weights),
         "quantiles": interpolate_columns(wanted, levels, values),
     }
 
@@ -153,8 +162,8 @@ def style_term(targets: dict[str, LayerStatistics], weight: float, layer_weights
     """A style term of an objective (``layer_weights`` None: equal)."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, not {statistic!r}")
-    if mask is not None and mask.max() <= 0:
-        raise ValueError("mask: the mask is empty (all black); white marks the region")
+    if mask is not None:
+        check_mask_selects("mask", mask)
     equal = {layer: 1.0 / len(targets) for layer in targets}
     return {"kind": "style", "weight": weight, "statistic": statistic, "normalize": normalize,  # type: ignore[typeddict-item]
             "targets": targets, "layer_weights": layer_weights or equal, "mask": mask}
@@ -216,11 +225,11 @@ def layer_loss(statistic: str, target: LayerStatistics, normalize: bool) -> Laye
     if statistic == "sliced":
         quantiles = target["quantiles"]
         scale = quantiles.square().mean() if normalize else 1.0
+        grid = quantile_levels(quantiles.device)[:, None].expand_as(quantiles)
 
         def sliced_loss(activation: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
             values, weight, levels = sorted_projections(_flat(activation), weights)
-            grid = quantile_levels(values.device)[:, None].expand(-1, values.shape[1])
-            wanted = interpolate_columns(levels, grid, quantiles.to(values))
+            wanted = interpolate_columns(levels, grid, quantiles)
             return (weight * (values - wanted) ** 2).sum(0).mean() / scale
 
         return sliced_loss

@@ -78,3 +78,16 @@ def test_metrics_are_zero_for_the_images_themselves_and_grow_with_change() -> No
     assert quality(style, content, style)["sliced"] < 0.02  # quantiles of the style itself, interpolated
     blurred = resize_image(resize_image(content, 12, 16), 48, 64)
     assert quality(blurred, content, style)["content"] > 0.1
+
+
+def test_a_style_mask_fits_features_whose_deep_layers_pooling_rounded() -> None:
+    from nst_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    # 72x96 pooled four times is 4x6 (4.5 rounded down): a shape 12% off the image's, which is fine.
+    features = {"model": "m", "layers": {"relu1_1": torch.rand(1, 3, 72, 96), "relu5_1": torch.rand(1, 3, 4, 6)}}
+    mask = torch.zeros(1, 36, 48)
+    mask[:, :18] = 1.0
+    (statistics,) = NODE_CLASS_MAPPINGS["NSTGramMatrices"]().statistics(features, mask)
+    assert set(statistics["layers"]) == {"relu1_1", "relu5_1"}
+    with pytest.raises(ValueError, match="does not have the shape"):
+        NODE_CLASS_MAPPINGS["NSTGramMatrices"]().statistics(features, torch.ones(1, 48, 48))

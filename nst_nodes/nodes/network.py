@@ -203,10 +203,10 @@ class GramMatrices(Node):
 
     def statistics(self, features: Features, mask: torch.Tensor | None = None) -> tuple[StyleStatistics]:
         region = None if mask is None else one_mask(mask)
+        if region is not None:  # against the largest layer: pooling rounds the deep ones' shapes
+            largest = max(features["layers"].values(), key=lambda value: value.shape[-2] * value.shape[-1])
+            check_mask_fits("mask", region, *largest.shape[-2:])
         with torch.no_grad():
-            layers = {}
-            for layer, value in features["layers"].items():
-                if region is not None:
-                    check_mask_fits("mask", region, *value.shape[-2:])
-                layers[layer] = style_statistics(value, None if region is None else region.to(value.device))
+            layers = {layer: style_statistics(value, None if region is None else region.to(value.device))
+                      for layer, value in features["layers"].items()}
         return ({"model": features["model"], "layers": layers},)
