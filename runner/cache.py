@@ -248,7 +248,7 @@ class Cache:
                 self.read_only.add(key)
             raise UnreadableEntry(f"cache entry {path} cannot be read ({error.strerror or error})") from error
         try:
-            result = _decode(blob, key)
+            result = decode_result(blob, key)
         except Exception as error:
             self.discard(key)
             raise UnreadableEntry(f"cache entry {path} is damaged ({error}); discarded") from error
@@ -271,7 +271,7 @@ class Cache:
             return
         path = self._path(key)
         temporary = path.with_name(f"{key}.{secrets.token_hex(6)}.tmp")
-        blob = _encode(key, result)
+        blob = encode_result(key, result)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Mode 0666 less the umask, as for any new file, so that a cache can be shared.
@@ -377,7 +377,8 @@ def _read_regular_file(path: Path) -> bytes:
         return file.read()
 
 
-def _encode(key: str, result: NodeResult) -> bytes:
+def encode_result(key: str, result: NodeResult) -> bytes:
+    """A result as a cache entry's bytes: tensors and JSON-able values, with a checksum and its key."""
     import torch
 
     buffer = io.BytesIO()
@@ -386,7 +387,8 @@ def _encode(key: str, result: NodeResult) -> bytes:
     return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
 
 
-def _decode(blob: bytes, key: str) -> NodeResult:
+def decode_result(blob: bytes, key: str) -> NodeResult:
+    """The result in an entry's bytes (``weights_only``: no arbitrary objects); ValueError if it is not ``key``'s."""
     header_length = len(MAGIC) + 65
     if not blob.startswith(MAGIC) or len(blob) < header_length:
         raise ValueError("bad header")

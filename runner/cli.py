@@ -17,7 +17,7 @@ from runner.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, Cache, defaul
 from runner.execute import NodeExecutionError, RunInterrupted, run
 from runner.graph import Graph, GraphFormatError, load_graph, with_overrides
 from runner.host import DEVICES, Folders
-from runner.progress import ConsoleReporter
+from runner.progress import ConsoleBatchReporter, ConsoleReporter
 from runner.registry import Registry, default_registry
 from runner.spec import node_spec
 from runner.tuning import MODES, configure_process
@@ -69,8 +69,9 @@ def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
                          help="refuse paths outside --input-dir / --output-dir, as ComfyUI does")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nst", description=__doc__)
+def _parser(extra: list[str] = ()) -> argparse.ArgumentParser:
+    epilog = f"node packs add: {', '.join(extra)} (nst NAME --help)" if extra else None
+    parser = argparse.ArgumentParser(prog="nst", description=__doc__, epilog=epilog)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run_command = commands.add_parser("run", help="validate and run a graph")
@@ -92,6 +93,30 @@ def _parser() -> argparse.ArgumentParser:
     run_command.add_argument("--tuning", choices=MODES, default=None,
                              help="process settings: speed (default), memory (lower peak RSS, 30-40%% slower) "
                                   "or off; default NST_TUNING or speed (see runner/tuning.py)")
+
+    batch_command = commands.add_parser(
+        "batch", help="run a graph over many inputs (a batch, a sweep, video frames) on Dask",
+        description="Items are the graph with swept inputs replaced; nodes identical across items run once. "
+                    "Text inputs may name {index}, {stem} (a swept file's name) or a swept input "
+                    "({ID.INPUT} or {INPUT}), e.g. --set 18.filename_prefix=out/{stem}.")
+    _add_graph_arguments(batch_command)
+    batch_command.add_argument("--over", action="append", default=[], metavar="ID.INPUT=VALUES",
+                               help="sweep an input over a glob of files, START:STOP[:STEP] (inclusive) or a comma list")
+    batch_command.add_argument("--grid", action="store_true",
+                               help="every combination of the --over lists (default: zip them)")
+    batch_command.add_argument("--chain", metavar="ID.INPUT=SOURCE_ID[:INDEX]",
+                               help="item i's input reads item i-1's output (video: start each frame from the last)")
+    batch_command.add_argument("--scheduler", metavar="ADDRESS",
+                               help="join this Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of starting workers")
+    batch_command.add_argument("--workers", type=int, default=1,
+                               help="local worker processes (default 1); each runs one node at a time")
+    batch_command.add_argument("--threads", type=int, default=None,
+                               help="torch threads per running node (default: the cores shared between the workers)")
+    batch_command.add_argument("--device", choices=DEVICES, default="auto")
+    batch_command.add_argument("--cache-dir", type=Path, default=None,
+                               help=f"the shared node cache (default {default_cache_dir()}); workers must see it")
+    batch_command.add_argument("--no-cache", action="store_true", help="no disk cache (a stopped batch starts over)")
+    batch_command.add_argument("--quiet", action="store_true", help="print nothing but errors and the summary")
 
     validate_command = commands.add_parser("validate", help="check a graph without running it")
     _add_graph_arguments(validate_command)
@@ -234,6 +259,39 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from runner.batch import BatchError, batch_items, parse_chain, parse_over, run_batch
+
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+        print("error: --workers and --threads must be at least 1", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        overs = [parse_over(text, args.input_dir) for text in args.over]
+        chain = parse_chain(args.chain) if args.chain else None
+        total = len(batch_items(overs, args.grid))
+    except BatchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    reporter = ConsoleBatchReporter(total, quiet=args.quiet)
+    with _StopOnSignal() as stop:
+        try:
+            result = run_batch(
+                _load(args), overs, grid=args.grid, chain=chain, scheduler=args.scheduler, workers=args.workers,
+                threads=args.threads, cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+                folders=_folders(args), device=args.device, reporter=reporter, stop=stop.event,
+            )
+        except BatchError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_INVALID
+        except KeyboardInterrupt:
+            print("aborted; finished nodes stay cached", file=sys.stderr)
+            return EXIT_CODES.get(stop.signal or signal.SIGINT, 130)
+    print(result.summary(), file=sys.stderr)
+    if stop.signal is not None:
+        return EXIT_CODES[stop.signal]
+    return EXIT_FAILED if result.failed else 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     graph = _load(args)
     errors = validate(graph, default_registry(), args.only, folders=_folders(args))
@@ -270,8 +328,23 @@ def _describe(value: Any) -> str:
     return f"tensor{list(shape)}" if shape is not None else repr(value)[:200]
 
 
+def pack_commands() -> dict[str, Any]:
+    """Commands that node packs add to ``nst`` (entry point group ``nst_nodes.commands``: name -> ``main(argv) -> int``)."""
+    from importlib import metadata
+
+    return {entry.name: entry for entry in metadata.entry_points(group="nst_nodes.commands")}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    extra = pack_commands()
+    if argv and argv[0] in extra:
+        try:
+            return extra[argv[0]].load()(argv[1:])
+        except (ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_INVALID
+    args = _parser(sorted(extra)).parse_args(argv)
     try:
         if args.command == "run":
             try:
@@ -282,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "batch":
+            configure_process()
+            return _batch(args)
         if args.command == "nodes":
             registry = default_registry()
             if args.json:

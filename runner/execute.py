@@ -65,9 +65,12 @@ class SilentReporter:
 class NodeExecutionError(RuntimeError):
     """A node failed while running; results finished before it stay cached."""
 
-    def __init__(self, node_id: str, class_type: str, message: str) -> None:
-        self.node_id, self.class_type = node_id, class_type
-        super().__init__(f"node {node_id} ({class_type}) failed: {message}")
+    def __init__(self, node_id: str, class_type: str, reason: str) -> None:
+        self.node_id, self.class_type, self.reason = node_id, class_type, reason
+        super().__init__(f"node {node_id} ({class_type}) failed: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # crosses processes (batch runs)
+        return type(self), (self.node_id, self.class_type, self.reason)
 
 
 class RunInterrupted(RuntimeError):
@@ -284,6 +287,21 @@ class Execution:
             result = NodeResult(result.outputs, result.ui, {name: d for name, d in files.items() if d})
         return result
 
+    def execute(self, node_id: str) -> NodeResult:
+        """Run one node whose inputs are in ``results``; keep (unless partial) and report its result."""
+        started = time.perf_counter()
+        result = self.run_node(node_id)
+        self.results[node_id] = result
+        if node_id in self.partial:
+            outcome = PARTIAL
+        else:
+            outcome = RAN
+            self.keep(node_id, result)
+        files = [self.folders.output / path for path in self.written_files(result)]
+        self.reporter.node_done(node_id, self.graph.node(node_id)["class_type"], time.perf_counter() - started,
+                                outcome, files, self.shown_text(result))
+        return result
+
     def serve_from_cache(self) -> tuple[dict[str, float], set[str]]:
         """Backwards from the targets: the nodes the cache serves (with the seconds that took) and
         the nodes that must run. The inputs of a served node are not touched."""
@@ -324,17 +342,7 @@ class Execution:
             if not ready or (self.stop.is_set() and not on_partial):
                 skipped.append(node_id)
                 continue
-            started = time.perf_counter()
-            result = self.run_node(node_id)
-            self.results[node_id] = result
-            if node_id in self.partial:
-                outcome = PARTIAL
-            else:
-                outcome = RAN
-                self.keep(node_id, result)
-            files = [self.folders.output / path for path in self.written_files(result)]
-            self.reporter.node_done(node_id, class_type, time.perf_counter() - started, outcome, files,
-                                    self.shown_text(result))
+            self.execute(node_id)
             for source in sources:  # release what no later node reads
                 readers[source] -= 1
                 if readers[source] == 0 and source not in self.plan.targets:

@@ -95,3 +95,45 @@ class ConsoleReporter:
     def warning(self, message: str) -> None:
         self._close_bar()
         self._write(lambda stream: print(f"warning: {message}", file=stream, flush=True))
+
+
+class ConsoleBatchReporter:
+    """Prints a batch: a line per finished item, and every few seconds what is running."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, quiet: bool = False, every: float = 5.0) -> None:
+        self.total = total
+        self.stream = None if quiet else (stream or sys.stderr)
+        self.finished = 0
+        self.every = every
+        self.last_shown = time.monotonic()
+        self.running: dict[str, str] = {}
+
+    def _print(self, text: str) -> None:
+        if self.stream is None:
+            return
+        try:
+            print(text, file=self.stream, flush=True)
+        except (OSError, ValueError):
+            self.stream = None
+
+    def item_done(self, result: Any) -> None:
+        self.finished += 1
+        prefix = f"{result.item.index}/"
+        self.running = {node: shown for node, shown in self.running.items() if not node.startswith(prefix)}
+        how = f"{result.outcome} at {result.seconds:.1f} s"
+        if result.error:
+            how += f": {result.error}"
+        written = f" -> {', '.join(str(path) for path in result.files)}" if result.files else ""
+        self._print(f"[{self.finished}/{self.total}] {result.item.label}: {how}{written}")
+
+    def progress(self, node_id: str, class_type: str, step: int, total: int) -> None:
+        self.running[node_id] = f"{node_id} {class_type} {step}/{total}"
+        if step >= total:
+            self.running.pop(node_id, None)
+        now = time.monotonic()
+        if now - self.last_shown >= self.every and self.running:
+            self.last_shown = now
+            self._print(f"    running: {', '.join(self.running.values())}")
+
+    def warning(self, message: str) -> None:
+        self._print(f"warning: {message}")

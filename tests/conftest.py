@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "nst_nodes" / "samples"
 sys.path.insert(0, str(Path(__file__).parent))
+# Kernel choices timed during the tests stay out of the user's cache (worker processes inherit this).
+os.environ.setdefault("NST_KERNELS_FILE", str(Path(tempfile.mkdtemp(prefix="nst-kernels-")) / "kernels.json"))
 
 
 class RecordingReporter:
