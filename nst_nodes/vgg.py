@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import lean, winograd
+from . import kernels, lean
 from .files import open_regular
 
 BLOCK_CONVS = (2, 2, 4, 4, 4)
@@ -156,16 +156,15 @@ def features_state_dict(checkpoint: object, source: object = "the checkpoint") -
 class VGGModel:
     """A frozen VGG19 and the preprocessing its weights expect (the ``NST_MODEL`` type)."""
 
-    def __init__(self, network: nn.Sequential, preprocessing: Preprocessing, identity: str,
-                 winograd: bool = True) -> None:
-        """``winograd``: use the NNPACK fast path for 3x3 convolutions where it applies (CPU, fp32)."""
+    def __init__(self, network: nn.Sequential, preprocessing: Preprocessing, identity: str) -> None:
         self.network = network.eval().requires_grad_(False)
         self.preprocessing = preprocessing
         self.identity = identity
-        self.winograd = winograd
 
     def to(self, device: str | torch.device) -> VGGModel:
         self.network.to(device)
+        if torch.device(device).type == "cuda":
+            torch.backends.cudnn.benchmark = True  # cuDNN's own choice of kernel per shape
         return self
 
     def features(self, x: torch.Tensor, layers: list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -180,8 +179,8 @@ class VGGModel:
                 x = lean.relu(x, keep_output=name in wanted, inplace=LAYER_NAMES[index - 1] not in wanted)
             elif isinstance(module, nn.MaxPool2d):
                 x = lean.max_pool_2x2(x)
-            elif isinstance(module, nn.Conv2d) and self.winograd and winograd.available(x):
-                x = winograd.frozen_conv3x3(x, module)
+            elif isinstance(module, nn.Conv2d):
+                x = kernels.frozen_conv3x3(x, module)  # the kernel this machine runs fastest
             else:
                 x = module(x)
             if name in wanted:

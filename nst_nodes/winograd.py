@@ -1,12 +1,9 @@
-"""3x3 convolutions through NNPACK's Winograd kernels, forward and input-gradient.
+"""3x3 convolutions through NNPACK's Winograd kernels (one of the paths kernels.py chooses from).
 
-On CPUs without AVX-512 (e.g. 2-core AVX2 machines) NNPACK's Winograd transform runs
-VGG's 3x3, stride-1, pad-1 convolutions 1.3-2x faster than oneDNN's direct kernels, with a
-relative error around 1e-5. PyTorch only routes large batches to NNPACK and computes the
-backward pass with direct kernels, so this module wires it in explicitly. The weights of an
-NST network are frozen, so the backward pass needs only the gradient of the input, which is
-itself a 3x3 convolution of the output gradient with the flipped, transposed kernel: both
-passes run on Winograd, and no activation is saved for backward.
+On some CPUs (a 2-core AVX2 EPYC) NNPACK's Winograd transform runs VGG's 3x3, stride-1,
+pad-1 convolutions 1.3-2x faster than oneDNN's direct kernels, with a relative error around
+1e-5; on others (AVX-512) it is slower. PyTorch only routes large batches to NNPACK, so it is
+called explicitly here.
 """
 
 from __future__ import annotations
@@ -36,8 +33,9 @@ def available(x: torch.Tensor) -> bool:
     )
 
 
-def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Same-size 3x3 convolution, in horizontal bands of at most ``BAND_ELEMENTS`` outputs."""
+    torch.backends.nnpack.is_available()  # initializes NNPACK on first use (microseconds after that)
     batch, _, height, width = x.shape
     bands = math.ceil(weight.shape[0] * height * width / BAND_ELEMENTS)
     if bands <= 1:
@@ -52,23 +50,3 @@ def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
             :, :, top - first : bottom - first
         ]
     return out
-
-
-class _FrozenConv3x3(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        return _convolve(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (weight,) = ctx.saved_tensors
-        # The input gradient is the output gradient convolved with the kernel's channels
-        # swapped and flipped in space (a copy of a few MB, made when needed).
-        transposed = weight.transpose(0, 1).flip(2, 3).contiguous()
-        return _convolve(grad, transposed, None), None, None
-
-
-def frozen_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for a frozen 3x3/stride 1/pad 1 convolution, differentiable in ``x`` only."""
-    return _FrozenConv3x3.apply(x, conv.weight.detach(), conv.bias.detach())

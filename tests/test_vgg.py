@@ -75,15 +75,17 @@ def test_quantized_caffe_weights_load_safely_with_the_right_shapes() -> None:
     assert state["0.weight"].abs().max() > 0.1
 
 
-def test_model_is_frozen_and_cut_at_the_deepest_requested_layer() -> None:
+def test_model_is_frozen_and_cut_at_the_deepest_requested_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nst_nodes import kernels
+
     model = load_vgg19("caffe")
     assert not any(p.requires_grad for p in model.network.parameters())
-    calls: list[int] = []
-    for index, module in enumerate(model.network):
-        module.register_forward_hook(lambda *_, index=index: calls.append(index))
+    convolutions: list[int] = []
+    convolve = kernels.frozen_conv3x3
+    monkeypatch.setattr(kernels, "frozen_conv3x3", lambda x, conv: convolutions.append(conv) or convolve(x, conv))
     out = model.features(torch.zeros(1, 3, 32, 32), ["relu1_1", "conv2_1", "relu2_1"])
     assert list(out) == ["relu1_1", "conv2_1", "relu2_1"]
-    assert max(calls) == LAYER_INDEX["conv2_1"]  # ReLUs run functionally; the last module is conv2_1
+    assert convolutions == [model.network[LAYER_INDEX[name]] for name in ("conv1_1", "conv1_2", "conv2_1")]
     assert (out["conv2_1"] < 0).any(), "a requested conv output must not be overwritten by its ReLU"
 
 
@@ -102,23 +104,33 @@ def test_caffe_preprocessing_is_bgr_0_255_minus_mean() -> None:
     assert pixel == pytest.approx([-103.939, -116.779, 255.0 - 123.68])
 
 
-def test_winograd_fast_path_matches_the_plain_path_in_loss_and_gradient() -> None:
+@pytest.mark.parametrize("path", ["winograd", "direct", "channels_last", "auto"])
+def test_every_convolution_path_matches_torchs_autograd_in_loss_and_gradient(
+        path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from nst_nodes.losses import gram_matrix
 
+    monkeypatch.setenv("NST_CONV", path)
     model = load_vgg19("caffe")
     layers = ["relu1_1", "conv2_1", "relu3_1", "relu4_2", "relu5_1"]
     x = CAFFE.normalize(torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(1)))
+
+    def plain_features(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        found, deepest = {}, max(LAYER_NAMES.index(name) for name in layers)
+        for index, module in enumerate(model.network[: deepest + 1]):
+            image = module(image)
+            if LAYER_NAMES[index] in layers:
+                found[LAYER_NAMES[index]] = image
+        return found
+
     results = []
-    for fast in (False, True):
-        model.winograd = fast
+    for features in (plain_features, lambda image: model.features(image, layers)):
         image = x.clone().requires_grad_(True)
-        features = model.features(image, layers)
-        loss = sum(torch.sum(gram_matrix(v) ** 2) for v in features.values())
+        loss = sum(torch.sum(gram_matrix(v) ** 2) for v in features(image).values())
         loss.backward()
         results.append((loss.detach(), image.grad))
-    (plain_loss, plain_grad), (fast_loss, fast_grad) = results
-    assert torch.allclose(fast_loss, plain_loss, rtol=1e-4)
-    assert torch.allclose(fast_grad, plain_grad, rtol=1e-3, atol=1e-3 * plain_grad.abs().max().item())
+    (plain_loss, plain_grad), (loss, grad) = results
+    assert torch.allclose(loss, plain_loss, rtol=1e-4)
+    assert torch.allclose(grad, plain_grad, rtol=1e-3, atol=1e-3 * plain_grad.abs().max().item())
 
 
 def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
@@ -150,7 +162,7 @@ def test_winograd_bands_match_one_convolution(height: int, monkeypatch: pytest.M
     assert torch.backends.nnpack.is_available()  # also initializes NNPACK
     whole = torch.nn.functional.conv2d(x, weight, bias, padding=1)
     monkeypatch.setattr(winograd, "BAND_ELEMENTS", 6 * 23 * 4)  # bands of 4 rows, the last one shorter
-    assert torch.allclose(winograd._convolve(x, weight, bias), whole, atol=1e-4)
+    assert torch.allclose(winograd.convolve(x, weight, bias), whole, atol=1e-4)
 
 
 def test_bounds_are_the_network_values_of_black_and_white() -> None:

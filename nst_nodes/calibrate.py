@@ -1,0 +1,65 @@
+"""``nst calibrate``: time the convolution kernels of VGG19's layers on this machine, again.
+
+    nst calibrate                 # the shapes of 256², 512² and 1024² images (about a minute)
+    nst calibrate --sizes 384x288
+
+Forgets this machine's remembered choices, times every candidate for every convolution of
+the network at those sizes (forward and input gradient), remembers the winners and prints them.
+Shapes met later are timed on first use, as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from . import kernels
+from .vgg import BLOCK_CONVS, BLOCK_WIDTHS
+
+
+def conv_shapes(height: int, width: int) -> list[tuple[str, kernels.Shape]]:
+    """(layer name, (in, out, height, width)) of VGG19's convolutions for an image of this size."""
+    shapes, channels = [], 3
+    for block, (convs, out) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS), start=1):
+        for conv in range(1, convs + 1):
+            shapes.append((f"conv{block}_{conv}", (channels, out, height, width)))
+            channels = out
+        height, width = height // 2, width // 2
+    return shapes
+
+
+def _size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if not match or int(match.group(1)) < 8:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512 or 384x288")
+    return int(match.group(1)), int(match.group(2) or match.group(1))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="nst calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=_size, nargs="+", default=[(256, 256), (512, 512), (1024, 1024)],
+                        metavar="WxH", help="image sizes whose layer shapes are timed (default 256 512 1024)")
+    args = parser.parse_args(argv)
+    if kernels.forced_path() is not None:
+        print(f"NST_CONV forces {kernels.forced_path()}: nothing to calibrate")
+        return 0
+    chooser = kernels.chooser()
+    chooser.forget()
+    description = chooser.description
+    print(f"{description['cpu']} ({description['flags'] or 'no listed flags'}), {description['threads']} threads, "
+          f"torch {description['torch']} -> {chooser.file}")
+    print("winner per layer and direction, and each candidate's milliseconds (wino = NNPACK Winograd, "
+          "cl = channels_last)")
+    print(f"{'layer':<9}{'shape':>16}  {'forward':<44}{'input gradient'}")
+    for width, height in args.sizes:
+        for layer, shape in conv_shapes(height, width):
+            paths = kernels.candidates_for(shape)
+            cells = []
+            for direction in (shape, (shape[1], shape[0], *shape[2:])):
+                path = chooser.choose(direction, paths)
+                seconds = chooser.choices[kernels.shape_key(direction)].seconds
+                short = {"winograd": "wino", "direct": "direct", "channels_last": "cl"}
+                others = " ".join(f"{short[name]} {value * 1e3:.2f}" for name, value in sorted(seconds.items()))
+                cells.append(f"{short[path]:<7}({others})")
+            print(f"{layer:<9}{kernels.shape_key(shape):>16}  {cells[0]:<44}{cells[1]}")
+    return 0

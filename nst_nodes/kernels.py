@@ -1,0 +1,250 @@
+"""Which kernel runs each 3x3 convolution: chosen by timing the candidates on this machine, remembered.
+
+The fastest way to run a VGG convolution on a CPU depends on the machine (AVX2 or AVX-512,
+native bf16 or not), the layer's shape and even the direction: NNPACK's Winograd kernels beat
+oneDNN's direct ones by 1.3-2x on a 2-core AVX2 EPYC and lose by 40% on an AVX-512 Zen 5 at
+256². So nothing is hard-coded: the first time a shape is met, each candidate is timed on it,
+once for the forward pass and once for the input gradient (the weights are frozen, so the
+backward pass is itself a 3x3 convolution, of the output gradient with the flipped, transposed
+kernel, and gets its own choice). The winners are kept per machine (CPU model and flags,
+threads, torch version) in ``kernels.json`` next to the node cache, like
+``torch.backends.cudnn.benchmark`` but across processes. ``nst calibrate`` redoes it;
+``NST_CONV=winograd|direct|channels_last`` forces one path.
+
+Only float32 on the CPU is calibrated; CUDA has cuDNN's own benchmark, and under bf16
+autocast oneDNN's direct kernels are the only ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import winograd
+
+PATHS = ("winograd", "direct", "channels_last")
+CHOICES = ("auto", *PATHS)
+MAX_CALIBRATION_PIXELS = 256 * 256
+"""Shapes are timed on at most this many pixels (the same channels): time grows linearly with the
+pixels from well below this size, so a 1024² layer needs no 1024² calibration."""
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma", "neon", "asimd")
+
+
+Shape = tuple[int, int, int, int]
+"""A convolution: (input channels, output channels, height, width)."""
+
+
+def _direct(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.conv2d(x, weight, bias, padding=1)
+
+
+def _channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = F.conv2d(x.contiguous(memory_format=torch.channels_last),
+                   weight.contiguous(memory_format=torch.channels_last), bias, padding=1)
+    return out.contiguous()
+
+
+KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
+    "winograd": winograd.convolve,
+    "direct": _direct,
+    "channels_last": _channels_last,
+}
+
+
+def candidates(x: torch.Tensor) -> tuple[str, ...]:
+    """The paths that can run a convolution of ``x`` here (Winograd: NNPACK, fp32, CPU, not tiny)."""
+    return PATHS if winograd.available(x) else ("direct", "channels_last")
+
+
+def candidates_for(shape: Shape) -> tuple[str, ...]:
+    """The paths for a float32 CPU convolution of ``shape``."""
+    return candidates(torch.empty(1).expand(1, shape[0], shape[2], shape[3]))  # a view: no memory
+
+
+def machine() -> dict[str, str]:
+    """What decides which kernel wins: the CPU, its vector extensions, the threads, torch."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+        model = found.group(1).strip() if found else model
+        listed = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M)
+        flags = [flag for flag in FLAGS if listed and flag in listed.group(1).split()]
+    except OSError:
+        pass
+    return {"cpu": model, "flags": " ".join(flags), "threads": str(torch.get_num_threads()),
+            "torch": torch.__version__}
+
+
+def machine_key(description: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def calibration_file() -> Path:
+    """``NST_KERNELS_FILE``, or ``kernels.json`` in the node cache's folder."""
+    if os.environ.get("NST_KERNELS_FILE"):
+        return Path(os.environ["NST_KERNELS_FILE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "nst-nodes" / "kernels.json"
+
+
+def forced_path() -> str | None:
+    """The path ``NST_CONV`` forces, or None for ``auto``; a ValueError names the choices."""
+    value = os.environ.get("NST_CONV", "auto").strip() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"NST_CONV={value!r}: choose one of {', '.join(CHOICES)}")
+    return None if value == "auto" else value
+
+
+def shape_key(shape: Shape) -> str:
+    return "{}>{}@{}x{}".format(*shape)
+
+
+def time_paths(shape: Shape, paths: tuple[str, ...], repeats: int = 3, budget: float = 0.05) -> dict[str, float]:
+    """The fastest of at least ``repeats`` runs of each path (more, up to 20, while a path has taken
+    less than ``budget`` seconds: small shapes are noisy) on random data of ``shape`` (at most
+    ``MAX_CALIBRATION_PIXELS`` of it), after a warm-up."""
+    channels_in, channels_out, height, width = shape
+    if height * width > MAX_CALIBRATION_PIXELS:
+        height = min(height, int(MAX_CALIBRATION_PIXELS ** 0.5))
+        width = min(width, MAX_CALIBRATION_PIXELS // height)
+    x = torch.randn(1, channels_in, height, width)
+    weight = torch.randn(channels_out, channels_in, 3, 3) * 0.01
+    seconds = {}
+    with torch.no_grad():
+        for path in paths:
+            KERNELS[path](x, weight, None)
+            times: list[float] = []
+            while len(times) < repeats or (sum(times) < budget and len(times) < 20):
+                started = time.perf_counter()
+                KERNELS[path](x, weight, None)
+                times.append(time.perf_counter() - started)
+            seconds[path] = min(times)
+    return seconds
+
+
+@dataclass
+class Choice:
+    path: str
+    seconds: dict[str, float]  # what each candidate took when it was chosen ({} when forced)
+
+
+class KernelChooser:
+    """Winners per convolution shape for this machine, timed on first use and kept in a JSON file."""
+
+    def __init__(self, file: Path | None = None) -> None:
+        self.file = file
+        self.description = machine()
+        self.key = machine_key(self.description)
+        self.choices: dict[str, Choice] = {}
+        self.lock = threading.Lock()
+        self.loaded = False
+
+    def _load(self) -> None:
+        self.loaded = True
+        if self.file is None:
+            return
+        try:
+            stored = json.loads(self.file.read_text()).get(self.key, {}).get("choices", {})
+        except (OSError, ValueError, AttributeError):
+            return
+        for shape, entry in stored.items() if isinstance(stored, dict) else ():
+            if isinstance(entry, dict) and entry.get("path") in PATHS:
+                self.choices[shape] = Choice(entry["path"], dict(entry.get("seconds") or {}))
+
+    def _save(self) -> None:
+        """Merge this machine's choices into the file (atomically; a read-only place keeps them in memory)."""
+        if self.file is None:
+            return
+        try:
+            everything = json.loads(self.file.read_text())
+            everything = everything if isinstance(everything, dict) else {}
+        except (OSError, ValueError):
+            everything = {}
+        mine = {shape: {"path": choice.path, "seconds": choice.seconds} for shape, choice in self.choices.items()}
+        everything[self.key] = {"machine": self.description, "choices": mine}
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.file.with_name(f"{self.file.name}.{secrets.token_hex(6)}.tmp")
+            temporary.write_text(json.dumps(everything, indent=1, sort_keys=True))
+            os.replace(temporary, self.file)
+        except OSError:
+            pass
+
+    def choose(self, shape: Shape, paths: tuple[str, ...]) -> str:
+        """The path among ``paths`` for a convolution of ``shape``: forced, remembered, or timed now."""
+        forced = forced_path()
+        if forced is not None:
+            return forced if forced in paths else "direct"
+        key = shape_key(shape)
+        with self.lock:
+            if not self.loaded:
+                self._load()
+            choice = self.choices.get(key)
+            if choice is None or choice.path not in paths:
+                seconds = time_paths(shape, paths)
+                choice = Choice(min(seconds, key=seconds.__getitem__), seconds)
+                self.choices[key] = choice
+                self._save()
+            return choice.path
+
+    def forget(self) -> None:
+        """Drop this machine's choices (``nst calibrate`` times everything again)."""
+        with self.lock:
+            self.loaded = True
+            self.choices.clear()
+            self._save()
+
+
+_chooser: KernelChooser | None = None
+
+
+def chooser() -> KernelChooser:
+    """The process's chooser, on :func:`calibration_file`."""
+    global _chooser
+    if _chooser is None or _chooser.file != calibration_file():
+        _chooser = KernelChooser(calibration_file())
+    return _chooser
+
+
+class _FrozenConv3x3(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, forward_path: str,
+                backward_path: str) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.backward_path = backward_path
+        return KERNELS[forward_path](x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        (weight,) = ctx.saved_tensors
+        transposed = weight.transpose(0, 1).flip(2, 3).contiguous()  # a few MB, made when needed
+        return KERNELS[ctx.backward_path](grad, transposed, None), None, None, None, None
+
+
+def frozen_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x)`` for a frozen 3x3/stride 1/pad 1 convolution, differentiable in ``x`` only, each
+    direction on the path :func:`chooser` picked for it. Outside fp32 on the CPU: ``conv(x)``."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return conv(x)
+    weight, bias = conv.weight.detach(), conv.bias.detach()
+    picker, paths = chooser(), candidates(x)
+    channels_out, channels_in = weight.shape[:2]
+    forward_path = picker.choose((channels_in, channels_out, *x.shape[-2:]), paths)
+    if not x.requires_grad:
+        return KERNELS[forward_path](x, weight, bias)
+    backward_path = picker.choose((channels_out, channels_in, *x.shape[-2:]), paths)
+    return _FrozenConv3x3.apply(x, weight, bias, forward_path, backward_path)

@@ -1,0 +1,80 @@
+"""The per-machine choice of convolution kernels (nst_nodes/kernels.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nst_nodes import kernels
+
+SHAPE = (64, 128, 32, 48)
+
+
+@pytest.fixture
+def timings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Record every timing; 'direct' wins the first, 'channels_last' any later one."""
+    calls: list[tuple[int, ...]] = []
+
+    def fake(shape: kernels.Shape, paths: tuple[str, ...], repeats: int = 3) -> dict[str, float]:
+        calls.append(shape)
+        winner = "direct" if len(calls) == 1 else "channels_last"
+        return {path: 0.001 if path == winner else 0.002 for path in paths}
+
+    monkeypatch.setattr(kernels, "time_paths", fake)
+    monkeypatch.delenv("NST_CONV", raising=False)
+    return calls
+
+
+def test_the_winner_is_timed_once_and_remembered_across_processes(tmp_path: Path, timings: list) -> None:
+    file = tmp_path / "kernels.json"
+    assert kernels.KernelChooser(file).choose(SHAPE, kernels.PATHS) == "direct"
+    again = kernels.KernelChooser(file)  # a new process reads the file
+    assert again.choose(SHAPE, kernels.PATHS) == "direct" and len(timings) == 1
+    stored = json.loads(file.read_text())[again.key]
+    assert stored["machine"]["torch"] == torch.__version__ and stored["choices"]["64>128@32x48"]["path"] == "direct"
+    assert again.choose((128, 64, 32, 48), kernels.PATHS) == "channels_last"  # the other direction: its own choice
+    assert len(timings) == 2
+
+
+def test_another_machine_times_again_and_calibrate_forgets(tmp_path: Path, timings: list,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "kernels.json"
+    kernels.KernelChooser(file).choose(SHAPE, kernels.PATHS)
+    monkeypatch.setattr(kernels, "machine", lambda: {"cpu": "another", "flags": "", "threads": "1", "torch": "x"})
+    other = kernels.KernelChooser(file)
+    assert other.choose(SHAPE, kernels.PATHS) == "channels_last" and len(timings) == 2
+    assert len(json.loads(file.read_text())) == 2  # both machines kept
+    other.forget()
+    other.choose(SHAPE, kernels.PATHS)
+    assert len(timings) == 3
+
+
+def test_a_forced_path_is_used_without_timing(tmp_path: Path, timings: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    chooser = kernels.KernelChooser(tmp_path / "kernels.json")
+    monkeypatch.setenv("NST_CONV", "winograd")
+    assert chooser.choose(SHAPE, kernels.PATHS) == "winograd"
+    assert chooser.choose(SHAPE, ("direct", "channels_last")) == "direct"  # where Winograd cannot run
+    monkeypatch.setenv("NST_CONV", "fastest")
+    with pytest.raises(ValueError, match="NST_CONV='fastest': choose one of auto, winograd, direct"):
+        chooser.choose(SHAPE, kernels.PATHS)
+    assert timings == []
+
+
+def test_an_unwritable_or_damaged_file_keeps_choices_in_memory(tmp_path: Path, timings: list) -> None:
+    damaged = tmp_path / "kernels.json"
+    damaged.write_text("{not json")
+    chooser = kernels.KernelChooser(damaged)
+    assert chooser.choose(SHAPE, kernels.PATHS) == "direct"
+    assert json.loads(damaged.read_text())[chooser.key]  # rewritten whole
+    blocked = kernels.KernelChooser(tmp_path / "a_file" / "kernels.json")
+    (tmp_path / "a_file").write_text("")
+    assert blocked.choose(SHAPE, kernels.PATHS) == "channels_last"
+    assert blocked.choose(SHAPE, kernels.PATHS) == "channels_last" and len(timings) == 2
+
+
+def test_real_timing_gives_every_candidate_a_time() -> None:
+    seconds = kernels.time_paths((8, 16, 40, 40), kernels.PATHS, repeats=1)
+    assert set(seconds) == set(kernels.PATHS) and all(value > 0 for value in seconds.values())
