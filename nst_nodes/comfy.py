@@ -69,13 +69,15 @@ class ComfyHost:
 
 def copy_samples(input_folder: Path) -> None:
     """Put the pack's sample images into ComfyUI's input folder (``nst-samples/``), so the example
-    workflows run as shipped and the picker shows them; files already there are left alone."""
+    workflows run as shipped and the picker shows them; a copy that differs from the pack's (an
+    older version of the pack shipped it smaller) is replaced, other files are left alone."""
     target = input_folder / SAMPLES_PREFIX
     try:
         target.mkdir(parents=True, exist_ok=True)
         for sample in sorted(SAMPLES_FOLDER.iterdir()):
-            if sample.is_file() and not (target / sample.name).exists():
-                shutil.copyfile(sample, target / sample.name)
+            copy = target / sample.name
+            if sample.is_file() and (not copy.exists() or copy.read_bytes() != sample.read_bytes()):
+                shutil.copyfile(sample, copy)
     except OSError as error:
         logging.warning("nst-nodes: could not copy the sample images to %s (%s); "
                         "the example workflows will find them in the pack anyway", target, error)

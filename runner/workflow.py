@@ -4,7 +4,8 @@ The editor stores a node's constants as ``widgets_values``: one value per widget
 order the inputs are declared (required, then optional). Two widgets carry a value that is no
 input: the "control after generate" menu that follows a seed-like INT (``control_after_generate``,
 or an INT named ``seed``/``noise_seed`` unless it says ``False``) or a COMBO that asks for it,
-and the upload button that follows an input with ``image_upload``. Links are
+and the upload button of an input with ``image_upload``, which the editor appends after the last
+required input (so after the node's other required widgets, before the optional ones). Links are
 ``[id, origin node, origin slot, target node, target slot, type]`` (or objects with those names).
 
 Editor-only nodes are resolved as the editor does when it queues a prompt: ``Reroute`` passes
@@ -32,14 +33,15 @@ def is_workflow(document: Any) -> bool:
 
 
 def extra_widget_values(spec: InputSpec) -> int:
-    """How many widget values beyond its own the editor stores after this input."""
+    """How many widget values beyond its own the editor stores right after this input."""
     control = spec.options.get("control_after_generate")
     if spec.type == "INT":
-        has_control = bool(control) if control is not None else spec.name in SEED_NAMES
-    else:
-        has_control = spec.type == COMBO_TYPE and bool(control)
-    has_upload = any(spec.options.get(option) for option in UPLOAD_OPTIONS)
-    return int(has_control) + int(has_upload)
+        return int(bool(control) if control is not None else spec.name in SEED_NAMES)
+    return int(spec.type == COMBO_TYPE and bool(control))
+
+
+def has_upload(spec: InputSpec) -> bool:
+    return any(spec.options.get(option) for option in UPLOAD_OPTIONS)
 
 
 def is_widget(spec: InputSpec) -> bool:
@@ -51,9 +53,18 @@ def widget_inputs(inputs: dict[str, InputSpec], values: Any) -> dict[str, Any]:
     if isinstance(values, dict):
         return {name: values[name] for name, spec in inputs.items() if is_widget(spec) and name in values}
     values = values if isinstance(values, list) else []
+    # The editor's widget order: the required inputs, one upload button if any of them asks for
+    # one (the editor adds it as the last required input), then the optional inputs.
+    required: list[tuple[str, InputSpec | None]] = [(name, spec) for name, spec in inputs.items() if spec.required]
+    upload: list[tuple[str, InputSpec | None]] = [("upload", None)] if any(
+        spec is not None and has_upload(spec) for _, spec in required) else []
+    ordered = required + upload + [(name, spec) for name, spec in inputs.items() if not spec.required]
     found: dict[str, Any] = {}
     position = 0
-    for name, spec in inputs.items():
+    for name, spec in ordered:
+        if spec is None:
+            position += 1  # the upload button's value
+            continue
         if not is_widget(spec):
             continue
         if position >= len(values):

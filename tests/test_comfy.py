@@ -93,6 +93,17 @@ def comfy_execute(prompt: dict, extra: dict | None = None) -> dict[str, Any]:
     return uis
 
 
+def test_samples_from_an_older_pack_are_replaced_and_the_users_files_kept(comfy: ComfyStandIns) -> None:
+    from nst_nodes.comfy import copy_samples
+
+    samples = comfy.input / "nst-samples"
+    (samples / "tubingen.jpg").write_bytes(b"an older, smaller copy")
+    (samples / "my_own.png").write_bytes(b"mine")
+    copy_samples(comfy.input)
+    assert (samples / "tubingen.jpg").read_bytes() == (SAMPLES_FOLDER / "tubingen.jpg").read_bytes()
+    assert (samples / "my_own.png").read_bytes() == b"mine"
+
+
 def test_loading_the_pack_points_it_at_comfyuis_folders_and_brings_the_samples(comfy: ComfyStandIns) -> None:
     assert sorted(p.name for p in (comfy.input / "nst-samples").iterdir()) == sorted(p.name for p in SAMPLES_FOLDER.iterdir()) != []
     (comfy.input / "mine.png").write_bytes(b"")

@@ -195,7 +195,7 @@ def test_a_signal_stops_the_optimizer_saves_the_best_image_so_far_and_caches_non
     assert len(list(cache_dir.glob("*/*.entry"))) == 13  # everything before the optimizer (the model is memory-only)
 
 
-@pytest.mark.parametrize("name", ["gatys", "blend"])
+@pytest.mark.parametrize("name", ["gatys", "blend", "colors", "regions", "styles", "hires"])
 def test_every_example_workflow_is_its_shipped_graph(name: str) -> None:
     """The editor workflows in example_workflows/ queue exactly the prompts in graphs/."""
     example = load_graph(Path("example_workflows") / f"{name}.json")
