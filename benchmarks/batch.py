@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 from bench import cpu_flags
 
+from nst_nodes import kernels
 from runner import Folders
 from runner.batch import Over, run_batch
 
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags {' '.join(cpu_flags())}"
+    machine = f"{kernels.machine()['cpu']}, {os.cpu_count()} cores, flags {' '.join(cpu_flags())}"
     print(f"machine: {machine}")
     rows = [measure(workers, threads, args.items, args.side, args.steps) for workers, threads in ((1, 2), (2, 1))]
     print(f"{args.items} items at {args.side} px, {args.steps} L-BFGS steps each, empty cache")

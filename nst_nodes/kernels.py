@@ -25,6 +25,7 @@ import re
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,7 @@ class KernelChooser:
         self.description = machine()
         self.key = machine_key(self.description)
         self.choices: dict[str, Choice] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # timing a pass chooses kernels inside a choice
         self.loaded = False
 
     def _load(self) -> None:
@@ -162,7 +163,7 @@ class KernelChooser:
         except (OSError, ValueError, AttributeError):
             return
         for shape, entry in stored.items() if isinstance(stored, dict) else ():
-            if isinstance(entry, dict) and entry.get("path") in PATHS:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
                 self.choices[shape] = Choice(entry["path"], dict(entry.get("seconds") or {}))
 
     def _save(self) -> None:
@@ -189,13 +190,17 @@ class KernelChooser:
         forced = forced_path()
         if forced is not None:
             return forced if forced in paths else "direct"
-        key = shape_key(shape)
+        return self.measured(shape_key(shape), paths, lambda: time_paths(shape, paths))
+
+    def measured(self, key: str, candidates: tuple[str, ...], time_them: Callable[[], dict[str, float]]) -> str:
+        """The remembered winner for ``key`` among ``candidates``, or the fastest by ``time_them()``
+        (seconds per candidate), remembered from now on."""
         with self.lock:
             if not self.loaded:
                 self._load()
             choice = self.choices.get(key)
-            if choice is None or choice.path not in paths:
-                seconds = time_paths(shape, paths)
+            if choice is None or choice.path not in candidates:
+                seconds = time_them()
                 choice = Choice(min(seconds, key=seconds.__getitem__), seconds)
                 self.choices[key] = choice
                 self._save()
@@ -235,9 +240,29 @@ class _FrozenConv3x3(torch.autograd.Function):
         return KERNELS[ctx.backward_path](grad, transposed, None), None, None, None, None
 
 
+_cast_weights: weakref.WeakKeyDictionary[nn.Conv2d, dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _weights_in(conv: nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv's weights in ``dtype`` (channels-last), cast once per model rather than every pass
+    as autocast does for frozen weights."""
+    casts = _cast_weights.setdefault(conv, {})
+    key = (dtype, conv.weight.device)
+    if key not in casts:
+        weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+        casts[key] = (weight, conv.bias.detach().to(dtype))
+    return casts[key]
+
+
 def frozen_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)`` for a frozen 3x3/stride 1/pad 1 convolution, differentiable in ``x`` only, each
-    direction on the path :func:`chooser` picked for it. Outside fp32 on the CPU: ``conv(x)``."""
+    """``conv(x)`` for a frozen 3x3/stride 1/pad 1 convolution, differentiable in ``x`` only.
+
+    float32 on the CPU: each direction on the path :func:`chooser` picked for it. bfloat16 (a
+    reduced-precision pass): oneDNN, channels-last, weights cast once. Elsewhere: ``conv(x)``."""
+    if x.dtype == torch.bfloat16 and not torch.is_autocast_enabled(x.device.type):
+        weight, bias = _weights_in(conv, x.dtype)
+        return F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=1)
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return conv(x)
     weight, bias = conv.weight.detach(), conv.bias.detach()

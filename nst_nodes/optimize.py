@@ -10,19 +10,66 @@ iterate (Adam's final one is evaluated with one extra forward pass).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from . import kernels
 from .lbfgs import BoxLBFGS
 from .losses import ObjectiveFunction, term_layers
 from .types import History, Objective
-from .vgg import VGGModel
+from .vgg import LAYER_INDEX, VGGModel
 
 METHODS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "bf16")
+PASS_PRECISIONS = ("auto", *PRECISIONS)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FP32_START = 10
+"""Steps a bf16 optimization takes in fp32 first. L-BFGS's first steps are tiny, and the change of
+the gradient over a tiny step (its curvature pair) drowns in bf16's rounding noise: the inverse
+Hessian estimate then keeps every later step tiny too (measured at 512 px: no progress at all)."""
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 runs in hardware: CUDA from compute capability 8 (Ampere), CPUs with
+    AVX512-BF16 or AMX (oneDNN's own check); emulated elsewhere, and much slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check and check())
+    return False
+
+
+def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], repeats: int = 2) -> dict[str, float]:
+    """Seconds of one forward and backward network pass at ``image``'s size, in fp32 and in bf16."""
+    seconds = {}
+    with torch.inference_mode(False), torch.enable_grad():
+        for precision in PRECISIONS:
+            times = []
+            for _ in range(repeats + 1):  # the first one warms up (and calibrates the kernels)
+                x = torch.randn_like(image).requires_grad_(True)
+                started = time.perf_counter()
+                reduced = DTYPES[precision] if precision == "bf16" else None
+                features = model.features(x, layers, reduced=reduced)
+                sum(value.float().square().mean() for value in features.values()).backward()
+                times.append(time.perf_counter() - started)
+            seconds[precision] = min(times[1:])
+    return seconds
+
+
+def pass_precision(precision: str, model: VGGModel, image: torch.Tensor, layers: list[str]) -> str:
+    """``auto``: bf16 where the hardware runs it natively and it is faster for this size on this
+    machine (timed once, remembered with the kernel choices), else fp32. At equal steps bf16 ends
+    a little higher, so it only pays where it buys more steps (README, Performance)."""
+    if precision != "auto":
+        return precision
+    if not native_bf16(image.device):
+        return "fp32"
+    key = f"pass:{max(LAYER_INDEX[name] for name in layers)}@{image.shape[-2]}x{image.shape[-1]}:{image.device.type}"
+    return kernels.chooser().measured(key, PRECISIONS, lambda: time_passes(model, image, layers))
 
 
 @dataclass(frozen=True)
@@ -31,7 +78,7 @@ class OptimizerSettings:
     method: str = "lbfgs"
     lr: float = 1.0
     history_size: int = 50  # L-BFGS pairs kept; 100 costs 2x the memory for the same loss (benchmarks/README)
-    precision: str = "fp32"  # of the network pass
+    precision: str = "auto"  # of the network pass: auto, fp32 or bf16 (after FP32_START steps in fp32)
     history_precision: str = "bf16"  # of the stored L-BFGS pairs: half the memory, the same losses (README)
 
 
@@ -65,9 +112,10 @@ def optimize(
     """
     if settings.method not in METHODS:
         raise ValueError(f"optimizer must be one of {METHODS}, not {settings.method!r}")
-    for name in ("precision", "history_precision"):
-        if getattr(settings, name) not in PRECISIONS:
-            raise ValueError(f"{name} must be one of {PRECISIONS}, not {getattr(settings, name)!r}")
+    if settings.precision not in PASS_PRECISIONS:
+        raise ValueError(f"precision must be one of {PASS_PRECISIONS}, not {settings.precision!r}")
+    if settings.history_precision not in PRECISIONS:
+        raise ValueError(f"history_precision must be one of {PRECISIONS}, not {settings.history_precision!r}")
     layers = term_layers(objective)
     report = report or (lambda step, total, loss, image: None)
     should_stop = should_stop or (lambda: False)
@@ -85,11 +133,15 @@ def optimize(
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
 
+        bf16 = pass_precision(settings.precision, model, image.detach(), layers) == "bf16"
+        reduced = False
+
         def network_features() -> dict[str, torch.Tensor]:
-            """The network under bf16 autocast if asked; losses are always computed in fp32."""
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
-                features = model.features(image, layers)
-            return {layer: value.float() for layer, value in features.items()}
+            """The network pass, in bf16 after the first steps (losses are always computed in fp32)."""
+            if reduced:
+                features = model.features(image, layers, reduced=torch.bfloat16)
+                return {layer: value.float() for layer, value in features.items()}
+            return model.features(image, layers)
 
         def evaluate() -> float:
             """Loss and gradient at the current image."""
@@ -100,6 +152,7 @@ def optimize(
 
         steps, stopped = 0, False
         for step in range(1, settings.steps + 1):
+            reduced = bf16 and step > FP32_START
             optimizer.step(evaluate)
             if settings.method == "adam":
                 with torch.no_grad():

@@ -167,8 +167,13 @@ class VGGModel:
             torch.backends.cudnn.benchmark = True  # cuDNN's own choice of kernel per shape
         return self
 
-    def features(self, x: torch.Tensor, layers: list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Activations of ``layers`` in one forward pass that stops at the deepest of them."""
+    def features(self, x: torch.Tensor, layers: list[str] | tuple[str, ...],
+                 reduced: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Activations of ``layers`` in one forward pass that stops at the deepest of them.
+
+        ``reduced`` (e.g. bfloat16): the layers after the first convolution run in that dtype. The
+        first stays in the image's: bf16 has a step of 1 near pixel values of 128 (Caffe's scale), so
+        a bf16 image would round away the small steps of a late optimization and stall it."""
         wanted = set(layers)
         last = max(LAYER_INDEX[name] for name in wanted)
         out: dict[str, torch.Tensor] = {}
@@ -181,6 +186,8 @@ class VGGModel:
                 x = lean.max_pool_2x2(x)
             elif isinstance(module, nn.Conv2d):
                 x = kernels.frozen_conv3x3(x, module)  # the kernel this machine runs fastest
+                if reduced is not None and index == 0:
+                    x = x.to(reduced)
             else:
                 x = module(x)
             if name in wanted:

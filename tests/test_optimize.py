@@ -97,12 +97,47 @@ def test_autograd_works_under_a_hosts_inference_mode(problem) -> None:
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_bf16_autocast_evaluates_nearly_the_same_loss_and_still_optimizes(model: VGGModel, problem) -> None:
+def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(model: VGGModel, problem,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from nst_nodes import optimize as optimizing
+
     content, objective = problem
-    fp32 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0))[1]
+    monkeypatch.setattr(optimizing, "FP32_START", 0)  # every pass in bf16
+    fp32 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0, precision="fp32"))[1]
     bf16 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0, precision="bf16"))[1]
     assert bf16["loss"][0] == pytest.approx(fp32["loss"][0], rel=0.02)  # same start image
     assert bf16["loss"][-1] == pytest.approx(fp32["loss"][-1], rel=0.05)
+    monkeypatch.setattr(optimizing, "FP32_START", 3)  # L-BFGS: fp32 first, then bf16
+    lbfgs = [optimize(model, objective, content, OptimizerSettings(steps=12, precision=precision))[1]["loss"][-1]
+             for precision in ("fp32", "bf16")]
+    assert lbfgs[1] == pytest.approx(lbfgs[0], rel=0.1)
+
+
+def test_auto_precision_is_bf16_only_where_native_and_measured_faster(model: VGGModel, problem,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    from nst_nodes import kernels
+    from nst_nodes import optimize as optimizing
+
+    content, _ = problem
+    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    timed: list[str] = []
+    monkeypatch.setattr(optimizing, "time_passes", lambda *args: timed.append("x") or {"fp32": 1.0, "bf16": 0.6})
+    monkeypatch.setattr(optimizing, "native_bf16", lambda device: False)
+    assert optimizing.pass_precision("auto", model, content, ["relu4_1"]) == "fp32" and timed == []
+    monkeypatch.setattr(optimizing, "native_bf16", lambda device: True)
+    assert optimizing.pass_precision("auto", model, content, ["relu4_1"]) == "bf16"
+    assert optimizing.pass_precision("auto", model, content, ["relu4_1"]) == "bf16" and len(timed) == 1
+    assert optimizing.pass_precision("fp32", model, content, ["relu4_1"]) == "fp32"
+    assert kernels.chooser().choices  # remembered with the kernels
+
+
+def test_timing_the_passes_measures_both_precisions(model: VGGModel, problem) -> None:
+    from nst_nodes.optimize import time_passes
+
+    content, _ = problem
+    seconds = time_passes(model, content, ["relu1_1", "relu2_1"], repeats=1)
+    assert set(seconds) == {"fp32", "bf16"} and all(value > 0 for value in seconds.values())
 
 
 def test_iterates_stay_in_the_valid_pixel_range(model: VGGModel, problem) -> None:

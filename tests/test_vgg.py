@@ -133,6 +133,25 @@ def test_every_convolution_path_matches_torchs_autograd_in_loss_and_gradient(
     assert torch.allclose(grad, plain_grad, rtol=1e-3, atol=1e-3 * plain_grad.abs().max().item())
 
 
+def test_a_bf16_pass_is_close_to_fp32_in_loss_and_gradient() -> None:
+    from nst_nodes.losses import gram_matrix
+
+    model = load_vgg19("caffe")
+    layers = ["relu1_1", "relu3_1", "relu4_2", "relu5_1"]
+    x = CAFFE.normalize(torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4)))
+    results = []
+    for reduced in (None, torch.bfloat16):
+        image = x.clone().requires_grad_(True)
+        features = model.features(image, layers, reduced=reduced)
+        assert all(value.dtype == (reduced or torch.float32) for value in features.values())
+        loss = sum(torch.sum(gram_matrix(value.float()) ** 2) for value in features.values())
+        loss.backward()
+        results.append((loss.detach(), image.grad))
+    (loss32, grad32), (loss16, grad16) = results
+    assert loss16 == pytest.approx(loss32.item(), rel=0.02)
+    assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.98
+
+
 def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
     from nst_nodes import lean
 

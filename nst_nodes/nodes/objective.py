@@ -18,6 +18,7 @@ class LossNode(Node):
     """Loss nodes build an objective (NST_LOSS); the optimizer evaluates it."""
 
     FUNCTION = "build"
+    DISK_CACHE = False  # an objective only packages its inputs (MBs of targets): rebuilt in microseconds
     RETURN_TYPES = (NST_LOSS,)
     RETURN_NAMES = ("loss",)
     OUTPUT_TOOLTIPS = ("A term of the objective; combine terms with Combine Losses.",)

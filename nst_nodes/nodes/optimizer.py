@@ -10,7 +10,7 @@ from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory, network_bytes
 from ..losses import check_mask_fits, term_layers
-from ..optimize import DTYPES, METHODS, PRECISIONS, OptimizerSettings, optimize, start_image
+from ..optimize import DTYPES, METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, optimize, start_image
 from ..types import NST_HISTORY, NST_LOSS, NST_MODEL, NST_TENSOR, History, NetworkTensor, Objective
 from ..vgg import VGGModel
 from .common import HIDDEN_CONTEXT, Node, require_same_model
@@ -63,8 +63,9 @@ class OptimizeImage(Node):
                                  "tooltip": "Seed of the start noise (used only when noise > 0); fixed, so reruns are cached."}),
                 "history_size": ("INT", {"default": 50, "min": 1, "max": 1000,
                                          "tooltip": "L-BFGS memory: curvature pairs kept."}),
-                "precision": (list(PRECISIONS), {"default": "fp32",
-                                                 "tooltip": "bf16: autocast for the network (fast on GPUs and bf16 CPUs)"}),
+                "precision": (list(PASS_PRECISIONS), {"default": "auto",
+                                                      "tooltip": "Of the network pass. auto: bf16 where the hardware "
+                                                                 "has it and it measured faster at this size, else fp32"}),
                 "history_precision": (list(PRECISIONS), {"default": "bf16",
                                                          "tooltip": "Storage of the L-BFGS memory (bf16: half the RAM)."}),
             },
@@ -73,7 +74,7 @@ class OptimizeImage(Node):
 
     def run(self, model: VGGModel, objective: Objective, init: NetworkTensor, steps: int, optimizer: str,
             lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 50,
-            precision: str = "fp32", history_precision: str = "bf16",
+            precision: str = "auto", history_precision: str = "bf16",
             context: Host | None = None) -> tuple[NetworkTensor, History]:
         host = host_of(context)
         require_same_model("init", model.identity, init["space"])
