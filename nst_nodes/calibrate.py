@@ -13,8 +13,13 @@ from __future__ import annotations
 import argparse
 import re
 
+import torch
+
 from . import kernels
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS
+
+
+SHORT = {"winograd": "wino", "direct": "direct", "channels_last": "cl"}
 
 
 def conv_shapes(height: int, width: int) -> list[tuple[str, kernels.Shape]]:
@@ -39,7 +44,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nst calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=_size, nargs="+", default=[(256, 256), (512, 512), (1024, 1024)],
                         metavar="WxH", help="image sizes whose layer shapes are timed (default 256 512 1024)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads to calibrate for (default torch's; a batch worker uses its --threads)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     if kernels.forced_path() is not None:
         print(f"NST_CONV forces {kernels.forced_path()}: nothing to calibrate")
         return 0
@@ -48,8 +59,8 @@ def main(argv: list[str]) -> int:
     description = chooser.description
     print(f"{description['cpu']} ({description['flags'] or 'no listed flags'}), {description['threads']} threads, "
           f"torch {description['torch']} -> {chooser.file}")
-    print("winner per layer and direction, and each candidate's milliseconds (wino = NNPACK Winograd, "
-          "cl = channels_last)")
+    print("winner per layer and direction, and each candidate's milliseconds at the layer's shape, or at most "
+          f"{kernels.MAX_CALIBRATION_PIXELS} pixels of it (wino = NNPACK Winograd, cl = channels_last)")
     print(f"{'layer':<9}{'shape':>16}  {'forward':<44}{'input gradient'}")
     for width, height in args.sizes:
         for layer, shape in conv_shapes(height, width):
@@ -58,8 +69,8 @@ def main(argv: list[str]) -> int:
             for direction in (shape, (shape[1], shape[0], *shape[2:])):
                 path = chooser.choose(direction, paths)
                 seconds = chooser.choices[kernels.shape_key(direction)].seconds
-                short = {"winograd": "wino", "direct": "direct", "channels_last": "cl"}
-                others = " ".join(f"{short[name]} {value * 1e3:.2f}" for name, value in sorted(seconds.items()))
-                cells.append(f"{short[path]:<7}({others})")
-            print(f"{layer:<9}{kernels.shape_key(shape):>16}  {cells[0]:<44}{cells[1]}")
+                others = " ".join(f"{SHORT[name]} {value * 1e3:.2f}" for name, value in sorted(seconds.items()))
+                cells.append(f"{SHORT[path]:<7}({others})")
+            real = "{}>{}@{}x{}".format(*shape)
+            print(f"{layer:<9}{real:>16}  {cells[0]:<44}{cells[1]}")
     return 0

@@ -36,6 +36,11 @@ from torch import nn
 
 from . import winograd
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; the merge still keeps most of what others wrote
+    fcntl = None
+
 PATHS = ("winograd", "direct", "channels_last")
 CHOICES = ("auto", *PATHS)
 MAX_CALIBRATION_PIXELS = 256 * 256
@@ -110,31 +115,41 @@ def forced_path() -> str | None:
     return None if value == "auto" else value
 
 
-def shape_key(shape: Shape) -> str:
-    return "{}>{}@{}x{}".format(*shape)
-
-
-def time_paths(shape: Shape, paths: tuple[str, ...], repeats: int = 3, budget: float = 0.05) -> dict[str, float]:
-    """The fastest of at least ``repeats`` runs of each path (more, up to 20, while a path has taken
-    less than ``budget`` seconds: small shapes are noisy) on random data of ``shape`` (at most
-    ``MAX_CALIBRATION_PIXELS`` of it), after a warm-up."""
+def timed_shape(shape: Shape) -> Shape:
+    """The shape a convolution is timed (and remembered) at: at most ``MAX_CALIBRATION_PIXELS``, the
+    same channels. Larger images share the choice of their capped shape instead of re-timing it."""
     channels_in, channels_out, height, width = shape
     if height * width > MAX_CALIBRATION_PIXELS:
         height = min(height, int(MAX_CALIBRATION_PIXELS ** 0.5))
         width = min(width, MAX_CALIBRATION_PIXELS // height)
+    return channels_in, channels_out, height, width
+
+
+def shape_key(shape: Shape) -> str:
+    return "{}>{}@{}x{}".format(*timed_shape(shape))
+
+
+def time_paths(shape: Shape, paths: tuple[str, ...], rounds: int = 3, budget: float = 0.15) -> dict[str, float]:
+    """Each path's fastest run on random data of :func:`timed_shape`, after a warm-up. The paths take
+    turns, round after round (at least ``rounds``, up to 20 while under ``budget`` seconds), so a
+    burst of other work on the machine slows them alike instead of deciding the choice."""
+    channels_in, channels_out, height, width = timed_shape(shape)
     x = torch.randn(1, channels_in, height, width)
     weight = torch.randn(channels_out, channels_in, 3, 3) * 0.01
-    seconds = {}
+    best = {path: float("inf") for path in paths}
     with torch.no_grad():
         for path in paths:
             KERNELS[path](x, weight, None)
-            times: list[float] = []
-            while len(times) < repeats or (sum(times) < budget and len(times) < 20):
+        spent, done = 0.0, 0
+        while done < rounds or (spent < budget and done < 20):
+            for path in paths:
                 started = time.perf_counter()
                 KERNELS[path](x, weight, None)
-                times.append(time.perf_counter() - started)
-            seconds[path] = min(times)
-    return seconds
+                seconds = time.perf_counter() - started
+                best[path] = min(best[path], seconds)
+                spent += seconds
+            done += 1
+    return best
 
 
 @dataclass
@@ -153,6 +168,7 @@ class KernelChooser:
         self.choices: dict[str, Choice] = {}
         self.lock = threading.RLock()  # timing a pass chooses kernels inside a choice
         self.loaded = False
+        self.forgotten = False  # the next save drops what the file holds for this machine
 
     def _load(self) -> None:
         self.loaded = True
@@ -167,21 +183,31 @@ class KernelChooser:
                 self.choices[shape] = Choice(entry["path"], dict(entry.get("seconds") or {}))
 
     def _save(self) -> None:
-        """Merge this machine's choices into the file (atomically; a read-only place keeps them in memory)."""
+        """Merge this machine's choices into the file: under a lock, re-read, add ours, replace
+        atomically (worker processes of a batch calibrate side by side). A place that cannot be
+        written keeps them in memory."""
         if self.file is None:
             return
         try:
-            everything = json.loads(self.file.read_text())
-            everything = everything if isinstance(everything, dict) else {}
-        except (OSError, ValueError):
-            everything = {}
-        mine = {shape: {"path": choice.path, "seconds": choice.seconds} for shape, choice in self.choices.items()}
-        everything[self.key] = {"machine": self.description, "choices": mine}
-        try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.file.with_name(f"{self.file.name}.{secrets.token_hex(6)}.tmp")
-            temporary.write_text(json.dumps(everything, indent=1, sort_keys=True))
-            os.replace(temporary, self.file)
+            with open(self.file.with_name(self.file.name + ".lock"), "a") as lock:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    everything = json.loads(self.file.read_text())
+                    everything = everything if isinstance(everything, dict) else {}
+                except (OSError, ValueError):
+                    everything = {}
+                mine = everything.get(self.key) if isinstance(everything.get(self.key), dict) else {}
+                stored = mine.get("choices") if isinstance(mine.get("choices"), dict) else {}
+                if self.forgotten:
+                    stored, self.forgotten = {}, False
+                stored.update({shape: {"path": choice.path, "seconds": choice.seconds}
+                               for shape, choice in self.choices.items()})
+                everything[self.key] = {"machine": self.description, "choices": stored}
+                temporary = self.file.with_name(f"{self.file.name}.{secrets.token_hex(6)}.tmp")
+                temporary.write_text(json.dumps(everything, indent=1, sort_keys=True))
+                os.replace(temporary, self.file)
         except OSError:
             pass
 
@@ -211,6 +237,7 @@ class KernelChooser:
         with self.lock:
             self.loaded = True
             self.choices.clear()
+            self.forgotten = True
             self._save()
 
 
@@ -220,7 +247,8 @@ _chooser: KernelChooser | None = None
 def chooser() -> KernelChooser:
     """The process's chooser, on :func:`calibration_file`."""
     global _chooser
-    if _chooser is None or _chooser.file != calibration_file():
+    if (_chooser is None or _chooser.file != calibration_file()
+            or _chooser.description["threads"] != str(torch.get_num_threads())):
         _chooser = KernelChooser(calibration_file())
     return _chooser
 

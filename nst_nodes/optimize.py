@@ -43,6 +43,12 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for a GPU's queued work, so that a timer measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], repeats: int = 2) -> dict[str, float]:
     """Seconds of one forward and backward network pass at ``image``'s size, in fp32 and in bf16."""
     seconds = {}
@@ -51,10 +57,12 @@ def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], repeats
             times = []
             for _ in range(repeats + 1):  # the first one warms up (and calibrates the kernels)
                 x = torch.randn_like(image).requires_grad_(True)
+                synchronize(image.device)
                 started = time.perf_counter()
                 reduced = DTYPES[precision] if precision == "bf16" else None
                 features = model.features(x, layers, reduced=reduced)
                 sum(value.float().square().mean() for value in features.values()).backward()
+                synchronize(image.device)
                 times.append(time.perf_counter() - started)
             seconds[precision] = min(times[1:])
     return seconds
@@ -68,7 +76,8 @@ def pass_precision(precision: str, model: VGGModel, image: torch.Tensor, layers:
         return precision
     if not native_bf16(image.device):
         return "fp32"
-    key = f"pass:{max(LAYER_INDEX[name] for name in layers)}@{image.shape[-2]}x{image.shape[-1]}:{image.device.type}"
+    device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
+    key = f"pass:{max(LAYER_INDEX[name] for name in layers)}@{image.shape[-2]}x{image.shape[-1]}:{device}"
     return kernels.chooser().measured(key, PRECISIONS, lambda: time_passes(model, image, layers))
 
 
@@ -133,12 +142,13 @@ def optimize(
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
 
-        bf16 = pass_precision(settings.precision, model, image.detach(), layers) == "bf16"
-        reduced = False
+        precision = "fp32" if settings.steps <= FP32_START else pass_precision(settings.precision, model,
+                                                                                 image.detach(), layers)
+        in_bf16 = False
 
         def network_features() -> dict[str, torch.Tensor]:
             """The network pass, in bf16 after the first steps (losses are always computed in fp32)."""
-            if reduced:
+            if in_bf16:
                 features = model.features(image, layers, reduced=torch.bfloat16)
                 return {layer: value.float() for layer, value in features.items()}
             return model.features(image, layers)
@@ -152,7 +162,7 @@ def optimize(
 
         steps, stopped = 0, False
         for step in range(1, settings.steps + 1):
-            reduced = bf16 and step > FP32_START
+            in_bf16 = precision == "bf16" and step > FP32_START
             optimizer.step(evaluate)
             if settings.method == "adam":
                 with torch.no_grad():
@@ -165,7 +175,7 @@ def optimize(
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
             with torch.no_grad():
                 tracker.record(image, loss_parts(network_features(), image))
-    history = {"method": settings.method, "steps": steps, **tracker.history}
+    history = {"method": settings.method, "steps": steps, "precision": precision, **tracker.history}
     return tracker.best_image, history
 
 

@@ -93,6 +93,7 @@ class History(TypedDict, total=False):
 
     method: str
     steps: int  # optimizer steps taken
+    precision: str  # of the network pass as run ("auto" resolved): fp32, or bf16 after the first steps
     loss: list[float]
     content: list[float]
     style: list[float]

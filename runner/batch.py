@@ -31,13 +31,13 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.cache import DEFAULT_MEMORY_BYTES, Cache, NodeResult, decode_result, encode_result
+from runner.cache import DEFAULT_MEMORY_BYTES, Cache, NodeResult, decode_result, encode_result, is_storable
 from runner.execute import CACHED, PARTIAL, RAN, Execution, NodeExecutionError
-from runner.graph import Graph, GraphLimits, load_graph, parse_override
+from runner.graph import Graph, GraphLimits, load_graph, with_overrides
 from runner.host import Folders, Preview, resolve_device
 from runner.plan import plan
 from runner.registry import Registry, default_registry
@@ -49,6 +49,7 @@ GLOB_CHARACTERS = re.compile(r"[*?\[]")
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 RANGE = re.compile(rf"({NUMBER}):({NUMBER})(?::({NUMBER}))?")
 FIELD = re.compile(r"\{([^{}]+)\}")
+MAX_ITEMS = 100_000
 
 
 class BatchError(ValueError):
@@ -77,30 +78,42 @@ def _numeric_range(match: re.Match[str]) -> list[int | float]:
     if step == 0 or (stop - start) / step < 0:
         raise BatchError(f"range {match.group(0)} never reaches its end (start:stop:step)")
     count = math.floor((stop - start) / step + 1e-9) + 1
-    if count > 100_000:
-        raise BatchError(f"range {match.group(0)} has {count:,} values; more than 100,000")
+    if count > MAX_ITEMS:
+        raise BatchError(f"range {match.group(0)} has {count:,} values; at most {MAX_ITEMS:,}")
     whole = all(part is None or re.fullmatch(r"[-+]?\d+", part) for part in match.groups())
     values = [start + i * step for i in range(count)]
     return [int(value) for value in values] if whole else [round(value, 12) for value in values]
 
 
+def natural_key(text: str) -> list[int | str]:
+    """Sort key that puts frame_2 before frame_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def parse_over(text: str, input_folder: Path = Path(".")) -> Over:
-    """``ID.INPUT=VALUES``: a glob of files (relative to ``input_folder``), ``START:STOP[:STEP]``
-    (inclusive), or a comma list whose entries read as JSON where they parse (else as text)."""
+    """``ID.INPUT=VALUES``: a JSON list, a glob of files (relative to ``input_folder``, in natural
+    order: frame_2 before frame_10), ``START:STOP[:STEP]`` (inclusive), or a comma list whose
+    entries read as JSON where they parse (else as text)."""
+    target, separator, raw = text.partition("=")
+    node_id, dot, input_name = target.rpartition(".")
+    if not separator or not dot or not node_id or not input_name:
+        raise BatchError(f"--over {text!r:.80} is not of the form ID.INPUT=VALUES")
     try:
-        node_id, input_name, raw = parse_override(text)
-    except ValueError as error:
-        raise BatchError(str(error).replace("override", "--over")) from None
-    raw = text.partition("=")[2]
+        listed = json.loads(raw)
+    except ValueError:
+        listed = None
+    if isinstance(listed, list):
+        if not listed:
+            raise BatchError(f"--over {target}: the list is empty")
+        return Over(node_id, input_name, tuple(listed))
     if GLOB_CHARACTERS.search(raw):
         base = Path(input_folder).expanduser()
-        if Path(raw).expanduser().is_absolute():
-            found = sorted(glob.glob(str(Path(raw).expanduser())))
-        else:
-            found = sorted(str(Path(path).relative_to(base)) for path in glob.glob(str(base / raw)))
-        found = [path for path in found if not Path(path).is_dir() or Path(base / path).is_file()]
+        pattern = Path(raw).expanduser()
+        matches = glob.glob(str(pattern if pattern.is_absolute() else base / raw))
+        found = sorted((path if pattern.is_absolute() else str(Path(path).relative_to(base))
+                        for path in matches if Path(path).is_file()), key=natural_key)
         if not found:
-            raise BatchError(f"--over {node_id}.{input_name}: {raw!r} matches no files in {base}")
+            raise BatchError(f"--over {target}: {raw!r} matches no files in {base}")
         return Over(node_id, input_name, tuple(found), files=True)
     match = RANGE.fullmatch(raw.strip())
     if match:
@@ -168,6 +181,12 @@ def batch_items(overs: list[Over], grid: bool = False) -> list[Item]:
     their cartesian product. No ``overs``: one item, the graph as it is."""
     if not overs:
         return [Item(0, {})]
+    names = [over.name for over in overs]
+    for name in names:
+        if names.count(name) > 1:
+            raise BatchError(f"--over {name} is given twice; put all its values in one --over")
+    if grid and math.prod(len(over.values) for over in overs) > MAX_ITEMS:
+        raise BatchError(f"--grid makes {math.prod(len(over.values) for over in overs):,} items; at most {MAX_ITEMS:,}")
     if grid:
         rows = list(itertools.product(*(over.values for over in overs)))
     else:
@@ -350,6 +369,23 @@ def _watch_stop(event: Any, local: threading.Event, finished: threading.Event) -
         return
 
 
+_worker_state: dict[str, Any] = {"configured": False, "threads": None}
+
+
+def _prepare_worker(threads: int | None) -> None:
+    """Process settings once per worker (as `nst run` applies them), and the torch threads a task uses."""
+    if not _worker_state["configured"]:
+        from runner.tuning import configure_process
+
+        configure_process()
+        _worker_state["configured"] = True
+    if threads and _worker_state["threads"] != threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        _worker_state["threads"] = threads
+
+
 def run_task(order: str, *inputs: dict[str, Any]) -> dict[str, Any]:
     """Run one node of a batch on a Dask worker (``order`` is JSON, see :func:`_task_order`).
 
@@ -358,20 +394,18 @@ def run_task(order: str, *inputs: dict[str, Any]) -> dict[str, Any]:
     the nodes did goes to the client as one event, sent even when the node fails."""
     from distributed import Event, get_client, get_worker
 
-    from runner.tuning import configure_process
-
-    configure_process()
     task = json.loads(order)
     worker = get_worker()
-    if task["threads"]:
-        import torch
-
-        torch.set_num_threads(task["threads"])
+    _prepare_worker(task["threads"])
     registry = default_registry()
     graph = load_graph(task["prompt"], registry=registry, limits=GraphLimits(max_nodes=1 << 30))
+    graph = replace(graph, prompt=task["item_prompt"])  # what the node sees as PROMPT: its item's graph
     node_id = task["node"]
     stop, finished = threading.Event(), threading.Event()
-    threading.Thread(target=_watch_stop, args=(Event(task["stop"], client=get_client()), stop, finished), daemon=True).start()
+    stop_event = Event(task["stop"], client=get_client())
+    if stop_event.is_set():
+        stop.set()
+    threading.Thread(target=_watch_stop, args=(stop_event, stop, finished), daemon=True).start()
     reporter = _TaskReporter(lambda message: worker.log_event(task["progress"], message))
     execution = Execution(
         graph=graph, registry=registry, plan=plan(graph, registry, [node_id]),
@@ -406,6 +440,10 @@ def run_task(order: str, *inputs: dict[str, Any]) -> dict[str, Any]:
         finished.set()
         worker.log_event(task["nodes"], {"nodes": [vars(run) for run in reporter.nodes],
                                          "warnings": reporter.warnings})
+    if not is_storable(list(result.outputs)) or not is_storable(result.ui):
+        raise NodeExecutionError(node_id, graph.node(node_id)["class_type"],
+                                 "returned values that cannot be sent to other workers (only tensors and JSON-able "
+                                 "values travel); declare DISK_CACHE = False on the class so each worker computes it")
     ran = any(run.outcome == RAN for run in reporter.nodes) or any(shipped["ran"] for shipped in inputs)
     return {"entry": encode_result(task["keys"][node_id], result), "partial": node_id in execution.partial,
             "ran": ran}
@@ -468,6 +506,21 @@ def _check_outputs_differ(batch: _Batch, registry: Registry) -> None:
         seen.setdefault(key, (node_id, execution.keys[node_id]))
 
 
+def _check_inputs_exist(graph: Graph, items: list[Item], chain: Chain | None, registry: Registry) -> None:
+    """One error up front for a swept or chained input the node does not have (not one per item)."""
+    named = [over_name.rpartition(".")[::2] for over_name in items[0].values]
+    if chain is not None:
+        named.append((chain.node_id, chain.input_name))
+    for node_id, input_name in named:
+        entry = graph.prompt.get(node_id)
+        if entry is None:
+            raise BatchError(f"no node {node_id} in the graph (--over/--chain {node_id}.{input_name})")
+        node_class = registry.classes.get(entry["class_type"])
+        if node_class is not None and input_name not in node_spec(node_class).inputs:
+            known = ", ".join(node_spec(node_class).inputs)
+            raise BatchError(f"node {node_id} ({entry['class_type']}) has no input {input_name!r}; its inputs: {known}")
+
+
 def prepare(
     graph: Graph,
     items: list[Item],
@@ -479,6 +532,7 @@ def prepare(
     reporter: Any,
 ) -> _Batch:
     """Join, validate and key the items; items with problems are set aside with the reason."""
+    _check_inputs_exist(graph, items, chain, registry)
     joined = load_graph(joined_prompt(graph.prompt, items, chain), name=graph.source,
                         limits=GraphLimits(max_nodes=1 << 30), registry=registry)
     everything = plan(joined, registry)
@@ -498,7 +552,8 @@ def _local(execution: Execution, node_id: str) -> bool:
     return not execution.spec(node_id).disk_cache and node_id not in execution.plan.targets
 
 
-def _task_order(execution: Execution, node_id: str, settings: dict[str, Any]) -> tuple[str, list[str]]:
+def _task_order(execution: Execution, node_id: str, settings: dict[str, Any],
+                item_prompts: dict[int, dict[str, Any]]) -> tuple[str, list[str]]:
     """The JSON a worker needs to run ``node_id``, and the nodes whose results it is shipped."""
     part, shipped, pending = {node_id}, [], [node_id]
     while pending:
@@ -511,8 +566,21 @@ def _task_order(execution: Execution, node_id: str, settings: dict[str, Any]) ->
     prompt = {member: execution.graph.prompt[member] for member in part}
     keys = {member: execution.keys[member] for member in part | set(shipped)}
     order = {"node": node_id, "prompt": prompt, "keys": keys, "shipped": shipped,
-             "volatile": sorted(part & execution.volatile), **settings}
+             "volatile": sorted(part & execution.volatile), "item_prompt": item_prompts[split_item_id(node_id)[0]],
+             **settings}
     return json.dumps(order), shipped
+
+
+def item_prompt(joined: dict[str, Any], index: int) -> dict[str, Any]:
+    """Item ``index``'s graph under its own ids (what its nodes see as ``PROMPT``, e.g. in a PNG's metadata)."""
+    prefix = f"{index}/"
+    found = {}
+    for node_id, entry in joined.items():
+        if node_id.startswith(prefix):
+            inputs = {name: [value[0].removeprefix(prefix), value[1]] if isinstance(value, list) and len(value) == 2
+                      and isinstance(value[0], str) else value for name, value in entry.get("inputs", {}).items()}
+            found[node_id.removeprefix(prefix)] = {**entry, "inputs": inputs}
+    return found
 
 
 def _class_of(execution: Execution, node_id: str) -> str:
@@ -522,7 +590,11 @@ def _class_of(execution: Execution, node_id: str) -> str:
 def _start_client(scheduler: str | None, workers: int, threads: int | None) -> tuple[Any, Any, int | None]:
     """A client of the cluster at ``scheduler``, or of a new local cluster of ``workers`` processes
     that each run one task at a time; and the torch threads a task uses (None: the worker's default)."""
-    from distributed import Client, LocalCluster
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise BatchError("batches run on Dask, which is not installed: pip install 'nst-nodes[cluster]' "
+                         "(or pip install -e '.[cluster]' in a clone)") from None
 
     if scheduler:
         return Client(scheduler), None, threads
@@ -548,7 +620,7 @@ def run_batch(
     chain: Chain | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
     scheduler: str | None = None,
-    workers: int = 2,
+    workers: int = 1,
     threads: int | None = None,
     cache_dir: Path | str | None = None,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
@@ -560,8 +632,6 @@ def run_batch(
     """Run every item of the batch on Dask: a local cluster of ``workers`` processes (each running one
     node at a time with ``threads`` torch threads, default the cores shared out), or the cluster
     at ``scheduler``. Items that fail do not stop the others; see :class:`BatchResult`."""
-    from runner.graph import with_overrides
-
     registry = default_registry()
     if not isinstance(graph, Graph):
         graph = load_graph(graph, registry=registry)
@@ -664,6 +734,7 @@ def _run_on_cluster(client: Any, batch: _Batch, task_settings: dict[str, Any], r
 
     futures: dict[str, Any] = {}  # node key -> its task's future
     standing_for: dict[str, str] = {}  # node key -> the joined id its task runs
+    item_prompts = {item.index: item_prompt(execution.graph.prompt, item.index) for item in batch.items}
     for node_id in execution.plan.order:
         key = execution.keys[node_id]
         if node_id in hits or node_id not in to_run or _local(execution, node_id):
@@ -672,7 +743,7 @@ def _run_on_cluster(client: Any, batch: _Batch, task_settings: dict[str, Any], r
         users[standing] = users.get(standing, 0) + 1
         if key in futures:
             continue
-        order, shipped = _task_order(execution, node_id, task_settings)
+        order, shipped = _task_order(execution, node_id, task_settings, item_prompts)
         inputs = []
         for source in shipped:
             source_key = execution.keys[source]
@@ -681,8 +752,8 @@ def _run_on_cluster(client: Any, batch: _Batch, task_settings: dict[str, Any], r
                 shipped_value = {"entry": entry, "partial": False, "ran": False}
                 futures[source_key] = client.scatter([shipped_value], hash=False)[0]
             inputs.append(futures[source_key])
-        futures[key] = client.submit(run_task, order, *inputs, key=f"{_class_of(execution, node_id)}-{key}",
-                                     pure=False)
+        # The run id keeps two batches on one scheduler apart (a Dask key names one task for everyone).
+        futures[key] = client.submit(run_task, order, *inputs, key=f"{_class_of(execution, node_id)}-{run_id}-{key}")
 
     waiting: dict[int, set[str]] = {}  # item -> keys of its targets not finished yet
     for index, targets in batch.item_targets().items():
@@ -700,12 +771,14 @@ def _run_on_cluster(client: Any, batch: _Batch, task_settings: dict[str, Any], r
             items_of[key].append(index)
     ran: dict[int, bool] = defaultdict(bool)
     partial: dict[int, bool] = defaultdict(bool)
+    key_of = {futures[key]: key for key in items_of}
+    futures.clear()  # only the targets are held: Dask frees the rest once their consumers ran
 
     finished = threading.Event()
     threading.Thread(target=_forward_stop, args=(stop, task_settings["stop"], client, finished), daemon=True).start()
     try:
-        for future in as_completed([futures[key] for key in items_of]):
-            key = future.key.rpartition("-")[2]
+        for future in as_completed(list(key_of)):
+            key = key_of.pop(future)
             error = _error_text(future.exception()) if future.status == "error" else None
             if error is None:
                 value = future.result()

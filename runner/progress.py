@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,6 +108,7 @@ class ConsoleBatchReporter:
         self.every = every
         self.last_shown = time.monotonic()
         self.running: dict[str, str] = {}
+        self.lock = threading.Lock()  # progress arrives on Dask's event-loop thread, items on the caller's
 
     def _print(self, text: str) -> None:
         if self.stream is None:
@@ -119,7 +121,8 @@ class ConsoleBatchReporter:
     def item_done(self, result: Any) -> None:
         self.finished += 1
         prefix = f"{result.item.index}/"
-        self.running = {node: shown for node, shown in self.running.items() if not node.startswith(prefix)}
+        with self.lock:
+            self.running = {node: shown for node, shown in self.running.items() if not node.startswith(prefix)}
         how = f"{result.outcome} at {result.seconds:.1f} s"
         if result.error:
             how += f": {result.error}"
@@ -127,13 +130,16 @@ class ConsoleBatchReporter:
         self._print(f"[{self.finished}/{self.total}] {result.item.label}: {how}{written}")
 
     def progress(self, node_id: str, class_type: str, step: int, total: int) -> None:
-        self.running[node_id] = f"{node_id} {class_type} {step}/{total}"
-        if step >= total:
-            self.running.pop(node_id, None)
-        now = time.monotonic()
-        if now - self.last_shown >= self.every and self.running:
-            self.last_shown = now
-            self._print(f"    running: {', '.join(self.running.values())}")
+        with self.lock:
+            self.running[node_id] = f"{node_id} {class_type} {step}/{total}"
+            if step >= total:
+                self.running.pop(node_id, None)
+            now = time.monotonic()
+            shown = ", ".join(self.running.values()) if now - self.last_shown >= self.every else ""
+            if shown:
+                self.last_shown = now
+        if shown:
+            self._print(f"    running: {shown}")
 
     def warning(self, message: str) -> None:
         self._print(f"warning: {message}")

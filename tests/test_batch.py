@@ -93,6 +93,24 @@ def test_items_zip_or_form_a_grid_and_fill_templates() -> None:
     assert chained["0/12"]["inputs"]["source"] == ["0/1", 0] and chained["1/12"]["inputs"]["source"] == ["0/12", 1]
 
 
+def test_bad_sweeps_are_refused_up_front_with_one_clear_error(tmp_path: Path, photos: Path) -> None:
+    (photos / "frame_10.png").write_bytes((photos / "frame_2.png").read_bytes())
+    try:
+        assert parse_over("1.image=frame_*.png", photos).values[-1] == "frame_10.png"  # natural order
+    finally:
+        (photos / "frame_10.png").unlink()
+    assert parse_over("3.size=[48,64]").values == (48, 64)
+    with pytest.raises(BatchError, match="given twice"):
+        batch_items([Over("12", "weight", (1, 2)), Over("12", "weight", (3, 4))], grid=True)
+    with pytest.raises(BatchError, match="at most 100,000"):
+        batch_items([Over("12", "weight", tuple(range(1000))), Over("13", "weight", tuple(range(1000)))], grid=True)
+    graph = tiny_gatys(tmp_path)
+    with pytest.raises(BatchError, match=r"node 12 \(NSTStyleLoss\) has no input 'wieght'; its inputs: target, weight"):
+        run_batch(graph, [parse_over("12.wieght=1,2")], device="cpu", folders=Folders(output=tmp_path / "out"))
+    with pytest.raises(BatchError, match="no node 99"):
+        run_batch(graph, chain=parse_chain("99.init=15"), device="cpu", folders=Folders(output=tmp_path / "out"))
+
+
 def test_items_that_would_write_the_same_files_are_refused(tmp_path: Path, photos: Path, cluster: str) -> None:
     graph = tiny_gatys(tmp_path)
     with pytest.raises(BatchError, match=r"write the same files with node 19 \(NSTSaveImage\).*--set 19.filename_prefix"):
@@ -125,6 +143,8 @@ def test_a_batch_over_three_photos_matches_single_runs(tmp_path: Path, photos: P
     for index in range(3):
         name = f"result_frame_{index}{index}.png"
         assert np.array_equal(pixels(tmp_path / "batch" / name), pixels(tmp_path / "single" / name))
+        with Image.open(tmp_path / "batch" / name) as saved:  # the item's own graph, under its own ids
+            assert json.loads(saved.info["prompt"])["1"]["inputs"]["image"] == f"frame_{index}.png"
 
 
 def test_a_sweep_runs_shared_nodes_once(tmp_path: Path, cluster: str) -> None:

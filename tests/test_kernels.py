@@ -18,7 +18,7 @@ def timings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """Record every timing; 'direct' wins the first, 'channels_last' any later one."""
     calls: list[tuple[int, ...]] = []
 
-    def fake(shape: kernels.Shape, paths: tuple[str, ...], repeats: int = 3) -> dict[str, float]:
+    def fake(shape: kernels.Shape, paths: tuple[str, ...]) -> dict[str, float]:
         calls.append(shape)
         winner = "direct" if len(calls) == 1 else "channels_last"
         return {path: 0.001 if path == winner else 0.002 for path in paths}
@@ -76,5 +76,21 @@ def test_an_unwritable_or_damaged_file_keeps_choices_in_memory(tmp_path: Path, t
 
 
 def test_real_timing_gives_every_candidate_a_time() -> None:
-    seconds = kernels.time_paths((8, 16, 40, 40), kernels.PATHS, repeats=1)
+    seconds = kernels.time_paths((8, 16, 40, 40), kernels.PATHS, rounds=1)
     assert set(seconds) == set(kernels.PATHS) and all(value > 0 for value in seconds.values())
+
+
+def test_two_processes_calibrating_side_by_side_keep_each_others_choices(tmp_path: Path, timings: list) -> None:
+    file = tmp_path / "kernels.json"
+    first, second = kernels.KernelChooser(file), kernels.KernelChooser(file)
+    first.choose((3, 64, 32, 32), kernels.PATHS)
+    second.choose((64, 64, 32, 32), kernels.PATHS)  # loaded before the first one saved
+    stored = json.loads(file.read_text())[first.key]["choices"]
+    assert set(stored) == {"3>64@32x32", "64>64@32x32"}
+
+
+def test_large_layers_share_the_choice_of_their_capped_shape(tmp_path: Path, timings: list) -> None:
+    chooser = kernels.KernelChooser(tmp_path / "kernels.json")
+    chooser.choose((64, 64, 512, 512), kernels.PATHS)
+    chooser.choose((64, 64, 1024, 768), kernels.PATHS)
+    assert timings == [(64, 64, 512, 512)] and list(chooser.choices) == ["64>64@256x256"]
