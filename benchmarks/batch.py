@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def sweep(items: int) -> list[float]:
-    """Style weights from 1e-4 to 1e-2, evenly spaced on a log scale."""
-    return [round(10 ** (-4 + 2 * i / max(items - 1, 1)), 6) for i in range(items)]
+    """Style weights from 1e6 to 1e8 (gatys.json normalizes its Gram loss), evenly spaced on a log scale."""
+    return [float(f"{10 ** (6 + 2 * i / max(items - 1, 1)):.3g}") for i in range(items)]
 
 
 def measure(workers: int, threads: int, items: int, side: int, steps: int) -> dict[str, float]:

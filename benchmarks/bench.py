@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from nst_nodes.image import load_image, resize_image, save_image  # noqa: E402
 from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers  # noqa: E402
+from nst_nodes import optimize as optimizing  # noqa: E402
 from nst_nodes.optimize import OptimizerSettings, optimize  # noqa: E402
 from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19  # noqa: E402
 from runner import Cache, Folders, run  # noqa: E402
@@ -138,6 +139,7 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
     """Seconds per step (with a phase split) and peak RSS for the Gatys objective at side x side;
     ``conv``: the kernel path (``auto``: this machine's calibrated choice per layer)."""
     os.environ["NST_CONV"] = conv
+    optimizing.FP32_START = 0  # per-step figures of the precision asked for (runs start with fp32 steps)
     model = load_vgg19("caffe")
     content, style = sample_pair(side)
     objective = objective_for(model, content, style)
@@ -148,8 +150,7 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
     for _ in range(3):  # the same work as one closure call, timed phase by phase
         image = start.clone().requires_grad_(True)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            features = model.features(image, layers)
+        features = model.features(image, layers, reduced=torch.bfloat16 if precision == "bf16" else None)
         features = {k: v.float() for k, v in features.items()}
         t1 = time.perf_counter()
         loss = sum(loss_parts(features, image).values())
@@ -269,7 +270,8 @@ def cached_rerun(side: int, steps: int, work: Path) -> dict:
         def __init__(self) -> None:
             self.seconds: dict[str, float] = {}
 
-        def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list) -> None:
+        def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list,
+                      text: list) -> None:
             self.seconds[node_id] = seconds
 
         def progress(self, *args: object) -> None:
@@ -355,7 +357,7 @@ def print_table(results: dict) -> None:
               f"{row['fraction_of_conv_peak']:>8.0%} {row['max_rss_mib']:>8.0f}")
     for bf16 in (row for row in results["steps"] if row["precision"] == "bf16"):
         fp32 = next(r for r in results["steps"] if r["side"] == bf16["side"] and r["conv"] == "auto")
-        print(f"bf16 autocast at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 "
+        print(f"bf16 passes at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 "
               f"speed; loss of the start image {bf16['start_loss'] / fp32['start_loss'] - 1:+.2%} vs fp32")
     for row in results["steps"]:
         if row["conv"] == "auto" and row["precision"] == "fp32":

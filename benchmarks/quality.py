@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "nst_nodes" / "samples"
 PAIRS = [("tubingen.jpg", "starry_night.jpg"), ("tubingen.jpg", "shipwreck.jpg")]
 STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-OURS = {  # name -> (statistic, normalize, style weight); the first is graphs/gatys.json's objective
-    "gatys.json (gram)": ("gram", False, 1e-3),
-    "gram, normalized layers": ("gram", True, 1e7),
+OURS = {  # name -> (statistic, normalize, style weight)
+    "gram, the paper's balance": ("gram", False, 1e-3),
+    "gatys.json: gram normalized": ("gram", True, 1e7),  # graphs/gatys.json's objective
 }
 
 

@@ -149,7 +149,7 @@ def test_a_batch_over_three_photos_matches_single_runs(tmp_path: Path, photos: P
 
 def test_a_sweep_runs_shared_nodes_once(tmp_path: Path, cluster: str) -> None:
     graph = tiny_gatys(tmp_path)
-    overs = [parse_over("12.weight=0.001,0.01"), parse_over("13.weight=0,0.01")]
+    overs = [parse_over("12.weight=1e5,1e7"), parse_over("13.weight=0,0.01")]
     overrides = ["17.filename_prefix=sweep_{12.weight}_{13.weight}", "19.filename_prefix=history_{index}"]
     result = run_batch(graph, overs, grid=True, overrides=overrides, scheduler=cluster, threads=1,
                        cache_dir=tmp_path / "cache", folders=Folders(output=tmp_path / "out"), device="cpu")
@@ -159,7 +159,8 @@ def test_a_sweep_runs_shared_nodes_once(tmp_path: Path, cluster: str) -> None:
     assert ran["NSTLoadImage"] == 2 and ran["NSTContentLoss"] == 1
     assert result.shared_saving > 0
     names = {path.name for path in (tmp_path / "out").glob("sweep_*.png")}
-    assert names == {"sweep_0.001_0.png", "sweep_0.001_0.01.png", "sweep_0.01_0.png", "sweep_0.01_0.01.png"}
+    assert names == {"sweep_100000.0_0.png", "sweep_100000.0_0.01.png", "sweep_10000000.0_0.png",
+                     "sweep_10000000.0_0.01.png"}
     again = run_batch(graph, overs, grid=True, overrides=overrides, scheduler=cluster, threads=1,
                       cache_dir=tmp_path / "cache", folders=Folders(output=tmp_path / "out"), device="cpu")
     assert [item.outcome for item in again.items] == ["cached"] * 4 and not again.nodes
