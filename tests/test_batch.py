@@ -156,7 +156,7 @@ def test_a_sweep_runs_shared_nodes_once(tmp_path: Path, cluster: str) -> None:
     assert [item.outcome for item in result.items] == ["done"] * 4
     ran = Counter(node.class_type for node in result.nodes if node.outcome == "ran")
     assert ran["NSTOptimize"] == 4 and ran["NSTGramMatrices"] == 1 and ran["NSTFeatures"] == 2
-    assert ran["NSTLoadImage"] == 2 and ran["NSTContentLoss"] == 1
+    assert ran["NSTLoadImage"] == 2 and 1 <= ran["NSTContentLoss"] <= 2  # a loss is built on each worker using it
     assert result.shared_saving > 0
     names = {path.name for path in (tmp_path / "out").glob("sweep_*.png")}
     assert names == {"sweep_100000.0_0.png", "sweep_100000.0_0.01.png", "sweep_10000000.0_0.png",
