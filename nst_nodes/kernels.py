@@ -26,7 +26,9 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,12 +109,26 @@ def calibration_file() -> Path:
     return Path(base).expanduser() / "nst-nodes" / "kernels.json"
 
 
+_every_layer: ContextVar[str | None] = ContextVar("nst_every_layer", default=None)
+
+
+@contextmanager
+def every_layer(path: str | None) -> Iterator[None]:
+    """Within the block, every convolution runs on ``path`` where it can (None: each layer's own choice)."""
+    token = _every_layer.set(path)
+    try:
+        yield
+    finally:
+        _every_layer.reset(token)
+
+
 def forced_path() -> str | None:
-    """The path ``NST_CONV`` forces, or None for ``auto``; a ValueError names the choices."""
+    """The path ``NST_CONV`` forces, else the one :func:`every_layer` sets, else None (each layer's
+    choice); a ValueError names the choices."""
     value = os.environ.get("NST_CONV", "auto").strip() or "auto"
     if value not in CHOICES:
         raise ValueError(f"NST_CONV={value!r}: choose one of {', '.join(CHOICES)}")
-    return None if value == "auto" else value
+    return _every_layer.get() if value == "auto" else value
 
 
 def timed_shape(shape: Shape) -> Shape:

@@ -49,36 +49,47 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], repeats: int = 2) -> dict[str, float]:
-    """Seconds of one forward and backward network pass at ``image``'s size, in fp32 and in bf16."""
+def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], candidates: tuple[str, ...],
+                repeats: int = 1) -> dict[str, float]:
+    """Seconds of one forward and backward network pass at ``image``'s size for each candidate pass."""
     seconds = {}
     with torch.inference_mode(False), torch.enable_grad():
-        for precision in PRECISIONS:
+        for candidate in candidates:
+            precision, _, path = candidate.partition(" ")
             times = []
-            for _ in range(repeats + 1):  # the first one warms up (and calibrates the kernels)
-                x = torch.randn_like(image).requires_grad_(True)
-                synchronize(image.device)
-                started = time.perf_counter()
-                reduced = DTYPES[precision] if precision == "bf16" else None
-                features = model.features(x, layers, reduced=reduced)
-                sum(value.float().square().mean() for value in features.values()).backward()
-                synchronize(image.device)
-                times.append(time.perf_counter() - started)
-            seconds[precision] = min(times[1:])
+            with kernels.every_layer(path or None):
+                for _ in range(repeats + 1):  # the first one warms up (and calibrates the kernels)
+                    x = torch.randn_like(image).requires_grad_(True)
+                    synchronize(image.device)
+                    started = time.perf_counter()
+                    features = model.features(x, layers, reduced=torch.bfloat16 if precision == "bf16" else None)
+                    sum(value.float().square().mean() for value in features.values()).backward()
+                    synchronize(image.device)
+                    times.append(time.perf_counter() - started)
+            seconds[candidate] = min(times[1:])
     return seconds
 
 
-def pass_precision(precision: str, model: VGGModel, image: torch.Tensor, layers: list[str]) -> str:
-    """``auto``: bf16 where the hardware runs it natively and it is faster for this size on this
-    machine (timed once, remembered with the kernel choices), else fp32. At equal steps bf16 ends
-    a little higher, so it only pays where it buys more steps (README, Performance)."""
-    if precision != "auto":
-        return precision
-    if not native_bf16(image.device):
-        return "fp32"
+def pass_plan(precision: str, model: VGGModel, image: torch.Tensor, layers: list[str]) -> str:
+    """How the network pass runs at this size on this machine, timed once and remembered with the
+    kernel choices: ``fp32`` (each layer on its own fastest kernel), ``fp32 winograd`` or ``fp32
+    direct`` (one kernel for every layer: layers timed alone miss the cost of switching between
+    NNPACK's and oneDNN's thread pools), or ``bf16`` (``auto`` only, where the hardware runs it
+    natively; it ends a little higher at equal steps, so it must buy more steps: README, Performance)."""
+    if precision == "bf16":
+        return "bf16"
+    candidates = ["fp32"]
+    if image.device.type == "cpu" and kernels.forced_path() is None:
+        candidates += [f"fp32 {path}" for path in ("winograd", "direct") if path in kernels.candidates(image)]
+    if precision == "auto" and native_bf16(image.device):
+        candidates.append("bf16")
+    if len(candidates) == 1:
+        return candidates[0]
     device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
-    key = f"pass:{max(LAYER_INDEX[name] for name in layers)}@{image.shape[-2]}x{image.shape[-1]}:{device}"
-    return kernels.chooser().measured(key, PRECISIONS, lambda: time_passes(model, image, layers))
+    depth = max(LAYER_INDEX[name] for name in layers)
+    key = f"pass:{'|'.join(candidates)}:{depth}@{image.shape[-2]}x{image.shape[-1]}:{device}"
+    return kernels.chooser().measured(key, tuple(candidates), lambda: time_passes(model, image, layers,
+                                                                                  tuple(candidates)))
 
 
 @dataclass(frozen=True)
@@ -142,16 +153,18 @@ def optimize(
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
 
-        precision = "fp32" if settings.steps <= FP32_START else pass_precision(settings.precision, model,
-                                                                                 image.detach(), layers)
+        plan = "fp32" if settings.steps <= FP32_START else pass_plan(settings.precision, model, image.detach(),
+                                                                       layers)
+        precision, _, one_kernel = plan.partition(" ")
         in_bf16 = False
 
         def network_features() -> dict[str, torch.Tensor]:
-            """The network pass, in bf16 after the first steps (losses are always computed in fp32)."""
-            if in_bf16:
-                features = model.features(image, layers, reduced=torch.bfloat16)
-                return {layer: value.float() for layer, value in features.items()}
-            return model.features(image, layers)
+            """The network pass as planned, in bf16 after the first steps (losses are always fp32)."""
+            with kernels.every_layer(one_kernel or None):
+                if in_bf16:
+                    features = model.features(image, layers, reduced=torch.bfloat16)
+                    return {layer: value.float() for layer, value in features.items()}
+                return model.features(image, layers)
 
         def evaluate() -> float:
             """Loss and gradient at the current image."""
@@ -175,7 +188,7 @@ def optimize(
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
             with torch.no_grad():
                 tracker.record(image, loss_parts(network_features(), image))
-    history = {"method": settings.method, "steps": steps, "precision": precision, **tracker.history}
+    history = {"method": settings.method, "steps": steps, "precision": plan, **tracker.history}
     return tracker.best_image, history
 
 

@@ -93,7 +93,7 @@ class History(TypedDict, total=False):
 
     method: str
     steps: int  # optimizer steps taken
-    precision: str  # of the network pass as run ("auto" resolved): fp32, or bf16 after the first steps
+    precision: str  # the network pass as run (optimize.pass_plan): fp32 [kernel], or bf16 after the first steps
     loss: list[float]
     content: list[float]
     style: list[float]

@@ -113,31 +113,55 @@ def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(model: VGG
     assert lbfgs[1] == pytest.approx(lbfgs[0], rel=0.1)
 
 
-def test_auto_precision_is_bf16_only_where_native_and_measured_faster(model: VGGModel, problem,
-                                                                     monkeypatch: pytest.MonkeyPatch,
-                                                                     tmp_path: Path) -> None:
+def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(model: VGGModel, problem,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
     from nst_nodes import kernels
     from nst_nodes import optimize as optimizing
 
     content, _ = problem
     monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
-    timed: list[str] = []
-    monkeypatch.setattr(optimizing, "time_passes", lambda *args: timed.append("x") or {"fp32": 1.0, "bf16": 0.6})
+    monkeypatch.delenv("NST_CONV", raising=False)
+    timed: list[tuple[str, ...]] = []
+
+    def fake(model, image, layers, candidates):  # the single-kernel plans lose, bf16 wins
+        timed.append(candidates)
+        return {candidate: {"fp32": 1.0, "bf16": 0.6}.get(candidate, 1.5) for candidate in candidates}
+
+    monkeypatch.setattr(optimizing, "time_passes", fake)
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: False)
-    assert optimizing.pass_precision("auto", model, content, ["relu4_1"]) == "fp32" and timed == []
+    assert optimizing.pass_plan("auto", model, content, ["relu4_1"]) == "fp32"
+    assert "bf16" not in timed[-1] and "fp32 direct" in timed[-1]
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: True)
-    assert optimizing.pass_precision("auto", model, content, ["relu4_1"]) == "bf16"
-    assert optimizing.pass_precision("auto", model, content, ["relu4_1"]) == "bf16" and len(timed) == 1
-    assert optimizing.pass_precision("fp32", model, content, ["relu4_1"]) == "fp32"
-    assert kernels.chooser().choices  # remembered with the kernels
+    assert optimizing.pass_plan("auto", model, content, ["relu4_1"]) == "bf16"
+    assert optimizing.pass_plan("auto", model, content, ["relu4_1"]) == "bf16" and len(timed) == 2  # remembered
+    assert optimizing.pass_plan("bf16", model, content, ["relu4_1"]) == "bf16" and len(timed) == 2
+    monkeypatch.setenv("NST_CONV", "direct")
+    assert optimizing.pass_plan("fp32", model, content, ["relu4_1"]) == "fp32" and len(timed) == 2
+    assert kernels.chooser().choices
 
 
-def test_timing_the_passes_measures_both_precisions(model: VGGModel, problem) -> None:
+def test_one_kernel_for_every_layer_is_used_within_its_block(model: VGGModel, problem,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from nst_nodes import kernels
+
+    content, _ = problem
+    monkeypatch.delenv("NST_CONV", raising=False)
+    used: list[str] = []
+    for path in kernels.PATHS:
+        monkeypatch.setitem(kernels.KERNELS, path, lambda x, w, b, path=path, run=kernels.KERNELS[path]:
+                            used.append(path) or run(x, w, b))
+    with kernels.every_layer("direct"):
+        model.features(content, ["relu3_1"])
+    assert set(used) == {"direct"}
+
+
+def test_timing_the_passes_measures_every_candidate(model: VGGModel, problem) -> None:
     from nst_nodes.optimize import time_passes
 
     content, _ = problem
-    seconds = time_passes(model, content, ["relu1_1", "relu2_1"], repeats=1)
-    assert set(seconds) == {"fp32", "bf16"} and all(value > 0 for value in seconds.values())
+    seconds = time_passes(model, content, ["relu1_1", "relu2_1"], ("fp32", "fp32 direct", "bf16"))
+    assert set(seconds) == {"fp32", "fp32 direct", "bf16"} and all(value > 0 for value in seconds.values())
 
 
 def test_iterates_stay_in_the_valid_pixel_range(model: VGGModel, problem) -> None:
