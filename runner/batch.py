@@ -219,15 +219,8 @@ def split_item_id(node_id: str) -> tuple[int, str]:
 
 
 def joined_prompt(prompt: dict[str, Any], items: list[Item], chain: Chain | None = None) -> dict[str, Any]:
-    """One prompt holding every item's copy of ``prompt``, its values and templates filled in."""
-    if chain is not None:
-        for node_id in (chain.node_id, chain.source_id):
-            if node_id not in prompt:
-                raise BatchError(f"--chain: no node {node_id} in the graph")
-    for over_name in items[0].values:
-        node_id = over_name.rpartition(".")[0]
-        if node_id not in prompt:
-            raise BatchError(f"--over {over_name}: no node {node_id} in the graph")
+    """One prompt holding every item's copy of ``prompt``, its values and templates filled in (the
+    swept and chained nodes are checked beforehand, by :func:`_check_inputs_exist`)."""
     joined: dict[str, Any] = {}
     for item in items:
         fields = item.fields
@@ -369,16 +362,18 @@ def _watch_stop(event: Any, local: threading.Event, finished: threading.Event) -
         return
 
 
-_worker_state: dict[str, Any] = {"configured": False, "threads": None}
+_worker_state: dict[str, Any] = {"configured": False, "threads": None, "registry": None}
 
 
 def _prepare_worker(threads: int | None) -> None:
-    """Process settings once per worker (as `nst run` applies them), and the torch threads a task uses."""
+    """Process settings and the node registry once per worker (as `nst run` has them), and the torch
+    threads a task uses."""
     if not _worker_state["configured"]:
         from runner.tuning import configure_process
 
         configure_process()
         _worker_state["configured"] = True
+        _worker_state["registry"] = default_registry()  # the installed packs: read once per worker
     if threads and _worker_state["threads"] != threads:
         import torch
 
@@ -397,7 +392,7 @@ def run_task(order: str, *inputs: dict[str, Any]) -> dict[str, Any]:
     task = json.loads(order)
     worker = get_worker()
     _prepare_worker(task["threads"])
-    registry = default_registry()
+    registry = _worker_state["registry"]
     graph = load_graph(task["prompt"], registry=registry, limits=GraphLimits(max_nodes=1 << 30))
     graph = replace(graph, prompt=task["item_prompt"])  # what the node sees as PROMPT: its item's graph
     node_id = task["node"]
@@ -511,6 +506,8 @@ def _check_inputs_exist(graph: Graph, items: list[Item], chain: Chain | None, re
     named = [over_name.rpartition(".")[::2] for over_name in items[0].values]
     if chain is not None:
         named.append((chain.node_id, chain.input_name))
+    if chain is not None and chain.source_id not in graph.prompt:
+        raise BatchError(f"--chain: no node {chain.source_id} in the graph")
     for node_id, input_name in named:
         entry = graph.prompt.get(node_id)
         if entry is None:
@@ -756,7 +753,8 @@ def _run_on_cluster(client: Any, batch: _Batch, task_settings: dict[str, Any], r
         futures[key] = client.submit(run_task, order, *inputs, key=f"{_class_of(execution, node_id)}-{run_id}-{key}")
 
     waiting: dict[int, set[str]] = {}  # item -> keys of its targets not finished yet
-    for index, targets in batch.item_targets().items():
+    targets_of = batch.item_targets()
+    for index, targets in targets_of.items():
         keys = {execution.keys[node_id] for node_id in targets if node_id not in hits}
         if keys:
             waiting[index] = keys
@@ -796,7 +794,7 @@ def _run_on_cluster(client: Any, batch: _Batch, task_settings: dict[str, Any], r
                 elif not waiting[index]:
                     outcome = PARTIAL if partial[index] else DONE if ran[index] else CACHED
                     with lock:
-                        files = [path for target in batch.item_targets()[index]
+                        files = [path for target in targets_of[index]
                                  for path in files_of.get(standing_for.get(execution.keys[target], ""), [])]
                     results[index] = ItemResult(batch.items[index], outcome, time.perf_counter() - started, files)
                 else:
