@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
         for layer, shape in conv_shapes(height, width):
             paths = kernels.candidates_for(shape)
             cells = []
-            for direction in (shape, (shape[1], shape[0], *shape[2:])):
+            for direction in (shape, kernels.input_gradient(shape)):
                 path = chooser.choose(direction, paths)
                 seconds = chooser.choices[kernels.shape_key(direction)].seconds
                 others = " ".join(f"{SHORT[name]} {value * 1e3:.2f}" for name, value in sorted(seconds.items()))

@@ -55,6 +55,12 @@ Shape = tuple[int, int, int, int]
 """A convolution: (input channels, output channels, height, width)."""
 
 
+def input_gradient(shape: Shape) -> Shape:
+    """The convolution that computes the input gradient of ``shape``'s: its channels swapped."""
+    channels_in, channels_out, height, width = shape
+    return channels_out, channels_in, height, width
+
+
 def _direct(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return F.conv2d(x, weight, bias, padding=1)
 
@@ -311,9 +317,9 @@ def frozen_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         return conv(x)
     weight, bias = conv.weight.detach(), conv.bias.detach()
     picker, paths = chooser(), candidates(x)
-    channels_out, channels_in = weight.shape[:2]
-    forward_path = picker.choose((channels_in, channels_out, *x.shape[-2:]), paths)
+    shape = (weight.shape[1], weight.shape[0], x.shape[-2], x.shape[-1])
+    forward_path = picker.choose(shape, paths)
     if not x.requires_grad:
         return KERNELS[forward_path](x, weight, bias)
-    backward_path = picker.choose((channels_out, channels_in, *x.shape[-2:]), paths)
+    backward_path = picker.choose(input_gradient(shape), paths)
     return _FrozenConv3x3.apply(x, weight, bias, forward_path, backward_path)

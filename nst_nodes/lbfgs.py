@@ -26,15 +26,15 @@ SUFFICIENT_DECREASE = 1e-4  # Armijo constant: accept any step that achieves thi
 ROUNDING = 1e-6  # relative loss change below float32 summation noise: not a reason to backtrack
 
 
-class BoxLBFGS(torch.optim.Optimizer):
-    """Minimizes over one tensor with ``lower <= x <= upper`` (bounds broadcast against ``x``)."""
+class BoxLBFGS:
+    """Minimizes over one tensor with ``lower <= x <= upper`` (bounds broadcast against ``x``).
 
-    def __init__(self, params: list[torch.Tensor], lower: torch.Tensor, upper: torch.Tensor, lr: float = 1.0,
+    Not a ``torch.optim.Optimizer``: there is one tensor and no parameter groups, and building
+    the first Optimizer of a process imports torch._dynamo (about 1 s, 800 modules)."""
+
+    def __init__(self, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, lr: float = 1.0,
                  history_size: int = 50, history_dtype: torch.dtype = torch.float32) -> None:
-        super().__init__(params, {"lr": lr})
-        if len(self.param_groups) != 1 or len(self.param_groups[0]["params"]) != 1:
-            raise ValueError("BoxLBFGS optimizes exactly one tensor")
-        (self.x,) = self.param_groups[0]["params"]
+        self.x, self.lr = x, lr
         self.lower, self.upper = lower, upper
         shape = (history_size, *self.x.shape)
         self.steps_taken = torch.empty(shape, dtype=history_dtype, device=self.x.device)  # s_i
@@ -44,7 +44,7 @@ class BoxLBFGS(torch.optim.Optimizer):
         self.loss: float | None = None  # at the current x, whose gradient is in x.grad
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float]) -> float:  # type: ignore[override]
+    def step(self, closure: Callable[[], float]) -> float:
         """One iteration; ``closure()`` sets ``x.grad`` at the current ``x`` and returns the loss.
 
         Returns the loss at the new ``x``. Costs one evaluation, plus one per backtrack.
@@ -66,7 +66,7 @@ class BoxLBFGS(torch.optim.Optimizer):
             length = min(1.0, 1.0 / max(projected_gradient.abs().sum().item(), 1e-30))
         else:
             length = 1.0
-        length *= self.param_groups[0]["lr"]
+        length *= self.lr
         start = x.clone()
         for _ in range(MAX_BACKTRACKS):
             x.copy_(start).add_(direction, alpha=length).clamp_(self.lower, self.upper)
@@ -83,6 +83,9 @@ class BoxLBFGS(torch.optim.Optimizer):
         self._remember(x - start, x.grad - gradient)
         self.loss = loss
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.x.grad = None
 
     def _evaluate(self, closure: Callable[[], float]) -> float:
         with torch.enable_grad():

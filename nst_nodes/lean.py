@@ -1,10 +1,16 @@
-"""ReLU and max-pooling that keep less for the backward pass than PyTorch's own.
+"""ReLU, max-pooling and the Gram matrix with leaner backward passes than PyTorch's own.
 
 PyTorch's ReLU keeps its float output and max-pooling keeps its float input, so every VGG
 activation stays alive until the backward pass reaches it: about 290 MB at 512x512.
 Neither needs it: ReLU's gradient only needs where the output was positive (a 1-byte
 mask), and max-pooling's only needs the argmax indices. Activations a loss reads are
 kept by that loss anyway, so their ReLU keeps the output itself rather than a mask.
+
+The Gram matrix ``F Fᵀ`` is one matrix product, but autograd differentiates it as a product
+of two different matrices: two more products and a sum. Its gradient is one product,
+``(dG + dGᵀ) F``. With bf16 features (the reduced-precision pass) the Gram is still summed in
+fp32, while its gradient, which flows back into the bf16 network anyway, is a bf16 product:
+2-4x faster on CPUs with native bf16.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ class _MaxPool2x2(Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (indices,) = ctx.saved_tensors
-        return F.max_unpool2d(grad, indices, 2, 2, output_size=ctx.input_size)
+        # The aten op itself: F.max_unpool2d's Python size check imports sympy on first use (0.4 s).
+        return torch.ops.aten.max_unpool2d(grad, indices, list(ctx.input_size))
 
 
 def relu(x: torch.Tensor, keep_output: bool, inplace: bool) -> torch.Tensor:
@@ -55,3 +62,25 @@ def relu(x: torch.Tensor, keep_output: bool, inplace: bool) -> torch.Tensor:
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """2x2/stride 2 max-pooling, as ``nn.MaxPool2d(2, 2)``."""
     return _MaxPool2x2.apply(x)
+
+
+class _Gram(Function):
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, weights: torch.Tensor | None, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(flat, weights)
+        ctx.scale = scale
+        full = flat.float()
+        return ((full if weights is None else full * weights) @ full.t()) * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        flat, weights = ctx.saved_tensors
+        both = ((grad + grad.t()) * ctx.scale).to(flat.dtype)
+        result = both @ flat
+        return (result if weights is None else result * weights.to(flat.dtype)), None, None
+
+
+def gram(flat: torch.Tensor, weights: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """``scale · (F · diag(weights)) Fᵀ`` in fp32 for ``F`` ``[C, N]`` of any float dtype (``weights``
+    ``[N]`` or None: all 1); the gradient comes back in ``F``'s dtype."""
+    return _Gram.apply(flat, weights, scale)

@@ -14,6 +14,7 @@ Conventions (so that a weight means the same at every image size and layer width
   With ``normalize``, each layer's loss is divided by the same quantity of the target (its
   Gram's squared norm, its second moment, its projections' mean square), so every layer counts.
 - content loss of a layer = ``mean((F - P)²)``.
+- Features may come in bf16 (a reduced-precision network pass); every loss sums in fp32.
 - total variation = mean squared difference of vertically and horizontally adjacent pixels.
 """
 
@@ -25,6 +26,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from . import lean
 from .types import FeatureTerm, LayerStatistics, Objective, StyleTerm, Term
 
 STATISTICS = ("gram", "mean_cov", "sliced")
@@ -64,12 +66,11 @@ def _flat(activation: torch.Tensor) -> torch.Tensor:
 
 def _gram(flat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     channels, positions = flat.shape
-    if weights is None:
-        return (flat @ flat.t()) / (channels * positions)
-    return ((flat * weights) @ flat.t()) / channels
+    return lean.gram(flat, weights, 1.0 / (channels * (positions if weights is None else 1)))
 
 
 def _mean(flat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    flat = flat.float()
     return flat.mean(1) if weights is None else flat @ weights
 
 
@@ -106,14 +107,15 @@ def sorted_projections(flat: torch.Tensor,
     """Features ``[C, N]`` projected and sorted per direction ``[N, K]``, each one's weight, and its
     quantile level (the midpoint of its weight)."""
     positions = flat.shape[1]
-    projected = flat.t() @ projection_directions(flat.shape[0]).to(flat)
-    values, order = projected.sort(dim=0)
+    # Sorted as K rows of N and returned transposed: sorting along contiguous rows is 2x faster.
+    projected = projection_directions(flat.shape[0]).to(flat.device).t() @ flat.float()
+    values, order = projected.sort(dim=1)
     if weights is None:
         weight = torch.full_like(values, 1.0 / positions)
     else:
         weight = weights.to(values)[order]
-    levels = weight.cumsum(0) - weight / 2
-    return values, weight, levels
+    levels = weight.cumsum(1) - weight / 2
+    return values.t(), weight.t(), levels.t()
 
 
 def quantile_levels(device: torch.device | str = "cpu") -> torch.Tensor:

@@ -145,8 +145,8 @@ def optimize(
         lower, upper = model.preprocessing.bounds(start)
         image = start.detach().clone(memory_format=torch.contiguous_format).clamp_(lower, upper).requires_grad_(True)
         if settings.method == "lbfgs":
-            optimizer: torch.optim.Optimizer = BoxLBFGS(
-                [image], lower, upper, lr=settings.lr, history_size=settings.history_size,
+            optimizer: BoxLBFGS | torch.optim.Optimizer = BoxLBFGS(
+                image, lower, upper, lr=settings.lr, history_size=settings.history_size,
                 history_dtype=DTYPES[settings.history_precision],
             )
         else:
@@ -159,12 +159,9 @@ def optimize(
         in_bf16 = False
 
         def network_features() -> dict[str, torch.Tensor]:
-            """The network pass as planned, in bf16 after the first steps (losses are always fp32)."""
+            """The network pass as planned, in bf16 after the first steps (the losses sum in fp32)."""
             with kernels.every_layer(one_kernel or None):
-                if in_bf16:
-                    features = model.features(image, layers, reduced=torch.bfloat16)
-                    return {layer: value.float() for layer, value in features.items()}
-                return model.features(image, layers)
+                return model.features(image, layers, reduced=torch.bfloat16 if in_bf16 else None)
 
         def evaluate() -> float:
             """Loss and gradient at the current image."""

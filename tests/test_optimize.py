@@ -188,7 +188,7 @@ def quadratic_problem(bounded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.
 def minimize_quadratic(bounded: bool, steps: int, history_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
     curvature, center, lower, upper = quadratic_problem(bounded)
     x = torch.zeros(200, requires_grad=True)
-    optimizer = BoxLBFGS([x], lower, upper, history_size=10, history_dtype=history_dtype)
+    optimizer = BoxLBFGS(x, lower, upper, history_size=10, history_dtype=history_dtype)
     evaluations = 0
 
     def closure() -> float:

@@ -155,7 +155,7 @@ def test_a_bf16_pass_is_close_to_fp32_in_loss_and_gradient() -> None:
 def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
     from nst_nodes import lean
 
-    x = torch.randn(1, 4, 10, 14, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(1, 4, 11, 15, generator=torch.Generator().manual_seed(2))  # odd: pooling drops a row and a column
     upstream = torch.randn(1, 4, 5, 7, generator=torch.Generator().manual_seed(3))
     results = []
     for relu, pool in (
@@ -169,6 +169,30 @@ def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
         results.append((out.detach(), leaf.grad))
     for out, grad in results[1:]:
         assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lean_gram_gives_autograds_value_and_gradient(weighted: bool) -> None:
+    """One matrix product for the gradient instead of autograd's two; in bf16 the Gram still sums in fp32."""
+    from nst_nodes import lean
+
+    generator = torch.Generator().manual_seed(4)
+    flat = torch.rand(6, 40, generator=generator)
+    weights = torch.rand(40, generator=generator) if weighted else None
+    upstream = torch.randn(6, 6, generator=generator)  # not symmetric: both halves of dG must count
+    reference = flat.clone().requires_grad_(True)
+    expected = ((reference if weights is None else reference * weights) @ reference.t()) * 0.25
+    (expected * upstream).sum().backward()
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        leaf = flat.to(dtype).detach().clone().requires_grad_(True)
+        gram = lean.gram(leaf, weights, 0.25)
+        (gram * upstream).sum().backward()
+        assert gram.dtype == torch.float32 and leaf.grad.dtype == dtype
+        exact_inputs = leaf.detach().float()  # the Gram of bf16 values is summed in fp32: only the inputs round
+        exact = ((exact_inputs if weights is None else exact_inputs * weights) @ exact_inputs.t()) * 0.25
+        assert torch.allclose(gram, exact, rtol=1e-5)
+        assert torch.allclose(gram, expected.detach(), rtol=tolerance)
+        assert torch.allclose(leaf.grad.float(), reference.grad, rtol=tolerance, atol=tolerance * reference.grad.abs().max())
 
 
 @pytest.mark.parametrize("height", [29, 32, 37])
