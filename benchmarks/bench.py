@@ -317,7 +317,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "bench.json")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "bench.json",
+                        help="where the figures go as JSON (default benchmarks/results/bench.json)")
     args = parser.parse_args()
     if args.worker:
         if args.worker[0] == "memory":
@@ -378,7 +379,8 @@ def print_table(results: dict) -> None:
           f"{'GFLOP':>6} {'of peak':>8} {'RSS MiB':>8}")
     for row in results["steps"]:
         split = row["split"]
-        print(f"{row['side']:>4}x{row['side']:<4} {row_name(row):>15} {row['plan']:>14} {row['seconds_per_step']:>7.3f} "
+        plan = row["plan"] if row["conv"] == "auto" else "forced"  # NST_CONV leaves the plan nothing to choose
+        print(f"{row['side']:>4}x{row['side']:<4} {row_name(row):>15} {plan:>14} {row['seconds_per_step']:>7.3f} "
               f"{split['forward']:>6.3f} {split['loss']:>6.3f} {split['backward']:>6.3f} {split['optimizer']:>6.3f} "
               f"{row['gflop']:>6.1f} {row['fraction_of_conv_peak']:>8.0%} {row['max_rss_mib']:>8.0f}")
 

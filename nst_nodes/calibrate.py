@@ -3,9 +3,9 @@
     nst calibrate                 # the shapes of 256², 512² and 1024² images (about a minute)
     nst calibrate --sizes 384x288
 
-Forgets this machine's remembered choices, times every candidate for every convolution of
-the network at those sizes (forward and input gradient), remembers the winners and prints them.
-Shapes met later are timed on first use, as before.
+Forgets every choice remembered for this machine (kernels and pass plans, at every size), times
+every candidate for every convolution of the network at the sizes named (forward and input
+gradient), remembers the winners and prints them. Other sizes are timed again on first use.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
                 seconds = chooser.choices[kernels.shape_key(direction)].seconds
                 others = " ".join(f"{SHORT[name]} {value * 1e3:.2f}" for name, value in sorted(seconds.items()))
                 cells.append(f"{SHORT[path]:<7}({others})")
-            real = "{}>{}@{}x{}".format(*shape)
+            channels_in, channels_out, height, width = shape
+            real = f"{channels_in}>{channels_out}@{width}x{height}"
             print(f"{layer:<9}{real:>16}  {cells[0]:<44}{cells[1]}")
     return 0
