@@ -206,8 +206,10 @@ class KernelChooser:
 
     def _save(self) -> None:
         """Merge this machine's choices into the file: under a lock, re-read, add ours, replace
-        atomically (worker processes of a batch calibrate side by side). A place that cannot be
-        written keeps them in memory."""
+        atomically (worker processes of a batch calibrate side by side). Where another process
+        stored a choice first, its choice wins and is adopted here, so that every process runs the
+        same kernels and gives the same pixels (two workers timing one shape at the same time can
+        disagree). A place that cannot be written keeps the choices in memory."""
         if self.file is None:
             return
         try:
@@ -224,8 +226,12 @@ class KernelChooser:
                 stored = mine.get("choices") if isinstance(mine.get("choices"), dict) else {}
                 if self.forgotten:
                     stored, self.forgotten = {}, False
-                stored.update({shape: {"path": choice.path, "seconds": choice.seconds}
-                               for shape, choice in self.choices.items()})
+                for shape, choice in self.choices.items():
+                    entry = stored.get(shape)
+                    if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                        self.choices[shape] = Choice(entry["path"], dict(entry.get("seconds") or {}))
+                    else:
+                        stored[shape] = {"path": choice.path, "seconds": choice.seconds}
                 everything[self.key] = {"machine": self.description, "choices": stored}
                 temporary = self.file.with_name(f"{self.file.name}.{secrets.token_hex(6)}.tmp")
                 temporary.write_text(json.dumps(everything, indent=1, sort_keys=True))
@@ -251,7 +257,11 @@ class KernelChooser:
                 seconds = time_them()
                 choice = Choice(min(seconds, key=seconds.__getitem__), seconds)
                 self.choices[key] = choice
-                self._save()
+                self._save()  # may adopt another process's choice, stored meanwhile
+                if self.choices[key].path in candidates:
+                    choice = self.choices[key]
+                else:
+                    self.choices[key] = choice
             return choice.path
 
     def forget(self) -> None:

@@ -89,6 +89,22 @@ def test_two_processes_calibrating_side_by_side_keep_each_others_choices(tmp_pat
     assert set(stored) == {"3>64@32x32", "64>64@32x32"}
 
 
+def test_two_processes_timing_one_shape_at_once_both_run_the_first_stored_choice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch workers must run the same kernels, or the same item gives other pixels on another worker."""
+    winners = iter(["direct", "winograd", "channels_last"])
+    monkeypatch.setattr(kernels, "time_paths", lambda shape, paths: {
+        path: 0.001 if path == winner else 0.002 for winner in [next(winners)] for path in paths})
+    monkeypatch.delenv("NST_CONV", raising=False)
+    file = tmp_path / "kernels.json"
+    first, second = kernels.KernelChooser(file), kernels.KernelChooser(file)
+    second.choose((3, 64, 32, 32), kernels.PATHS)  # the second has read the file before the first stores
+    assert first.choose(SHAPE, kernels.PATHS) == "winograd"  # timed and stored first
+    assert second.choose(SHAPE, kernels.PATHS) == "winograd"  # timed "channels_last" meanwhile, adopts
+    assert second.choose(SHAPE, kernels.PATHS) == "winograd"
+    assert json.loads(file.read_text())[first.key]["choices"]["64>128@32x48"]["path"] == "winograd"
+
+
 def test_large_layers_share_the_choice_of_their_capped_shape(tmp_path: Path, timings: list) -> None:
     chooser = kernels.KernelChooser(tmp_path / "kernels.json")
     chooser.choose((64, 64, 512, 512), kernels.PATHS)
