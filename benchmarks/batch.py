@@ -23,8 +23,8 @@ from pathlib import Path
 from bench import cpu_flags
 
 from nst_nodes import kernels
-from runner import Folders
-from runner.batch import Over, run_batch
+from graphrun import Folders
+from graphrun.batch import Over, run_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 

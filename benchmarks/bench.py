@@ -10,7 +10,7 @@ child process (this script with ``--worker``).
 
 from __future__ import annotations
 
-from runner.tuning import configure_process
+from graphrun.tuning import configure_process
 
 TUNING = configure_process()  # before torch is imported: the same settings `nst run` uses
 
@@ -32,7 +32,7 @@ from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, te
 from nst_nodes import kernels, optimize as optimizing  # noqa: E402
 from nst_nodes.optimize import OptimizerSettings, optimize  # noqa: E402
 from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19  # noqa: E402
-from runner import Cache, Folders, run  # noqa: E402
+from graphrun import Cache, Folders, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "nst_nodes" / "samples"
@@ -341,7 +341,7 @@ def main() -> None:
         figures["fraction_of_conv_peak"] = figures["gflop"] / figures["seconds_per_step"] / peak
         results["steps"].append(figures)
     # Peak memory with the L-BFGS history filled (as many steps as the default history holds),
-    # in both tuning modes of runner/tuning.py.
+    # in both tuning modes of graphrun/tuning.py.
     history = OptimizerSettings().history_size
     memory_steps = str(12 if args.quick else history + 2)
     results["memory"] = {mode: in_child("memory", str(sides[-1]), memory_steps, tuning=mode) for mode in ("speed", "memory")}

@@ -1,7 +1,7 @@
 """The values that cross node boundaries, described once.
 
 The TypedDicts below are the documentation and also what the runner checks a cached value
-against (``VALUE_TYPES``, see runner/values.py). Tensors inside NST_* values may live on any
+against (``VALUE_TYPES``, see graphrun/values.py). Tensors inside NST_* values may live on any
 device; a consumer moves them to its own. Every type but NST_MODEL is tensors and JSON-able
 values, so the runner caches them on disk.
 """

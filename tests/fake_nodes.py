@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from runner import Registry
+from graphrun import Registry
 
 
 class Number:

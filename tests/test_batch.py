@@ -1,4 +1,4 @@
-"""Batches, sweeps and chains of a graph on Dask (runner/batch.py), at tiny sizes."""
+"""Batches, sweeps and chains of a graph on Dask (graphrun/batch.py), at tiny sizes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runner import Folders, run
-from runner.batch import BatchError, Over, batch_items, joined_prompt, parse_chain, parse_over, run_batch
+from graphrun import Folders, run
+from graphrun.batch import BatchError, Over, batch_items, joined_prompt, parse_chain, parse_over, run_batch
 
 distributed = pytest.importorskip("distributed", reason="the cluster extra: pip install -e '.[cluster]'")
 

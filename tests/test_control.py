@@ -13,7 +13,7 @@ from PIL import Image
 from nst_nodes.color import rgb_to_yiq
 from nst_nodes.image import load_image, resize_image
 from nst_nodes.metrics import quality
-from runner import Folders, NodeExecutionError, run
+from graphrun import Folders, NodeExecutionError, run
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 SAMPLES = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"

@@ -12,9 +12,9 @@ import fake_nodes
 import pytest
 import torch
 
-from runner import Cache, Folders, NodeExecutionError, RunInterrupted, run
-from runner.cache import NodeResult
-from runner.spec import code_version
+from graphrun import Cache, Folders, NodeExecutionError, RunInterrupted, run
+from graphrun.cache import NodeResult
+from graphrun.spec import code_version
 
 REGISTRY = fake_nodes.registry()
 
@@ -195,7 +195,7 @@ def test_a_failed_cache_write_warns_once_and_keeps_the_results(tmp_path: Path, r
             raise OSError(28, "No space left on device")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr("runner.cache.os.open", full_disk)
+    monkeypatch.setattr("graphrun.cache.os.open", full_disk)
     cache = later_process(tmp_path)
     assert run_chain(cache, reporter) == {"3": (13.0,), "5": ()}
     assert len(reporter.warnings) == 1 and "No space left on device" in reporter.warnings[0]
@@ -292,7 +292,7 @@ def test_the_python_api_checks_its_arguments(tmp_path: Path, reporter, monkeypat
     with pytest.raises(TypeError, match="recompute must be a list of node ids, not the string '15'"):
         run_chain(Cache(None), reporter, recompute="15")
     assert run_chain(Cache(None), reporter, outputs=[3]) == {"3": (13.0,)}  # ids may be ints
-    with pytest.raises(TypeError, match="cache must be a runner.cache.Cache, not str"):
+    with pytest.raises(TypeError, match="cache must be a graphrun.cache.Cache, not str"):
         run_chain("cache-dir", reporter)
     for wrong in ({"device": None}, {"interrupt": True}, {"folders": "/tmp"}):
         with pytest.raises(TypeError, match=f"{next(iter(wrong))} must be a "):

@@ -11,7 +11,7 @@ import pytest
 
 from nst_nodes.files import FileRuleError, check_writable, input_path, output_paths, output_stem, write_atomically
 from nst_nodes.host import Host, LocalHost
-from runner import Folders, RunnerHost
+from graphrun import Folders, RunnerHost
 
 
 def host(tmp_path: Path, confined: bool) -> RunnerHost:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from runner import (
+from graphrun import (
     Cache,
     Folders,
     GraphValidationError,
@@ -25,7 +25,7 @@ from runner import (
     run,
     validate,
 )
-from runner.cli import main
+from graphrun.cli import main
 
 GRAPHS = sorted((Path(__file__).resolve().parent.parent / "graphs").glob("*.json"))
 
@@ -232,7 +232,7 @@ def test_an_editor_workflow_runs_from_the_cli_like_its_graph_and_embeds_itself(t
 
 
 def test_a_second_signal_aborts_at_once() -> None:
-    from runner.cli import _StopOnSignal
+    from graphrun.cli import _StopOnSignal
 
     with _StopOnSignal() as stop:
         stop.handle(signal.SIGTERM, None)
@@ -245,7 +245,7 @@ def test_no_traceback_reaches_the_user(tmp_path: Path, capsys, monkeypatch) -> N
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("something nobody foresaw")
 
-    monkeypatch.setattr("runner.cli.run", broken)
+    monkeypatch.setattr("graphrun.cli.run", broken)
     assert main(["run", "graphs/gatys.json", "--no-cache"]) == 1
     assert capsys.readouterr().err == "error: unexpected RuntimeError: something nobody foresaw (NST_DEBUG=1 shows where)\n"
     (tmp_path / "bad.json").write_text("{")

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nst_nodes import NODE_CLASS_MAPPINGS
-from runner import Folders, GraphFormatError, NodeExecutionError, default_registry, load_graph, run, validate
-from runner.validate import ValidationError
+from graphrun import Folders, GraphFormatError, NodeExecutionError, default_registry, load_graph, run, validate
+from graphrun.validate import ValidationError
 
 REGISTRY = default_registry()
 CLASSES = sorted(NODE_CLASS_MAPPINGS) + ["NoSuchNode"]

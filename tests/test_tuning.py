@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from runner.tuning import configure_process
+from graphrun.tuning import configure_process
 
 
 def tuned_child(mode: str) -> dict:
     code = (
-        "import json, os; from runner.tuning import configure_process; applied = configure_process(%r); "
+        "import json, os; from graphrun.tuning import configure_process; applied = configure_process(%r); "
         "print(json.dumps({'applied': applied, 'thp': os.environ.get('THP_MEM_ALLOC_ENABLE')}))" % mode
     )
     environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")}
@@ -36,7 +36,7 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_a_bad_nst_tuning_stops_the_cli_before_anything_runs(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from runner.cli import main
+    from graphrun.cli import main
 
     monkeypatch.setenv("NST_TUNING", "fastest")
     assert main(["run", "graphs/gatys.json"]) == 2

@@ -8,8 +8,8 @@ from pathlib import Path
 import fake_nodes
 import pytest
 
-from runner import GraphFormatError, GraphValidationError, load_graph, run, validate
-from runner.cli import main
+from graphrun import GraphFormatError, GraphValidationError, load_graph, run, validate
+from graphrun.cli import main
 
 REGISTRY = fake_nodes.registry()
 

@@ -13,15 +13,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from runner.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, Cache, default_cache_dir
-from runner.execute import NodeExecutionError, RunInterrupted, run
-from runner.graph import Graph, GraphFormatError, load_graph, with_overrides
-from runner.host import DEVICES, Folders
-from runner.progress import ConsoleBatchReporter, ConsoleReporter
-from runner.registry import Registry, default_registry
-from runner.spec import node_spec
-from runner.tuning import MODES, configure_process
-from runner.validate import GraphValidationError, validate
+from graphrun.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, Cache, default_cache_dir
+from graphrun.execute import NodeExecutionError, RunInterrupted, run
+from graphrun.graph import Graph, GraphFormatError, load_graph, with_overrides
+from graphrun.host import DEVICES, Folders
+from graphrun.progress import ConsoleBatchReporter, ConsoleReporter
+from graphrun.registry import Registry, default_registry
+from graphrun.spec import node_spec
+from graphrun.tuning import MODES, configure_process
+from graphrun.validate import GraphValidationError, validate
 
 EXIT_FAILED, EXIT_INVALID = 1, 2
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -92,7 +92,7 @@ def _parser(extra: list[str] = ()) -> argparse.ArgumentParser:
     run_command.add_argument("--quiet", action="store_true", help="print nothing but errors (--preview still writes)")
     run_command.add_argument("--tuning", choices=MODES, default=None,
                              help="process settings: speed (default), memory (lower peak RSS, 30-40%% slower) "
-                                  "or off; default NST_TUNING or speed (see runner/tuning.py)")
+                                  "or off; default NST_TUNING or speed (see graphrun/tuning.py)")
 
     batch_command = commands.add_parser(
         "batch", help="run a graph over many inputs (a batch, a sweep, video frames) on Dask",
@@ -260,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from runner.batch import BatchError, batch_items, parse_chain, parse_over, run_batch
+    from graphrun.batch import BatchError, batch_items, parse_chain, parse_over, run_batch
 
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         print("error: --workers and --threads must be at least 1", file=sys.stderr)

@@ -6,7 +6,7 @@ keys, so nodes that are identical across items (the model, the style's statistic
 content) have one key, become one Dask task and run once. Per-item problems fail that item
 only; the rest run.
 
-A task runs one node on a worker through the same :class:`~runner.execute.Execution` code as
+A task runs one node on a worker through the same :class:`~graphrun.execute.Execution` code as
 ``nst run``: the worker's cache is consulted first, results are kept in it, and the value goes
 to the consumers as a cache entry (tensors and JSON read back with ``weights_only``, never an
 arbitrary pickle). Nodes whose results cannot be stored (``DISK_CACHE = False``, e.g. a model)
@@ -35,14 +35,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.cache import DEFAULT_MEMORY_BYTES, Cache, NodeResult, decode_result, encode_result, is_storable
-from runner.execute import CACHED, PARTIAL, RAN, Execution, NodeExecutionError
-from runner.graph import Graph, GraphLimits, load_graph, with_overrides
-from runner.host import Folders, Preview, resolve_device
-from runner.plan import plan
-from runner.registry import Registry, default_registry
-from runner.spec import node_spec
-from runner.validate import ValidationError, check_plan
+from graphrun.cache import DEFAULT_MEMORY_BYTES, Cache, NodeResult, decode_result, encode_result, is_storable
+from graphrun.execute import CACHED, PARTIAL, RAN, Execution, NodeExecutionError
+from graphrun.graph import Graph, GraphLimits, load_graph, with_overrides
+from graphrun.host import Folders, Preview, resolve_device
+from graphrun.plan import plan
+from graphrun.registry import Registry, default_registry
+from graphrun.spec import node_spec
+from graphrun.validate import ValidationError, check_plan
 
 DONE, FAILED, NOT_STARTED, STOPPED = "done", "failed", "not started", "stopped"
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
@@ -369,7 +369,7 @@ def _prepare_worker(threads: int | None) -> None:
     """Process settings and the node registry once per worker (as `nst run` has them), and the torch
     threads a task uses."""
     if not _worker_state["configured"]:
-        from runner.tuning import configure_process
+        from graphrun.tuning import configure_process
 
         configure_process()
         _worker_state["configured"] = True

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner.cache import Cache, NodeResult, UnreadableEntry, always_changes, is_storable, node_key
-from runner.graph import Graph, load_graph, with_overrides
-from runner.host import Folders, Preview, RunnerHost, resolve_device
-from runner.plan import Plan, plan
-from runner.registry import Registry, default_registry
-from runner.spec import NodeSpec, call_hook, code_version, hidden_inputs, node_spec
-from runner.validate import GraphValidationError, check_plan
-from runner.values import conforms
+from graphrun.cache import Cache, NodeResult, UnreadableEntry, always_changes, is_storable, node_key
+from graphrun.graph import Graph, load_graph, with_overrides
+from graphrun.host import Folders, Preview, RunnerHost, resolve_device
+from graphrun.plan import Plan, plan
+from graphrun.registry import Registry, default_registry
+from graphrun.spec import NodeSpec, call_hook, code_version, hidden_inputs, node_spec
+from graphrun.validate import GraphValidationError, check_plan
+from graphrun.values import conforms
 
 RAN, CACHED, PARTIAL = "ran", "cached", "partial"
 
@@ -383,7 +383,7 @@ def run(
             raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, not {type(value).__name__}")
     if reporter is not None and not all(callable(getattr(reporter, method, None))
                                         for method in ("node_done", "progress", "warning")):
-        raise TypeError("reporter must have the methods node_done, progress and warning (see runner.execute.Reporter)")
+        raise TypeError("reporter must have the methods node_done, progress and warning (see graphrun.execute.Reporter)")
     registry = registry or default_registry()
     if not isinstance(graph, Graph):
         graph = load_graph(graph, registry=registry)

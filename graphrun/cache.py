@@ -5,7 +5,7 @@ version, its constants (plus what ``IS_CHANGED`` says, e.g. a file's content has
 the keys of its linked inputs. Disk entries hold only tensors and JSON-able values and
 are read with ``torch.load(weights_only=True)``, never with a full unpickler. torch is
 imported only when an entry is touched, so that importing the runner leaves process
-tuning (runner.tuning) a chance to act before torch starts its thread pools.
+tuning (graphrun.tuning) a chance to act before torch starts its thread pools.
 
 Layout: ``DIR/<2 hex>/<64 hex>.entry``; each entry names its key inside, so a file moved to
 another name is not served. *Leftovers* are the cache's own debris: the temporary file of a

@@ -8,12 +8,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from runner.graph import Graph
-from runner.host import Folders, RunnerHost
-from runner.plan import Plan, id_order
-from runner.plan import plan as make_plan
-from runner.registry import Registry
-from runner.spec import (
+from graphrun.graph import Graph
+from graphrun.host import Folders, RunnerHost
+from graphrun.plan import Plan, id_order
+from graphrun.plan import plan as make_plan
+from graphrun.registry import Registry
+from graphrun.spec import (
     ANY_TYPE,
     COMBO_TYPE,
     InputSpec,

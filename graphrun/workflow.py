@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.graph import GraphFormatError
-from runner.registry import Registry
-from runner.spec import COMBO_TYPE, InputSpec, node_spec
+from graphrun.graph import GraphFormatError
+from graphrun.registry import Registry
+from graphrun.spec import COMBO_TYPE, InputSpec, node_spec
 
 EDITOR_ONLY = ("Note", "MarkdownNote")
 MUTED, BYPASSED = 2, 4

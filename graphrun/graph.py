@@ -24,7 +24,7 @@ from typing import Any
 
 import networkx as nx
 
-from runner.registry import Registry, default_registry
+from graphrun.registry import Registry, default_registry
 
 
 class GraphFormatError(ValueError):
@@ -168,7 +168,7 @@ def load_graph(
     else:
         raise TypeError(f"a graph is a file path or a dict, not {type(source).__name__}")
     workflow = None
-    from runner.workflow import is_workflow, workflow_to_prompt  # imported here: workflow.py imports this module
+    from graphrun.workflow import is_workflow, workflow_to_prompt  # imported here: workflow.py imports this module
 
     if is_workflow(document):
         workflow = document

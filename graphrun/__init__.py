@@ -5,13 +5,13 @@ Building (graph.py, workflow.py), planning (plan.py), validation (validate.py), 
 the runner. The runner knows node classes, types and values, nothing else.
 """
 
-from runner.cache import Cache, default_cache_dir
-from runner.execute import NodeExecutionError, RunInterrupted, run
-from runner.graph import Graph, GraphFormatError, GraphLimits, load_graph
-from runner.host import Folders, RunnerHost
-from runner.plan import Plan, plan
-from runner.registry import Registry, default_registry
-from runner.validate import GraphValidationError, ValidationError, validate
+from graphrun.cache import Cache, default_cache_dir
+from graphrun.execute import NodeExecutionError, RunInterrupted, run
+from graphrun.graph import Graph, GraphFormatError, GraphLimits, load_graph
+from graphrun.host import Folders, RunnerHost
+from graphrun.plan import Plan, plan
+from graphrun.registry import Registry, default_registry
+from graphrun.validate import GraphValidationError, ValidationError, validate
 
 __all__ = [
     "Cache",

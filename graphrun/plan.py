@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from runner.graph import Graph
-from runner.registry import Registry
-from runner.spec import node_spec
+from graphrun.graph import Graph
+from graphrun.registry import Registry
+from graphrun.spec import node_spec
 
 
 def id_order(node_id: str) -> tuple[int, str]:

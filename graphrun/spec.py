@@ -5,7 +5,7 @@ A node class is any class with ComfyUI's attributes (``INPUT_TYPES``, ``RETURN_T
 
 - ``DISK_CACHE = False``: outputs are kept in memory only (they are not tensors and
   JSON-able values, or are cheaper to rebuild than to store).
-- hidden input ``"NST_CONTEXT"``: the :class:`runner.host.RunnerHost` (device, folders,
+- hidden input ``"NST_CONTEXT"``: the :class:`graphrun.host.RunnerHost` (device, folders,
   progress, stop). ComfyUI passes nothing for it, so nodes must accept ``None``.
 - ``OUTPUT_TOOLTIPS`` (ComfyUI's): one tooltip per output.
 - ComfyUI's own ``VALIDATE_INPUTS`` and ``IS_CHANGED`` class methods, with ComfyUI's meaning.

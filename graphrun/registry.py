@@ -2,7 +2,7 @@
 
 A node pack is anything exposing ComfyUI's ``NODE_CLASS_MAPPINGS`` (and optionally
 ``NODE_DISPLAY_NAME_MAPPINGS``, and ``VALUE_TYPES``: type name -> the annotation its values
-fit, see runner/values.py): register it in pyproject.toml as
+fit, see graphrun/values.py): register it in pyproject.toml as
 ``[project.entry-points."nst_nodes.nodes"] my_pack = "my_pack"``.
 """
 
@@ -13,7 +13,7 @@ from importlib import metadata
 from types import ModuleType
 from typing import Any
 
-from runner.values import PRIMITIVES
+from graphrun.values import PRIMITIVES
 
 ENTRY_POINT_GROUP = "nst_nodes.nodes"
 

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from runner.host import Preview
+from graphrun.host import Preview
 
 
 class ConsoleReporter:
