@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 from bench import cpu_flags
@@ -25,6 +26,8 @@ from bench import cpu_flags
 from nst_nodes import kernels
 from graphrun import Folders
 from graphrun.batch import Over, run_batch
+from nst_nodes.app import APP
+from nst_nodes.tuning import configure_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +44,8 @@ def measure(workers: int, threads: int, items: int, side: int, steps: int) -> di
         started = time.perf_counter()
         result = run_batch(ROOT / "graphs" / "gatys.json", [Over("12", "weight", tuple(sweep(items)))],
                            overrides=overrides, workers=workers, threads=threads, cache_dir=Path(folder) / "cache",
-                           folders=Folders(output=Path(folder) / "out"), device="cpu")
+                           folders=Folders(output=Path(folder) / "out"), device="cpu",
+                           worker_hook=partial(configure_process, None), worker_environment=APP.worker_environment)
         wall = time.perf_counter() - started
     if result.failed:
         raise SystemExit(f"{len(result.failed)} items failed: {result.failed[0].error}")

@@ -10,7 +10,7 @@ child process (this script with ``--worker``).
 
 from __future__ import annotations
 
-from graphrun.tuning import configure_process
+from nst_nodes.tuning import configure_process
 
 TUNING = configure_process()  # before torch is imported: the same settings `nst run` uses
 
@@ -341,7 +341,7 @@ def main() -> None:
         figures["fraction_of_conv_peak"] = figures["gflop"] / figures["seconds_per_step"] / peak
         results["steps"].append(figures)
     # Peak memory with the L-BFGS history filled (as many steps as the default history holds),
-    # in both tuning modes of graphrun/tuning.py.
+    # in both tuning modes of nst_nodes.tuning.py.
     history = OptimizerSettings().history_size
     memory_steps = str(12 if args.quick else history + 2)
     results["memory"] = {mode: in_child("memory", str(sides[-1]), memory_steps, tuning=mode) for mode in ("speed", "memory")}

@@ -11,7 +11,7 @@ sliced, content distance; lower is closer). Prints a table and writes benchmarks
 
 from __future__ import annotations
 
-from graphrun.tuning import configure_process
+from nst_nodes.tuning import configure_process
 
 TUNING = configure_process()  # before torch is imported: the same settings `nst run` uses
 

@@ -1,12 +1,15 @@
 """A small generic engine for JSON node graphs in ComfyUI's API (or editor) format.
 
-Building (graph.py, workflow.py), planning (plan.py), validation (validate.py), execution
-(execute.py) and caching (cache.py) are separate; host.py is what running nodes may ask of
-the runner. The runner knows node classes, types and values, nothing else.
+Building (graph.py, workflow.py), planning (plan.py), validation (validate.py), execution through
+a step API (execute.py) driven by executors (executors/: the local loop, Dask), caching (cache/)
+and batches (batch/) are separate; host.py is what running nodes may ask of the engine, app.py how
+an application names itself. The engine knows node classes, types and values, nothing else.
 """
 
-from graphrun.cache import Cache, default_cache_dir
-from graphrun.execute import NodeExecutionError, RunInterrupted, run
+from graphrun.app import App
+from graphrun.cache import Cache, user_cache_dir
+from graphrun.execute import Execution, NodeExecutionError, RunInterrupted
+from graphrun.executors.local import run, run_locally
 from graphrun.graph import Graph, GraphFormatError, GraphLimits, load_graph
 from graphrun.host import Folders, RunnerHost
 from graphrun.plan import Plan, plan
@@ -14,7 +17,9 @@ from graphrun.registry import Registry, default_registry
 from graphrun.validate import GraphValidationError, ValidationError, validate
 
 __all__ = [
+    "App",
     "Cache",
+    "Execution",
     "Folders",
     "Graph",
     "GraphFormatError",
@@ -26,10 +31,11 @@ __all__ = [
     "RunInterrupted",
     "RunnerHost",
     "ValidationError",
-    "default_cache_dir",
     "default_registry",
     "load_graph",
     "plan",
     "run",
+    "run_locally",
+    "user_cache_dir",
     "validate",
 ]

@@ -1,4 +1,8 @@
-"""The ``nst`` command: run, validate and list nodes; inspect and clear the cache."""
+"""The command line: run, validate and batch graphs, list nodes, inspect and clear the cache.
+
+An application passes its :class:`~graphrun.app.App` to :func:`main` (its name, cache folder and
+process settings); pack commands come from the entry point group ``graphrun.commands``.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,24 @@ import signal
 import sys
 import threading
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from graphrun.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, Cache, default_cache_dir
-from graphrun.execute import NodeExecutionError, RunInterrupted, run
+from graphrun.app import App
+from graphrun.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, Cache
+from graphrun.execute import NodeExecutionError, RunInterrupted
+from graphrun.executors.local import run
 from graphrun.graph import Graph, GraphFormatError, load_graph, with_overrides
 from graphrun.host import DEVICES, Folders
-from graphrun.progress import ConsoleBatchReporter, ConsoleReporter
-from graphrun.registry import Registry, default_registry
+from graphrun.console import ConsoleBatchReporter, ConsoleReporter
+from graphrun.registry import Registry, default_registry, object_info
 from graphrun.spec import node_spec
-from graphrun.tuning import MODES, configure_process
 from graphrun.validate import GraphValidationError, validate
 
 EXIT_FAILED, EXIT_INVALID = 1, 2
+COMMAND_GROUP = "graphrun.commands"
+DEBUG_VARIABLE = "GRAPHRUN_DEBUG"
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
@@ -69,9 +77,9 @@ def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
                          help="refuse paths outside --input-dir / --output-dir, as ComfyUI does")
 
 
-def _parser(extra: list[str] = ()) -> argparse.ArgumentParser:
-    epilog = f"node packs add: {', '.join(extra)} (nst NAME --help)" if extra else None
-    parser = argparse.ArgumentParser(prog="nst", description=__doc__, epilog=epilog)
+def _parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
+    epilog = f"node packs add: {', '.join(extra)} ({app.prog} NAME --help)" if extra else None
+    parser = argparse.ArgumentParser(prog=app.prog, description=app.description, epilog=epilog)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run_command = commands.add_parser("run", help="validate and run a graph")
@@ -79,7 +87,7 @@ def _parser(extra: list[str] = ()) -> argparse.ArgumentParser:
     run_command.add_argument("--device", choices=DEVICES, default="auto")
     run_command.add_argument("--recompute", type=_id_list, default=[], metavar="ID,...",
                              help="ignore cached results of these nodes and their descendants")
-    run_command.add_argument("--cache-dir", type=Path, default=None, help=f"default {default_cache_dir()}")
+    run_command.add_argument("--cache-dir", type=Path, default=None, help=f"default {app.cache_dir()}")
     run_command.add_argument("--no-cache", action="store_true", help="keep results in memory only")
     run_command.add_argument("--memory-cache", type=_byte_size, default=DEFAULT_MEMORY_BYTES, metavar="SIZE",
                              help="results kept in memory across the run, least recently used out first (default 2GiB)")
@@ -90,9 +98,9 @@ def _parser(extra: list[str] = ()) -> argparse.ArgumentParser:
     run_command.add_argument("--preview-every", type=float, default=1.0, metavar="SECONDS",
                              help="at most one preview per this many seconds (default 1)")
     run_command.add_argument("--quiet", action="store_true", help="print nothing but errors (--preview still writes)")
-    run_command.add_argument("--tuning", choices=MODES, default=None,
-                             help="process settings: speed (default), memory (lower peak RSS, 30-40%% slower) "
-                                  "or off; default NST_TUNING or speed (see graphrun/tuning.py)")
+    if app.process_modes:
+        run_command.add_argument("--tuning", choices=app.process_modes, default=None,
+                                 help=f"process settings, one of {', '.join(app.process_modes)} (see the docs)")
 
     batch_command = commands.add_parser(
         "batch", help="run a graph over many inputs (a batch, a sweep, video frames) on Dask",
@@ -114,7 +122,7 @@ def _parser(extra: list[str] = ()) -> argparse.ArgumentParser:
                                help="torch threads per running node (default: the cores shared between the workers)")
     batch_command.add_argument("--device", choices=DEVICES, default="auto")
     batch_command.add_argument("--cache-dir", type=Path, default=None,
-                               help=f"the shared node cache (default {default_cache_dir()}); workers must see it")
+                               help=f"the shared node cache (default {app.cache_dir()}); workers must see it")
     batch_command.add_argument("--no-cache", action="store_true", help="no disk cache (a stopped batch starts over)")
     batch_command.add_argument("--quiet", action="store_true", help="print nothing but errors and the summary")
 
@@ -128,29 +136,6 @@ def _parser(extra: list[str] = ()) -> argparse.ArgumentParser:
     cache_command.add_argument("action", choices=("info", "clear"))
     cache_command.add_argument("--cache-dir", type=Path, default=None)
     return parser
-
-
-def object_info(registry: Registry) -> dict[str, Any]:
-    """ComfyUI's /object_info shape: one entry per class with its declared metadata."""
-    info = {}
-    for name, node_class in sorted(registry.classes.items()):
-        spec = node_spec(node_class)
-        declared = node_class.INPUT_TYPES()
-        info[name] = {
-            "input": declared,
-            "input_order": {section: list(declared.get(section, {})) for section in ("required", "optional")},
-            "output": list(spec.return_types),
-            "output_name": list(spec.return_names),
-            "output_is_list": [False] * len(spec.return_types),
-            "output_tooltips": list(getattr(node_class, "OUTPUT_TOOLTIPS", ())),
-            "name": name,
-            "display_name": registry.display_name(name),
-            "description": getattr(node_class, "DESCRIPTION", ""),
-            "category": getattr(node_class, "CATEGORY", ""),
-            "output_node": spec.output_node,
-            "python_module": node_class.__module__,
-        }
-    return json.loads(json.dumps(info, default=str))
 
 
 def _print_nodes(registry: Registry) -> None:
@@ -194,10 +179,12 @@ def _load(args: argparse.Namespace) -> Graph:
 
 
 class _StopOnSignal:
-    """First Ctrl-C or SIGTERM: ask the run to stop after the current step. Second: abort at once."""
+    """First Ctrl-C or SIGTERM: ask the run to stop after the current step (the one stop path). Second:
+    set ``abort`` if one is given (a batch stops waiting and reports), else abort at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, abort: threading.Event | None = None) -> None:
         self.event = threading.Event()
+        self.abort = abort
         self.signal: int | None = None
         self.previous: dict[int, Any] = {}
 
@@ -212,15 +199,27 @@ class _StopOnSignal:
 
     def handle(self, number: int, frame: Any) -> None:
         if self.event.is_set():
-            raise KeyboardInterrupt
+            if self.abort is None:
+                raise KeyboardInterrupt
+            self.abort.set()
+            print(f"\n{SIGNAL_NAMES[number]} again: not waiting for running nodes; finished results stay cached",
+                  file=sys.stderr)
+            return
         self.signal = number
         self.event.set()
         print(f"\n{SIGNAL_NAMES[number]}: stopping after the current step; the result so far will be saved "
               "(press Ctrl-C again to abort at once)", file=sys.stderr)
 
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signal or signal.SIGINT, 130)
 
-def _run(args: argparse.Namespace) -> int:
-    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+
+def _cache_dir(args: argparse.Namespace, app: App) -> Path | None:
+    return None if args.no_cache else (args.cache_dir or app.cache_dir())
+
+
+def _run(args: argparse.Namespace, app: App) -> int:
     reporter = ConsoleReporter(preview_path=args.preview, preview_seconds=args.preview_every, quiet=args.quiet)
     with _StopOnSignal() as stop:
         try:
@@ -228,10 +227,10 @@ def _run(args: argparse.Namespace) -> int:
                 _load(args),
                 device=args.device,
                 outputs=args.only,
-                cache=Cache(cache_dir, memory_bytes=args.memory_cache, disk_bytes=args.disk_cache),
+                cache=Cache(_cache_dir(args, app), memory_bytes=args.memory_cache, disk_bytes=args.disk_cache),
                 recompute=args.recompute,
                 reporter=reporter,
-                interrupt=stop.event,
+                stop=stop.event,
                 folders=_folders(args),
             )
         except GraphValidationError as error:
@@ -239,9 +238,9 @@ def _run(args: argparse.Namespace) -> int:
         except RunInterrupted as error:
             name = SIGNAL_NAMES.get(stop.signal or signal.SIGINT, "stop request")
             print(f"stopped by {name}: {error}; finished results stay cached", file=sys.stderr)
-            return EXIT_CODES.get(stop.signal or signal.SIGINT, 130)
+            return stop.exit_code
         except NodeExecutionError as error:
-            if os.environ.get("NST_DEBUG"):
+            if os.environ.get(DEBUG_VARIABLE):
                 traceback.print_exception(error.__cause__ or error)
             if args.json:
                 print(json.dumps({"error": {"type": "execution_error", "message": str(error), "node_id": error.node_id,
@@ -251,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"aborted by {SIGNAL_NAMES.get(stop.signal or signal.SIGINT)}; finished results stay cached",
                   file=sys.stderr)
-            return EXIT_CODES.get(stop.signal or signal.SIGINT, 130)
+            return stop.exit_code
     if not args.quiet:
         for node_id, outputs in results.items():
             if outputs:
@@ -259,7 +258,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch(args: argparse.Namespace) -> int:
+def _batch(args: argparse.Namespace, app: App) -> int:
     from graphrun.batch import BatchError, batch_items, parse_chain, parse_over, run_batch
 
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
@@ -273,22 +272,22 @@ def _batch(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
     reporter = ConsoleBatchReporter(total, quiet=args.quiet)
-    with _StopOnSignal() as stop:
+    abort = threading.Event()
+    hook = partial(app.configure_process, None) if app.configure_process is not None else None
+    with _StopOnSignal(abort) as stop:
         try:
             result = run_batch(
                 _load(args), overs, grid=args.grid, chain=chain, scheduler=args.scheduler, workers=args.workers,
-                threads=args.threads, cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
-                folders=_folders(args), device=args.device, reporter=reporter, stop=stop.event,
+                threads=args.threads, cache_dir=_cache_dir(args, app), folders=_folders(args), device=args.device,
+                reporter=reporter, stop=stop.event, abort=abort, worker_hook=hook,
+                worker_environment=app.worker_environment,
             )
         except BatchError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_INVALID
-        except KeyboardInterrupt:
-            print("aborted; finished nodes stay cached", file=sys.stderr)
-            return EXIT_CODES.get(stop.signal or signal.SIGINT, 130)
     print(result.summary(), file=sys.stderr)
     if stop.signal is not None:
-        return EXIT_CODES[stop.signal]
+        return stop.exit_code
     return EXIT_FAILED if result.failed else 0
 
 
@@ -301,8 +300,8 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cache(args: argparse.Namespace) -> int:
-    cache = Cache(args.cache_dir or default_cache_dir())
+def _cache(args: argparse.Namespace, app: App) -> int:
+    cache = Cache(args.cache_dir or app.cache_dir())
     if cache.directory is not None and cache.directory.exists() and not cache.directory.is_dir():
         print(f"error: {cache.directory} is not a directory", file=sys.stderr)
         return EXIT_INVALID
@@ -315,7 +314,7 @@ def _cache(args: argparse.Namespace) -> int:
         print(f"{cache.directory}: {len(found.entries)} entries, {found.entry_bytes / 2**20:.1f} MiB "
               f"(kept within {cache.disk_bytes / 2**30:.0f} GiB, oldest out first)")
         if found.leftovers:
-            print(f"{len(found.leftovers)} leftovers (unfinished writes, broken entries); `nst cache clear` removes them")
+            print(f"{len(found.leftovers)} leftovers (unfinished writes, broken entries); `cache clear` removes them")
     if found.foreign:
         print(f"{len(found.foreign)} files that are not the cache's (e.g. {found.foreign[0]}) were left alone")
     for problem in problems:
@@ -329,35 +328,36 @@ def _describe(value: Any) -> str:
 
 
 def pack_commands() -> dict[str, Any]:
-    """Commands that node packs add to ``nst`` (entry point group ``nst_nodes.commands``: name -> ``main(argv) -> int``)."""
+    """Commands that node packs add (entry point group ``graphrun.commands``: name -> ``main(argv) -> int``)."""
     from importlib import metadata
 
-    return {entry.name: entry for entry in metadata.entry_points(group="nst_nodes.commands")}
+    return {entry.name: entry for entry in metadata.entry_points(group=COMMAND_GROUP)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, app: App | None = None) -> int:
+    app = app or App()
     argv = sys.argv[1:] if argv is None else argv
     extra = pack_commands()
     if argv and argv[0] in extra:
         try:
-            return extra[argv[0]].load()(argv[1:])
+            return int(extra[argv[0]].load()(argv[1:]))
         except (ValueError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_INVALID
-    args = _parser(sorted(extra)).parse_args(argv)
+    args = _parser(app, sorted(extra)).parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command in ("run", "batch") and app.configure_process is not None:
             try:
-                configure_process(args.tuning)
-            except ValueError as error:  # a bad NST_TUNING; the flag itself is checked by argparse
-                print(f"error: NST_TUNING: {error}", file=sys.stderr)
+                app.configure_process(getattr(args, "tuning", None))
+            except ValueError as error:  # a bad setting in the environment; the flag itself is checked by argparse
+                print(f"error: {error}", file=sys.stderr)
                 return EXIT_INVALID
-            return _run(args)
+        if args.command == "run":
+            return _run(args, app)
         if args.command == "validate":
             return _validate(args)
         if args.command == "batch":
-            configure_process()
-            return _batch(args)
+            return _batch(args, app)
         if args.command == "nodes":
             registry = default_registry()
             if args.json:
@@ -365,10 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_nodes(registry)
             return 0
-        return _cache(args)
+        return _cache(args, app)
     except GraphFormatError as error:
         return _report_format_error(error, getattr(args, "json", False))
-    except BrokenPipeError:  # `nst nodes | head`: the reader left; say nothing more
+    except BrokenPipeError:  # `... nodes | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ValueError, TypeError, OSError) as error:
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted", file=sys.stderr)
         return 130
     except Exception as error:  # the last line of defence: a message, never a traceback
-        if os.environ.get("NST_DEBUG"):
+        if os.environ.get(DEBUG_VARIABLE):
             raise
-        print(f"error: unexpected {type(error).__name__}: {error} (NST_DEBUG=1 shows where)", file=sys.stderr)
+        print(f"error: unexpected {type(error).__name__}: {error} ({DEBUG_VARIABLE}=1 shows where)", file=sys.stderr)
         return EXIT_FAILED

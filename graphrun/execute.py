@@ -1,65 +1,45 @@
-"""Run the planned part of a validated graph, reusing cached results.
+"""Run the planned part of a validated graph, reusing cached results, through a step API.
 
-Execution is two iterative passes over the plan's order (no recursion, however long the graph):
-backwards to decide what can come from the cache (a cached output is loaded without touching
-its inputs), then forwards to run the rest, each node after its inputs. A result is released
-as soon as its last consumer has run.
+An :class:`Execution` is one run of one plan. Executors drive it in steps, as Hamilton's task
+executors and ComfyUI's execution list do:
+
+    execution.prepare()                          # keys; what the cache serves (its inputs untouched)
+    while (node_id := execution.next_ready()):   # a node whose inputs are all complete
+        execution.complete(node_id, value)       # value: computed here, or a handle to it elsewhere
+    execution.outputs()                          # the targets' outputs, or RunInterrupted
+
+The local loop (executors/local.py) computes each value with :meth:`Execution.compute`, one node
+at a time, so a stop request is seen before each node starts; the Dask executor
+(executors/dask.py) takes every ready node at once and completes it with its task's future. Results are released
+as soon as their last consumer completed.
 
 A node whose ``IS_CHANGED`` returns NaN (ComfyUI's "always rerun") is *volatile*: it and its
 descendants are never served from or written to the cache. An output node is served from the
 cache only while the files it wrote are still there, unchanged. After a stop request only the
-nodes downstream of a partial result run (so the best result so far is saved); nothing partial
-is cached, and the run ends with :class:`RunInterrupted`.
+nodes downstream of a partial result become ready (so the best result so far is saved); nothing
+partial is cached, and :meth:`Execution.outputs` raises :class:`RunInterrupted`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import heapq
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from graphrun.cache import Cache, NodeResult, UnreadableEntry, always_changes, is_storable, node_key
-from graphrun.graph import Graph, load_graph, with_overrides
-from graphrun.host import Folders, Preview, RunnerHost, resolve_device
-from graphrun.plan import Plan, plan
-from graphrun.registry import Registry, default_registry
-from graphrun.spec import NodeSpec, call_hook, code_version, hidden_inputs, node_spec
-from graphrun.validate import GraphValidationError, check_plan
-from graphrun.values import conforms
-
-RAN, CACHED, PARTIAL = "ran", "cached", "partial"
-
-
-class Reporter(Protocol):
-    """Receives what happens during a run (the CLI prints it; tests count it)."""
-
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
-                  text: list[str]) -> None:
-        """``outcome``: ``ran``, ``cached`` or ``partial`` (ran on a stopped node's result; not cached);
-        ``files``: what it wrote; ``text``: what it shows (ComfyUI's ``ui`` text)."""
-
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
-                 preview: Preview | None) -> None: ...
-
-    def warning(self, message: str) -> None: ...
-
-
-class SilentReporter:
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
-                  text: list[str]) -> None:
-        return None
-
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
-                 preview: Preview | None) -> None:
-        return None
-
-    def warning(self, message: str) -> None:
-        return None
+from graphrun.cache import Cache, NodeResult, UnreadableEntry
+from graphrun.cache.entry import result_is_storable
+from graphrun.cache.keys import always_changes, code_version, file_digest, node_key
+from graphrun.graph import Graph
+from graphrun.host import Folders, Preview, RunnerHost
+from graphrun.plan import Plan
+from graphrun.registry import Registry
+from graphrun.reporting import CACHED, PARTIAL, RAN, Reporter
+from graphrun.spec import HOST_INPUT, NodeSpec, call_hook, hidden_inputs, node_spec
 
 
 class NodeExecutionError(RuntimeError):
@@ -90,22 +70,30 @@ class RunInterrupted(RuntimeError):
             parts.append(f"{len(skipped)} node(s) not started")
         super().__init__("; ".join(parts) or "stopped")
 
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # crosses processes (batch runs)
+        return type(self), (self.partial, self.skipped, {})
 
-def file_digest(path: Path) -> str | None:
-    """SHA-256 of a file's bytes, or None if it cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
+
+def written_files(result: NodeResult) -> list[Path]:
+    """Files an output node reports in ComfyUI's ``ui`` shape (``type`` "output"), relative to the output folder."""
+    items = []
+    for entries in (result.ui or {}).values():
+        for item in entries if isinstance(entries, list) else ():
+            if isinstance(item, dict) and item.get("type") == "output" and isinstance(item.get("filename"), str):
+                items.append(Path(str(item.get("subfolder") or "")) / item["filename"])
+    return items
+
+
+def shown_text(result: NodeResult) -> list[str]:
+    """The lines a node shows, in ComfyUI's ``ui`` shape (``{"text": [...]}``)."""
+    text = (result.ui or {}).get("text") or []
+    return [str(line) for line in text] if isinstance(text, (list, tuple)) else [str(text)]
 
 
 @dataclass
 class Execution:
-    """One run of one planned graph."""
+    """One run of one planned graph. ``keys`` (and ``volatile``) may be given: an executor that
+    computed them elsewhere (a batch's client) hands them to the process that runs the node."""
 
     graph: Graph
     registry: Registry
@@ -117,11 +105,21 @@ class Execution:
     reporter: Reporter
     keys: dict[str, str] = field(default_factory=dict)
     volatile: set[str] = field(default_factory=set)
-    results: dict[str, NodeResult] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)  # complete nodes -> result (or an executor's handle)
     partial: set[str] = field(default_factory=set)
+    skipped: list[str] = field(default_factory=list)
+    _readers: Counter[str] = field(default_factory=Counter)  # node -> consumers that have not completed
+    _missing: dict[str, int] = field(default_factory=dict)  # node to run -> its inputs not complete yet
+    _consumers: dict[str, list[str]] = field(default_factory=dict)  # node -> the nodes to run that read it
+    _ready: list[tuple[int, str]] = field(default_factory=list)  # a heap, in plan order
+    _position: dict[str, int] = field(default_factory=dict)
+    _kept_inputs: set[str] = field(default_factory=set)  # completed with keeps_inputs
 
     def spec(self, node_id: str) -> NodeSpec:
-        return node_spec(self.registry.classes[self.graph.node(node_id)["class_type"]])
+        return node_spec(self.registry.classes[self.class_type(node_id)])
+
+    def class_type(self, node_id: str) -> str:
+        return str(self.graph.node(node_id)["class_type"])
 
     def constants(self, node_id: str) -> dict[str, Any]:
         """The node's constants as ComfyUI passes them: a FLOAT written as 1 arrives as 1.0 (and keys the same)."""
@@ -133,28 +131,29 @@ class Execution:
         return [source for source, _ in self.graph.node(node_id)["links"].values()]
 
     def host(self, node_id: str) -> RunnerHost:
-        class_type = self.graph.node(node_id)["class_type"]
+        class_type = self.class_type(node_id)
 
         def progress(step: int, total: int, info: dict[str, Any], preview: Preview | None) -> None:
             self.reporter.progress(node_id, class_type, step, total, info, preview)
 
         return RunnerHost(self.device, self.folders, self.stop, progress)
 
-    def hidden(self, node_id: str, host: RunnerHost) -> dict[str, Any]:
-        """Hidden inputs by kind, as ComfyUI names them, plus the runner's own ``NST_CONTEXT``."""
-        return {
+    def hidden_for(self, node_id: str, host: RunnerHost) -> dict[str, Any]:
+        """Hidden inputs by kind, as ComfyUI names them, plus the engine's own host."""
+        by_kind = {
             "PROMPT": self.graph.prompt,
             "UNIQUE_ID": node_id,
             "EXTRA_PNGINFO": {"workflow": self.graph.workflow} if self.graph.workflow is not None else None,
-            "NST_CONTEXT": host,
+            HOST_INPUT: host,
         }
+        return hidden_inputs(self.spec(node_id), by_kind)
 
-    def hidden_for(self, node_id: str, host: RunnerHost) -> dict[str, Any]:
-        return hidden_inputs(self.spec(node_id), self.hidden(node_id, host))
-
-    # --- keys ----------------------------------------------------------------------------------
+    # --- keys and the cache ------------------------------------------------------------------
 
     def compute_keys(self) -> None:
+        """Every planned node's key, unless the keys were given."""
+        if self.keys:
+            return
         for node_id in self.plan.order:
             data = self.graph.node(node_id)
             node_class = self.spec(node_id).node_class
@@ -179,8 +178,6 @@ class Execution:
                 data["class_type"], code_version(node_class), self.constants(node_id), changed, linked
             )
 
-    # --- the cache -----------------------------------------------------------------------------
-
     def cached(self, node_id: str) -> NodeResult | None:
         """A usable cached result: readable, fitting the node's declared outputs, with its files in place."""
         if node_id in self.plan.forced or node_id in self.volatile:
@@ -197,11 +194,10 @@ class Execution:
                 self.reporter.warning(problem)
         if result is None:
             return None
-        spec = self.spec(node_id)
-        if not self.fits(spec, result):
+        if not self.registry.fits(self.spec(node_id).return_types, result.outputs):
             self.cache.discard(key)
-            self.reporter.warning(f"node {node_id}: its cached result does not fit the outputs {spec.return_types} "
-                                  "it declares; discarded, recomputing")
+            self.reporter.warning(f"node {node_id}: its cached result does not fit the outputs "
+                                  f"{self.spec(node_id).return_types} it declares; discarded, recomputing")
             return None
         changed = [name for name, digest in result.files.items()
                    if file_digest(self.folders.output / name) != digest]
@@ -211,20 +207,10 @@ class Execution:
             return None
         return result
 
-    def fits(self, spec: NodeSpec, result: NodeResult) -> bool:
-        if len(result.outputs) != len(spec.return_types):
-            return False
-        return all(
-            conforms(value, self.registry.value_types[kind])
-            for value, kind in zip(result.outputs, spec.return_types)
-            if kind in self.registry.value_types
-        )
-
-    def keep(self, node_id: str, result: NodeResult) -> None:
+    def _keep(self, node_id: str, result: NodeResult) -> None:
         if node_id in self.volatile:
             return
-        spec = self.spec(node_id)
-        to_disk = spec.disk_cache and self.storable(node_id, result)
+        to_disk = self.spec(node_id).disk_cache and self._storable(node_id, result)
         try:
             self.cache.store(self.keys[node_id], result, to_disk=to_disk)
         except OSError as error:
@@ -232,38 +218,137 @@ class Execution:
             self.reporter.warning(problem or f"node {node_id}: could not write its cache entry ({error}); "
                                              "kept in memory")
 
-    def storable(self, node_id: str, result: NodeResult) -> bool:
-        if is_storable(list(result.outputs)) and is_storable(result.ui):
+    def _storable(self, node_id: str, result: NodeResult) -> bool:
+        if result_is_storable(result):
             return True
-        class_type = self.graph.node(node_id)["class_type"]
         self.reporter.warning(
-            f"node {node_id} ({class_type}) returned values that cannot be stored safely; kept in memory "
-            "only (declare DISK_CACHE = False on the class to say so)"
+            f"node {node_id} ({self.class_type(node_id)}) returned values that cannot be stored safely; kept in "
+            "memory only (declare DISK_CACHE = False on the class to say so)"
         )
         return False
 
-    # --- running -------------------------------------------------------------------------------
+    # --- the steps ---------------------------------------------------------------------------
 
-    def written_files(self, result: NodeResult) -> list[Path]:
-        """Files an output node reports in ComfyUI's ``ui`` shape (``type`` "output"), relative to the output folder."""
-        items = []
-        for entries in (result.ui or {}).values():
-            for item in entries if isinstance(entries, list) else ():
-                if isinstance(item, dict) and item.get("type") == "output" and isinstance(item.get("filename"), str):
-                    items.append(Path(str(item.get("subfolder") or "")) / item["filename"])
-        return items
+    def prepare(self) -> None:
+        """Keys (unless given), then backwards from the targets: what the cache serves (reported as
+        cached; its inputs are not touched) and what must run. Values already completed (shipped
+        from elsewhere) are neither looked up nor run."""
+        self.compute_keys()
+        wanted = set(self.plan.targets)
+        to_run: set[str] = set()
+        hits: dict[str, float] = {}
+        for node_id in reversed(self.plan.order):
+            if node_id not in wanted or node_id in self.values:
+                continue
+            started = time.perf_counter()
+            result = self.cached(node_id)
+            if result is None:
+                to_run.add(node_id)
+                wanted.update(self.sources(node_id))
+            else:
+                self.values[node_id] = result
+                hits[node_id] = time.perf_counter() - started
+        for node_id in self.plan.order:
+            if node_id in hits:
+                result = self.values[node_id]
+                files = [self.folders.output / name for name in result.files]
+                self.reporter.node_done(node_id, self.class_type(node_id), hits[node_id], CACHED, files,
+                                        shown_text(result))
+        position = {node_id: index for index, node_id in enumerate(self.plan.order)}
+        for node_id in self.plan.order:
+            if node_id not in to_run:
+                continue
+            sources = set(self.sources(node_id))
+            self._readers.update(sources)
+            self._missing[node_id] = len([source for source in sources if source not in self.values])
+            for source in sources:
+                self._consumers.setdefault(source, []).append(node_id)
+            if self._missing[node_id] == 0:
+                heapq.heappush(self._ready, (position[node_id], node_id))
+        self._position = position
 
-    @staticmethod
-    def shown_text(result: NodeResult) -> list[str]:
-        """The lines a node shows, in ComfyUI's ``ui`` shape (``{"text": [...]}``)."""
-        text = (result.ui or {}).get("text") or []
-        return [str(line) for line in text] if isinstance(text, (list, tuple)) else [str(text)]
+    def next_ready(self) -> str | None:
+        """The first node (in plan order) whose inputs are all complete, or None. After a stop request,
+        only nodes that rest on a partial result are ready; the others are skipped."""
+        while self._ready:
+            _, node_id = heapq.heappop(self._ready)
+            del self._missing[node_id]
+            if self.stop.is_set() and not any(source in self.partial for source in self.sources(node_id)):
+                self.skipped.append(node_id)
+                continue
+            return node_id
+        return None
 
-    def run_node(self, node_id: str) -> NodeResult:
+    def ready(self) -> list[str]:
+        """Every node ready now (see :meth:`next_ready`)."""
+        found = []
+        while (node_id := self.next_ready()) is not None:
+            found.append(node_id)
+        return found
+
+    def compute(self, node_id: str) -> NodeResult:
+        """Run one ready node here; keep its result (unless partial) and report it."""
+        started = time.perf_counter()
+        result = self._call(node_id)
+        if node_id in self.partial:
+            outcome = PARTIAL
+        else:
+            outcome = RAN
+            self._keep(node_id, result)
+        files = [self.folders.output / path for path in written_files(result)]
+        self.reporter.node_done(node_id, self.class_type(node_id), time.perf_counter() - started, outcome, files,
+                                shown_text(result))
+        return result
+
+    def complete(self, node_id: str, value: Any, partial: bool = False, keeps_inputs: bool = False) -> None:
+        """Record a node's value (its result, or an executor's handle to it) and release the inputs
+        that no later node reads. ``partial``: the value is a stopped node's best so far.
+        ``keeps_inputs``: the value is only a promise to compute the node later from its inputs (a
+        Dask task ships them), so they are released with it, not now."""
+        self.values[node_id] = value
+        if partial:
+            self.partial.add(node_id)
+        for consumer in self._consumers.get(node_id, ()):
+            if consumer in self._missing:
+                self._missing[consumer] -= 1
+                if self._missing[consumer] == 0:
+                    heapq.heappush(self._ready, (self._position[consumer], consumer))
+        if keeps_inputs:
+            self._kept_inputs.add(node_id)
+        else:
+            self._release_inputs(node_id)
+
+    def _release_inputs(self, node_id: str) -> None:
+        pending = [node_id]
+        while pending:
+            for source in set(self.sources(pending.pop())):
+                self._readers[source] -= 1
+                if self._readers[source] == 0 and source not in self.plan.targets:
+                    self.values.pop(source, None)
+                    if source in self._kept_inputs:
+                        pending.append(source)
+
+    def provide(self, node_id: str, result: NodeResult, partial: bool = False) -> None:
+        """A value computed elsewhere for a node that is not part of this graph (a batch task's shipped input)."""
+        self.values[node_id] = result
+        if partial:
+            self.partial.add(node_id)
+
+    def outputs(self) -> dict[str, tuple[Any, ...]]:
+        """The targets' outputs; :class:`RunInterrupted` if a stop left anything partial or not started."""
+        self.skipped.extend(node_id for node_id in self.plan.order if node_id in self._missing)
+        self._missing.clear()
+        found = {node_id: self.values[node_id].outputs for node_id in self.plan.order
+                 if node_id in self.plan.targets and isinstance(self.values.get(node_id), NodeResult)}
+        if self.stop.is_set() and (self.partial or self.skipped):  # a stop after the last node changes nothing
+            raise RunInterrupted([node_id for node_id in self.plan.order if node_id in self.partial], self.skipped, found)
+        return found
+
+    def _call(self, node_id: str) -> NodeResult:
         data = self.graph.node(node_id)
-        class_type = data["class_type"]
+        class_type = self.class_type(node_id)
         spec = self.spec(node_id)
-        inputs = {name: self.results[source].outputs[index] for name, (source, index) in data["links"].items()}
+        inputs = {name: self.values[source].outputs[index] for name, (source, index) in data["links"].items()}
         host = self.host(node_id)
         function = getattr(spec.node_class(), spec.function)
         try:
@@ -283,126 +368,6 @@ class Execution:
         if host.stopped_early or any(source in self.partial for source in self.sources(node_id)):
             self.partial.add(node_id)
         elif spec.output_node:
-            files = {str(path): file_digest(self.folders.output / path) for path in self.written_files(result)}
+            files = {str(path): file_digest(self.folders.output / path) for path in written_files(result)}
             result = NodeResult(result.outputs, result.ui, {name: d for name, d in files.items() if d})
         return result
-
-    def execute(self, node_id: str) -> NodeResult:
-        """Run one node whose inputs are in ``results``; keep (unless partial) and report its result."""
-        started = time.perf_counter()
-        result = self.run_node(node_id)
-        self.results[node_id] = result
-        if node_id in self.partial:
-            outcome = PARTIAL
-        else:
-            outcome = RAN
-            self.keep(node_id, result)
-        files = [self.folders.output / path for path in self.written_files(result)]
-        self.reporter.node_done(node_id, self.graph.node(node_id)["class_type"], time.perf_counter() - started,
-                                outcome, files, self.shown_text(result))
-        return result
-
-    def serve_from_cache(self) -> tuple[dict[str, float], set[str]]:
-        """Backwards from the targets: the nodes the cache serves (with the seconds that took) and
-        the nodes that must run. The inputs of a served node are not touched."""
-        hits: dict[str, float] = {}
-        to_run: set[str] = set()
-        wanted = set(self.plan.targets)
-        for node_id in reversed(self.plan.order):
-            if node_id not in wanted:
-                continue
-            started = time.perf_counter()
-            result = self.cached(node_id)
-            if result is None:
-                to_run.add(node_id)
-                wanted.update(self.sources(node_id))
-            else:
-                self.results[node_id] = result
-                hits[node_id] = time.perf_counter() - started
-        return hits, to_run
-
-    def run(self) -> dict[str, tuple[Any, ...]]:
-        """Forwards through the plan: report what the cache served, run the rest, each after its inputs."""
-        self.compute_keys()
-        hits, to_run = self.serve_from_cache()
-        readers = Counter(source for node_id in to_run for source in self.sources(node_id))
-        skipped: list[str] = []
-        for node_id in self.plan.order:
-            class_type = self.graph.node(node_id)["class_type"]
-            if node_id in hits:
-                result = self.results[node_id]
-                files = [self.folders.output / name for name in result.files]
-                self.reporter.node_done(node_id, class_type, hits[node_id], CACHED, files, self.shown_text(result))
-                continue
-            if node_id not in to_run:
-                continue
-            sources = self.sources(node_id)
-            ready = all(source in self.results for source in sources)
-            on_partial = any(source in self.partial for source in sources)
-            if not ready or (self.stop.is_set() and not on_partial):
-                skipped.append(node_id)
-                continue
-            self.execute(node_id)
-            for source in sources:  # release what no later node reads
-                readers[source] -= 1
-                if readers[source] == 0 and source not in self.plan.targets:
-                    self.results.pop(source, None)
-
-        outputs = {node_id: self.results[node_id].outputs for node_id in self.plan.order
-                   if node_id in self.plan.targets and node_id in self.results}
-        if self.stop.is_set() and (self.partial or skipped):  # a stop after the last node changes nothing
-            raise RunInterrupted(sorted(self.partial, key=self.plan.order.index), skipped, outputs)
-        return outputs
-
-
-def run(
-    graph: Graph | dict[str, Any] | str | Path,
-    *,
-    device: str = "auto",
-    outputs: list[str] | None = None,
-    overrides: dict[str, Any] | list[str] | None = None,
-    cache: Cache | None = None,
-    recompute: list[str] | tuple[str, ...] = (),
-    registry: Registry | None = None,
-    reporter: Reporter | None = None,
-    interrupt: threading.Event | None = None,
-    folders: Folders | None = None,
-) -> dict[str, tuple[Any, ...]]:
-    """Validate, then run what ``outputs`` (default: every output node) need; returns their outputs.
-
-    Raises :class:`GraphValidationError` before running anything if the graph is invalid,
-    :class:`NodeExecutionError` if a node fails and :class:`RunInterrupted` once ``interrupt``
-    is set (after the best result so far reached the output nodes); in every case the results
-    finished before stay cached.
-    """
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a str such as 'cpu' or 'auto', not {type(device).__name__}")
-    for name, value, kind in (("cache", cache, Cache), ("registry", registry, Registry),
-                              ("folders", folders, Folders), ("interrupt", interrupt, threading.Event)):
-        if value is not None and not isinstance(value, kind):
-            raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, not {type(value).__name__}")
-    if reporter is not None and not all(callable(getattr(reporter, method, None))
-                                        for method in ("node_done", "progress", "warning")):
-        raise TypeError("reporter must have the methods node_done, progress and warning (see graphrun.execute.Reporter)")
-    registry = registry or default_registry()
-    if not isinstance(graph, Graph):
-        graph = load_graph(graph, registry=registry)
-    if overrides:
-        graph = with_overrides(graph, overrides)
-    folders = folders or Folders()
-    stop = interrupt or threading.Event()
-    the_plan = plan(graph, registry, outputs, recompute)
-    execution = Execution(
-        graph=graph,
-        registry=registry,
-        plan=the_plan,
-        cache=cache if cache is not None else Cache(None),
-        device=resolve_device(device),
-        folders=folders,
-        stop=stop,
-        reporter=reporter or SilentReporter(),
-    )
-    errors = check_plan(graph, registry, the_plan, folders, execution.device)
-    if errors:
-        raise GraphValidationError(errors, graph.source)
-    return execution.run()

@@ -27,6 +27,9 @@ import networkx as nx
 from graphrun.registry import Registry, default_registry
 
 
+ENVIRONMENT_PREFIX = "GRAPHRUN_"
+
+
 class GraphFormatError(ValueError):
     """The file is not a prompt at all (bad JSON, wrong shape, over a limit); validation cannot start."""
 
@@ -34,7 +37,8 @@ class GraphFormatError(ValueError):
 Link = tuple[str, int]
 
 
-def _environment_int(name: str, default: int) -> int:
+def environment_int(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment variable ``name``, else ``default``."""
     text = os.environ.get(name)
     if text is None:
         return default
@@ -51,17 +55,17 @@ def _environment_int(name: str, default: int) -> int:
 class GraphLimits:
     """What a graph file may be; each limit can be raised with the environment variable in brackets."""
 
-    max_bytes: int = 16 << 20  # [NST_MAX_GRAPH_BYTES] a 17-node graph is 4 KB, an editor workflow 30 KB
-    max_nodes: int = 10_000  # [NST_MAX_GRAPH_NODES]
-    max_depth: int = 64  # [NST_MAX_GRAPH_DEPTH] JSON nesting; a prompt needs 5, an editor workflow about 8
+    max_bytes: int = 16 << 20  # [GRAPHRUN_MAX_GRAPH_BYTES] a 17-node graph is 4 KB, an editor workflow 30 KB
+    max_nodes: int = 10_000  # [GRAPHRUN_MAX_GRAPH_NODES]
+    max_depth: int = 64  # [GRAPHRUN_MAX_GRAPH_DEPTH] JSON nesting; a prompt needs 5, an editor workflow about 8
 
     @classmethod
     def from_environment(cls) -> GraphLimits:
         defaults = cls()
         return cls(
-            max_bytes=_environment_int("NST_MAX_GRAPH_BYTES", defaults.max_bytes),
-            max_nodes=_environment_int("NST_MAX_GRAPH_NODES", defaults.max_nodes),
-            max_depth=_environment_int("NST_MAX_GRAPH_DEPTH", defaults.max_depth),
+            max_bytes=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_BYTES", defaults.max_bytes),
+            max_nodes=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_NODES", defaults.max_nodes),
+            max_depth=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_DEPTH", defaults.max_depth),
         )
 
 
@@ -79,7 +83,8 @@ class Graph:
         return self.dag.nodes[node_id]
 
 
-def _is_link(value: Any) -> bool:
+def is_link(value: Any) -> bool:
+    """``[source_id, output_index]``: an input fed by another node's output."""
     return (
         isinstance(value, list)
         and len(value) == 2
@@ -104,7 +109,7 @@ def _check_depth(document: Any, name: str, limit: int) -> None:
         if depth > limit:
             raise GraphFormatError(
                 f"{name}: nested deeper than {limit} levels; a graph needs about 8 "
-                "(raise NST_MAX_GRAPH_DEPTH if this is intended)"
+                "(raise GRAPHRUN_MAX_GRAPH_DEPTH if this is intended)"
             )
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
         stack.extend((child, depth + 1) for child in children)
@@ -131,7 +136,7 @@ def read_document(path: str | Path, limits: GraphLimits) -> Any:
         raise GraphFormatError(f"cannot read graph file {name!r}: {error}") from error
     if len(data) > limits.max_bytes:
         raise GraphFormatError(
-            f"{name} is larger than {limits.max_bytes:,} bytes; is it a graph? (raise NST_MAX_GRAPH_BYTES if it is)"
+            f"{name} is larger than {limits.max_bytes:,} bytes; is it a graph? (raise GRAPHRUN_MAX_GRAPH_BYTES if it is)"
         )
     try:
         document = json.loads(data.decode("utf-8"))
@@ -179,7 +184,7 @@ def load_graph(
         raise GraphFormatError(f"{name}: a graph is a non-empty JSON object of nodes keyed by id")
     if len(document) > limits.max_nodes:
         raise GraphFormatError(
-            f"{name} has {len(document)} nodes, more than {limits.max_nodes} (raise NST_MAX_GRAPH_NODES if intended)"
+            f"{name} has {len(document)} nodes, more than {limits.max_nodes} (raise GRAPHRUN_MAX_GRAPH_NODES if intended)"
         )
     prompt = {str(node_id): entry for node_id, entry in copy.deepcopy(document).items()}  # JSON keys are strings
 
@@ -191,8 +196,8 @@ def load_graph(
         inputs = entry.get("inputs", {})
         if not isinstance(inputs, dict):
             raise GraphFormatError(f"{name}: node {node_id}: 'inputs' must be an object")
-        constants = {k: _unwrap_constant(v) for k, v in inputs.items() if not _is_link(v)}
-        links = {k: (str(v[0]), v[1]) for k, v in inputs.items() if _is_link(v)}
+        constants = {k: _unwrap_constant(v) for k, v in inputs.items() if not is_link(v)}
+        links = {k: (str(v[0]), v[1]) for k, v in inputs.items() if is_link(v)}
         dag.add_node(node_id, class_type=entry["class_type"], constants=constants, links=links)
     for target, data in dag.nodes(data=True):
         for input_name, (source_id, index) in data["links"].items():

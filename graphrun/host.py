@@ -1,9 +1,9 @@
 """The runner as the host of the nodes it runs: device, folders, progress with previews, and stop.
 
-A node that declares the hidden input ``"NST_CONTEXT"`` receives a :class:`RunnerHost` (the
-class hooks ``VALIDATE_INPUTS`` and ``IS_CHANGED`` receive it too when they name it). ComfyUI
-passes nothing for that input; a node pack offers ComfyUI the same interface through its own
-adapter (``nst_nodes/host.py`` describes the interface, ``nst_nodes/comfy.py`` adapts ComfyUI).
+A node that declares the hidden input ``"GRAPHRUN_HOST"`` (``graphrun.spec.HOST_INPUT``) receives a
+:class:`RunnerHost` (the class hooks ``VALIDATE_INPUTS`` and ``IS_CHANGED`` receive it too when
+they name it). ComfyUI passes nothing for that input; a node pack that also runs in ComfyUI offers
+its nodes the same interface through its own adapter there.
 
 Stopping is one path: ``should_stop()`` answers True once the user asked to stop (Ctrl-C,
 SIGTERM, an API caller's event). A node that sees it returns the best result it has; the
@@ -22,7 +22,7 @@ from typing import Any
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 Preview = Callable[[], Any]
-"""Makes a preview picture (an object with ``save(path)``, e.g. a PIL image) when a host wants one."""
+"""Makes a preview picture (an object with ``save(path)``) when a reporter wants one."""
 
 ProgressSink = Callable[[int, int, dict[str, Any], Preview | None], None]
 
@@ -87,7 +87,7 @@ class RunnerHost:
         return self.folders.confined
 
     def progress(self, step: int, total: int, preview: Preview | None = None, **info: Any) -> None:
-        """Report progress; ``preview`` is called only if the user watches (``nst run --preview``)."""
+        """Report progress; ``preview`` is called only if the user watches (``run --preview``)."""
         if self._on_progress is not None:
             self._on_progress(step, total, info, preview)
 

@@ -5,23 +5,21 @@ A node class is any class with ComfyUI's attributes (``INPUT_TYPES``, ``RETURN_T
 
 - ``DISK_CACHE = False``: outputs are kept in memory only (they are not tensors and
   JSON-able values, or are cheaper to rebuild than to store).
-- hidden input ``"NST_CONTEXT"``: the :class:`graphrun.host.RunnerHost` (device, folders,
-  progress, stop). ComfyUI passes nothing for it, so nodes must accept ``None``.
+- hidden input ``"GRAPHRUN_HOST"`` (:data:`HOST_INPUT`): the :class:`graphrun.host.RunnerHost`
+  (device, folders, progress, stop). ComfyUI passes nothing for it, so nodes must accept ``None``.
 - ``OUTPUT_TOOLTIPS`` (ComfyUI's): one tooltip per output.
 - ComfyUI's own ``VALIDATE_INPUTS`` and ``IS_CHANGED`` class methods, with ComfyUI's meaning.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import sys
 from dataclasses import dataclass
 from functools import cache
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
+HOST_INPUT = "GRAPHRUN_HOST"
+"""The hidden input kind through which a node receives the engine's host."""
 ANY_TYPE = "*"
 PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 COMBO_TYPE = "COMBO"
@@ -105,39 +103,3 @@ def call_hook(function: Any, constants: dict[str, Any], hidden: dict[str, Any] |
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     values = {**constants, **(hidden or {})}
     return function(**{k: v for k, v in values.items() if takes_all or k in parameters})
-
-
-@cache
-def _package_fingerprint(package: str) -> str:
-    """Version and source digest of the package a node class lives in.
-
-    Nodes are thin adapters over plain functions elsewhere in their package, so a
-    class's own source is not enough: an edited loss function must invalidate the
-    cached results of the node that calls it.
-    """
-    digest = hashlib.sha256()
-    try:
-        digest.update(metadata.version(package.replace("_", "-")).encode())
-    except metadata.PackageNotFoundError:
-        pass
-    module = sys.modules.get(package)
-    module_file = getattr(module, "__file__", None)
-    if module_file:
-        root = Path(module_file).parent
-        files = sorted(root.rglob("*.py")) if root.name == package else [Path(module_file)]
-        for path in files:
-            digest.update(str(path.relative_to(root.parent)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-@cache
-def code_version(node_class: type) -> str:
-    """A hash of the class's source and of its package's version and source files."""
-    try:
-        source = inspect.getsource(node_class)
-    except (OSError, TypeError):
-        source = node_class.__qualname__
-    package = node_class.__module__.split(".")[0]
-    text = f"{node_class.__module__}.{node_class.__qualname__}\n{source}\n{_package_fingerprint(package)}"
-    return hashlib.sha256(text.encode()).hexdigest()

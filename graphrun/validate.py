@@ -15,6 +15,7 @@ from graphrun.plan import plan as make_plan
 from graphrun.registry import Registry
 from graphrun.spec import (
     ANY_TYPE,
+    HOST_INPUT,
     COMBO_TYPE,
     InputSpec,
     NodeSpec,
@@ -196,9 +197,9 @@ def check_plan(graph: Graph, registry: Registry, plan: Plan, folders: Folders | 
                device: str = "cpu") -> list[ValidationError]:
     """Every problem of the planned part of the graph, in a stable order.
 
-    A ``VALIDATE_INPUTS`` that names the hidden ``NST_CONTEXT`` gets a host with ``folders`` and ``device``.
+    A ``VALIDATE_INPUTS`` that names the hidden host input gets a host with ``folders`` and ``device``.
     """
-    hidden = {"NST_CONTEXT": RunnerHost(device, folders or Folders(), threading.Event())}
+    hidden = {HOST_INPUT: RunnerHost(device, folders or Folders(), threading.Event())}
     errors = [
         ValidationError("invalid_recompute", f"node {node_id!r:.100} to recompute is not in the graph")
         for node_id in plan.unknown_recompute

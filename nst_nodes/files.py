@@ -190,3 +190,9 @@ def image_names(folder: Path) -> list[str]:
         if len(names) >= MAX_LISTED:
             break
     return sorted(names)[:MAX_LISTED]
+
+
+def cache_root() -> Path:
+    """The pack's cache folder (node results, kernel choices): ``$XDG_CACHE_HOME/nst-nodes``, default ``~/.cache``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "nst-nodes"

@@ -1,7 +1,7 @@
 """The host interface: what a node may ask of the application that runs it.
 
 Two hosts run these nodes. The runner (``nst run``, the Python API) hands each node a
-``graphrun.host.RunnerHost`` through the hidden input ``NST_CONTEXT``. ComfyUI passes nothing
+``graphrun.host.RunnerHost`` through the hidden input ``GRAPHRUN_HOST``. ComfyUI passes nothing
 there; when ComfyUI loads the pack, ``nst_nodes/comfy.py`` makes its :class:`ComfyHost` the
 process's host. Plain Python calls get :class:`LocalHost`. A node calls :func:`host_of` with
 its ``context`` and never asks which host it has; only ``comfy.py`` imports ComfyUI.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ class Countdown:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {"start": ("INT",), "steps": ("INT", {"default": 5, "min": 1})},
-            "hidden": {"context": "NST_CONTEXT"},
+            "hidden": {"context": "GRAPHRUN_HOST"},
         }
 
     def count(self, start: int, steps: int, context: Any = None) -> tuple[int]:
@@ -143,6 +144,35 @@ class Countdown:
             if step < steps and context.should_stop():
                 break
         return (start + done,)
+
+
+class Slow(Countdown):
+    """A countdown that takes its time: 10 ms a step."""
+
+    def count(self, start: int, steps: int, context: Any = None) -> tuple[int]:
+        done = 0
+        for step in range(1, steps + 1):
+            time.sleep(0.01)
+            done = step
+            context.progress(step, steps, done=step)
+            if step < steps and context.should_stop():
+                break
+        return (start + done,)
+
+
+class Reciprocal:
+    """Fails at run time (not at validation) for 0."""
+
+    RETURN_TYPES = ("FLOAT",)
+    FUNCTION = "invert"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"value": ("INT",)}}
+
+    def invert(self, value: int) -> tuple[float]:
+        return (1 / value,)
 
 
 class Volatile:
@@ -175,7 +205,7 @@ class WriteText:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"value": ("INT",), "name": ("STRING", {"default": "out.txt"})},
-                "hidden": {"context": "NST_CONTEXT"}}
+                "hidden": {"context": "GRAPHRUN_HOST"}}
 
     def write(self, value: int, name: str, context: Any = None) -> dict[str, Any]:
         path = context.output_folder / name
@@ -239,8 +269,8 @@ class Checked:
 
 NODE_CLASS_MAPPINGS = {
     cls.__name__: cls
-    for cls in (Number, Add, Vector, Total, ReadText, Show, Opaque, Countdown, Fail, Checked, Volatile, WriteText,
-                Crashing)
+    for cls in (Number, Add, Vector, Total, ReadText, Show, Opaque, Countdown, Slow, Reciprocal, Fail, Checked,
+                Volatile, WriteText, Crashing)
 }
 
 

@@ -10,7 +10,7 @@ import fake_nodes
 import pytest
 
 from graphrun import Cache, run
-from graphrun.cli import main
+from nst_nodes.app import main
 
 REGISTRY = fake_nodes.registry()
 GRAPH = {
@@ -159,7 +159,7 @@ def test_an_entry_this_user_may_not_read_warns_once_and_is_not_written_over(tmp_
     def not_yours(path: Path) -> bytes:  # what another user's 0600 entry answers (root reads everything)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("graphrun.cache._read_regular_file", not_yours)
+    monkeypatch.setattr("graphrun.cache.disk.read_regular_file", not_yours)
     again = type(reporter)()
     assert run_graph(Cache(directory), again) == {"2": (6.0,)}
     assert len(again.warnings) == 2 and all("Permission denied" in w for w in again.warnings)

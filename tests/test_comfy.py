@@ -1,7 +1,7 @@
 """The nodes as ComfyUI meets them, through stand-ins for its modules (comfy_standins.py).
 
 ComfyUI calls a node's function with its inputs by keyword plus the hidden PROMPT, EXTRA_PNGINFO
-and UNIQUE_ID it knows (never NST_CONTEXT), under torch.inference_mode(); it calls IS_CHANGED
+and UNIQUE_ID it knows (never GRAPHRUN_HOST), under torch.inference_mode(); it calls IS_CHANGED
 with every input as a keyword (links as None), and VALIDATE_INPUTS with the constants its
 signature names, skipping its own range and list checks for those.
 """

@@ -14,7 +14,7 @@ import torch
 
 from graphrun import Cache, Folders, NodeExecutionError, RunInterrupted, run
 from graphrun.cache import NodeResult
-from graphrun.spec import code_version
+from graphrun.cache.keys import code_version
 
 REGISTRY = fake_nodes.registry()
 
@@ -142,7 +142,7 @@ def test_stop_request_lets_the_partial_result_reach_the_outputs_and_caches_none_
         "5": {"class_type": "Show", "inputs": {"value": ["4", 0]}},  # not downstream of the stopped node
     }
     with pytest.raises(RunInterrupted) as caught:
-        run_chain(later_process(tmp_path), reporter, graph=graph, interrupt=stop)
+        run_chain(later_process(tmp_path), reporter, graph=graph, stop=stop)
     assert [step for node, step, _ in reporter.steps] == [1, 2, 3]  # stopped within one step
     assert reporter.ran == ["1"] and reporter.partial == ["2", "3"]
     assert caught.value.partial == ["2", "3"] and caught.value.skipped == ["4", "5"]
@@ -156,7 +156,7 @@ def test_stop_requested_before_anything_runs_runs_nothing(tmp_path: Path, report
     flag = threading.Event()
     flag.set()
     with pytest.raises(RunInterrupted) as caught:
-        run_chain(later_process(tmp_path), reporter, interrupt=flag)
+        run_chain(later_process(tmp_path), reporter, stop=flag)
     assert reporter.ran == [] and caught.value.partial == [] and len(caught.value.skipped) == 5
 
 
@@ -195,7 +195,7 @@ def test_a_failed_cache_write_warns_once_and_keeps_the_results(tmp_path: Path, r
             raise OSError(28, "No space left on device")
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr("graphrun.cache.os.open", full_disk)
+    monkeypatch.setattr("graphrun.cache.disk.os.open", full_disk)
     cache = later_process(tmp_path)
     assert run_chain(cache, reporter) == {"3": (13.0,), "5": ()}
     assert len(reporter.warnings) == 1 and "No space left on device" in reporter.warnings[0]
@@ -294,7 +294,7 @@ def test_the_python_api_checks_its_arguments(tmp_path: Path, reporter, monkeypat
     assert run_chain(Cache(None), reporter, outputs=[3]) == {"3": (13.0,)}  # ids may be ints
     with pytest.raises(TypeError, match="cache must be a graphrun.cache.Cache, not str"):
         run_chain("cache-dir", reporter)
-    for wrong in ({"device": None}, {"interrupt": True}, {"folders": "/tmp"}):
+    for wrong in ({"device": None}, {"stop": True}, {"folders": "/tmp"}):
         with pytest.raises(TypeError, match=f"{next(iter(wrong))} must be a "):
             run(CHAIN, registry=REGISTRY, **wrong)
     with pytest.raises(TypeError, match="reporter must have the methods"):
@@ -315,7 +315,7 @@ def test_a_stop_request_at_the_last_step_keeps_the_whole_result(tmp_path: Path, 
              "2": {"class_type": "Countdown", "inputs": {"start": ["1", 0], "steps": 10}},
              "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
     with pytest.raises(RunInterrupted) as caught:
-        run_chain(later_process(tmp_path), reporter, graph=graph, interrupt=stop)
+        run_chain(later_process(tmp_path), reporter, graph=graph, stop=stop)
     assert reporter.partial == [] and sorted(reporter.ran) == ["1", "2"] and caught.value.skipped == ["3"]
     again = type(reporter)()
     run_chain(later_process(tmp_path), again, graph=graph)

@@ -25,7 +25,7 @@ from graphrun import (
     run,
     validate,
 )
-from graphrun.cli import main
+from nst_nodes.app import main
 
 GRAPHS = sorted((Path(__file__).resolve().parent.parent / "graphs").glob("*.json"))
 
@@ -175,7 +175,7 @@ def test_a_signal_stops_the_optimizer_saves_the_best_image_so_far_and_caches_non
     cache_dir, output = tmp_path / "cache", tmp_path / "output"
     sets = cli_sets({**TINY, "15.steps": 100000})
     process = subprocess.Popen(
-        [sys.executable, "-m", "runner", "run", "graphs/gatys.json", *sets, "--cache-dir", str(cache_dir),
+        [sys.executable, "-m", "nst_nodes", "run", "graphs/gatys.json", *sets, "--cache-dir", str(cache_dir),
          "--output-dir", str(output)],
         stderr=subprocess.PIPE, text=True,
     )
@@ -247,7 +247,7 @@ def test_no_traceback_reaches_the_user(tmp_path: Path, capsys, monkeypatch) -> N
 
     monkeypatch.setattr("graphrun.cli.run", broken)
     assert main(["run", "graphs/gatys.json", "--no-cache"]) == 1
-    assert capsys.readouterr().err == "error: unexpected RuntimeError: something nobody foresaw (NST_DEBUG=1 shows where)\n"
+    assert capsys.readouterr().err == "error: unexpected RuntimeError: something nobody foresaw (GRAPHRUN_DEBUG=1 shows where)\n"
     (tmp_path / "bad.json").write_text("{")
     assert main(["validate", str(tmp_path / "bad.json"), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "invalid_prompt"
@@ -262,7 +262,7 @@ def test_bad_output_destinations_fail_validation_not_the_save_after_the_work(tmp
 
 
 def test_a_closed_console_silences_the_run_but_never_stops_it(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "runner", "run", "graphs/gatys.json", *cli_sets(TINY), "--no-cache",
+    command = [sys.executable, "-m", "nst_nodes", "run", "graphs/gatys.json", *cli_sets(TINY), "--no-cache",
                "--output-dir", str(tmp_path)]
     finished = subprocess.run(command, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2), timeout=120)
     assert finished.returncode == 0 and (tmp_path / "gatys.png").exists()

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from graphrun.tuning import configure_process
+from nst_nodes.tuning import configure_process
 
 
 def tuned_child(mode: str) -> dict:
     code = (
-        "import json, os; from graphrun.tuning import configure_process; applied = configure_process(%r); "
+        "import json, os; from nst_nodes.tuning import configure_process; applied = configure_process(%r); "
         "print(json.dumps({'applied': applied, 'thp': os.environ.get('THP_MEM_ALLOC_ENABLE')}))" % mode
     )
     environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")}
@@ -31,12 +31,12 @@ def test_memory_mode_maps_tensors_to_huge_pages_and_speed_mode_keeps_them_in_the
 
 
 def test_unknown_mode_is_refused() -> None:
-    with pytest.raises(ValueError, match="tuning mode must be one of"):
+    with pytest.raises(ValueError, match="NST_TUNING or --tuning: the mode must be one of"):
         configure_process("fastest")
 
 
 def test_a_bad_nst_tuning_stops_the_cli_before_anything_runs(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from graphrun.cli import main
+    from nst_nodes.app import main
 
     monkeypatch.setenv("NST_TUNING", "fastest")
     assert main(["run", "graphs/gatys.json"]) == 2

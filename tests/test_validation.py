@@ -9,7 +9,7 @@ import fake_nodes
 import pytest
 
 from graphrun import GraphFormatError, GraphValidationError, load_graph, run, validate
-from graphrun.cli import main
+from nst_nodes.app import main
 
 REGISTRY = fake_nodes.registry()
 
@@ -238,15 +238,15 @@ def test_hostile_files_are_clear_format_errors(tmp_path: Path, text: str, messag
 def test_graph_limits_have_clear_messages_and_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.json"
     path.write_text(json.dumps({str(i): {"class_type": "Number", "inputs": {"value": 1}} for i in range(30)}))
-    monkeypatch.setenv("NST_MAX_GRAPH_NODES", "20")
-    with pytest.raises(GraphFormatError, match="has 30 nodes, more than 20 .raise NST_MAX_GRAPH_NODES"):
+    monkeypatch.setenv("GRAPHRUN_MAX_GRAPH_NODES", "20")
+    with pytest.raises(GraphFormatError, match="has 30 nodes, more than 20 .raise GRAPHRUN_MAX_GRAPH_NODES"):
         load_graph(path)
-    monkeypatch.setenv("NST_MAX_GRAPH_NODES", "40")
-    monkeypatch.setenv("NST_MAX_GRAPH_BYTES", "100")
+    monkeypatch.setenv("GRAPHRUN_MAX_GRAPH_NODES", "40")
+    monkeypatch.setenv("GRAPHRUN_MAX_GRAPH_BYTES", "100")
     with pytest.raises(GraphFormatError, match="larger than"):
         load_graph(path)
-    monkeypatch.setenv("NST_MAX_GRAPH_BYTES", "lots")
-    with pytest.raises(GraphFormatError, match="NST_MAX_GRAPH_BYTES='lots' is not a whole number"):
+    monkeypatch.setenv("GRAPHRUN_MAX_GRAPH_BYTES", "lots")
+    with pytest.raises(GraphFormatError, match="GRAPHRUN_MAX_GRAPH_BYTES='lots' is not a whole number"):
         load_graph(path)
 
 

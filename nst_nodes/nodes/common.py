@@ -12,7 +12,7 @@ from ..host import Host, host_of
 from ..vgg import LAYER_NAMES
 
 CATEGORY = "style transfer"
-HIDDEN_CONTEXT = {"context": "NST_CONTEXT"}  # the runner's host; ComfyUI passes nothing (see host.py)
+HIDDEN_CONTEXT = {"context": "GRAPHRUN_HOST"}  # the engine's host (graphrun.spec.HOST_INPUT); ComfyUI passes nothing
 WEIGHT_STEP = 1e-5
 """The editor rounds a FLOAT widget to its step's decimals; 1e-5 keeps the default weights (1e-3) and
 every weight down to 1e-5 intact."""

@@ -12,7 +12,9 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from graphrun.batch.report import BatchReporter, ItemResult
 from graphrun.host import Preview
+from graphrun.reporting import Throttle
 
 
 class ConsoleReporter:
@@ -29,8 +31,7 @@ class ConsoleReporter:
         self.stream = None if quiet else (stream or sys.stderr)
         self.bar: tqdm | None = None
         self.preview_path = preview_path
-        self.preview_seconds = preview_seconds
-        self.last_preview = -float("inf")
+        self.preview_throttle = Throttle(preview_seconds)
         self.last_step: dict[str, tuple[int, int]] = {}
 
     def _write(self, show: Callable[[TextIO], None]) -> None:
@@ -66,11 +67,8 @@ class ConsoleReporter:
                  preview: Preview | None) -> None:
         self.last_step[node_id] = (step, total)
         self._write(lambda stream: self._update_bar(stream, node_id, class_type, step, total, info))
-        if preview is not None and self.preview_path is not None:
-            now = time.monotonic()
-            if step >= total or now - self.last_preview >= self.preview_seconds:
-                self.last_preview = now
-                self._write_preview(preview)
+        if preview is not None and self.preview_path is not None and self.preview_throttle.due(step, total):
+            self._write_preview(preview)
 
     def _update_bar(self, stream: TextIO, node_id: str, class_type: str, step: int, total: int,
                     info: dict[str, Any]) -> None:
@@ -98,7 +96,7 @@ class ConsoleReporter:
         self._write(lambda stream: print(f"warning: {message}", file=stream, flush=True))
 
 
-class ConsoleBatchReporter:
+class ConsoleBatchReporter(BatchReporter):
     """Prints a batch: a line per finished item, and every few seconds what is running."""
 
     def __init__(self, total: int, stream: TextIO | None = None, quiet: bool = False, every: float = 5.0) -> None:
@@ -118,7 +116,7 @@ class ConsoleBatchReporter:
         except (OSError, ValueError):
             self.stream = None
 
-    def item_done(self, result: Any) -> None:
+    def item_done(self, result: ItemResult) -> None:
         self.finished += 1
         prefix = f"{result.item.index}/"
         with self.lock:
@@ -129,7 +127,8 @@ class ConsoleBatchReporter:
         written = f" -> {', '.join(str(path) for path in result.files)}" if result.files else ""
         self._print(f"[{self.finished}/{self.total}] {result.item.label}: {how}{written}")
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int) -> None:
+    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
+                 preview: Preview | None) -> None:
         with self.lock:
             self.running[node_id] = f"{node_id} {class_type} {step}/{total}"
             if step >= total:

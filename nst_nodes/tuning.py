@@ -1,4 +1,4 @@
-"""Process-level settings for CPU tensor work, applied by the ``nst`` CLI and the benchmark.
+"""Process-level settings for CPU tensor work, applied by ``nst`` (its App's process hook) and the benchmarks.
 
 Two modes, because glibc's allocator trades memory against speed here:
 
@@ -38,7 +38,7 @@ def configure_process(mode: str | None = None) -> list[str]:
     """Apply ``mode`` (default: ``NST_TUNING`` or ``speed``); returns what was applied, for logs."""
     mode = mode or os.environ.get("NST_TUNING", "speed")
     if mode not in MODES:
-        raise ValueError(f"tuning mode must be one of {MODES}, not {mode!r}")
+        raise ValueError(f"NST_TUNING or --tuning: the mode must be one of {', '.join(MODES)}, not {mode!r}")
     if mode == "off":
         return []
     applied = []

@@ -1,0 +1,28 @@
+"""How an application built on the engine presents itself: its command, its cache, its processes.
+
+The engine names no application: a node pack that ships a command passes its own :class:`App` to
+:func:`graphrun.cli.main`; ``python -m graphrun`` runs with the neutral defaults below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from graphrun.cache import user_cache_dir
+
+
+@dataclass(frozen=True)
+class App:
+    """``prog``: the command's name in help and messages. ``cache_dir``: where results are cached by
+    default. ``process_modes`` and ``configure_process(mode)``: settings a process needs before its
+    first node runs (``--tuning``; each batch worker runs it with the default mode).
+    ``worker_environment``: set in local batch workers before they start."""
+
+    prog: str = "graphrun"
+    description: str = "Run, validate and list the nodes of JSON node graphs; inspect and clear the cache."
+    cache_dir: Callable[[], Path] = field(default=lambda: user_cache_dir("graphrun"), repr=False)
+    process_modes: tuple[str, ...] = ()
+    configure_process: Callable[[str | None], object] | None = None
+    worker_environment: dict[str, str] = field(default_factory=dict)
