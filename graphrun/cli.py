@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -19,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from graphrun.app import App
-from graphrun.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, Cache
+from graphrun.arguments import parser
+from graphrun.cache import Cache
+from graphrun.console import ConsoleBatchReporter, ConsoleReporter
 from graphrun.execute import NodeExecutionError, RunInterrupted
 from graphrun.executors.local import run
 from graphrun.graph import Graph, GraphFormatError, load_graph, with_overrides
-from graphrun.host import DEVICES, Folders
-from graphrun.console import ConsoleBatchReporter, ConsoleReporter
+from graphrun.host import Folders
 from graphrun.registry import Registry, default_registry, object_info
 from graphrun.spec import node_spec
 from graphrun.validate import GraphValidationError, validate
@@ -32,110 +32,8 @@ from graphrun.validate import GraphValidationError, validate
 EXIT_FAILED, EXIT_INVALID = 1, 2
 COMMAND_GROUP = "graphrun.commands"
 DEBUG_VARIABLE = "GRAPHRUN_DEBUG"
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-
-
-def _id_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _byte_size(text: str) -> int:
-    """``2GiB``, ``512MB``, ``1e9`` or ``0`` -> bytes."""
-    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
-    try:
-        number = float(match.group(1)) if match else -1.0
-    except ValueError:
-        number = -1.0
-    if not match or not number >= 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 2GiB, 512MB or 0")
-    power = "kmgt".find(match.group(2).lower()) + 1
-    return int(number * (1024 if match.group(3) or power == 0 else 1000) ** power)
-
-
-PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-def _preview_path(text: str) -> Path:
-    path = Path(text).expanduser()
-    if path.suffix.lower() not in PREVIEW_FORMATS or path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is not an image file name (end it in one of {', '.join(PREVIEW_FORMATS)})")
-    return path
-
-
-def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("graph", type=Path, help="an API prompt or an editor workflow (JSON)")
-    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.INPUT=VALUE",
-                         help="replace a constant input (VALUE is parsed as JSON, else taken as a string)")
-    command.add_argument("--only", type=_id_list, metavar="ID,...", help="run only what these nodes need")
-    command.add_argument("--json", action="store_true", help="errors as JSON on stdout (validation: ComfyUI's node_errors)")
-    command.add_argument("--input-dir", type=Path, default=Path("."),
-                         help="where relative image names are read from (default: the current directory)")
-    command.add_argument("--output-dir", type=Path, default=Path("output"),
-                         help="where file name prefixes are written (default: ./output)")
-    command.add_argument("--confine", action="store_true",
-                         help="refuse paths outside --input-dir / --output-dir, as ComfyUI does")
-
-
-def _parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
-    epilog = f"node packs add: {', '.join(extra)} ({app.prog} NAME --help)" if extra else None
-    parser = argparse.ArgumentParser(prog=app.prog, description=app.description, epilog=epilog)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run_command = commands.add_parser("run", help="validate and run a graph")
-    _add_graph_arguments(run_command)
-    run_command.add_argument("--device", choices=DEVICES, default="auto")
-    run_command.add_argument("--recompute", type=_id_list, default=[], metavar="ID,...",
-                             help="ignore cached results of these nodes and their descendants")
-    run_command.add_argument("--cache-dir", type=Path, default=None, help=f"default {app.cache_dir()}")
-    run_command.add_argument("--no-cache", action="store_true", help="keep results in memory only")
-    run_command.add_argument("--memory-cache", type=_byte_size, default=DEFAULT_MEMORY_BYTES, metavar="SIZE",
-                             help="results kept in memory across the run, least recently used out first (default 2GiB)")
-    run_command.add_argument("--disk-cache", type=_byte_size, default=DEFAULT_DISK_BYTES, metavar="SIZE",
-                             help="size of the disk cache, oldest entries out first (default 20GiB)")
-    run_command.add_argument("--preview", type=_preview_path, default=None, metavar="PATH",
-                             help="write the running optimizer's current image here (e.g. preview.png)")
-    run_command.add_argument("--preview-every", type=float, default=1.0, metavar="SECONDS",
-                             help="at most one preview per this many seconds (default 1)")
-    run_command.add_argument("--quiet", action="store_true", help="print nothing but errors (--preview still writes)")
-    if app.process_modes:
-        run_command.add_argument("--tuning", choices=app.process_modes, default=None,
-                                 help=f"process settings, one of {', '.join(app.process_modes)} (see the docs)")
-
-    batch_command = commands.add_parser(
-        "batch", help="run a graph over many inputs (a batch, a sweep, video frames) on Dask",
-        description="Items are the graph with swept inputs replaced; nodes identical across items run once. "
-                    "Text inputs may name {index}, {stem} (a swept file's name) or a swept input "
-                    "({ID.INPUT} or {INPUT}), e.g. --set 18.filename_prefix=out/{stem}.")
-    _add_graph_arguments(batch_command)
-    batch_command.add_argument("--over", action="append", default=[], metavar="ID.INPUT=VALUES",
-                               help="sweep an input over a glob of files, START:STOP[:STEP] (inclusive) or a comma list")
-    batch_command.add_argument("--grid", action="store_true",
-                               help="every combination of the --over lists (default: zip them)")
-    batch_command.add_argument("--chain", metavar="ID.INPUT=SOURCE_ID[:INDEX]",
-                               help="item i's input reads item i-1's output (video: start each frame from the last)")
-    batch_command.add_argument("--scheduler", metavar="ADDRESS",
-                               help="join this Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of starting workers")
-    batch_command.add_argument("--workers", type=int, default=1,
-                               help="local worker processes (default 1); each runs one node at a time")
-    batch_command.add_argument("--threads", type=int, default=None,
-                               help="torch threads per running node (default: the cores shared between the workers)")
-    batch_command.add_argument("--device", choices=DEVICES, default="auto")
-    batch_command.add_argument("--cache-dir", type=Path, default=None,
-                               help=f"the shared node cache (default {app.cache_dir()}); workers must see it")
-    batch_command.add_argument("--no-cache", action="store_true", help="no disk cache (a stopped batch starts over)")
-    batch_command.add_argument("--quiet", action="store_true", help="print nothing but errors and the summary")
-
-    validate_command = commands.add_parser("validate", help="check a graph without running it")
-    _add_graph_arguments(validate_command)
-
-    nodes_command = commands.add_parser("nodes", help="list node classes, their inputs and outputs")
-    nodes_command.add_argument("--json", action="store_true", help="a ComfyUI /object_info document")
-
-    cache_command = commands.add_parser("cache", help="show or empty the disk cache")
-    cache_command.add_argument("action", choices=("info", "clear"))
-    cache_command.add_argument("--cache-dir", type=Path, default=None)
-    return parser
+EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
 def _print_nodes(registry: Registry) -> None:
@@ -150,19 +48,24 @@ def _print_nodes(registry: Registry) -> None:
             options = {k: v for k, v in input_spec.options.items() if k in ("default", "min", "max")}
             optional = "" if input_spec.required else " (optional)"
             print(f"    in  {input_spec.name}: {kind}{optional}{' ' + str(options) if options else ''}")
-        for index, (kind, label) in enumerate(zip(spec.return_types, spec.return_names)):
+        for index, (kind, label) in enumerate(zip(spec.return_types, spec.return_names, strict=False)):
             print(f"    out {index} {label}: {kind}")
 
 
 def _report_invalid(error: GraphValidationError, as_json: bool) -> int:
-    print(json.dumps(error.to_comfy(), indent=2) if as_json else error.report(), file=sys.stdout if as_json else sys.stderr)
+    print(
+        json.dumps(error.to_comfy(), indent=2) if as_json else error.report(),
+        file=sys.stdout if as_json else sys.stderr,
+    )
     return EXIT_INVALID
 
 
 def _report_format_error(error: GraphFormatError, as_json: bool) -> int:
     if as_json:
-        report = {"error": {"type": "invalid_prompt", "message": str(error), "details": "", "extra_info": {}},
-                  "node_errors": {}}
+        report = {
+            "error": {"type": "invalid_prompt", "message": str(error), "details": "", "extra_info": {}},
+            "node_errors": {},
+        }
         print(json.dumps(report, indent=2))
     else:
         print(f"error: {error}", file=sys.stderr)
@@ -202,13 +105,18 @@ class _StopOnSignal:
             if self.abort is None:
                 raise KeyboardInterrupt
             self.abort.set()
-            print(f"\n{SIGNAL_NAMES[number]} again: not waiting for running nodes; finished results stay cached",
-                  file=sys.stderr)
+            print(
+                f"\n{SIGNAL_NAMES[number]} again: not waiting for running nodes; finished results stay cached",
+                file=sys.stderr,
+            )
             return
         self.signal = number
         self.event.set()
-        print(f"\n{SIGNAL_NAMES[number]}: stopping after the current step; the result so far will be saved "
-              "(press Ctrl-C again to abort at once)", file=sys.stderr)
+        print(
+            f"\n{SIGNAL_NAMES[number]}: stopping after the current step; the result so far will be saved "
+            "(press Ctrl-C again to abort at once)",
+            file=sys.stderr,
+        )
 
     @property
     def exit_code(self) -> int:
@@ -243,13 +151,27 @@ def _run(args: argparse.Namespace, app: App) -> int:
             if os.environ.get(DEBUG_VARIABLE):
                 traceback.print_exception(error.__cause__ or error)
             if args.json:
-                print(json.dumps({"error": {"type": "execution_error", "message": str(error), "node_id": error.node_id,
-                                            "node_type": error.class_type}, "node_errors": {}}, indent=2))
+                print(
+                    json.dumps(
+                        {
+                            "error": {
+                                "type": "execution_error",
+                                "message": str(error),
+                                "node_id": error.node_id,
+                                "node_type": error.class_type,
+                            },
+                            "node_errors": {},
+                        },
+                        indent=2,
+                    )
+                )
             print(f"error: {error}", file=sys.stderr)
             return EXIT_FAILED
         except KeyboardInterrupt:
-            print(f"aborted by {SIGNAL_NAMES.get(stop.signal or signal.SIGINT)}; finished results stay cached",
-                  file=sys.stderr)
+            print(
+                f"aborted by {SIGNAL_NAMES.get(stop.signal or signal.SIGINT)}; finished results stay cached",
+                file=sys.stderr,
+            )
             return stop.exit_code
     if not args.quiet:
         for node_id, outputs in results.items():
@@ -277,9 +199,20 @@ def _batch(args: argparse.Namespace, app: App) -> int:
     with _StopOnSignal(abort) as stop:
         try:
             result = run_batch(
-                _load(args), overs, grid=args.grid, chain=chain, scheduler=args.scheduler, workers=args.workers,
-                threads=args.threads, cache_dir=_cache_dir(args, app), folders=_folders(args), device=args.device,
-                reporter=reporter, stop=stop.event, abort=abort, worker_hook=hook,
+                _load(args),
+                overs,
+                grid=args.grid,
+                chain=chain,
+                scheduler=args.scheduler,
+                workers=args.workers,
+                threads=args.threads,
+                cache_dir=_cache_dir(args, app),
+                folders=_folders(args),
+                device=args.device,
+                reporter=reporter,
+                stop=stop.event,
+                abort=abort,
+                worker_hook=hook,
                 worker_environment=app.worker_environment,
             )
         except BatchError as error:
@@ -311,8 +244,10 @@ def _cache(args: argparse.Namespace, app: App) -> int:
         print(f"removed {entries} entries and {leftovers} leftovers from {cache.directory}")
     else:
         problems = found.problems
-        print(f"{cache.directory}: {len(found.entries)} entries, {found.entry_bytes / 2**20:.1f} MiB "
-              f"(kept within {cache.disk_bytes / 2**30:.0f} GiB, oldest out first)")
+        print(
+            f"{cache.directory}: {len(found.entries)} entries, {found.entry_bytes / 2**20:.1f} MiB "
+            f"(kept within {cache.disk_bytes / 2**30:.0f} GiB, oldest out first)"
+        )
         if found.leftovers:
             print(f"{len(found.leftovers)} leftovers (unfinished writes, broken entries); `cache clear` removes them")
     if found.foreign:
@@ -344,7 +279,7 @@ def main(argv: list[str] | None = None, app: App | None = None) -> int:
         except (ValueError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_INVALID
-    args = _parser(app, sorted(extra)).parse_args(argv)
+    args = parser(app, sorted(extra)).parse_args(argv)
     try:
         if args.command in ("run", "batch") and app.configure_process is not None:
             try:

@@ -22,14 +22,19 @@ class ConsoleReporter:
     node's preview there.
 
     The preview file is replaced atomically at most every ``preview_seconds`` (and at a node's
-    last step), so an image viewer watching it never sees half a file. A console that goes away
+    last step), so a viewer watching it never sees half a file. A console that goes away
     (a closed pipe, a closed terminal) silences the reporter, never the run.
     """
 
-    def __init__(self, stream: TextIO | None = None, preview_path: Path | None = None,
-                 preview_seconds: float = 1.0, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        preview_path: Path | None = None,
+        preview_seconds: float = 1.0,
+        quiet: bool = False,
+    ) -> None:
         self.stream = None if quiet else (stream or sys.stderr)
-        self.bar: tqdm | None = None
+        self.bar: tqdm[Any] | None = None
         self.preview_path = preview_path
         self.preview_throttle = Throttle(preview_seconds)
         self.last_step: dict[str, tuple[int, int]] = {}
@@ -47,8 +52,9 @@ class ConsoleReporter:
             bar, self.bar = self.bar, None
             self._write(lambda stream: bar.close())
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
-                  text: list[str]) -> None:
+    def node_done(
+        self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path], text: list[str]
+    ) -> None:
         self._close_bar()
         if outcome == "cached":
             how = "cached"
@@ -63,15 +69,17 @@ class ConsoleReporter:
         shown = "".join(f"\n    {line}" for line in text)
         self._write(lambda stream: print(f"[{node_id}] {class_type}: {how}{written}{shown}", file=stream, flush=True))
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
-                 preview: Preview | None) -> None:
+    def progress(
+        self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Preview | None
+    ) -> None:
         self.last_step[node_id] = (step, total)
         self._write(lambda stream: self._update_bar(stream, node_id, class_type, step, total, info))
         if preview is not None and self.preview_path is not None and self.preview_throttle.due(step, total):
             self._write_preview(preview)
 
-    def _update_bar(self, stream: TextIO, node_id: str, class_type: str, step: int, total: int,
-                    info: dict[str, Any]) -> None:
+    def _update_bar(
+        self, stream: TextIO, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any]
+    ) -> None:
         if self.bar is None:
             self.bar = tqdm(total=total, desc=f"[{node_id}] {class_type}", file=stream, leave=False)
         self.bar.n = step
@@ -127,8 +135,9 @@ class ConsoleBatchReporter(BatchReporter):
         written = f" -> {', '.join(str(path) for path in result.files)}" if result.files else ""
         self._print(f"[{self.finished}/{self.total}] {result.item.label}: {how}{written}")
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
-                 preview: Preview | None) -> None:
+    def progress(
+        self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Preview | None
+    ) -> None:
         with self.lock:
             self.running[node_id] = f"{node_id} {class_type} {step}/{total}"
             if step >= total:

@@ -124,8 +124,10 @@ class Execution:
     def constants(self, node_id: str) -> dict[str, Any]:
         """The node's constants as ComfyUI passes them: a FLOAT written as 1 arrives as 1.0 (and keys the same)."""
         inputs = self.spec(node_id).inputs
-        return {name: float(value) if name in inputs and inputs[name].type == "FLOAT" else value
-                for name, value in self.graph.node(node_id)["constants"].items()}
+        return {
+            name: float(value) if name in inputs and inputs[name].type == "FLOAT" else value
+            for name, value in self.graph.node(node_id)["constants"].items()
+        }
 
     def sources(self, node_id: str) -> list[str]:
         return [source for source, _ in self.graph.node(node_id)["links"].values()]
@@ -160,11 +162,13 @@ class Execution:
             changed = None
             if hasattr(node_class, "IS_CHANGED"):
                 try:
-                    changed = call_hook(node_class.IS_CHANGED, self.constants(node_id),
-                                        self.hidden_for(node_id, self.host(node_id)))
+                    changed = call_hook(
+                        node_class.IS_CHANGED, self.constants(node_id), self.hidden_for(node_id, self.host(node_id))
+                    )
                 except Exception as error:  # ComfyUI's reading too: a failing IS_CHANGED means "changed"
-                    self.reporter.warning(f"node {node_id}: IS_CHANGED failed ({type(error).__name__}: {error}); "
-                                          "it will rerun every time")
+                    self.reporter.warning(
+                        f"node {node_id}: IS_CHANGED failed ({type(error).__name__}: {error}); it will rerun every time"
+                    )
                     changed = float("nan")
                 if always_changes(changed):
                     self.volatile.add(node_id)
@@ -196,11 +200,12 @@ class Execution:
             return None
         if not self.registry.fits(self.spec(node_id).return_types, result.outputs):
             self.cache.discard(key)
-            self.reporter.warning(f"node {node_id}: its cached result does not fit the outputs "
-                                  f"{self.spec(node_id).return_types} it declares; discarded, recomputing")
+            self.reporter.warning(
+                f"node {node_id}: its cached result does not fit the outputs "
+                f"{self.spec(node_id).return_types} it declares; discarded, recomputing"
+            )
             return None
-        changed = [name for name, digest in result.files.items()
-                   if file_digest(self.folders.output / name) != digest]
+        changed = [name for name, digest in result.files.items() if file_digest(self.folders.output / name) != digest]
         if changed:
             missing = ", ".join(str(self.folders.output / name) for name in changed)
             self.reporter.warning(f"node {node_id}: {missing} is missing or changed; writing it again")
@@ -215,8 +220,9 @@ class Execution:
             self.cache.store(self.keys[node_id], result, to_disk=to_disk)
         except OSError as error:
             problem = self.cache.take_disk_problem()
-            self.reporter.warning(problem or f"node {node_id}: could not write its cache entry ({error}); "
-                                             "kept in memory")
+            self.reporter.warning(
+                problem or f"node {node_id}: could not write its cache entry ({error}); kept in memory"
+            )
 
     def _storable(self, node_id: str, result: NodeResult) -> bool:
         if result_is_storable(result):
@@ -252,8 +258,9 @@ class Execution:
             if node_id in hits:
                 result = self.values[node_id]
                 files = [self.folders.output / name for name in result.files]
-                self.reporter.node_done(node_id, self.class_type(node_id), hits[node_id], CACHED, files,
-                                        shown_text(result))
+                self.reporter.node_done(
+                    node_id, self.class_type(node_id), hits[node_id], CACHED, files, shown_text(result)
+                )
         position = {node_id: index for index, node_id in enumerate(self.plan.order)}
         for node_id in self.plan.order:
             if node_id not in to_run:
@@ -296,8 +303,9 @@ class Execution:
             outcome = RAN
             self._keep(node_id, result)
         files = [self.folders.output / path for path in written_files(result)]
-        self.reporter.node_done(node_id, self.class_type(node_id), time.perf_counter() - started, outcome, files,
-                                shown_text(result))
+        self.reporter.node_done(
+            node_id, self.class_type(node_id), time.perf_counter() - started, outcome, files, shown_text(result)
+        )
         return result
 
     def complete(self, node_id: str, value: Any, partial: bool = False, keeps_inputs: bool = False) -> None:
@@ -338,10 +346,15 @@ class Execution:
         """The targets' outputs; :class:`RunInterrupted` if a stop left anything partial or not started."""
         self.skipped.extend(node_id for node_id in self.plan.order if node_id in self._missing)
         self._missing.clear()
-        found = {node_id: self.values[node_id].outputs for node_id in self.plan.order
-                 if node_id in self.plan.targets and isinstance(self.values.get(node_id), NodeResult)}
+        found = {
+            node_id: self.values[node_id].outputs
+            for node_id in self.plan.order
+            if node_id in self.plan.targets and isinstance(self.values.get(node_id), NodeResult)
+        }
         if self.stop.is_set() and (self.partial or self.skipped):  # a stop after the last node changes nothing
-            raise RunInterrupted([node_id for node_id in self.plan.order if node_id in self.partial], self.skipped, found)
+            raise RunInterrupted(
+                [node_id for node_id in self.plan.order if node_id in self.partial], self.skipped, found
+            )
         return found
 
     def _call(self, node_id: str) -> NodeResult:

@@ -26,7 +26,6 @@ import networkx as nx
 
 from graphrun.registry import Registry, default_registry
 
-
 ENVIRONMENT_PREFIX = "GRAPHRUN_"
 
 
@@ -72,7 +71,7 @@ class GraphLimits:
 @dataclass
 class Graph:
     """A loaded prompt: the DiGraph the runner works on, the prompt it came from and, for an
-    editor workflow, the workflow itself (embedded in saved images as ComfyUI does)."""
+    editor workflow, the workflow itself (embedded in saved files as ComfyUI does)."""
 
     dag: nx.DiGraph
     prompt: dict[str, Any]
@@ -80,7 +79,8 @@ class Graph:
     workflow: dict[str, Any] | None = field(default=None, repr=False)
 
     def node(self, node_id: str) -> dict[str, Any]:
-        return self.dag.nodes[node_id]
+        data: dict[str, Any] = self.dag.nodes[node_id]
+        return data
 
 
 def is_link(value: Any) -> bool:
@@ -136,7 +136,8 @@ def read_document(path: str | Path, limits: GraphLimits) -> Any:
         raise GraphFormatError(f"cannot read graph file {name!r}: {error}") from error
     if len(data) > limits.max_bytes:
         raise GraphFormatError(
-            f"{name} is larger than {limits.max_bytes:,} bytes; is it a graph? (raise GRAPHRUN_MAX_GRAPH_BYTES if it is)"
+            f"{name} is larger than {limits.max_bytes:,} bytes; is it a graph? "
+            "(raise GRAPHRUN_MAX_GRAPH_BYTES if it is)"
         )
     try:
         document = json.loads(data.decode("utf-8"))
@@ -184,7 +185,8 @@ def load_graph(
         raise GraphFormatError(f"{name}: a graph is a non-empty JSON object of nodes keyed by id")
     if len(document) > limits.max_nodes:
         raise GraphFormatError(
-            f"{name} has {len(document)} nodes, more than {limits.max_nodes} (raise GRAPHRUN_MAX_GRAPH_NODES if intended)"
+            f"{name} has {len(document)} nodes, more than {limits.max_nodes} "
+            "(raise GRAPHRUN_MAX_GRAPH_NODES if intended)"
         )
     prompt = {str(node_id): entry for node_id, entry in copy.deepcopy(document).items()}  # JSON keys are strings
 

@@ -66,8 +66,9 @@ class Folders:
 class RunnerHost:
     """What a running node may ask of the runner; one per node execution."""
 
-    def __init__(self, device: str, folders: Folders, stop: threading.Event,
-                 on_progress: ProgressSink | None = None) -> None:
+    def __init__(
+        self, device: str, folders: Folders, stop: threading.Event, on_progress: ProgressSink | None = None
+    ) -> None:
         self.device = device
         self.folders = folders
         self._stop = stop

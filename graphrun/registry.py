@@ -8,13 +8,13 @@ fit, see graphrun/value_types.py): register it in pyproject.toml as
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import json
+from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
 from typing import Any
 
-from graphrun.spec import node_spec
+from graphrun.spec import NodeClass, node_spec
 from graphrun.value_types import PRIMITIVES, conforms
 
 ENTRY_POINT_GROUP = "graphrun.nodes"
@@ -22,7 +22,7 @@ ENTRY_POINT_GROUP = "graphrun.nodes"
 
 @dataclass
 class Registry:
-    classes: dict[str, type] = field(default_factory=dict)
+    classes: dict[str, NodeClass] = field(default_factory=dict)
     display_names: dict[str, str] = field(default_factory=dict)
     value_types: dict[str, Any] = field(default_factory=lambda: dict(PRIMITIVES))
 
@@ -39,8 +39,11 @@ class Registry:
         """Do ``values`` (a cached result's outputs) fit the declared output ``kinds``?"""
         if len(values) != len(kinds):
             return False
-        return all(conforms(value, self.value_types[kind]) for value, kind in zip(values, kinds)
-                   if kind in self.value_types)
+        return all(
+            conforms(value, self.value_types[kind])
+            for value, kind in zip(values, kinds, strict=True)
+            if kind in self.value_types
+        )
 
 
 def default_registry() -> Registry:
@@ -56,7 +59,7 @@ def object_info(registry: Registry) -> dict[str, Any]:
     info = {}
     for name, node_class in sorted(registry.classes.items()):
         spec = node_spec(node_class)
-        declared = node_class.INPUT_TYPES()
+        declared = spec.declared
         info[name] = {
             "input": declared,
             "input_order": {section: list(declared.get(section, {})) for section in ("required", "optional")},
@@ -71,4 +74,5 @@ def object_info(registry: Registry) -> dict[str, Any]:
             "output_node": spec.output_node,
             "python_module": node_class.__module__,
         }
-    return json.loads(json.dumps(info, default=str))
+    described: dict[str, Any] = json.loads(json.dumps(info, default=str))
+    return described

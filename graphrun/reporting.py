@@ -14,13 +14,15 @@ RAN, CACHED, PARTIAL = "ran", "cached", "partial"
 class Reporter(Protocol):
     """Receives what happens during a run (the CLI prints it; tests count it)."""
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
-                  text: list[str]) -> None:
+    def node_done(
+        self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path], text: list[str]
+    ) -> None:
         """``outcome``: ``ran``, ``cached`` or ``partial`` (ran on a stopped node's result; not cached);
         ``files``: what it wrote; ``text``: what it shows (ComfyUI's ``ui`` text)."""
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
-                 preview: Preview | None) -> None:
+    def progress(
+        self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Preview | None
+    ) -> None:
         """A running node's progress; ``preview`` makes a picture of it when called."""
 
     def warning(self, message: str) -> None: ...
@@ -29,12 +31,14 @@ class Reporter(Protocol):
 class SilentReporter:
     """Reports nothing; the base of reporters that only want some of the calls."""
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
-                  text: list[str]) -> None:
+    def node_done(
+        self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path], text: list[str]
+    ) -> None:
         return None
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
-                 preview: Preview | None) -> None:
+    def progress(
+        self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Preview | None
+    ) -> None:
         return None
 
     def warning(self, message: str) -> None:

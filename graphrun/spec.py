@@ -20,6 +20,8 @@ from typing import Any
 
 HOST_INPUT = "GRAPHRUN_HOST"
 """The hidden input kind through which a node receives the engine's host."""
+NodeClass = type
+"""A class with ComfyUI's v1 attributes (INPUT_TYPES, RETURN_TYPES, FUNCTION, ...): duck-typed, as ComfyUI reads it."""
 ANY_TYPE = "*"
 PRIMITIVE_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 COMBO_TYPE = "COMBO"
@@ -48,17 +50,19 @@ class InputSpec:
 class NodeSpec:
     """The parsed metadata of one node class."""
 
-    node_class: type
+    node_class: NodeClass
     inputs: dict[str, InputSpec]
     hidden: dict[str, str]
     return_types: tuple[str, ...]
     return_names: tuple[str, ...]
     output_node: bool
     disk_cache: bool
+    declared: dict[str, Any]  # INPUT_TYPES() as the class returned it
 
     @property
     def function(self) -> str:
-        return self.node_class.FUNCTION
+        metadata: Any = self.node_class  # duck-typed, as ComfyUI reads it
+        return str(metadata.FUNCTION)
 
 
 def _parse_input(name: str, declaration: Any, required: bool) -> InputSpec:
@@ -70,13 +74,14 @@ def _parse_input(name: str, declaration: Any, required: bool) -> InputSpec:
 
 
 @cache
-def node_spec(node_class: type) -> NodeSpec:
-    declared = node_class.INPUT_TYPES()
+def node_spec(node_class: NodeClass) -> NodeSpec:
+    metadata: Any = node_class  # duck-typed, as ComfyUI reads it
+    declared = metadata.INPUT_TYPES()
     inputs: dict[str, InputSpec] = {}
     for section, required in (("required", True), ("optional", False)):
         for name, declaration in declared.get(section, {}).items():
             inputs[name] = _parse_input(name, declaration, required)
-    return_types = tuple(node_class.RETURN_TYPES)
+    return_types = tuple(metadata.RETURN_TYPES)
     return NodeSpec(
         node_class=node_class,
         inputs=inputs,
@@ -85,6 +90,7 @@ def node_spec(node_class: type) -> NodeSpec:
         return_names=tuple(getattr(node_class, "RETURN_NAMES", None) or return_types),
         output_node=bool(getattr(node_class, "OUTPUT_NODE", False)),
         disk_cache=bool(getattr(node_class, "DISK_CACHE", True)),
+        declared=declared,
     )
 
 

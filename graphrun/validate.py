@@ -15,8 +15,8 @@ from graphrun.plan import plan as make_plan
 from graphrun.registry import Registry
 from graphrun.spec import (
     ANY_TYPE,
-    HOST_INPUT,
     COMBO_TYPE,
+    HOST_INPUT,
     InputSpec,
     NodeSpec,
     call_hook,
@@ -155,7 +155,9 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry, hidden: dict[st
         if name not in spec.inputs:
             continue
         if source_id not in graph.dag:
-            errors.append(error("bad_linked_input", f"links to node {source_id!r:.100}, which is not in the graph", name))
+            errors.append(
+                error("bad_linked_input", f"links to node {source_id!r:.100}, which is not in the graph", name)
+            )
             continue
         source_class = registry.classes.get(graph.node(source_id)["class_type"])
         if source_class is None:
@@ -193,8 +195,9 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry, hidden: dict[st
     return errors
 
 
-def check_plan(graph: Graph, registry: Registry, plan: Plan, folders: Folders | None = None,
-               device: str = "cpu") -> list[ValidationError]:
+def check_plan(
+    graph: Graph, registry: Registry, plan: Plan, folders: Folders | None = None, device: str = "cpu"
+) -> list[ValidationError]:
     """Every problem of the planned part of the graph, in a stable order.
 
     A ``VALIDATE_INPUTS`` that names the hidden host input gets a host with ``folders`` and ``device``.
@@ -215,8 +218,10 @@ def check_plan(graph: Graph, registry: Registry, plan: Plan, folders: Folders | 
     for cycle in plan.cycles:
         shown = ", ".join(cycle[:12]) + (f" and {len(cycle) - 12} more" if len(cycle) > 12 else "")
         message = f"is on a cycle among nodes {shown}: a node cannot depend on its own result"
-        errors += [ValidationError("dependency_cycle", message, node_id, graph.node(node_id)["class_type"])
-                   for node_id in cycle]
+        errors += [
+            ValidationError("dependency_cycle", message, node_id, graph.node(node_id)["class_type"])
+            for node_id in cycle
+        ]
     needed = plan.needed
     for node_id in sorted(graph.dag, key=id_order):
         if node_id in needed:

@@ -9,7 +9,6 @@ types and classes, never the numbers inside tensors.
 from __future__ import annotations
 
 import types
-import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 PRIMITIVES: dict[str, Any] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
@@ -51,14 +50,14 @@ def conforms(value: Any, annotation: Any) -> bool:
                 return False
             pending.extend((item[key], hints[key]) for key in item)
             continue
-        if origin in (dict, typing.Dict):
+        if origin in (dict, dict):
             key_type, value_type = get_args(expected) or (Any, Any)
             if not isinstance(item, dict):
                 return False
             pending.extend((key, key_type) for key in item)
             pending.extend((element, value_type) for element in item.values())
             continue
-        if origin in (list, typing.List):
+        if origin in (list, list):
             (element_type,) = get_args(expected) or (Any,)
             if not isinstance(item, list):
                 return False
@@ -73,7 +72,7 @@ def conforms(value: Any, annotation: Any) -> bool:
             elif arguments:
                 if len(arguments) != len(item):
                     return False
-                pending.extend(zip(item, arguments))
+                pending.extend(zip(item, arguments, strict=True))
             continue
         if isinstance(expected, type) and not _is_instance(item, expected):
             return False

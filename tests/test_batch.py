@@ -249,3 +249,50 @@ def test_a_killed_batch_resumes_without_recomputing(tmp_path: Path, photos: Path
     optimized = [node for node in result.nodes if node.class_type == "NSTOptimize" and node.outcome == "ran"]
     assert len(optimized) <= 3 - len(done_before)
     assert len(list((tmp_path / "out").glob("result_*.png"))) == 3
+
+
+def test_nst_batch_stopped_by_two_signals_reports_every_item_without_a_traceback(tmp_path: Path,
+                                                                                  photos: Path) -> None:
+    graph = tiny_gatys(tmp_path)
+    graph_data = json.loads(graph.read_text())
+    graph_data["15"]["inputs"]["steps"] = 2000
+    graph.write_text(json.dumps(graph_data))
+    process = subprocess.Popen([NST, "batch", str(graph), "--over", "1.image=frame_*.png", "--workers", "1",
+                                "--threads", "1", "--input-dir", str(photos), "--output-dir", str(tmp_path / "out"),
+                                "--no-cache", "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    time.sleep(12)  # the cluster started, the first optimization running (its 2000 steps take minutes)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert "3 items:" in stderr and "not started" in stderr, stderr
+
+
+def test_the_dask_executor_drives_an_execution_on_its_own(tmp_path: Path, cluster: str) -> None:
+    """No batch: one execution's nodes as Dask tasks, a shared value shipped as a cache entry."""
+    from graphrun import Cache, Execution, load_graph, plan
+    from graphrun.cache.entry import decode_result
+    from graphrun.executors.dask import DaskExecutor, TaskSettings, WorkerSetup
+    from graphrun.reporting import SilentReporter
+
+    graph = load_graph({
+        "1": {"class_type": "Number", "inputs": {"value": 2}},
+        "2": {"class_type": "Opaque", "inputs": {"seed": 0}},  # never shipped: computed where it is read
+        "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["1", 0]}},
+        "4": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
+        "5": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+    }, registry=REGISTRY)
+    execution = Execution(graph, REGISTRY, plan(graph, REGISTRY, ["3", "4"]), Cache(None), "cpu",
+                          Folders(output=tmp_path), threading.Event(), SilentReporter())
+    settings = TaskSettings(cache=None, memory=1 << 20, device="cpu", input=".", output=str(tmp_path),
+                            confined=False, threads=None, run_id="test")
+    with distributed.Client(cluster) as client:
+        client.register_plugin(WorkerSetup(REGISTRY))
+        submission = DaskExecutor(client, settings).submit(execution)
+        assert set(submission.futures) == {"3", "4"}
+        entry = submission.futures["3"].result()
+        assert decode_result(entry["entry"], execution.keys["3"]).outputs == (4,)
+        assert entry["ran"] and not entry["partial"]
+        assert submission.futures["4"].result()["ran"]

@@ -320,3 +320,30 @@ def test_a_stop_request_at_the_last_step_keeps_the_whole_result(tmp_path: Path, 
     again = type(reporter)()
     run_chain(later_process(tmp_path), again, graph=graph)
     assert again.cached == ["2"] and again.ran == ["3"]  # the finished count was kept
+
+
+def test_an_executor_drives_the_step_api(tmp_path: Path) -> None:
+    """ready -> complete, by hand: a node is ready once, after all its inputs completed; values that no
+    later node reads are released; a completion may carry a handle instead of a result."""
+    from graphrun import Execution, load_graph, plan
+    from graphrun.reporting import SilentReporter
+
+    graph = load_graph({
+        "1": {"class_type": "Number", "inputs": {"value": 2}},
+        "2": {"class_type": "Number", "inputs": {"value": 3}},
+        "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
+        "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+    }, registry=REGISTRY)
+    execution = Execution(graph, REGISTRY, plan(graph, REGISTRY), Cache(None), "cpu", Folders(output=tmp_path),
+                          threading.Event(), SilentReporter())
+    execution.prepare()
+    assert execution.ready() == ["1", "2"] and execution.ready() == []
+    execution.complete("1", execution.compute("1"))
+    assert execution.ready() == []  # 3 still waits for 2
+    execution.complete("2", execution.compute("2"))
+    assert execution.next_ready() == "3" and execution.next_ready() is None
+    execution.complete("3", execution.compute("3"))
+    assert "1" not in execution.values and "2" not in execution.values  # released once 3 read them
+    assert execution.ready() == ["4"]
+    execution.complete("4", execution.compute("4"))
+    assert execution.outputs() == {"4": ()}

@@ -15,5 +15,18 @@ from graphrun.batch.client import run_batch
 from graphrun.batch.items import BatchError, Chain, Item, Over, batch_items, joined_prompt, parse_chain, parse_over
 from graphrun.batch.report import BatchReporter, BatchResult, ItemResult, NodeRun
 
-__all__ = ["BatchError", "BatchReporter", "BatchResult", "Chain", "Item", "ItemResult", "NodeRun", "Over",
-           "batch_items", "joined_prompt", "parse_chain", "parse_over", "run_batch"]
+__all__ = [
+    "BatchError",
+    "BatchReporter",
+    "BatchResult",
+    "Chain",
+    "Item",
+    "ItemResult",
+    "NodeRun",
+    "Over",
+    "batch_items",
+    "joined_prompt",
+    "parse_chain",
+    "parse_over",
+    "run_batch",
+]

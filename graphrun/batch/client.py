@@ -26,30 +26,40 @@ from graphrun.registry import Registry, default_registry
 from graphrun.reporting import CACHED, PARTIAL
 
 
-def start_client(scheduler: str | None, workers: int, threads: int | None,
-                 environment: dict[str, str]) -> tuple[Any, Any, int | None]:
+def start_client(
+    scheduler: str | None, workers: int, threads: int | None, environment: dict[str, str]
+) -> tuple[Any, Any, int | None]:
     """A client of the cluster at ``scheduler``, or of a new local cluster of ``workers`` processes that
     each run one task at a time; and the torch threads a task uses (None: the worker's default)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise BatchError("batches run on Dask, which is not installed: pip install 'nst-nodes[cluster]' "
-                         "(or pip install -e '.[cluster]' in a clone)") from None
+        raise BatchError(
+            "batches run on Dask, which is not installed: pip install 'dask[distributed]' "
+            "(or the cluster extra of the application)"
+        ) from None
     if scheduler:
         return Client(scheduler), None, threads
     cores = os.cpu_count() or 1
     if workers > cores:
-        raise BatchError(f"--workers {workers}: this machine has {cores} cores, and each local worker is a process "
-                         f"that runs one node at a time with its own copy of the models; use at most {cores} "
-                         "(or --scheduler to join a larger cluster)")
+        raise BatchError(
+            f"--workers {workers}: this machine has {cores} cores, and each local worker is a process "
+            f"that runs one node at a time with its own copy of the models; use at most {cores} "
+            "(or --scheduler to join a larger cluster)"
+        )
     # Ctrl-C reaches the whole process group: the workers ignore it (they inherit SIG_IGN), so that the
     # batch stops the way a run does, saving the best results so far, instead of losing its workers.
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.CRITICAL,  # a failing item is reported once, by the batch
-                               env=environment)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,  # a failing item is reported once, by the batch
+            env=environment,
+        )
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
@@ -76,8 +86,9 @@ class _Collector:
         self.lock = threading.Lock()  # events arrive on Dask's event-loop thread
 
     def finish(self, index: int, outcome: str, files: list[Path] | None = None, error: str | None = None) -> None:
-        self.results[index] = ItemResult(self.batch.items[index], outcome, time.perf_counter() - self.started,
-                                         files or [], error)
+        self.results[index] = ItemResult(
+            self.batch.items[index], outcome, time.perf_counter() - self.started, files or [], error
+        )
         self.reporter.item_done(self.results[index])
 
     def received(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -102,8 +113,9 @@ class _Collector:
             if submitted:
                 waiting[index] = submitted
             else:
-                self.finish(index, CACHED, [output / name for node_id in targets
-                                            for name in execution.values[node_id].files])
+                self.finish(
+                    index, CACHED, [output / name for node_id in targets for name in execution.values[node_id].files]
+                )
         users: dict[Any, list[str]] = defaultdict(list)  # future -> the targets it stands for
         for node_id, future in submission.futures.items():
             users[future].append(node_id)
@@ -126,8 +138,13 @@ class _Collector:
                         self.finish(index, NOT_STARTED if stopped else FAILED, error=error)
                     elif not waiting[index]:
                         with self.lock:
-                            files = [path for target in targets_of[index] for path in self.files_of.get(
-                                submission.standing_for.get(execution.keys[target], ""), [])]
+                            files = [
+                                path
+                                for target in targets_of[index]
+                                for path in self.files_of.get(
+                                    submission.standing_for.get(execution.keys[target], ""), []
+                                )
+                            ]
                         self.finish(index, PARTIAL if partial[index] else DONE if ran[index] else CACHED, files)
         for index in waiting:
             if index not in self.results:
@@ -183,9 +200,16 @@ def run_batch(
     users: dict[str, int] = {}
     if batch.execution.plan.targets:
         client, cluster, threads = start_client(scheduler, workers, threads, worker_environment or {})
-        settings = TaskSettings(cache=str(cache.directory) if cache.directory else None, memory=memory_bytes,
-                                device=device, input=str(folders.input), output=str(folders.output),
-                                confined=folders.confined, threads=threads, run_id=uuid.uuid4().hex)
+        settings = TaskSettings(
+            cache=str(cache.directory) if cache.directory else None,
+            memory=memory_bytes,
+            device=device,
+            input=str(folders.input),
+            output=str(folders.output),
+            confined=folders.confined,
+            threads=threads,
+            run_id=uuid.uuid4().hex,
+        )
         finished = threading.Event()
         try:
             client.register_plugin(WorkerSetup(shipped_registry, worker_hook))

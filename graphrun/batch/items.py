@@ -61,6 +61,7 @@ def natural_key(text: str) -> list[int | str]:
 
 def _name_files(values: list[Any], base: Path) -> bool:
     """Do all the values name existing files (relative to ``base`` or absolute)?"""
+
     def is_file(value: Any) -> bool:
         if not isinstance(value, str) or not value:
             return False
@@ -90,8 +91,14 @@ def parse_over(text: str, input_folder: Path = Path(".")) -> Over:
     if GLOB_CHARACTERS.search(raw):
         pattern = Path(raw).expanduser()
         matches = glob.glob(str(pattern if pattern.is_absolute() else base / raw))
-        found = sorted((path if pattern.is_absolute() else str(Path(path).relative_to(base))
-                        for path in matches if Path(path).is_file()), key=natural_key)
+        found = sorted(
+            (
+                path if pattern.is_absolute() else str(Path(path).relative_to(base))
+                for path in matches
+                if Path(path).is_file()
+            ),
+            key=natural_key,
+        )
         if not found:
             raise BatchError(f"--over {target}: {raw!r} matches no files in {base}")
         return Over(node_id, input_name, tuple(found), files=True)
@@ -173,27 +180,32 @@ def batch_items(overs: list[Over], grid: bool = False) -> list[Item]:
         lengths = {len(over.values) for over in overs if len(over.values) != 1}
         if len(lengths) > 1:
             described = ", ".join(f"{over.name} has {len(over.values)}" for over in overs)
-            raise BatchError(f"--over lists zip together and must have the same length ({described}); "
-                             "add --grid for every combination")
+            raise BatchError(
+                f"--over lists zip together and must have the same length ({described}); "
+                "add --grid for every combination"
+            )
         count = lengths.pop() if lengths else 1
         rows = [tuple(over.values[i if len(over.values) > 1 else 0] for over in overs) for i in range(count)]
     items = []
     for index, row in enumerate(rows):
-        stem = next((Path(value).stem for over, value in zip(overs, row) if over.files), None)
-        items.append(Item(index, {over.name: value for over, value in zip(overs, row)}, stem))
+        stem = next((Path(value).stem for over, value in zip(overs, row, strict=True) if over.files), None)
+        items.append(Item(index, {over.name: value for over, value in zip(overs, row, strict=True)}, stem))
     return items
 
 
 def fill_template(text: str, fields: dict[str, str]) -> str:
     """``{name}`` replaced by the field ``name``; ``{{`` and ``}}`` are literal braces. A name that is
     no field (a typo, a format spec, an attribute) is a :class:`BatchError` listing the fields."""
+
     def replace(match: re.Match[str]) -> str:
         if match.group(1) is None:
             return match.group(0)[0]
         name = match.group(1)
         if name not in fields:
-            raise BatchError(f"{text!r:.80} names {{{name}}}, which is not a field of the batch; the fields are "
-                             f"{', '.join('{' + field + '}' for field in fields)} (write {{{{ and }}}} for braces)")
+            raise BatchError(
+                f"{text!r:.80} names {{{name}}}, which is not a field of the batch; the fields are "
+                f"{', '.join('{' + field + '}' for field in fields)} (write {{{{ and }}}} for braces)"
+            )
         return fields[name]
 
     return FIELD.sub(replace, text)
@@ -238,7 +250,9 @@ def item_prompt(joined: dict[str, Any], index: int) -> dict[str, Any]:
     found = {}
     for node_id, entry in joined.items():
         if node_id.startswith(prefix):
-            inputs = {name: [value[0].removeprefix(prefix), value[1]] if is_link(value) else value
-                      for name, value in entry.get("inputs", {}).items()}
+            inputs = {
+                name: [value[0].removeprefix(prefix), value[1]] if is_link(value) else value
+                for name, value in entry.get("inputs", {}).items()
+            }
             found[node_id.removeprefix(prefix)] = {**entry, "inputs": inputs}
     return found

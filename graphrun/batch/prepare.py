@@ -47,9 +47,11 @@ def check_size(graph: Graph, items: list[Item]) -> None:
     estimate = len(items) * nodes * CLIENT_BYTES_PER_NODE
     if estimate > MAX_CLIENT_BYTES:
         fits = MAX_CLIENT_BYTES // (nodes * CLIENT_BYTES_PER_NODE)
-        raise BatchError(f"{len(items):,} items of a {nodes}-node graph would take about {estimate / 2**30:.1f} GiB "
-                         f"in the client; at most {fits:,} items fit in {MAX_CLIENT_BYTES / 2**30:.0f} GiB: run the "
-                         "sweep in parts (e.g. --over ID.INPUT=START:STOP for each part)")
+        raise BatchError(
+            f"{len(items):,} items of a {nodes}-node graph would take about {estimate / 2**30:.1f} GiB "
+            f"in the client; at most {fits:,} items fit in {MAX_CLIENT_BYTES / 2**30:.0f} GiB: run the "
+            "sweep in parts (e.g. --over ID.INPUT=START:STOP for each part)"
+        )
 
 
 def check_inputs(graph: Graph, items: list[Item], chain: Chain | None, registry: Registry) -> None:
@@ -82,13 +84,17 @@ def _check_chain(graph: Graph, chain: Chain, registry: Registry) -> None:
     if not outputs:
         raise BatchError(f"--chain: node {chain.source_id} ({source['class_type']}) has no outputs to chain")
     if chain.index >= len(outputs):
-        raise BatchError(f"--chain: node {chain.source_id} ({source['class_type']}) has outputs "
-                         f"0..{len(outputs) - 1}, not {chain.index}")
+        raise BatchError(
+            f"--chain: node {chain.source_id} ({source['class_type']}) has outputs "
+            f"0..{len(outputs) - 1}, not {chain.index}"
+        )
     wanted = node_spec(target_class).inputs[chain.input_name].type
     offered = outputs[chain.index]
     if ANY_TYPE not in (wanted, offered) and wanted != offered:
-        raise BatchError(f"--chain: input {chain.node_id}.{chain.input_name} takes {wanted}, but output "
-                         f"{chain.index} of node {chain.source_id} ({source['class_type']}) is {offered}")
+        raise BatchError(
+            f"--chain: input {chain.node_id}.{chain.input_name} takes {wanted}, but output "
+            f"{chain.index} of node {chain.source_id} ({source['class_type']}) is {offered}"
+        )
 
 
 def _validation_failures(graph: Graph, errors: list[ValidationError]) -> dict[int, str]:
@@ -99,8 +105,9 @@ def _validation_failures(graph: Graph, errors: list[ValidationError]) -> dict[in
             raise BatchError(str(error))
         index, inner = split_item_id(error.node_id)
         failed[index].append(str(error).replace(f"node {error.node_id} ", f"node {inner} ", 1))
-    reasons = {index: "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
-               for index, problems in failed.items()}
+    reasons = {
+        index: "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") for index, problems in failed.items()
+    }
     reads: dict[int, set[int]] = defaultdict(set)  # item -> the earlier items it reads
     for source, target in graph.dag.edges:
         if split_item_id(source)[0] != split_item_id(target)[0]:
@@ -128,24 +135,46 @@ def _check_outputs_differ(batch: Batch, registry: Registry) -> None:
         key = (inner, data["class_type"], constants)
         if key in seen and seen[key][1] != execution.keys[node_id]:
             hint = f" (e.g. --set {inner}.{texts[0]}=out/{{stem}}_{{index}})"
-            raise BatchError(f"items {split_item_id(seen[key][0])[0]} and {index} would write the same files with "
-                             f"node {inner} ({data['class_type']}); put {{index}}, {{stem}} or a swept input's name "
-                             f"in its file name{hint}")
+            raise BatchError(
+                f"items {split_item_id(seen[key][0])[0]} and {index} would write the same files with "
+                f"node {inner} ({data['class_type']}); put {{index}}, {{stem}} or a swept input's name "
+                f"in its file name{hint}"
+            )
         seen.setdefault(key, (node_id, execution.keys[node_id]))
 
 
-def prepare(graph: Graph, items: list[Item], chain: Chain | None, cache: Cache, folders: Folders, device: str,
-            registry: Registry, reporter: Reporter) -> Batch:
+def prepare(
+    graph: Graph,
+    items: list[Item],
+    chain: Chain | None,
+    cache: Cache,
+    folders: Folders,
+    device: str,
+    registry: Registry,
+    reporter: Reporter,
+) -> Batch:
     """Join, validate and key the items; items with problems are set aside with the reason."""
     check_size(graph, items)
     check_inputs(graph, items, chain, registry)
-    joined = load_graph(joined_prompt(graph.prompt, items, chain), name=graph.source,
-                        limits=GraphLimits(max_nodes=1 << 30), registry=registry)
+    joined = load_graph(
+        joined_prompt(graph.prompt, items, chain),
+        name=graph.source,
+        limits=GraphLimits(max_nodes=1 << 30),
+        registry=registry,
+    )
     everything = plan(joined, registry)
     failed = _validation_failures(joined, check_plan(joined, registry, everything, folders, device))
     targets = [node_id for node_id in everything.targets if split_item_id(node_id)[0] not in failed]
-    execution = Execution(graph=joined, registry=registry, plan=plan(joined, registry, targets), cache=cache,
-                          device=device, folders=folders, stop=threading.Event(), reporter=reporter)
+    execution = Execution(
+        graph=joined,
+        registry=registry,
+        plan=plan(joined, registry, targets),
+        cache=cache,
+        device=device,
+        folders=folders,
+        stop=threading.Event(),
+        reporter=reporter,
+    )
     if targets:
         execution.compute_keys()
     batch = Batch(joined, items, execution, failed)

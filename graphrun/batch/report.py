@@ -60,8 +60,10 @@ class BatchResult:
         ran = [run for run in self.nodes if run.outcome == RAN]
         busy = sum(run.seconds for run in ran)
         finished = [result for result in self.items if result.outcome == DONE]
-        lines = [f"{len(self.items)} items: {parts} in {self.seconds:.1f} s",
-                 f"{len(ran)} node runs, {busy:.1f} s of work; shared nodes saved {self.shared_saving:.1f} s"]
+        lines = [
+            f"{len(self.items)} items: {parts} in {self.seconds:.1f} s",
+            f"{len(ran)} node runs, {busy:.1f} s of work; shared nodes saved {self.shared_saving:.1f} s",
+        ]
         if finished:
             lines.append(f"{len(finished) * 3600 / max(self.seconds, 1e-9):.1f} items per hour")
         return "\n".join(lines)

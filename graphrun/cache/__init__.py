@@ -18,8 +18,15 @@ from graphrun.cache.memory import MemoryStore
 DEFAULT_MEMORY_BYTES = 2 << 30
 DEFAULT_DISK_BYTES = 20 << 30
 
-__all__ = ["DEFAULT_DISK_BYTES", "DEFAULT_MEMORY_BYTES", "Cache", "NodeResult", "Scan", "UnreadableEntry",
-           "user_cache_dir"]
+__all__ = [
+    "DEFAULT_DISK_BYTES",
+    "DEFAULT_MEMORY_BYTES",
+    "Cache",
+    "NodeResult",
+    "Scan",
+    "UnreadableEntry",
+    "user_cache_dir",
+]
 
 
 def user_cache_dir(name: str) -> Path:
@@ -31,8 +38,12 @@ def user_cache_dir(name: str) -> Path:
 class Cache:
     """Memory store for this process (LRU within ``memory_bytes``) in front of an optional disk store."""
 
-    def __init__(self, directory: Path | str | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES,
-                 disk_bytes: int = DEFAULT_DISK_BYTES) -> None:
+    def __init__(
+        self,
+        directory: Path | str | None = None,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        disk_bytes: int = DEFAULT_DISK_BYTES,
+    ) -> None:
         for name, value in (("memory_bytes", memory_bytes), ("disk_bytes", disk_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a whole number of bytes >= 0, not {value!r}")

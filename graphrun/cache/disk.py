@@ -157,8 +157,11 @@ class DiskStore:
         if not self.directory.is_dir():
             return found
         try:
-            shards = [item for item in os.scandir(self.directory)
-                      if SHARD_NAME.fullmatch(item.name) and item.is_dir(follow_symlinks=False)]
+            shards = [
+                item
+                for item in os.scandir(self.directory)
+                if SHARD_NAME.fullmatch(item.name) and item.is_dir(follow_symlinks=False)
+            ]
         except OSError as error:
             found.problems.append(f"{self.directory}: {error.strerror or error}")
             return found

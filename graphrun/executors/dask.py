@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from graphrun.cache import Cache
 from graphrun.cache.entry import NodeResult, decode_result, encode_result, result_is_storable
@@ -33,10 +33,10 @@ PLUGIN_NAME = "graphrun"
 try:
     from distributed import WorkerPlugin
 except ImportError:  # the cluster extra is not installed: the executor says so when it is used
-    WorkerPlugin = object  # type: ignore[misc,assignment]  # only the base class of WorkerSetup
+    WorkerPlugin = object  # type: ignore[assignment,misc]  # a plain base without the cluster extra; never used
 
 
-class WorkerSetup(WorkerPlugin):  # type: ignore[misc]  # distributed is untyped
+class WorkerSetup(WorkerPlugin):
     """What a worker keeps between tasks: its node registry, one cache per setting, torch's threads.
 
     ``registry`` None: the installed packs (read once per worker). ``process_hook`` runs once per
@@ -125,13 +125,23 @@ class TaskReporter(SilentReporter):
         self.send = send
         self.throttle = Throttle(1.0)
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
-                  text: list[str]) -> None:
-        self.nodes.append({"node_id": node_id, "class_type": class_type, "outcome": outcome, "seconds": seconds,
-                           "files": [str(path) for path in files], "text": text})
+    def node_done(
+        self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path], text: list[str]
+    ) -> None:
+        self.nodes.append(
+            {
+                "node_id": node_id,
+                "class_type": class_type,
+                "outcome": outcome,
+                "seconds": seconds,
+                "files": [str(path) for path in files],
+                "text": text,
+            }
+        )
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
-                 preview: Preview | None) -> None:
+    def progress(
+        self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Preview | None
+    ) -> None:
         if self.throttle.due(step, total):
             self.send({"node_id": node_id, "class_type": class_type, "step": step, "total": total})
 
@@ -150,7 +160,7 @@ def run_task(order: str, *inputs: dict[str, Any]) -> dict[str, Any]:
     task = json.loads(order)
     settings = TaskSettings(**task["settings"])
     worker = get_worker()
-    setup: WorkerSetup = worker.plugins[PLUGIN_NAME]
+    setup = cast(WorkerSetup, worker.plugins[PLUGIN_NAME])
     setup.use_threads(settings.threads)
     assert setup.registry is not None
     graph = load_graph(task["prompt"], registry=setup.registry, limits=GraphLimits(max_nodes=1 << 30))
@@ -161,15 +171,21 @@ def run_task(order: str, *inputs: dict[str, Any]) -> dict[str, Any]:
     threading.Thread(target=relay, args=(cluster_stop.wait, stop.set, finished), daemon=True).start()
     reporter = TaskReporter(lambda message: worker.log_event(settings.progress_topic, message))
     execution = Execution(
-        graph=graph, registry=setup.registry, plan=plan(graph, setup.registry, [node_id]),
-        cache=setup.cache(settings.cache, settings.memory), device=resolve_device(settings.device),
+        graph=graph,
+        registry=setup.registry,
+        plan=plan(graph, setup.registry, [node_id]),
+        cache=setup.cache(settings.cache, settings.memory),
+        device=resolve_device(settings.device),
         folders=Folders(Path(settings.input), Path(settings.output), settings.confined),
-        stop=stop, reporter=reporter, keys=task["keys"], volatile=set(task["volatile"]),
+        stop=stop,
+        reporter=reporter,
+        keys=task["keys"],
+        volatile=set(task["volatile"]),
     )
     try:
         if cluster_stop.is_set():
             stop.set()
-        for source, shipped in zip(task["shipped"], inputs):
+        for source, shipped in zip(task["shipped"], inputs, strict=True):
             execution.provide(source, decode_result(shipped["entry"], task["keys"][source]), shipped["partial"])
         if stop.is_set() and not execution.partial:
             raise RunInterrupted([], [node_id], {})
@@ -184,12 +200,14 @@ def run_task(order: str, *inputs: dict[str, Any]) -> dict[str, Any]:
         finished.set()
         worker.log_event(settings.nodes_topic, {"nodes": reporter.nodes, "warnings": reporter.warnings})
     if not result_is_storable(result):
-        raise NodeExecutionError(node_id, execution.class_type(node_id),
-                                 "returned values that cannot be sent to other workers (only tensors and JSON-able "
-                                 "values travel); declare DISK_CACHE = False on the class so each worker computes it")
+        raise NodeExecutionError(
+            node_id,
+            execution.class_type(node_id),
+            "returned values that cannot be sent to other workers (only tensors and JSON-able "
+            "values travel); declare DISK_CACHE = False on the class so each worker computes it",
+        )
     ran = any(run["outcome"] == RAN for run in reporter.nodes) or any(shipped["ran"] for shipped in inputs)
-    return {"entry": encode_result(task["keys"][node_id], result), "partial": node_id in execution.partial,
-            "ran": ran}
+    return {"entry": encode_result(task["keys"][node_id], result), "partial": node_id in execution.partial, "ran": ran}
 
 
 @dataclass
@@ -205,8 +223,9 @@ class Submission:
 class DaskExecutor:
     """Runs an execution's nodes as tasks on the cluster behind ``client``."""
 
-    def __init__(self, client: Any, settings: TaskSettings,
-                 prompt_for: Callable[[str], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, client: Any, settings: TaskSettings, prompt_for: Callable[[str], dict[str, Any]] | None = None
+    ) -> None:
         self.client = client
         self.settings = settings
         self.prompt_for = prompt_for
@@ -287,12 +306,14 @@ def wait_any(futures: list[Any], abort: threading.Event) -> list[Any]:
     return []
 
 
-def stop_cluster_on(stop: threading.Event, client: Any, settings: TaskSettings,
-                    finished: threading.Event) -> threading.Thread:
+def stop_cluster_on(
+    stop: threading.Event, client: Any, settings: TaskSettings, finished: threading.Event
+) -> threading.Thread:
     """Pass the caller's stop request to every task (a Dask event they watch)."""
     from distributed import Event
 
-    thread = threading.Thread(target=relay, args=(stop.wait, lambda: Event(settings.stop_event, client=client).set(),
-                                                  finished), daemon=True)
+    thread = threading.Thread(
+        target=relay, args=(stop.wait, lambda: Event(settings.stop_event, client=client).set(), finished), daemon=True
+    )
     thread.start()
     return thread

@@ -46,13 +46,18 @@ def run(
     """
     if not isinstance(device, str):
         raise TypeError(f"device must be a str such as 'cpu' or 'auto', not {type(device).__name__}")
-    for name, value, kind in (("cache", cache, Cache), ("registry", registry, Registry),
-                              ("folders", folders, Folders), ("stop", stop, threading.Event)):
+    for name, value, kind in (
+        ("cache", cache, Cache),
+        ("registry", registry, Registry),
+        ("folders", folders, Folders),
+        ("stop", stop, threading.Event),
+    ):
         if value is not None and not isinstance(value, kind):
             raise TypeError(f"{name} must be a {kind.__module__}.{kind.__name__}, not {type(value).__name__}")
     if reporter is not None and not is_reporter(reporter):
-        raise TypeError("reporter must have the methods node_done, progress and warning "
-                        "(see graphrun.reporting.Reporter)")
+        raise TypeError(
+            "reporter must have the methods node_done, progress and warning (see graphrun.reporting.Reporter)"
+        )
     registry = registry or default_registry()
     if not isinstance(graph, Graph):
         graph = load_graph(graph, registry=registry)
