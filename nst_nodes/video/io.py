@@ -1,0 +1,197 @@
+"""Clips in and out through FFmpeg's libraries (PyAV): video files, or folders and globs of frames.
+
+PyAV decodes and encodes in process with the FFmpeg it ships, keeps the frame rate exact (a
+fraction) and remuxes the audio of the source untouched into the result; nothing is spawned.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+ENCODERS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".webm": "libvpx-vp9", ".gif": "gif"}
+DEFAULT_FPS = Fraction(25)
+MAX_CLIP_BYTES = 8 << 30
+"""The decoded frames of a clip, as float32 RGB, may take at most this much memory."""
+
+
+class ClipError(ValueError):
+    """A clip that cannot be read or written, with what to do."""
+
+
+@dataclass
+class Clip:
+    """Frames ``[N, H, W, 3]`` float32 in 0..1 (ComfyUI's IMAGE batch), their rate, and the file whose
+    audio goes with them (None: no audio)."""
+
+    frames: torch.Tensor
+    fps: Fraction
+    audio_from: Path | None = None
+
+
+def natural_key(text: str) -> list[int | str]:
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _scaled(width: int, height: int, long_side: int | None) -> tuple[int, int]:
+    if not long_side or max(width, height) <= long_side:
+        return width, height
+    scale = long_side / max(width, height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def check_clip_size(count: int, width: int, height: int, what: str) -> None:
+    """Refuse a clip whose frames would not fit in :data:`MAX_CLIP_BYTES`, naming what would."""
+    needed = count * width * height * 3 * 4
+    if needed > MAX_CLIP_BYTES:
+        fits = max(1, MAX_CLIP_BYTES // (width * height * 12))
+        raise ClipError(f"{what}: {count} frames of {width}x{height} take {needed / 2**30:.1f} GiB as RGB floats, "
+                        f"more than {MAX_CLIP_BYTES / 2**30:.0f} GiB; take at most {fits} frames at this size "
+                        "(--frames START:STOP) or a smaller size (--size)")
+
+
+def read_video(path: Path, start: int = 0, stop: int | None = None, long_side: int | None = None) -> Clip:
+    """Frames ``start`` to ``stop`` (exclusive) of a video file, the long side scaled down to ``long_side``."""
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as error:
+        raise ClipError(f"{path}: not a video FFmpeg can read ({error})") from None
+    with container:
+        if not container.streams.video:
+            raise ClipError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        if stream.codec_context is None or stream.codec_context.name is None:
+            raise ClipError(f"{path}: its video codec is not one FFmpeg here can decode")
+        width, height = _scaled(stream.codec_context.width, stream.codec_context.height, long_side)
+        expected = stream.frames or 0
+        wanted = (stop if stop is not None else expected) - start
+        if expected and wanted > 0:
+            check_clip_size(min(wanted, expected - start), width, height, str(path))
+        frames: list[np.ndarray] = []
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if index < start:
+                    continue
+                if stop is not None and index >= stop:
+                    break
+                frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
+                if len(frames) * width * height * 12 > MAX_CLIP_BYTES:
+                    check_clip_size(len(frames), width, height, str(path))
+        except av.error.FFmpegError as error:
+            if not frames:
+                raise ClipError(f"{path}: cannot be decoded ({error}); is it truncated?") from None
+        has_audio = bool(container.streams.audio)
+        fps = Fraction(stream.average_rate) if stream.average_rate else DEFAULT_FPS
+    if not frames:
+        raise ClipError(f"{path}: no frames in {start}:{'' if stop is None else stop}")
+    pixels = torch.from_numpy(np.stack(frames)).float() / 255
+    return Clip(pixels, fps, Path(path) if has_audio else None)
+
+
+def read_frames(pattern: str, start: int = 0, stop: int | None = None, long_side: int | None = None,
+                fps: Fraction = DEFAULT_FPS) -> Clip:
+    """Frames from a folder (its pictures) or a glob, in natural order (frame_2 before frame_10)."""
+    folder = Path(pattern)
+    if folder.is_dir():
+        names = [str(path) for path in folder.iterdir() if path.suffix.lower() in FRAME_SUFFIXES]
+    else:
+        names = [name for name in glob.glob(pattern) if Path(name).suffix.lower() in FRAME_SUFFIXES]
+    names = sorted(names, key=natural_key)[start:stop]
+    if not names:
+        raise ClipError(f"{pattern}: no frames ({', '.join(FRAME_SUFFIXES)}) there")
+    frames: list[np.ndarray] = []
+    size: tuple[int, int] | None = None
+    for name in names:
+        try:
+            with Image.open(name) as picture:
+                if size is None:
+                    size = picture.size
+                    check_clip_size(len(names), *_scaled(*size, long_side), pattern)
+                elif picture.size != size:
+                    raise ClipError(f"{name}: {picture.size[0]}x{picture.size[1]}, but the first frame is "
+                                    f"{size[0]}x{size[1]}; every frame of a clip has one size")
+                frames.append(np.asarray(picture.convert("RGB").resize(_scaled(*size, long_side), Image.BICUBIC)))
+        except OSError as error:
+            raise ClipError(f"{name}: not a picture that can be read ({error})") from None
+    return Clip(torch.from_numpy(np.stack(frames)).float() / 255, fps)
+
+
+def read_clip(source: str, start: int = 0, stop: int | None = None, long_side: int | None = None) -> Clip:
+    """A video file, or a folder or glob of frames."""
+    path = Path(source)
+    if path.is_file():
+        return read_video(path, start, stop, long_side)
+    if path.exists() or any(character in source for character in "*?["):
+        return read_frames(source, start, stop, long_side)
+    raise ClipError(f"{source}: no such file, folder or glob")
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    return (frames.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def write_clip(target: Path, clip: Clip) -> None:
+    """Write ``clip`` as a video (by the suffix: mp4, mkv, mov, webm, gif) with the source's audio, or,
+    for a path without a video suffix, as numbered PNG frames in that folder. Written to a temporary
+    name first, so a stopped write leaves no half file under the real one."""
+    suffix = target.suffix.lower()
+    if suffix not in ENCODERS:
+        if suffix:
+            raise ClipError(f"{target}: write {', '.join(ENCODERS)} or a folder of frames, not {suffix}")
+        target.mkdir(parents=True, exist_ok=True)
+        for index, frame in enumerate(to_uint8(clip.frames)):
+            Image.fromarray(frame).save(target / f"frame_{index:05d}.png")
+        return
+    import av
+
+    temporary = target.with_name(f".{target.stem}.writing{suffix}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    height, width = clip.frames.shape[1:3]
+    try:
+        with av.open(str(temporary), "w") as output:
+            stream = output.add_stream(ENCODERS[suffix], rate=clip.fps)
+            stream.width, stream.height = width - width % 2, height - height % 2
+            stream.pix_fmt = "rgb8" if suffix == ".gif" else "yuv420p"
+            audio = _audio_streams(output, clip.audio_from) if suffix != ".gif" else None
+            for frame in to_uint8(clip.frames):
+                picture = av.VideoFrame.from_ndarray(frame[: stream.height, : stream.width], format="rgb24")
+                output.mux(stream.encode(picture))
+            output.mux(stream.encode(None))
+            if audio is not None:
+                source, pairs = audio
+                with source:
+                    for packet in source.demux([input_stream for input_stream, _ in pairs]):
+                        if packet.dts is None:
+                            continue
+                        packet.stream = dict(pairs)[packet.stream]
+                        output.mux(packet)
+        temporary.replace(target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _audio_streams(output: object, source_path: Path | None) -> tuple[object, list[tuple[object, object]]] | None:
+    """The source's audio streams, each paired with a copy of it in ``output`` (remuxed, not re-encoded)."""
+    import av
+
+    if source_path is None:
+        return None
+    source = av.open(str(source_path))
+    if not source.streams.audio:
+        source.close()
+        return None
+    pairs = [(stream, output.add_stream_from_template(stream)) for stream in source.streams.audio]  # type: ignore[attr-defined]
+    return source, pairs

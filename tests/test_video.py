@@ -1,0 +1,143 @@
+"""Video pure functions (nst_nodes/video/): flow, warps, reliability, cuts, clips in and out, measures."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nst_nodes.video import io
+from nst_nodes.video.flow import is_cut, optical_flow, reliable, warp
+from nst_nodes.video.metrics import flicker, warping_error
+
+SAMPLES = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
+
+
+def photo(size: tuple[int, int] = (96, 72)) -> torch.Tensor:
+    picture = Image.open(SAMPLES / "tubingen.jpg").convert("RGB").resize(size)
+    return torch.from_numpy(np.asarray(picture).copy()).float() / 255
+
+
+def chw(frame: torch.Tensor) -> torch.Tensor:
+    return frame.permute(2, 0, 1).unsqueeze(0)
+
+
+def test_flow_finds_a_shift_and_the_warp_undoes_it() -> None:
+    wide = photo((112, 72))
+    a, b = wide[:, 8:104], wide[:, 5:101]  # b is a moved 3 px right: a(p) = b(p + (3, 0))
+    flow = optical_flow(a, b)
+    inner = flow[8:-8, 8:-8]
+    assert torch.allclose(inner.median(dim=0).values.median(dim=0).values, torch.tensor([3.0, 0.0]), atol=0.3)
+    rebuilt = warp(chw(b), flow)[0].permute(1, 2, 0)
+    assert (rebuilt[8:-8, 8:-8] - a[8:-8, 8:-8]).abs().mean() < 0.02
+    assert (b[8:-8, 8:-8] - a[8:-8, 8:-8]).abs().mean() > 0.04  # the warp did something
+
+
+def test_a_warp_by_zero_flow_is_the_identity() -> None:
+    frame = chw(photo())
+    assert torch.allclose(warp(frame, torch.zeros(72, 96, 2)), frame, atol=1e-5)
+
+
+def test_what_was_hidden_is_unreliable() -> None:
+    background = photo()
+    square = torch.ones(16, 16, 3) * torch.tensor([1.0, 0.0, 0.0])
+    previous, current = background.clone(), background.clone()
+    previous[28:44, 20:36] = square
+    current[28:44, 40:56] = square  # the square moved 20 px right: the place it left is disoccluded
+    mask = reliable(optical_flow(current, previous), optical_flow(previous, current))
+    assert mask[30:42, 22:34].mean() < 0.5  # uncovered in the current frame
+    assert mask[:20].mean() > 0.9 and mask[56:].mean() > 0.9  # the still background
+    assert not is_cut(mask)
+
+
+def test_unrelated_frames_are_a_cut() -> None:
+    frame = photo()
+    other = torch.from_numpy(np.random.default_rng(0).random((72, 96, 3), dtype=np.float32))
+    assert is_cut(reliable(optical_flow(other, frame), optical_flow(frame, other)))
+
+
+def test_a_clip_round_trips_with_its_rate_and_audio(tmp_path: Path) -> None:
+    import av
+
+    source = tmp_path / "with_audio.mp4"
+    with av.open(str(source), "w") as output:  # two seconds of a tone beside 12 frames at 30000/1001 fps
+        video = output.add_stream("libx264", rate=Fraction(30000, 1001))
+        video.width, video.height, video.pix_fmt = 96, 72, "yuv420p"
+        audio = output.add_stream("aac", rate=44100)
+        for frame in (photo() * 255).to(torch.uint8).numpy()[None].repeat(12, 0):
+            output.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        output.mux(video.encode(None))
+        tone = np.sin(np.arange(88200) * 2 * np.pi * 440 / 44100).astype(np.float32)[None] * 0.1
+        for start in range(0, 88200, 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[:, start : start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate = 44100
+            output.mux(audio.encode(chunk))
+        output.mux(audio.encode(None))
+    clip = io.read_clip(str(source))
+    assert clip.frames.shape == (12, 72, 96, 3) and clip.fps == Fraction(30000, 1001) and clip.audio_from == source
+    io.write_clip(tmp_path / "out.mp4", io.Clip(clip.frames.flip(-1), clip.fps, clip.audio_from))
+    back = io.read_clip(str(tmp_path / "out.mp4"))
+    assert back.frames.shape == clip.frames.shape and back.fps == clip.fps
+    assert (back.frames - clip.frames.flip(-1)).abs().mean() < 0.03
+    with av.open(str(tmp_path / "out.mp4")) as written:
+        assert len(written.streams.audio) == 1 and written.streams.audio[0].codec_context.name == "aac"
+    assert not list(tmp_path.glob(".*writing*"))
+
+
+@pytest.mark.parametrize("suffix", [".webm", ".gif", ""])
+def test_other_outputs(tmp_path: Path, suffix: str) -> None:
+    clip = io.read_clip(str(SAMPLES / "carphone.mp4"), 0, 4)
+    target = tmp_path / f"out{suffix}"
+    io.write_clip(target, clip)
+    back = io.read_clip(str(target))
+    assert back.frames.shape == clip.frames.shape
+
+
+def test_frames_from_a_folder_in_natural_order(tmp_path: Path) -> None:
+    frame = (photo() * 255).to(torch.uint8).numpy()
+    for index in (0, 2, 10):
+        Image.fromarray(np.roll(frame, index, axis=1)).save(tmp_path / f"frame_{index}.png")
+    clip = io.read_clip(str(tmp_path / "frame_*.png"))
+    assert clip.frames.shape == (3, 72, 96, 3) and clip.fps == io.DEFAULT_FPS
+    assert torch.equal(clip.frames[2], torch.from_numpy(np.roll(frame, 10, axis=1)).float() / 255)
+    assert io.read_clip(str(tmp_path), 1, 2, long_side=48).frames.shape == (1, 36, 48, 3)
+
+
+def test_bad_clips_are_refused_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(io.ClipError, match="not a video FFmpeg can read"):
+        io.read_clip(str(tmp_path / "notes.mp4"))
+    whole = (SAMPLES / "carphone.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(io.ClipError, match="cut.mp4"):
+        io.read_clip(str(tmp_path / "cut.mp4"))
+    with pytest.raises(io.ClipError, match="no frames in 500:"):
+        io.read_clip(str(SAMPLES / "carphone.mp4"), 500)
+    with pytest.raises(io.ClipError, match="no such file, folder or glob"):
+        io.read_clip(str(tmp_path / "missing.mp4"))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (32, 24)).save(frames / "a_1.png")
+    Image.new("RGB", (30, 24)).save(frames / "a_2.png")
+    with pytest.raises(io.ClipError, match="a_2.png: 30x24, but the first frame is 32x24"):
+        io.read_clip(str(frames))
+    monkeypatch.setattr(io, "MAX_CLIP_BYTES", 1 << 20)
+    with pytest.raises(io.ClipError, match=r"24 frames of 176x144 take .* take at most 3 frames at this size"):
+        io.read_clip(str(SAMPLES / "carphone.mp4"))
+    with pytest.raises(io.ClipError, match="write .mp4, .mkv"):
+        io.write_clip(tmp_path / "out.txt", io.Clip(torch.zeros(1, 8, 8, 3), Fraction(25)))
+
+
+def test_a_steady_result_has_no_warping_error_and_no_flicker() -> None:
+    wide = photo((112, 72))
+    frames = torch.stack([wide[:, 8 - shift : 104 - shift] for shift in range(4)])  # a pan
+    assert max(warping_error(frames, frames)) < 2e-3  # the frames themselves follow their own flow
+    stuck = frames[:1].repeat(4, 1, 1, 1)  # strokes that stay on the screen while the content moves
+    assert min(warping_error(stuck, frames)) > 5 * max(warping_error(frames, frames))
+    still = frames[:1].repeat(4, 1, 1, 1)
+    noisy = still + 0.05 * torch.randn(4, 72, 96, 3, generator=torch.Generator().manual_seed(0))
+    assert flicker(still, still) == [0.0, 0.0, 0.0] and min(flicker(noisy, still)) > 0.03
