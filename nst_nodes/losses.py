@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import lean
-from .types import FeatureTerm, LayerStatistics, Objective, StyleTerm, Term
+from .types import FeatureTerm, LayerStatistics, Objective, StyleTerm, TemporalTerm, Term
 
 STATISTICS = ("gram", "mean_cov", "sliced")
 PROJECTIONS = 64  # random directions per layer for the sliced distance
@@ -178,6 +178,12 @@ def content_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Ten
     )
 
 
+def temporal_loss(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference to ``target`` where ``mask`` is 1 (Ruder et al. 2016: over all pixels and
+    channels, so a weight means the same at every size)."""
+    return torch.mean(mask * (image - target) ** 2)
+
+
 def tv_loss(image: torch.Tensor) -> torch.Tensor:
     """Total variation of ``[B, C, H, W]``; zero for a constant image."""
     vertical = image[:, :, 1:, :] - image[:, :, :-1, :]
@@ -257,6 +263,10 @@ class ObjectiveFunction:
         # Targets are cloned: autograd must not see a host's inference-mode tensors.
         if term["kind"] == "tv":
             return lambda features, image: tv_loss(image)
+        if term["kind"] == "temporal":
+            temporal: TemporalTerm = term  # type: ignore[assignment]
+            target, mask = temporal["target"].to(device).clone(), temporal["mask"].to(device).clone()
+            return lambda features, image: temporal_loss(image, target, mask)
         if term["kind"] == "content":
             content: FeatureTerm = term  # type: ignore[assignment]
             targets = {layer: value.to(device).clone() for layer, value in content["targets"].items()}

@@ -20,6 +20,8 @@ NST_FEATURES = "NST_FEATURES"
 NST_GRAMS = "NST_GRAMS"
 NST_LOSS = "NST_LOSS"
 NST_HISTORY = "NST_HISTORY"
+NST_FLOW = "NST_FLOW"
+NST_TEMPORAL = "NST_TEMPORAL"
 
 
 class NetworkTensor(TypedDict):
@@ -78,7 +80,17 @@ class SmoothnessTerm(TypedDict):
     weight: float
 
 
-Term = FeatureTerm | StyleTerm | SmoothnessTerm
+class TemporalTerm(TypedDict):
+    """A video frame's temporal term: stay close to the previous result warped into this frame, where the
+    warp is reliable (Ruder et al. 2016)."""
+
+    kind: Literal["temporal"]
+    weight: float
+    target: torch.Tensor  # [1, 3, H, W], in the network's input space
+    mask: torch.Tensor  # [H, W], 1 where the warp is reliable
+
+
+Term = FeatureTerm | StyleTerm | SmoothnessTerm | TemporalTerm
 
 
 class Objective(TypedDict):
@@ -86,6 +98,29 @@ class Objective(TypedDict):
 
     model: str | None
     terms: list[Term]
+
+
+class Flow(TypedDict):
+    """NST_FLOW: the optical flow between consecutive frames, both ways, and where warping along it is
+    reliable (nst_nodes.video.flow). Entry ``i`` relates frame ``i`` to frame ``i - 1``; entry 0 is zeros."""
+
+    method: str
+    backward: torch.Tensor  # [N, H, W, 2]: from frame i to frame i - 1
+    forward: torch.Tensor  # [N, H, W, 2]: from frame i - 1 to frame i
+    reliable: torch.Tensor  # [N, H, W], 1 where frame i - 1 warped into frame i can be trusted
+
+
+class Temporal(TypedDict):
+    """NST_TEMPORAL: how the optimizer carries a batch of frames from one to the next.
+
+    ``start``: each frame starts from its content (``content``), from the previous result as it is
+    (``previous``: a plain chain), or from the previous result warped by the flow (``warped``);
+    ``weight`` > 0 adds the temporal term. A scene cut (see ``nst_nodes.video.flow.is_cut``) always
+    starts fresh from the content, with no temporal term."""
+
+    start: Literal["content", "previous", "warped"]
+    weight: float
+    flow: Flow | None
 
 
 class History(TypedDict, total=False):
@@ -98,6 +133,8 @@ class History(TypedDict, total=False):
     content: list[float]
     style: list[float]
     tv: list[float]
+    temporal: list[float]
+    frames: list[int]  # a batch of frames: the evaluations of each frame, in order
 
 
 VALUE_TYPES: dict[str, Any] = {
@@ -108,4 +145,6 @@ VALUE_TYPES: dict[str, Any] = {
     MASK: torch.Tensor,
     NST_LOSS: Objective,
     NST_HISTORY: History,
+    NST_FLOW: Flow,
+    NST_TEMPORAL: Temporal,
 }
