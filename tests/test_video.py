@@ -141,3 +141,70 @@ def test_a_steady_result_has_no_warping_error_and_no_flicker() -> None:
     still = frames[:1].repeat(4, 1, 1, 1)
     noisy = still + 0.05 * torch.randn(4, 72, 96, 3, generator=torch.Generator().manual_seed(0))
     assert flicker(still, still) == [0.0, 0.0, 0.0] and min(flicker(noisy, still)) > 0.03
+
+
+# --- frames optimized in order (nst_nodes/video/frames.py) -------------------------------------
+
+from nst_nodes.losses import style_statistics, style_term  # noqa: E402
+from nst_nodes.optimize import OptimizerSettings  # noqa: E402
+from nst_nodes.video.frames import frame_objective, frame_start, optimize_frames  # noqa: E402
+from nst_nodes.vgg import load_vgg19  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def clip_problem():
+    """Three 48x40 frames of a pan, their flow, and a Gram objective with per-frame content targets."""
+    model = load_vgg19("caffe")
+    wide = photo((64, 40))
+    frames = torch.stack([wide[:, 8 - shift : 56 - shift] for shift in (0, 2, 4)])
+    with torch.inference_mode():
+        init = torch.cat([model.preprocessing.normalize(frame[None]) for frame in frames])
+        content = torch.cat([model.features(init[i : i + 1], ["relu3_1"])["relu3_1"] for i in range(3)])
+        style = {k: style_statistics(v) for k, v in model.features(init[:1].flip(-1), ["relu1_1", "relu2_1"]).items()}
+    objective = {"model": model.identity, "terms": [
+        {"kind": "content", "weight": 1.0, "targets": {"relu3_1": content}, "layer_weights": {"relu3_1": 1.0}},
+        style_term(style, 1e7, None, "gram", True, None)]}
+    backward = torch.stack([torch.zeros(40, 48, 2)] + [optical_flow(frames[i], frames[i - 1]) for i in (1, 2)])
+    forward = torch.stack([torch.zeros(40, 48, 2)] + [optical_flow(frames[i - 1], frames[i]) for i in (1, 2)])
+    masks = torch.stack([torch.zeros(40, 48)] + [reliable(backward[i], forward[i]) for i in (1, 2)])
+    flow = {"method": "dis", "backward": backward, "forward": forward, "reliable": masks}
+    return model, init, objective, flow
+
+
+def test_each_frame_gets_its_own_content_target(clip_problem) -> None:
+    _, _, objective, _ = clip_problem
+    second = frame_objective(objective, 1, 3)
+    assert torch.equal(second["terms"][0]["targets"]["relu3_1"], objective["terms"][0]["targets"]["relu3_1"][1:2])
+    assert second["terms"][1] is objective["terms"][1]  # the style is shared
+
+
+def test_a_frame_starts_from_the_warped_previous_result_except_after_a_cut(clip_problem) -> None:
+    _, init, _, flow = clip_problem
+    previous = init[:1] + 10
+    start, term = frame_start(1, init, previous, {"start": "warped", "weight": 5.0, "flow": flow})
+    reliable_part = flow["reliable"][1].bool()
+    assert term is not None and term["weight"] == 5.0 and torch.equal(term["mask"], flow["reliable"][1])
+    assert torch.allclose(start[0][:, reliable_part], term["target"][0][:, reliable_part])
+    assert torch.equal(start[0][:, ~reliable_part], init[1][:, ~reliable_part])  # the content fills in
+    cut = {**flow, "reliable": torch.zeros_like(flow["reliable"])}
+    fresh, no_term = frame_start(1, init, previous, {"start": "warped", "weight": 5.0, "flow": cut})
+    assert torch.equal(fresh, init[1:2]) and no_term is None
+    chained, no_term = frame_start(1, init, previous, {"start": "previous", "weight": 0.0, "flow": flow})
+    assert torch.equal(chained, previous) and no_term is None
+
+
+def test_frames_are_optimized_in_order_and_a_stop_keeps_the_frames_done(clip_problem) -> None:
+    model, init, objective, flow = clip_problem
+    temporal = {"start": "warped", "weight": 1e3, "flow": flow}
+    seen: list[tuple[int, int]] = []
+    results, history, stopped = optimize_frames(model, objective, init, temporal, OptimizerSettings(steps=3),
+                                                lambda frame, step, total, loss, image: seen.append((frame, step)))
+    assert results.shape == init.shape and not stopped
+    assert [frame for frame, _ in seen] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len(history["frames"]) == 3 and sum(history["frames"]) == len(history["loss"]) == len(history["temporal"])
+    assert history["temporal"][: history["frames"][0]] == [0.0] * history["frames"][0]  # frame 0 has no previous
+    assert max(history["temporal"]) > 0
+    calls = iter(range(100))
+    results, history, stopped = optimize_frames(model, objective, init, temporal, OptimizerSettings(steps=3),
+                                                should_stop=lambda: next(calls) >= 4)
+    assert stopped and results.shape[0] == 2 and len(history["frames"]) == 2
