@@ -1,7 +1,9 @@
 """Clips in and out through FFmpeg's libraries (PyAV): video files, or folders and globs of frames.
 
-PyAV decodes and encodes in process with the FFmpeg it ships, keeps the frame rate exact (a
-fraction) and remuxes the audio of the source untouched into the result; nothing is spawned.
+PyAV decodes and encodes in process with the FFmpeg it ships and keeps the frame rate exact (a
+fraction); nothing is spawned. Audio travels as ComfyUI's AUDIO (``{"waveform": [1, C, S],
+"sample_rate": R}``), cut to the frames taken, so that a clip from ComfyUI's own Load Video and one
+read here are the same thing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import glob
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +32,12 @@ class ClipError(ValueError):
 
 @dataclass
 class Clip:
-    """Frames ``[N, H, W, 3]`` float32 in 0..1 (ComfyUI's IMAGE batch), their rate, and the file whose
-    audio goes with them (None: no audio)."""
+    """Frames ``[N, H, W, 3]`` float32 in 0..1 (ComfyUI's IMAGE batch), their rate, and their sound
+    (ComfyUI's AUDIO; None: silent)."""
 
     frames: torch.Tensor
     fps: Fraction
-    audio_from: Path | None = None
+    audio: dict[str, Any] | None = None
 
 
 def natural_key(text: str) -> list[int | str]:
@@ -97,7 +100,28 @@ def read_video(path: Path, start: int = 0, stop: int | None = None, long_side: i
     if not frames:
         raise ClipError(f"{path}: no frames in {start}:{'' if stop is None else stop}")
     pixels = torch.from_numpy(np.stack(frames)).float() / 255
-    return Clip(pixels, fps, Path(path) if has_audio else None)
+    audio = read_audio(path, start / fps, (start + len(frames)) / fps) if has_audio else None
+    return Clip(pixels, fps, audio)
+
+
+def read_audio(path: Path, begin: Fraction, end: Fraction) -> dict[str, Any] | None:
+    """The first audio stream from ``begin`` to ``end`` seconds, as ComfyUI's AUDIO (float planar)."""
+    import av
+
+    chunks: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        resampler = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
+        try:
+            for frame in container.decode(stream):
+                chunks += [piece.to_ndarray() for piece in resampler.resample(frame)]
+        except av.error.FFmpegError:
+            pass  # a damaged tail: the sound up to there
+    if not chunks:
+        return None
+    samples = np.concatenate(chunks, axis=1)[:, int(begin * rate) : int(end * rate)]
+    return {"waveform": torch.from_numpy(np.ascontiguousarray(samples))[None], "sample_rate": rate}
 
 
 def read_frames(pattern: str, start: int = 0, stop: int | None = None, long_side: int | None = None,
@@ -164,34 +188,37 @@ def write_clip(target: Path, clip: Clip) -> None:
             stream = output.add_stream(ENCODERS[suffix], rate=clip.fps)
             stream.width, stream.height = width - width % 2, height - height % 2
             stream.pix_fmt = "rgb8" if suffix == ".gif" else "yuv420p"
-            audio = _audio_streams(output, clip.audio_from) if suffix != ".gif" else None
+            sound = None
+            if clip.audio is not None and suffix != ".gif":  # every stream is added before the first packet
+                sound = output.add_stream("libopus" if suffix == ".webm" else "aac",
+                                          rate=48000 if suffix == ".webm" else int(clip.audio["sample_rate"]),
+                                          layout="mono" if clip.audio["waveform"].shape[1] == 1 else "stereo")
             for frame in to_uint8(clip.frames):
                 picture = av.VideoFrame.from_ndarray(frame[: stream.height, : stream.width], format="rgb24")
                 output.mux(stream.encode(picture))
             output.mux(stream.encode(None))
-            if audio is not None:
-                source, pairs = audio
-                with source:
-                    for packet in source.demux([input_stream for input_stream, _ in pairs]):
-                        if packet.dts is None:
-                            continue
-                        packet.stream = dict(pairs)[packet.stream]
-                        output.mux(packet)
+            if sound is not None:
+                _write_audio(output, sound, clip.audio)
         temporary.replace(target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
 
 
-def _audio_streams(output: object, source_path: Path | None) -> tuple[object, list[tuple[object, object]]] | None:
-    """The source's audio streams, each paired with a copy of it in ``output`` (remuxed, not re-encoded)."""
+def _write_audio(output: Any, stream: Any, audio: dict[str, Any]) -> None:
+    """Encode ComfyUI's AUDIO into ``stream`` of ``output``, resampled to what its codec takes."""
     import av
 
-    if source_path is None:
-        return None
-    source = av.open(str(source_path))
-    if not source.streams.audio:
-        source.close()
-        return None
-    pairs = [(stream, output.add_stream_from_template(stream)) for stream in source.streams.audio]  # type: ignore[attr-defined]
-    return source, pairs
+    layout = stream.codec_context.layout.name
+    waveform = audio["waveform"][0].float().cpu().numpy()[: 1 if layout == "mono" else 2]
+    resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout,
+                                  rate=stream.codec_context.sample_rate)
+    for begin in range(0, waveform.shape[1], 1024):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform[:, begin : begin + 1024]), format="fltp",
+                                           layout=layout)
+        frame.sample_rate = int(audio["sample_rate"])
+        for piece in resampler.resample(frame):
+            output.mux(stream.encode(piece))
+    for piece in resampler.resample(None):
+        output.mux(stream.encode(piece))
+    output.mux(stream.encode(None))
