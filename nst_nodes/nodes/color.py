@@ -8,7 +8,7 @@ import torch
 
 from ..color import MATCH_METHODS, keep_colors, luminance, match_colors
 from ..types import IMAGE
-from .common import Node, check_choice
+from .base import Node, check_choice
 
 
 class ColorNode(Node):

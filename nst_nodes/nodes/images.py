@@ -14,7 +14,7 @@ from ..host import Host, host_of
 from ..limits import check_pixels, max_image_pixels
 from ..plot import plot_history
 from ..types import IMAGE, MASK, NST_HISTORY, History
-from .common import HIDDEN_CONTEXT, Node, check_choice
+from .base import HIDDEN_CONTEXT, Node, check_choice
 
 RESIZE_MODES = ("long_side", "pixels")
 MAX_SIDE = 16384

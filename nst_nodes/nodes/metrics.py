@@ -9,7 +9,7 @@ import torch
 from ..host import Host, host_of
 from ..metrics import describe, quality
 from ..types import IMAGE
-from .common import HIDDEN_CONTEXT, Node
+from .base import HIDDEN_CONTEXT, Node
 
 
 class QualityMetrics(Node):

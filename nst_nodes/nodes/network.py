@@ -13,7 +13,7 @@ from ..limits import check_memory, network_bytes, smallest_side
 from ..losses import check_mask_fits, style_statistics
 from ..types import IMAGE, MASK, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, NetworkTensor, StyleStatistics
 from ..vgg import LAYER_INDEX, PREPROCESSINGS, TORCH_FILE_STARTS, VGGModel, load_vgg19
-from .common import (HIDDEN_CONTEXT, Node, check_choice, device_of, one_mask, parse_layers, require_same_model,
+from .base import (HIDDEN_CONTEXT, Node, check_choice, device_of, one_mask, parse_layers, require_same_model,
                      validation)
 
 BUILT_IN_WEIGHTS = {"caffe": "caffe", "torchvision": "torchvision"}  # name -> the preprocessing they expect

@@ -8,7 +8,7 @@ import torch
 
 from ..losses import STATISTICS, blend_statistics, style_term
 from ..types import MASK, NST_FEATURES, NST_GRAMS, NST_LOSS, Features, Objective, StyleStatistics
-from .common import (Node, check_choice, check_weight, one_mask, parse_numbers, require_same_model, validation,
+from .base import (Node, check_choice, check_weight, one_mask, parse_numbers, require_same_model, validation,
                      weight_input, weights_per_layer)
 
 LAYER_WEIGHTS_INPUT = ("STRING", {"default": "", "tooltip": "One weight per layer, comma-separated; empty: equal"})

@@ -13,7 +13,7 @@ from ..losses import check_mask_fits, term_layers
 from ..optimize import DTYPES, METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, optimize, start_image
 from ..types import NST_HISTORY, NST_LOSS, NST_MODEL, NST_TENSOR, History, NetworkTensor, Objective
 from ..vgg import VGGModel
-from .common import HIDDEN_CONTEXT, Node, require_same_model
+from .base import HIDDEN_CONTEXT, Node, require_same_model
 from .network import check_large_enough, deepest_layer
 
 VECTORS_PER_STEP = 12
