@@ -128,7 +128,7 @@ def test_a_batch_over_three_photos_matches_single_runs(tmp_path: Path, photos: P
     assert {path.name for item in result.items for path in item.files} == {
         f"{kind}_frame_{i}{i}.png" for kind in ("result", "history") for i in range(3)}
     ran = Counter(node.class_type for node in result.nodes if node.outcome == "ran")
-    assert ran["NSTOptimize"] == 3 and ran["NSTGramMatrices"] == 1  # the style's statistics: once for all
+    assert ran["NSTOptimize"] == 3 and ran["NSTStyleStatistics"] == 1  # the style's statistics: once for all
     assert 1 <= ran["NSTVGG19"] <= 2  # once per worker, never shipped
     import torch
 
@@ -155,7 +155,7 @@ def test_a_sweep_runs_shared_nodes_once(tmp_path: Path, cluster: str) -> None:
                        cache_dir=tmp_path / "cache", folders=Folders(output=tmp_path / "out"), device="cpu")
     assert [item.outcome for item in result.items] == ["done"] * 4
     ran = Counter(node.class_type for node in result.nodes if node.outcome == "ran")
-    assert ran["NSTOptimize"] == 4 and ran["NSTGramMatrices"] == 1 and ran["NSTFeatures"] == 2
+    assert ran["NSTOptimize"] == 4 and ran["NSTStyleStatistics"] == 1 and ran["NSTFeatures"] == 2
     assert ran["NSTLoadImage"] == 2 and 1 <= ran["NSTContentLoss"] <= 2  # a loss is built on each worker using it
     assert result.shared_saving > 0
     names = {path.name for path in (tmp_path / "out").glob("sweep_*.png")}

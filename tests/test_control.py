@@ -87,7 +87,7 @@ def test_a_style_mask_fits_features_whose_deep_layers_pooling_rounded() -> None:
     features = {"model": "m", "layers": {"relu1_1": torch.rand(1, 3, 72, 96), "relu5_1": torch.rand(1, 3, 4, 6)}}
     mask = torch.zeros(1, 36, 48)
     mask[:, :18] = 1.0
-    (statistics,) = NODE_CLASS_MAPPINGS["NSTGramMatrices"]().statistics(features, mask)
+    (statistics,) = NODE_CLASS_MAPPINGS["NSTStyleStatistics"]().statistics(features, mask)
     assert set(statistics["layers"]) == {"relu1_1", "relu5_1"}
     with pytest.raises(ValueError, match="does not have the shape"):
-        NODE_CLASS_MAPPINGS["NSTGramMatrices"]().statistics(features, torch.ones(1, 48, 48))
+        NODE_CLASS_MAPPINGS["NSTStyleStatistics"]().statistics(features, torch.ones(1, 48, 48))

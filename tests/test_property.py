@@ -64,7 +64,7 @@ def small_runs(draw: Any) -> dict[str, Any]:
         "3": {"class_type": "NSTVGG19", "inputs": {"weights": "caffe", "pooling": draw(st.sampled_from(["max", "avg"]))}},
         "4": {"class_type": "NSTNormalize", "inputs": {"image": ["2", 0], "model": ["3", 0]}},
         "5": {"class_type": "NSTFeatures", "inputs": {"model": ["3", 0], "tensor": ["4", 0], "layers": ",".join(layers)}},
-        "6": {"class_type": "NSTGramMatrices", "inputs": {"features": ["5", 0]}},
+        "6": {"class_type": "NSTStyleStatistics", "inputs": {"features": ["5", 0]}},
         "7": {"class_type": "NSTStyleLoss", "inputs": {"target": ["6", 0], "weight": draw(st.floats(0, 10))}},
         "8": {"class_type": "NSTTVLoss", "inputs": {"weight": draw(st.floats(0, 10))}},
         "9": {"class_type": "NSTCombineLosses", "inputs": {"loss_1": ["7", 0], "loss_2": ["8", 0]}},

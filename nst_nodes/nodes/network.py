@@ -1,4 +1,4 @@
-"""The network: VGG19 and its preprocessing, features and their Gram matrices."""
+"""The network: VGG19 and its preprocessing, features and their style statistics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from ..files import FileRuleError, file_sha256, input_path, open_regular
 from ..host import Host, host_of
 from ..limits import check_memory, network_bytes, smallest_side
 from ..losses import check_mask_fits, style_statistics
-from ..types import IMAGE, MASK, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, NetworkTensor, StyleStatistics
+from .. import types
+from ..types import IMAGE, MASK, NST_FEATURES, NST_MODEL, NST_STYLE_STATISTICS, NST_TENSOR, Features, NetworkTensor
 from ..vgg import LAYER_INDEX, PREPROCESSINGS, TORCH_FILE_STARTS, VGGModel, load_vgg19
 from .base import (HIDDEN_CONTEXT, Node, check_choice, device_of, one_mask, parse_layers, require_same_model,
                      validation)
@@ -150,7 +151,7 @@ class VGGFeatures(Node):
     FUNCTION = "extract"
     RETURN_TYPES = (NST_FEATURES,)
     RETURN_NAMES = ("features",)
-    OUTPUT_TOOLTIPS = ("Layer name -> activation; feed Content Loss, or Gram Matrices for a style.",)
+    OUTPUT_TOOLTIPS = ("Layer name -> activation; feed Content Loss, or Style Statistics for a style.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -183,15 +184,15 @@ class VGGFeatures(Node):
         return ({"model": model.identity, "layers": activations},)
 
 
-class GramMatrices(Node):
+class StyleStatistics(Node):
     DESCRIPTION = (
         "The style statistics of every layer of a feature set: Gram matrices (Gatys et al.), means and projected "
         "quantiles (for the other style losses); with a mask, of that region of the style image only."
     )
     FUNCTION = "statistics"
-    RETURN_TYPES = (NST_GRAMS,)
-    RETURN_NAMES = ("grams",)
-    OUTPUT_TOOLTIPS = ("Layer name -> statistics; feed Style Loss.",)
+    RETURN_TYPES = (NST_STYLE_STATISTICS,)
+    RETURN_NAMES = ("statistics",)
+    OUTPUT_TOOLTIPS = ("Layer name -> Gram matrix, mean and quantiles; feed Style Loss.",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -201,7 +202,7 @@ class GramMatrices(Node):
                                                     "(white = inside)."})},
         }
 
-    def statistics(self, features: Features, mask: torch.Tensor | None = None) -> tuple[StyleStatistics]:
+    def statistics(self, features: Features, mask: torch.Tensor | None = None) -> tuple[types.StyleStatistics]:
         region = None if mask is None else one_mask(mask)
         if region is not None:  # against the largest layer: pooling rounds the deep ones' shapes
             largest = max(features["layers"].values(), key=lambda value: value.shape[-2] * value.shape[-1])
@@ -210,3 +211,10 @@ class GramMatrices(Node):
             layers = {layer: style_statistics(value, None if region is None else region.to(value.device))
                       for layer, value in features["layers"].items()}
         return ({"model": features["model"], "layers": layers},)
+
+
+class GramMatrices(StyleStatistics):
+    """Style Statistics under its former id, NSTGramMatrices: graphs and workflows saved with it still load.
+    ComfyUI hides a DEPRECATED node from search and menus."""
+
+    DEPRECATED = True

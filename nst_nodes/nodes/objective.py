@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..losses import STATISTICS, blend_statistics, style_term
-from ..types import MASK, NST_FEATURES, NST_GRAMS, NST_LOSS, Features, Objective, StyleStatistics
+from ..types import MASK, NST_FEATURES, NST_STYLE_STATISTICS, NST_LOSS, Features, Objective, StyleStatistics
 from .base import (Node, check_choice, check_weight, one_mask, parse_numbers, require_same_model, validation,
                      weight_input, weights_per_layer)
 
@@ -62,14 +62,14 @@ class StyleLoss(LossNode):
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "target": (NST_GRAMS, {"tooltip": "Statistics of the style image (Style Statistics)."}),
+                "target": (NST_STYLE_STATISTICS, {"tooltip": "Statistics of the style image (Style Statistics)."}),
                 "weight": weight_input(1e-3, "Style weight (beta of Gatys et al.); 1e-3 suits the Caffe weights "
                                              "with the gram statistic, see the README for the others."),
             },
             "optional": {
                 "layer_weights": LAYER_WEIGHTS_INPUT,
-                "target_2": (NST_GRAMS, {"tooltip": "A second style to blend in."}),
-                "target_3": (NST_GRAMS, {"tooltip": "A third style to blend in."}),
+                "target_2": (NST_STYLE_STATISTICS, {"tooltip": "A second style to blend in."}),
+                "target_3": (NST_STYLE_STATISTICS, {"tooltip": "A third style to blend in."}),
                 "blend": ("STRING", {"default": "", "tooltip": "One weight per style, e.g. 0.7,0.3; empty: equal"}),
                 "statistic": (list(STATISTICS), {
                     "default": "gram",
