@@ -19,6 +19,7 @@ import networkx as nx
 import pytest
 import torch
 from comfy_standins import ComfyStandIns, InterruptProcessingException
+from conftest import small_graph
 from PIL import Image
 
 from nst_nodes import NODE_CLASS_MAPPINGS
@@ -26,8 +27,6 @@ from nst_nodes.comfy import install
 from nst_nodes.files import SAMPLES_FOLDER
 from nst_nodes.host import LocalHost, use_host
 
-GATYS = json.loads((Path(__file__).resolve().parent.parent / "graphs" / "gatys.json").read_text())
-TINY = {("3", "size"): 64, ("4", "size"): 64 * 48, ("15", "steps"): 3}
 HIDDEN_KINDS = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID")
 
 
@@ -39,13 +38,6 @@ def comfy(tmp_path: Path) -> ComfyStandIns:
     yield standins
     use_host(LocalHost())
     standins.remove()
-
-
-def tiny_gatys() -> dict[str, Any]:
-    prompt = json.loads(json.dumps(GATYS))
-    for (node_id, name), value in TINY.items():
-        prompt[node_id]["inputs"][name] = value
-    return prompt
 
 
 def is_link(value: Any) -> bool:
@@ -115,7 +107,7 @@ def test_loading_the_pack_points_it_at_comfyuis_folders_and_brings_the_samples(c
 
 def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_viewable_results(comfy: ComfyStandIns) -> None:
     workflow = {"nodes": [], "links": [], "version": 0.4}
-    uis = comfy_execute(tiny_gatys(), extra={"workflow": workflow})
+    uis = comfy_execute(small_graph(), extra={"workflow": workflow})
     assert [(value, total) for value, total, _ in comfy.updates] == [(1, 3), (2, 3), (3, 3)]
     first, last = comfy.updates[0][2], comfy.updates[-1][2]
     for preview in (first, last):
@@ -133,7 +125,7 @@ def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_vi
 def test_cancel_in_comfyui_stops_the_optimizer_within_one_step(comfy: ComfyStandIns) -> None:
     comfy.interrupt_after = 2
     with pytest.raises(InterruptProcessingException):
-        comfy_execute(tiny_gatys() | {"15": {**GATYS["15"], "inputs": {**GATYS["15"]["inputs"], "steps": 300}}})
+        comfy_execute(small_graph(steps=300))
     assert [value for value, _, _ in comfy.updates] == [1, 2]
     assert not (comfy.output / "gatys.png").exists()
 
@@ -166,7 +158,7 @@ def test_comfyui_validation_refuses_paths_outside_the_folders_and_values_it_woul
 
 
 def test_every_is_changed_accepts_the_way_comfyui_calls_it_and_is_stable(comfy: ComfyStandIns) -> None:
-    for node_id, node in tiny_gatys().items():
+    for node_id, node in small_graph().items():
         node_class = NODE_CLASS_MAPPINGS[node["class_type"]]
         if hasattr(node_class, "IS_CHANGED"):
             hidden = hidden_values(node_class, node_id, {}, None)
