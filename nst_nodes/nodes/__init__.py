@@ -1,8 +1,9 @@
 """The nodes: thin adapters from ComfyUI metadata to the plain functions of this package, by stage.
 
-Each class declares ComfyUI's v1 attributes directly (INPUT_TYPES, RETURN_TYPES, FUNCTION, ...),
-so the package loads as a ComfyUI custom-node pack; every node asks its host (host.py) for
-device, folders, progress and stop.
+Each class declares its inputs once (schema.py), from which its ComfyUI V1 INPUT_TYPES and
+VALIDATE_INPUTS come, and ComfyUI's other V1 attributes directly (RETURN_TYPES, FUNCTION, ...), so
+the package loads as a ComfyUI custom-node pack; every node asks its host (host.py) for device,
+folders, progress and stop.
 """
 
 from .color import Luminance, MatchColors, OriginalColors
