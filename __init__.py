@@ -1,9 +1,9 @@
-"""ComfyUI loads the pack through this file: clone the repository into ComfyUI/custom_nodes/."""
+"""ComfyUI loads the pack through this file: clone the repository into ComfyUI/custom_nodes/.
+
+Nothing happens on import: a node finds ComfyUI's host when it needs one (nst_nodes/host.py), so the pack
+works the same when a custom node of one's own imports the pip-installed nst_nodes instead."""
 
 from .nst_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .nst_nodes.comfy import install
-
-install()
 
 WEB_DIRECTORY = "./nst_nodes/web"  # the editor extension that shows the metrics on their node
 

@@ -1,4 +1,4 @@
-"""ComfyUI's side of the host interface, and what the pack does when ComfyUI loads it.
+"""ComfyUI's side of the host interface: the host nodes get in a ComfyUI process (see host.host_of).
 
 This is the only module that imports ComfyUI, and only when ComfyUI calls it: progress bar
 and previews through ``comfy.utils.ProgressBar`` (whose hook also raises ComfyUI's
@@ -12,11 +12,12 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from .files import SAMPLES_FOLDER, SAMPLES_PREFIX
-from .host import Preview, use_host
 
 PREVIEW_SECONDS = 1.0  # at most one preview a second: encoding and sending one costs about a step at 128 px
 
@@ -47,7 +48,7 @@ class ComfyHost:
 
         return Path(folder_paths.get_output_directory())
 
-    def progress(self, step: int, total: int, preview: Preview | None = None, **info: Any) -> None:
+    def progress(self, step: int, total: int, preview: Callable[[], Any] | None = None, **info: Any) -> None:
         """ComfyUI's progress bar on the node, with the current image as KSampler shows its previews."""
         import comfy.utils
         from comfy.cli_args import args
@@ -83,12 +84,11 @@ def copy_samples(input_folder: Path) -> None:
                         "the example workflows will find them in the pack anyway", target, error)
 
 
-def install() -> None:
-    """Called when ComfyUI loads the pack (the repository's root __init__.py)."""
-    try:
-        import folder_paths  # noqa: F401  (ComfyUI's; imported before any pack is loaded)
-    except ImportError:
-        return  # not ComfyUI: something else (a test runner) imported the repository's folder
+@cache
+def comfy_host() -> ComfyHost:
+    """The process's one ComfyHost (it keeps the time of the last preview), made when a node first asks for a
+    host, which is when ComfyUI first lists the nodes: the sample images are copied then, before Load Image
+    lists the input folder."""
     host = ComfyHost()
-    use_host(host)
     copy_samples(host.input_folder)
+    return host

@@ -2,19 +2,21 @@
 
 Two hosts run these nodes. The runner (``nst run``, the Python API) hands each node a
 ``graphrun.host.RunnerHost`` through the hidden input ``GRAPHRUN_HOST``. ComfyUI passes nothing
-there; when ComfyUI loads the pack, ``nst_nodes/comfy.py`` makes its :class:`ComfyHost` the
-process's host. Plain Python calls get :class:`LocalHost`. A node calls :func:`host_of` with
-its ``context`` and never asks which host it has; only ``comfy.py`` imports ComfyUI.
+there; :func:`host_of` then finds ComfyUI's adapter (``nst_nodes/comfy.py``) when ComfyUI is
+loaded in the process, however the pack was imported, and :class:`LocalHost` otherwise. A node
+calls :func:`host_of` with its ``context`` and never asks which host it has; only ``comfy.py``
+imports ComfyUI.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-Preview = Callable[[], Any]
-"""Makes a preview (a PIL image) when the host wants one; hosts throttle, so it is often not called."""
+COMFYUI_MODULES = ("folder_paths", "comfy.model_management")
+"""Modules ComfyUI imports before it loads any custom node: both present means this process is ComfyUI."""
 
 
 @runtime_checkable
@@ -35,8 +37,9 @@ class Host(Protocol):
     def confined(self) -> bool:
         """True: paths must stay inside the two folders (a server's rule); False: plain paths."""
 
-    def progress(self, step: int, total: int, preview: Preview | None = None, **info: Any) -> None:
-        """Report that ``step`` of ``total`` is done; ``info`` holds figures such as ``loss``."""
+    def progress(self, step: int, total: int, preview: Callable[[], Any] | None = None, **info: Any) -> None:
+        """Report that ``step`` of ``total`` is done; ``info`` holds figures such as ``loss``. ``preview`` makes
+        the current image (a PIL image) only if called: hosts throttle previews, so it often is not."""
 
     def should_stop(self) -> bool:
         """Polled after every step. True: return the best result so far now. A host may instead
@@ -50,9 +53,14 @@ class LocalHost:
 
     @property
     def device(self) -> str:
+        """The best device there is, as the runner's ``auto`` picks it: cuda, then mps, then cpu."""
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
 
     @property
     def input_folder(self) -> Path:
@@ -62,22 +70,25 @@ class LocalHost:
     def output_folder(self) -> Path:
         return Path("output")
 
-    def progress(self, step: int, total: int, preview: Preview | None = None, **info: Any) -> None:
+    def progress(self, step: int, total: int, preview: Callable[[], Any] | None = None, **info: Any) -> None:
         return None
 
     def should_stop(self) -> bool:
         return False
 
 
-_process_host: Host = LocalHost()
-
-
-def use_host(host: Host) -> None:
-    """Make ``host`` the one nodes get when their host passes no ``context`` (ComfyUI's entry point does)."""
-    global _process_host
-    _process_host = host
+def comfyui_is_running() -> bool:
+    return all(name in sys.modules for name in COMFYUI_MODULES)
 
 
 def host_of(context: Host | None) -> Host:
-    """The host a node runs under: the runner's ``context``, else the process's host."""
-    return context if context is not None else _process_host
+    """The host a node runs under, found when it is asked for, so that progress, Cancel and the folder
+    confinement never depend on how the pack was imported: the runner's ``context``; else ComfyUI's
+    adapter in a ComfyUI process; else a :class:`LocalHost`."""
+    if context is not None:
+        return context
+    if comfyui_is_running():
+        from .comfy import comfy_host
+
+        return comfy_host()
+    return LocalHost()

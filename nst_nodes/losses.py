@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from . import lean
+from . import autograd_ops
 from .types import FeatureTerm, LayerStatistics, Objective, StyleTerm, TemporalTerm, Term
 
 STATISTICS = ("gram", "mean_cov", "sliced")
@@ -35,7 +35,7 @@ QUANTILES = 256  # quantiles kept of the style's projected features
 EIGEN_FLOOR = 1e-8  # eigenvalues below this count as zero (the covariance of relu features is singular)
 
 
-def layer_weights_of(mask: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
+def position_weights(mask: torch.Tensor | None, height: int, width: int) -> torch.Tensor | None:
     """A ``[H·W]`` weight per position of a layer summing to 1, from a mask of any size; None: uniform."""
     if mask is None:
         return None
@@ -66,7 +66,7 @@ def _flat(activation: torch.Tensor) -> torch.Tensor:
 
 def _gram(flat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     channels, positions = flat.shape
-    return lean.gram(flat, weights, 1.0 / (channels * (positions if weights is None else 1)))
+    return autograd_ops.gram(flat, weights, 1.0 / (channels * (positions if weights is None else 1)))
 
 
 def _mean(flat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -124,7 +124,7 @@ def quantile_levels(device: torch.device | str = "cpu") -> torch.Tensor:
 
 def style_statistics(activation: torch.Tensor, mask: torch.Tensor | None = None) -> LayerStatistics:
     """The statistics every style loss reads, of one layer's activations (inside ``mask``)."""
-    weights = layer_weights_of(mask, *activation.shape[-2:])
+    weights = position_weights(mask, *activation.shape[-2:])
     flat = _flat(activation)
     if weights is not None:  # positions outside the region would tie with their neighbours' levels
         inside = weights > 0
@@ -289,7 +289,7 @@ class ObjectiveFunction:
                     activation = features[layer]
                     size = tuple(activation.shape[-2:])
                     if size not in region:
-                        region[size] = layer_weights_of(mask, *size)
+                        region[size] = position_weights(mask, *size)
                     weights = region[size]
                     total = total + style["layer_weights"][layer] * loss(activation, weights)
                 return total

@@ -17,7 +17,7 @@ MASK = "MASK"  # ComfyUI's mask: float32 [B, H, W] (or [H, W]), 0..1, 1 = select
 NST_MODEL = "NST_MODEL"  # nst_nodes.vgg.VGGModel: a frozen VGG19 and the preprocessing its weights expect
 NST_TENSOR = "NST_TENSOR"
 NST_FEATURES = "NST_FEATURES"
-NST_GRAMS = "NST_GRAMS"
+NST_STYLE_STATISTICS = "NST_STYLE_STATISTICS"
 NST_LOSS = "NST_LOSS"
 NST_HISTORY = "NST_HISTORY"
 NST_FLOW = "NST_FLOW"
@@ -48,7 +48,8 @@ class LayerStatistics(TypedDict):
 
 
 class StyleStatistics(TypedDict):
-    """NST_GRAMS: what the style losses compare with, per named layer (of a region, with a mask)."""
+    """NST_STYLE_STATISTICS: what the style losses compare with, per named layer (of a region, with a mask):
+    Gram matrices, means and quantiles (see LayerStatistics)."""
 
     model: str
     layers: dict[str, LayerStatistics]
@@ -141,7 +142,7 @@ VALUE_TYPES: dict[str, Any] = {
     IMAGE: torch.Tensor,
     NST_TENSOR: NetworkTensor,
     NST_FEATURES: Features,
-    NST_GRAMS: StyleStatistics,
+    NST_STYLE_STATISTICS: StyleStatistics,
     MASK: torch.Tensor,
     NST_LOSS: Objective,
     NST_HISTORY: History,

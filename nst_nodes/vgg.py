@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import kernels, lean
+from . import autograd_ops, kernels
 from .files import open_regular
 
 BLOCK_CONVS = (2, 2, 4, 4, 4)
@@ -181,9 +181,9 @@ class VGGModel:
             name = LAYER_NAMES[index]
             if isinstance(module, nn.ReLU):
                 # In place unless the conv output it would overwrite was asked for.
-                x = lean.relu(x, keep_output=name in wanted, inplace=LAYER_NAMES[index - 1] not in wanted)
+                x = autograd_ops.relu(x, keep_output=name in wanted, inplace=LAYER_NAMES[index - 1] not in wanted)
             elif isinstance(module, nn.MaxPool2d):
-                x = lean.max_pool_2x2(x)
+                x = autograd_ops.max_pool_2x2(x)
             elif isinstance(module, nn.Conv2d):
                 x = kernels.frozen_conv3x3(x, module)  # the kernel this machine runs fastest
                 if reduced is not None and index == 0:

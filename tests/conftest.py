@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -11,9 +12,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "nst_nodes" / "samples"
+GRAPHS = ROOT / "graphs"
 sys.path.insert(0, str(Path(__file__).parent))
 # Kernel choices timed during the tests stay out of the user's cache (worker processes inherit this).
 os.environ.setdefault("NST_KERNELS_FILE", str(Path(tempfile.mkdtemp(prefix="nst-kernels-")) / "kernels.json"))
+
+
+def small_overrides(name: str = "gatys", shrink: int = 6, steps: int = 3) -> dict[str, int]:
+    """Overrides (``"node.input": value``) that make a shipped graph quick to run: every long side ``shrink``
+    times smaller, every pixel count ``shrink``² times, ``steps`` optimizer steps. The defaults make
+    graphs/gatys.json 64x48 px and 3 steps."""
+    overrides = {}
+    for node_id, node in json.loads((GRAPHS / f"{name}.json").read_text()).items():
+        inputs = node["inputs"]
+        if node["class_type"] == "NSTResizeImage":
+            overrides[f"{node_id}.size"] = inputs["size"] // (shrink**2 if inputs["mode"] == "pixels" else shrink)
+        elif node["class_type"] == "NSTOptimize":
+            overrides[f"{node_id}.steps"] = steps
+    return overrides
+
+
+def small_graph(name: str = "gatys", shrink: int = 6, steps: int = 3) -> dict[str, Any]:
+    """The prompt of a shipped graph with :func:`small_overrides` applied, for hosts that take no overrides."""
+    prompt = json.loads((GRAPHS / f"{name}.json").read_text())
+    for key, value in small_overrides(name, shrink, steps).items():
+        node_id, input_name = key.split(".")
+        prompt[node_id]["inputs"][input_name] = value
+    return prompt
 
 
 class RecordingReporter:

@@ -8,26 +8,27 @@ signature names, skipping its own range and list checks for those.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import math
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import networkx as nx
 import pytest
 import torch
 from comfy_standins import ComfyStandIns, InterruptProcessingException
+from conftest import small_graph
 from PIL import Image
 
 from nst_nodes import NODE_CLASS_MAPPINGS
-from nst_nodes.comfy import install
-from nst_nodes.files import SAMPLES_FOLDER
-from nst_nodes.host import LocalHost, use_host
+from nst_nodes.comfy import comfy_host
+from nst_nodes.files import SAMPLES_FOLDER, FileRuleError
+from nst_nodes.host import LocalHost, host_of
 
-GATYS = json.loads((Path(__file__).resolve().parent.parent / "graphs" / "gatys.json").read_text())
-TINY = {("3", "size"): 64, ("4", "size"): 64 * 48, ("15", "steps"): 3}
 HIDDEN_KINDS = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID")
 
 
@@ -35,17 +36,23 @@ HIDDEN_KINDS = ("PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID")
 def comfy(tmp_path: Path) -> ComfyStandIns:
     standins = ComfyStandIns(tmp_path)
     standins.install()
-    install()
+    comfy_host.cache_clear()  # every test is a fresh ComfyUI process, with folders of its own
     yield standins
-    use_host(LocalHost())
     standins.remove()
+    comfy_host.cache_clear()
 
 
-def tiny_gatys() -> dict[str, Any]:
-    prompt = json.loads(json.dumps(GATYS))
-    for (node_id, name), value in TINY.items():
-        prompt[node_id]["inputs"][name] = value
-    return prompt
+@pytest.fixture
+def users_custom_node(comfy: ComfyStandIns, tmp_path: Path) -> ModuleType:
+    """A custom node of a user's own that exposes the pip-installed pack (not through this repository's root
+    __init__.py), loaded as ComfyUI loads custom nodes: by file, with ComfyUI's modules already imported."""
+    path = tmp_path / "custom_nodes" / "my_nodes" / "__init__.py"
+    path.parent.mkdir(parents=True)
+    path.write_text("from nst_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS\n")
+    spec = importlib.util.spec_from_file_location("my_nodes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def is_link(value: Any) -> bool:
@@ -67,7 +74,8 @@ def call_hook(node_class: type, hook: str, inputs: dict, hidden: dict) -> Any:
     return function(**{k: v for k, v in every.items() if spec.varkw or k in spec.args})
 
 
-def comfy_execute(prompt: dict, extra: dict | None = None) -> dict[str, Any]:
+def comfy_execute(prompt: dict, extra: dict | None = None,
+                  mappings: dict[str, type] = NODE_CLASS_MAPPINGS) -> dict[str, Any]:
     """Validate, then run every node in dependency order, as ComfyUI does; returns each node's ui."""
     dag = nx.DiGraph()
     for node_id, node in prompt.items():
@@ -78,7 +86,7 @@ def comfy_execute(prompt: dict, extra: dict | None = None) -> dict[str, Any]:
     with torch.inference_mode():
         for node_id in nx.topological_sort(dag):
             node = prompt[node_id]
-            node_class = NODE_CLASS_MAPPINGS[node["class_type"]]
+            node_class = mappings[node["class_type"]]
             hidden = hidden_values(node_class, node_id, prompt, extra)
             if hasattr(node_class, "VALIDATE_INPUTS"):
                 assert call_hook(node_class, "VALIDATE_INPUTS", node["inputs"], hidden) is True, node_id
@@ -97,6 +105,7 @@ def test_samples_from_an_older_pack_are_replaced_and_the_users_files_kept(comfy:
     from nst_nodes.comfy import copy_samples
 
     samples = comfy.input / "nst-samples"
+    samples.mkdir()
     (samples / "tubingen.jpg").write_bytes(b"an older, smaller copy")
     (samples / "my_own.png").write_bytes(b"mine")
     copy_samples(comfy.input)
@@ -104,10 +113,11 @@ def test_samples_from_an_older_pack_are_replaced_and_the_users_files_kept(comfy:
     assert (samples / "my_own.png").read_bytes() == b"mine"
 
 
-def test_loading_the_pack_points_it_at_comfyuis_folders_and_brings_the_samples(comfy: ComfyStandIns) -> None:
-    assert sorted(p.name for p in (comfy.input / "nst-samples").iterdir()) == sorted(p.name for p in SAMPLES_FOLDER.iterdir()) != []
+def test_listing_the_nodes_in_comfyui_points_them_at_its_folders_and_brings_the_samples(comfy: ComfyStandIns) -> None:
     (comfy.input / "mine.png").write_bytes(b"")
     choices, options = NODE_CLASS_MAPPINGS["NSTLoadImage"].INPUT_TYPES()["required"]["image"]
+    samples = sorted(p.name for p in SAMPLES_FOLDER.iterdir())
+    assert sorted(p.name for p in (comfy.input / "nst-samples").iterdir()) == samples != []
     assert choices == ["mine.png", "nst-samples/shipwreck.jpg", "nst-samples/starry_night.jpg", "nst-samples/tubingen.jpg",
                        "nst-samples/tubingen_sky.png"]
     assert options["image_upload"] is True and options["default"] in choices
@@ -115,7 +125,7 @@ def test_loading_the_pack_points_it_at_comfyuis_folders_and_brings_the_samples(c
 
 def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_viewable_results(comfy: ComfyStandIns) -> None:
     workflow = {"nodes": [], "links": [], "version": 0.4}
-    uis = comfy_execute(tiny_gatys(), extra={"workflow": workflow})
+    uis = comfy_execute(small_graph(), extra={"workflow": workflow})
     assert [(value, total) for value, total, _ in comfy.updates] == [(1, 3), (2, 3), (3, 3)]
     first, last = comfy.updates[0][2], comfy.updates[-1][2]
     for preview in (first, last):
@@ -133,9 +143,43 @@ def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_vi
 def test_cancel_in_comfyui_stops_the_optimizer_within_one_step(comfy: ComfyStandIns) -> None:
     comfy.interrupt_after = 2
     with pytest.raises(InterruptProcessingException):
-        comfy_execute(tiny_gatys() | {"15": {**GATYS["15"], "inputs": {**GATYS["15"]["inputs"], "steps": 300}}})
+        comfy_execute(small_graph(steps=300))
     assert [value for value, _, _ in comfy.updates] == [1, 2]
     assert not (comfy.output / "gatys.png").exists()
+
+
+def test_outside_comfyui_a_node_gets_a_local_host_on_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = host_of(None)
+    assert isinstance(host, LocalHost) and not host.confined
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert host.device == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert host.device == "cpu"
+
+
+def test_a_users_own_custom_node_gets_comfyuis_progress_bar(comfy: ComfyStandIns, users_custom_node) -> None:
+    comfy_execute(small_graph(), mappings=users_custom_node.NODE_CLASS_MAPPINGS)
+    assert [(value, total) for value, total, _ in comfy.updates] == [(1, 3), (2, 3), (3, 3)]
+    assert (comfy.output / "gatys.png").is_file()
+
+
+def test_a_users_own_custom_node_stops_at_comfyuis_cancel(comfy: ComfyStandIns, users_custom_node) -> None:
+    comfy.interrupt_after = 2
+    with pytest.raises(InterruptProcessingException):
+        comfy_execute(small_graph(steps=300), mappings=users_custom_node.NODE_CLASS_MAPPINGS)
+    assert [value for value, _, _ in comfy.updates] == [1, 2]
+
+
+def test_a_users_own_custom_node_keeps_files_inside_comfyuis_output_folder(
+    comfy: ComfyStandIns, users_custom_node, tmp_path: Path
+) -> None:
+    save = users_custom_node.NODE_CLASS_MAPPINGS["NSTSaveImage"]
+    outcome = call_hook(save, "VALIDATE_INPUTS", {"filename_prefix": "../../x"}, {})
+    assert isinstance(outcome, str) and "is outside the output folder" in outcome
+    with pytest.raises(FileRuleError, match="is outside the output folder"):
+        save().save(torch.zeros(1, 8, 8, 3), "../../x", overwrite=True)
+    assert not list(tmp_path.parent.glob("x*.png")) and not list(comfy.output.glob("**/*.png"))
 
 
 @pytest.mark.parametrize(
@@ -166,7 +210,7 @@ def test_comfyui_validation_refuses_paths_outside_the_folders_and_values_it_woul
 
 
 def test_every_is_changed_accepts_the_way_comfyui_calls_it_and_is_stable(comfy: ComfyStandIns) -> None:
-    for node_id, node in tiny_gatys().items():
+    for node_id, node in small_graph().items():
         node_class = NODE_CLASS_MAPPINGS[node["class_type"]]
         if hasattr(node_class, "IS_CHANGED"):
             hidden = hidden_values(node_class, node_id, {}, None)

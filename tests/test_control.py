@@ -14,22 +14,16 @@ from nst_nodes.color import rgb_to_yiq
 from nst_nodes.image import load_image, resize_image
 from nst_nodes.metrics import quality
 from graphrun import Folders, NodeExecutionError, run
+from conftest import small_overrides
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 SAMPLES = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
 
 
 def tiny_run(name: str, tmp_path: Path, reporter=None, **overrides) -> Path:
-    """Run a shipped graph with every size divided by 8 and 2 optimizer steps; returns the output folder."""
-    graph = json.loads((GRAPHS / name).read_text())
-    changes = {}
-    for node_id, node in graph.items():
-        if node["class_type"] == "NSTResizeImage":
-            changes[f"{node_id}.size"] = node["inputs"]["size"] // 8
-        if node["class_type"] == "NSTOptimize":
-            changes[f"{node_id}.steps"] = 2
-    run(GRAPHS / name, device="cpu", overrides={**changes, **overrides}, reporter=reporter,
-        folders=Folders(output=tmp_path / "output"))
+    """Run a shipped graph with every side divided by 8 and 2 optimizer steps; returns the output folder."""
+    run(GRAPHS / f"{name}.json", device="cpu", overrides={**small_overrides(name, shrink=8, steps=2), **overrides},
+        reporter=reporter, folders=Folders(output=tmp_path / "output"))
     return tmp_path / "output"
 
 
@@ -38,7 +32,7 @@ def picture(path: Path) -> torch.Tensor:
 
 
 def test_luminance_only_transfer_keeps_the_photos_colours(tmp_path: Path) -> None:
-    output = tiny_run("colors.json", tmp_path)
+    output = tiny_run("colors", tmp_path)
     result = picture(output / "colors_luminance.png")
     content = load_image(SAMPLES / "tubingen.jpg")
     content = resize_image(content, *result.shape[1:3])
@@ -48,13 +42,13 @@ def test_luminance_only_transfer_keeps_the_photos_colours(tmp_path: Path) -> Non
 
 
 def test_two_styles_in_two_regions_run_and_a_mask_of_another_shape_is_refused(tmp_path: Path) -> None:
-    assert Image.open(tiny_run("regions.json", tmp_path) / "regions.png").size == (48, 36)
+    assert Image.open(tiny_run("regions", tmp_path) / "regions.png").size == (48, 36)
     with pytest.raises(NodeExecutionError, match="does not have the shape"):
-        tiny_run("regions.json", tmp_path, **{"4.image": "nst-samples/starry_night.jpg"})
+        tiny_run("regions", tmp_path, **{"4.image": "nst-samples/starry_night.jpg"})
 
 
 def test_every_style_loss_runs_and_the_metrics_are_shown(tmp_path: Path, reporter) -> None:
-    output = tiny_run("styles.json", tmp_path, reporter=reporter)
+    output = tiny_run("styles", tmp_path, reporter=reporter)
     graph = json.loads((GRAPHS / "styles.json").read_text())
     metric_nodes = [node_id for node_id, node in graph.items() if node["class_type"] == "NSTQualityMetrics"]
     assert len(metric_nodes) == 4 and len(list(output.glob("styles_*.png"))) == 4
@@ -64,7 +58,7 @@ def test_every_style_loss_runs_and_the_metrics_are_shown(tmp_path: Path, reporte
 
 
 def test_coarse_to_fine_upsamples_the_coarse_result(tmp_path: Path) -> None:
-    output = tiny_run("hires.json", tmp_path)
+    output = tiny_run("hires", tmp_path)
     assert Image.open(output / "hires_coarse.png").size == (64, 48)
     assert Image.open(output / "hires.png").size == (128, 96)
 
@@ -87,7 +81,7 @@ def test_a_style_mask_fits_features_whose_deep_layers_pooling_rounded() -> None:
     features = {"model": "m", "layers": {"relu1_1": torch.rand(1, 3, 72, 96), "relu5_1": torch.rand(1, 3, 4, 6)}}
     mask = torch.zeros(1, 36, 48)
     mask[:, :18] = 1.0
-    (statistics,) = NODE_CLASS_MAPPINGS["NSTGramMatrices"]().statistics(features, mask)
+    (statistics,) = NODE_CLASS_MAPPINGS["NSTStyleStatistics"]().statistics(features, mask)
     assert set(statistics["layers"]) == {"relu1_1", "relu5_1"}
     with pytest.raises(ValueError, match="does not have the shape"):
-        NODE_CLASS_MAPPINGS["NSTGramMatrices"]().statistics(features, torch.ones(1, 48, 48))
+        NODE_CLASS_MAPPINGS["NSTStyleStatistics"]().statistics(features, torch.ones(1, 48, 48))

@@ -26,12 +26,13 @@ from graphrun import (
     validate,
 )
 from nst_nodes.app import main
+from conftest import small_graph, small_overrides
 
 GRAPHS = sorted((Path(__file__).resolve().parent.parent / "graphs").glob("*.json"))
 
 
-TINY = {"3.size": 64, "4.size": 64 * 48, "15.steps": 3}
-"""Overrides that shrink graphs/gatys.json to 64 px and 3 steps."""
+TINY = small_overrides()
+"""Overrides that shrink graphs/gatys.json to 64x48 px and 3 steps."""
 
 
 def tiny_run(tmp_path: Path, **kwargs: object) -> dict:
@@ -201,6 +202,39 @@ def test_every_example_workflow_is_its_shipped_graph(name: str) -> None:
     example = load_graph(Path("example_workflows") / f"{name}.json")
     assert example.prompt == load_graph(Path("graphs") / f"{name}.json").prompt
     assert example.workflow is not None
+
+
+def saved_with_the_former_id(text: str) -> str:
+    """A graph or editor workflow as saved while Style Statistics was NSTGramMatrices with a NST_GRAMS output "grams"."""
+    return (text.replace("NSTStyleStatistics", "NSTGramMatrices").replace("NST_STYLE_STATISTICS", "NST_GRAMS")
+            .replace('"name": "statistics"', '"name": "grams"').replace('"localized_name": "statistics"',
+                                                                     '"localized_name": "grams"'))
+
+
+def test_a_graph_saved_with_the_former_id_of_style_statistics_still_validates_and_runs(reporter) -> None:
+    prompt = json.loads(saved_with_the_former_id(json.dumps(small_graph())))
+    assert prompt["10"]["class_type"] == "NSTGramMatrices"
+    assert validate(load_graph(prompt), default_registry()) == []
+    tensor, history = run(prompt, device="cpu", outputs=["15"], reporter=reporter)["15"]
+    assert "10" in reporter.ran and tensor["pixels"].shape == (1, 3, 48, 64) and len(history["loss"]) >= 3
+
+
+def test_an_editor_workflow_saved_with_the_former_id_converts_to_its_graph(tmp_path: Path) -> None:
+    path = tmp_path / "old_workflow.json"
+    path.write_text(saved_with_the_former_id(Path("example_workflows/gatys.json").read_text()))
+    assert '"NSTGramMatrices"' in path.read_text()
+    converted = load_graph(path)
+    shipped = load_graph(Path("graphs/gatys.json")).prompt
+    assert converted.prompt == json.loads(saved_with_the_former_id(json.dumps(shipped)))
+    assert validate(converted, default_registry()) == []
+
+
+def test_the_former_id_is_hidden_in_comfyui_but_declares_the_same_node() -> None:
+    from nst_nodes import NODE_CLASS_MAPPINGS
+
+    former, current = NODE_CLASS_MAPPINGS["NSTGramMatrices"], NODE_CLASS_MAPPINGS["NSTStyleStatistics"]
+    assert former.DEPRECATED is True and not getattr(current, "DEPRECATED", False)
+    assert former.INPUT_TYPES() == current.INPUT_TYPES() and former.RETURN_TYPES == current.RETURN_TYPES
 
 
 def tiny_workflow(tmp_path: Path) -> Path:

@@ -15,7 +15,7 @@ from nst_nodes.losses import (
     content_loss,
     gram_matrix,
     layer_loss,
-    layer_weights_of,
+    position_weights,
     projection_directions,
     style_statistics,
     style_term,
@@ -74,7 +74,7 @@ def test_a_mask_takes_the_statistics_of_its_region_alone() -> None:
 
 def test_a_mask_follows_the_network_down_by_area_averaging() -> None:
     mask = (torch.rand(16, 16) > 0.5).float()
-    weights = layer_weights_of(mask, 8, 8)
+    weights = position_weights(mask, 8, 8)
     pooled = torch.nn.functional.avg_pool2d(mask[None, None], 2).flatten()
     assert torch.allclose(weights, pooled / pooled.sum())
     assert weights.sum().item() == pytest.approx(1.0)

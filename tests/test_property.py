@@ -1,17 +1,17 @@
-"""Random graphs over the real node classes: validation always answers, runs fail only with a node's error."""
+"""Random graphs over the real node classes: validation always answers; valid random runs finish."""
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from nst_nodes import NODE_CLASS_MAPPINGS
-from graphrun import Folders, GraphFormatError, NodeExecutionError, default_registry, load_graph, run, validate
+from graphrun import Folders, GraphFormatError, default_registry, load_graph, run, validate
 from graphrun.validate import ValidationError
 
 REGISTRY = default_registry()
@@ -64,7 +64,7 @@ def small_runs(draw: Any) -> dict[str, Any]:
         "3": {"class_type": "NSTVGG19", "inputs": {"weights": "caffe", "pooling": draw(st.sampled_from(["max", "avg"]))}},
         "4": {"class_type": "NSTNormalize", "inputs": {"image": ["2", 0], "model": ["3", 0]}},
         "5": {"class_type": "NSTFeatures", "inputs": {"model": ["3", 0], "tensor": ["4", 0], "layers": ",".join(layers)}},
-        "6": {"class_type": "NSTGramMatrices", "inputs": {"features": ["5", 0]}},
+        "6": {"class_type": "NSTStyleStatistics", "inputs": {"features": ["5", 0]}},
         "7": {"class_type": "NSTStyleLoss", "inputs": {"target": ["6", 0], "weight": draw(st.floats(0, 10))}},
         "8": {"class_type": "NSTTVLoss", "inputs": {"weight": draw(st.floats(0, 10))}},
         "9": {"class_type": "NSTCombineLosses", "inputs": {"loss_1": ["7", 0], "loss_2": ["8", 0]}},
@@ -81,12 +81,10 @@ def small_runs(draw: Any) -> dict[str, Any]:
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_runs())
-def test_tiny_random_runs_finish_or_fail_with_their_node_named(prompt: dict) -> None:
+def test_tiny_random_runs_finish_and_save_their_result(prompt: dict) -> None:
+    """Every drawn image reaches its deepest layer (8 px is enough for pool2), so any failure is a bug."""
     with tempfile.TemporaryDirectory() as folder:
-        try:
-            run(prompt, device="cpu", registry=REGISTRY, folders=Folders(output=Path(folder)))
-        except NodeExecutionError as error:  # e.g. an image too small for its deepest layer
-            assert str(error).startswith("node ") and "failed: " in str(error)
-            return
-        saved = list(Path(folder).glob("r_*_.png"))
-        assert len(saved) == 1 and math.isfinite(saved[0].stat().st_size)
+        run(prompt, device="cpu", registry=REGISTRY, folders=Folders(output=Path(folder)))
+        (saved,) = Path(folder).glob("r_*_.png")
+        with Image.open(saved) as picture:
+            assert max(picture.size) == prompt["2"]["inputs"]["size"]

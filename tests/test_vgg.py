@@ -153,15 +153,15 @@ def test_a_bf16_pass_is_close_to_fp32_in_loss_and_gradient() -> None:
 
 
 def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
-    from nst_nodes import lean
+    from nst_nodes import autograd_ops
 
     x = torch.randn(1, 4, 11, 15, generator=torch.Generator().manual_seed(2))  # odd: pooling drops a row and a column
     upstream = torch.randn(1, 4, 5, 7, generator=torch.Generator().manual_seed(3))
     results = []
     for relu, pool in (
         (lambda t: torch.relu(t), lambda t: torch.nn.functional.max_pool2d(t, 2, 2)),
-        (lambda t: lean.relu(t, keep_output=False, inplace=False), lean.max_pool_2x2),
-        (lambda t: lean.relu(t * 1, keep_output=True, inplace=True), lean.max_pool_2x2),
+        (lambda t: autograd_ops.relu(t, keep_output=False, inplace=False), autograd_ops.max_pool_2x2),
+        (lambda t: autograd_ops.relu(t * 1, keep_output=True, inplace=True), autograd_ops.max_pool_2x2),
     ):
         leaf = x.clone().requires_grad_(True)
         out = pool(relu(leaf))
@@ -174,7 +174,7 @@ def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
 @pytest.mark.parametrize("weighted", [False, True])
 def test_lean_gram_gives_autograds_value_and_gradient(weighted: bool) -> None:
     """One matrix product for the gradient instead of autograd's two; in bf16 the Gram still sums in fp32."""
-    from nst_nodes import lean
+    from nst_nodes import autograd_ops
 
     generator = torch.Generator().manual_seed(4)
     flat = torch.rand(6, 40, generator=generator)
@@ -185,7 +185,7 @@ def test_lean_gram_gives_autograds_value_and_gradient(weighted: bool) -> None:
     (expected * upstream).sum().backward()
     for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         leaf = flat.to(dtype).detach().clone().requires_grad_(True)
-        gram = lean.gram(leaf, weights, 0.25)
+        gram = autograd_ops.gram(leaf, weights, 0.25)
         (gram * upstream).sum().backward()
         assert gram.dtype == torch.float32 and leaf.grad.dtype == dtype
         exact_inputs = leaf.detach().float()  # the Gram of bf16 values is summed in fp32: only the inputs round

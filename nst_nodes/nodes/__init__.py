@@ -1,14 +1,15 @@
 """The nodes: thin adapters from ComfyUI metadata to the plain functions of this package, by stage.
 
-Each class declares ComfyUI's v1 attributes directly (INPUT_TYPES, RETURN_TYPES, FUNCTION, ...),
-so the package loads as a ComfyUI custom-node pack; every node asks its host (host.py) for
-device, folders, progress and stop.
+Each class declares its inputs once (schema.py), from which its ComfyUI V1 INPUT_TYPES and
+VALIDATE_INPUTS come, and ComfyUI's other V1 attributes directly (RETURN_TYPES, FUNCTION, ...), so
+the package loads as a ComfyUI custom-node pack; every node asks its host (host.py) for device,
+folders, progress and stop.
 """
 
 from .color import Luminance, MatchColors, OriginalColors
 from .images import LoadImage, LoadMask, PlotHistory, ResizeImage, ResizeToMatch, SaveImage
 from .metrics import QualityMetrics
-from .network import DenormalizeImage, GramMatrices, NormalizeImage, VGG19Model, VGGFeatures
+from .network import DenormalizeImage, GramMatrices, NormalizeImage, StyleStatistics, VGG19Model, VGGFeatures
 from .objective import CombineLosses, ContentLoss, StyleLoss, TVLoss
 from .optimizer import OptimizeImage
 
@@ -24,7 +25,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "NSTNormalize": NormalizeImage,
     "NSTDenormalize": DenormalizeImage,
     "NSTFeatures": VGGFeatures,
-    "NSTGramMatrices": GramMatrices,
+    "NSTStyleStatistics": StyleStatistics,
     "NSTContentLoss": ContentLoss,
     "NSTStyleLoss": StyleLoss,
     "NSTTVLoss": TVLoss,
@@ -33,6 +34,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "NSTSaveImage": SaveImage,
     "NSTPlotHistory": PlotHistory,
     "NSTQualityMetrics": QualityMetrics,
+    "NSTGramMatrices": GramMatrices,  # the former id of NSTStyleStatistics
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
@@ -47,7 +49,7 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "NSTNormalize": "Normalize for Model",
     "NSTDenormalize": "De-normalize and Clamp",
     "NSTFeatures": "VGG Features",
-    "NSTGramMatrices": "Style Statistics",
+    "NSTStyleStatistics": "Style Statistics",
     "NSTContentLoss": "Content Loss",
     "NSTStyleLoss": "Style Loss",
     "NSTTVLoss": "Total Variation Loss",
@@ -56,4 +58,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "NSTSaveImage": "Save Image (NST)",
     "NSTPlotHistory": "Plot History",
     "NSTQualityMetrics": "Quality Metrics",
+    "NSTGramMatrices": "Style Statistics",
 }

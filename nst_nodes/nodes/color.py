@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..color import MATCH_METHODS, keep_colors, luminance, match_colors
 from ..types import IMAGE
-from .common import Node, check_choice
+from .base import Node
+from .schema import Choice, Link
 
 
 class ColorNode(Node):
@@ -24,13 +23,11 @@ class Luminance(ColorNode):
     FUNCTION = "luminance"
     OUTPUT_TOOLTIPS = ("Y repeated into R, G and B.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {"image": (IMAGE, {"tooltip": "A picture."})},
-            "optional": {"match": (IMAGE, {"tooltip": "Shift and scale the luminance to this image's mean and "
-                                                      "deviation (connect the content when this is the style)."})},
-        }
+    INPUTS = (
+        Link("image", type=IMAGE, tooltip="A picture."),
+        Link("match", type=IMAGE, optional=True, tooltip="Shift and scale the luminance to this image's mean and "
+                                                         "deviation (connect the content when this is the style)."),
+    )
 
     def luminance(self, image: torch.Tensor, match: torch.Tensor | None = None) -> tuple[torch.Tensor]:
         return (luminance(image, match),)
@@ -41,14 +38,10 @@ class OriginalColors(ColorNode):
     FUNCTION = "recolor"
     OUTPUT_TOOLTIPS = ("The result in the original colours.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "image": (IMAGE, {"tooltip": "The stylized result (its luminance is kept)."}),
-                "colors": (IMAGE, {"tooltip": "The image whose colours to use (resized to the result)."}),
-            }
-        }
+    INPUTS = (
+        Link("image", type=IMAGE, tooltip="The stylized result (its luminance is kept)."),
+        Link("colors", type=IMAGE, tooltip="The image whose colours to use (resized to the result)."),
+    )
 
     def recolor(self, image: torch.Tensor, colors: torch.Tensor) -> tuple[torch.Tensor]:
         return (keep_colors(image, colors),)
@@ -62,21 +55,12 @@ class MatchColors(ColorNode):
     FUNCTION = "match"
     OUTPUT_TOOLTIPS = ("The image in the reference's colours.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "image": (IMAGE, {"tooltip": "The image to recolour (usually the style)."}),
-                "reference": (IMAGE, {"tooltip": "The image whose colour statistics to take (usually the content)."}),
-                "method": (list(MATCH_METHODS), {"default": "symmetric",
-                                                 "tooltip": "symmetric: Σc^½ Σs^-½ (keeps hues closest); "
-                                                            "cholesky: Lc Ls⁻¹"}),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, method: str | None = None) -> bool | str:
-        return check_choice("method", method, MATCH_METHODS)
+    INPUTS = (
+        Link("image", type=IMAGE, tooltip="The image to recolour (usually the style)."),
+        Link("reference", type=IMAGE, tooltip="The image whose colour statistics to take (usually the content)."),
+        Choice("method", choices=MATCH_METHODS, default="symmetric",
+               tooltip="symmetric: Σc^½ Σs^-½ (keeps hues closest); cholesky: Lc Ls⁻¹"),
+    )
 
     def match(self, image: torch.Tensor, reference: torch.Tensor, method: str) -> tuple[torch.Tensor]:
         return (match_colors(image, reference, method),)

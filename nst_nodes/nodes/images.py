@@ -9,18 +9,27 @@ from typing import Any
 import torch
 
 from .. import image as image_io
-from ..files import FileRuleError, check_writable, file_sha256, image_names, input_path, output_paths, output_stem
+from ..files import FileRuleError, check_writable, file_sha256, input_path, output_paths, output_stem
 from ..host import Host, host_of
 from ..limits import check_pixels, max_image_pixels
 from ..plot import plot_history
 from ..types import IMAGE, MASK, NST_HISTORY, History
-from .common import HIDDEN_CONTEXT, Node, check_choice
+from .base import HIDDEN_CONTEXT, Node
+from .schema import Boolean, Choice, Float, ImageFile, Int, Link, Text, Validation
 
 RESIZE_MODES = ("long_side", "pixels")
 MAX_SIDE = 16384
 SAVE_FORMATS = ("png", "jpg")
 DEFAULT_IMAGE = "nst-samples/tubingen.jpg"
 DEFAULT_MASK = "nst-samples/tubingen_sky.png"
+
+
+def image_file(default: str) -> ImageFile:
+    return ImageFile("image", default=default,
+                     tooltip="An image of the input folder; upload one with the button. nst-samples/ holds the "
+                             "pack's samples.",
+                     path_tooltip="A path (relative to the input folder, default the current directory) or "
+                                  "nst-samples/<name>.")
 
 
 class LoadImage(Node):
@@ -33,22 +42,12 @@ class LoadImage(Node):
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("The picture: float RGB 0..1, one image.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        host = host_of(None)
-        if host.confined:  # a server: offer its input folder, as ComfyUI's own Load Image does
-            kind: Any = image_names(host.input_folder)
-            tooltip = "An image of the input folder; upload one with the button. nst-samples/ holds the pack's samples."
-        else:
-            kind = "STRING"
-            tooltip = "A path (relative to the input folder, default the current directory) or nst-samples/<name>."
-        return {
-            "required": {"image": (kind, {"default": DEFAULT_IMAGE, "image_upload": True, "tooltip": tooltip})},
-            "hidden": HIDDEN_CONTEXT,
-        }
+    INPUTS = (image_file(DEFAULT_IMAGE),)
+    HIDDEN = HIDDEN_CONTEXT
 
     @classmethod
-    def VALIDATE_INPUTS(cls, image: str | None = None, context: Host | None = None) -> bool | str:
+    def validate(cls, image: str | None, context: Host | None) -> Validation:
+        """The file is there, inside the input folder where the host confines paths, and an image."""
         if image is None:  # linked: checked when it runs
             return True
         try:
@@ -78,20 +77,12 @@ class LoadMask(LoadImage):
     RETURN_NAMES = ("mask",)
     OUTPUT_TOOLTIPS = ("The mask: 0..1, one per file.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        inputs = super().INPUT_TYPES()
-        inputs["required"]["image"][1]["default"] = DEFAULT_MASK
-        inputs["required"]["channel"] = (list(image_io.MASK_CHANNELS), {
-            "default": "luminance", "tooltip": "Which channel is the mask; alpha: opaque = inside"})
-        inputs["required"]["invert"] = ("BOOLEAN", {"default": False, "tooltip": "Swap inside and outside."})
-        return inputs
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, image: str | None = None, channel: str | None = None,
-                        context: Host | None = None) -> bool | str:
-        choice = check_choice("channel", channel, image_io.MASK_CHANNELS)
-        return super().VALIDATE_INPUTS(image, context) if choice is True else choice
+    INPUTS = (
+        image_file(DEFAULT_MASK),
+        Choice("channel", choices=image_io.MASK_CHANNELS, default="luminance",
+               tooltip="Which channel is the mask; alpha: opaque = inside"),
+        Boolean("invert", default=False, tooltip="Swap inside and outside."),
+    )
 
     def load(self, image: str, channel: str = "luminance", invert: bool = False,
              context: Host | None = None) -> tuple[torch.Tensor]:
@@ -109,28 +100,19 @@ class ResizeNode(Node):
 class ResizeImage(ResizeNode):
     DESCRIPTION = "Antialiased bicubic resize, by the long side or by total pixel count, optionally to a multiple of N."
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "image": (IMAGE, {"tooltip": "The picture to resize."}),
-                "mode": (list(RESIZE_MODES), {"default": "long_side",
-                                              "tooltip": "long_side: size is the longer side in px; pixels: size is H*W"}),
-                "size": ("INT", {"default": 512, "min": 8, "max": 1 << 28,
-                                 "tooltip": f"The long side in px (at most {MAX_SIDE}), or H*W for mode 'pixels'."}),
-            },
-            "optional": {
-                "multiple_of": ("INT", {"default": 1, "min": 1, "max": 256,
-                                        "tooltip": "Round both sides to a multiple of this (1: no rounding)."}),
-            },
-        }
+    INPUTS = (
+        Link("image", type=IMAGE, tooltip="The picture to resize."),
+        Choice("mode", choices=RESIZE_MODES, default="long_side",
+               tooltip="long_side: size is the longer side in px; pixels: size is H*W"),
+        Int("size", default=512, min=8, max=1 << 28,
+            tooltip=f"The long side in px (at most {MAX_SIDE}), or H*W for mode 'pixels'."),
+        Int("multiple_of", default=1, min=1, max=256, optional=True,
+            tooltip="Round both sides to a multiple of this (1: no rounding)."),
+    )
 
     @classmethod
-    def VALIDATE_INPUTS(cls, mode: str | None = None, size: int | None = None) -> bool | str:
-        # ComfyUI skips its own checks of the inputs named here, so they are all checked.
-        choice = check_choice("mode", mode, RESIZE_MODES)
-        if choice is not True:
-            return choice
+    def validate(cls, mode: str | None, size: int | None) -> Validation:
+        """The size's limit depends on the mode."""
         if size is not None:
             limit = MAX_SIDE if mode in (None, "long_side") else max_image_pixels()
             if not 8 <= size <= limit:
@@ -149,22 +131,12 @@ class ResizeToMatch(ResizeNode):
         "Gatys et al. 2017 (smaller: finer strokes; larger: bigger ones)."
     )
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "image": (IMAGE, {"tooltip": "The picture to resize (usually the style)."}),
-                "reference": (IMAGE, {"tooltip": "The picture whose area to match (usually the content)."}),
-                "scale": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 8.0, "step": 0.01,
-                                    "tooltip": "Side length relative to the reference's area; 1: the same area."}),
-            }
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, scale: float | None = None) -> bool | str:
-        if scale is not None and not 0.05 <= scale <= 8.0:  # also refuses NaN
-            return f"scale: {scale} is outside 0.05..8"
-        return True
+    INPUTS = (
+        Link("image", type=IMAGE, tooltip="The picture to resize (usually the style)."),
+        Link("reference", type=IMAGE, tooltip="The picture whose area to match (usually the content)."),
+        Float("scale", default=1.0, min=0.05, max=8.0, step=0.01,
+              tooltip="Side length relative to the reference's area; 1: the same area."),
+    )
 
     def resize(self, image: torch.Tensor, reference: torch.Tensor, scale: float) -> tuple[torch.Tensor]:
         height, width = image_io.matching_size(image.shape[1], image.shape[2], reference.shape[1], reference.shape[2],
@@ -182,23 +154,18 @@ class SaveImage(Node):
     RETURN_TYPES = ()
     OUTPUT_NODE = True
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "image": (IMAGE, {"tooltip": "The picture(s) to write."}),
-                "filename_prefix": ("STRING", {"default": "nst/result",
-                                               "tooltip": "Relative to the output folder; may name subfolders."}),
-                "format": (list(SAVE_FORMATS), {"default": "png", "tooltip": "png (lossless) or jpg (quality 95)."}),
-                "overwrite": ("BOOLEAN", {"default": False,
-                                          "tooltip": "On: write <prefix>.png every time. Off: <prefix>_00001_.png, "
-                                                     "then the next free number."}),
-            },
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", **HIDDEN_CONTEXT},
-        }
+    INPUTS = (
+        Link("image", type=IMAGE, tooltip="The picture(s) to write."),
+        Text("filename_prefix", default="nst/result", tooltip="Relative to the output folder; may name subfolders."),
+        Choice("format", choices=SAVE_FORMATS, default="png", tooltip="png (lossless) or jpg (quality 95)."),
+        Boolean("overwrite", default=False,
+                tooltip="On: write <prefix>.png every time. Off: <prefix>_00001_.png, then the next free number."),
+    )
+    HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", **HIDDEN_CONTEXT}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix: str | None = None, context: Host | None = None) -> bool | str:
+    def validate(cls, filename_prefix: str | None, context: Host | None) -> Validation:
+        """The prefix stays inside the output folder where the host confines paths, and its folder is writable."""
         if filename_prefix is None:
             return True
         try:
@@ -231,15 +198,11 @@ class PlotHistory(Node):
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("The plot as an image (connect a preview or save node).",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "history": (NST_HISTORY, {"tooltip": "The history output of Optimize Image."}),
-                "width": ("INT", {"default": 640, "min": 160, "max": 4096, "tooltip": "Plot width in px."}),
-                "height": ("INT", {"default": 400, "min": 120, "max": 4096, "tooltip": "Plot height in px."}),
-            }
-        }
+    INPUTS = (
+        Link("history", type=NST_HISTORY, tooltip="The history output of Optimize Image."),
+        Int("width", default=640, min=160, max=4096, tooltip="Plot width in px."),
+        Int("height", default=400, min=120, max=4096, tooltip="Plot height in px."),
+    )
 
     def plot(self, history: History, width: int, height: int) -> tuple[torch.Tensor]:
         return (plot_history(history, width, height),)

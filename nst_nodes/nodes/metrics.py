@@ -9,7 +9,8 @@ import torch
 from ..host import Host, host_of
 from ..metrics import describe, quality
 from ..types import IMAGE
-from .common import HIDDEN_CONTEXT, Node
+from .base import HIDDEN_CONTEXT, Node
+from .schema import Link
 
 
 class QualityMetrics(Node):
@@ -27,16 +28,12 @@ class QualityMetrics(Node):
                        "The three figures as one line of text.")
     OUTPUT_NODE = True
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "image": (IMAGE, {"tooltip": "The result to measure."}),
-                "content": (IMAGE, {"tooltip": "The content photo (resized to the result)."}),
-                "style": (IMAGE, {"tooltip": "The style image, at the scale the result was made with."}),
-            },
-            "hidden": HIDDEN_CONTEXT,
-        }
+    INPUTS = (
+        Link("image", type=IMAGE, tooltip="The result to measure."),
+        Link("content", type=IMAGE, tooltip="The content photo (resized to the result)."),
+        Link("style", type=IMAGE, tooltip="The style image, at the scale the result was made with."),
+    )
+    HIDDEN = HIDDEN_CONTEXT
 
     def measure(self, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor,
                 context: Host | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The network: VGG19 and its preprocessing, features and their Gram matrices."""
+"""The network: VGG19 and its preprocessing, features and their style statistics."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from typing import Any
 
 import torch
 
+from .. import types
 from ..files import FileRuleError, file_sha256, input_path, open_regular
 from ..host import Host, host_of
 from ..limits import check_memory, network_bytes, smallest_side
 from ..losses import check_mask_fits, style_statistics
-from ..types import IMAGE, MASK, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, NetworkTensor, StyleStatistics
+from ..types import IMAGE, MASK, NST_FEATURES, NST_MODEL, NST_STYLE_STATISTICS, NST_TENSOR, Features, NetworkTensor
 from ..vgg import LAYER_INDEX, PREPROCESSINGS, TORCH_FILE_STARTS, VGGModel, load_vgg19
-from .common import (HIDDEN_CONTEXT, Node, check_choice, device_of, one_mask, parse_layers, require_same_model,
-                     validation)
+from .base import HIDDEN_CONTEXT, Node, device_of, one_mask, parse_layers, require_same_model
+from .schema import Choice, Link, Text, Validation
 
 BUILT_IN_WEIGHTS = {"caffe": "caffe", "torchvision": "torchvision"}  # name -> the preprocessing they expect
 POOLINGS = ("max", "avg")
@@ -51,30 +52,18 @@ class VGG19Model(Node):
     OUTPUT_TOOLTIPS = ("The frozen network and the preprocessing its weights expect.",)
     DISK_CACHE = False
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "weights": ("STRING", {"default": "caffe",
-                                       "tooltip": "caffe, torchvision, or a state dict file (features.N.weight keys)"}),
-                "pooling": (list(POOLINGS), {"default": "max",
-                                             "tooltip": "max: the network as trained; avg: smoother, as Gatys et al. preferred"}),
-            },
-            "optional": {
-                "preprocessing": (list(PREPROCESSING_CHOICES), {
-                    "default": "auto",
-                    "tooltip": "auto: what the weights were trained with; set it only for a weights file",
-                }),
-            },
-            "hidden": HIDDEN_CONTEXT,
-        }
+    INPUTS = (
+        Text("weights", default="caffe", tooltip="caffe, torchvision, or a state dict file (features.N.weight keys)"),
+        Choice("pooling", choices=POOLINGS, default="max",
+               tooltip="max: the network as trained; avg: smoother, as Gatys et al. preferred"),
+        Choice("preprocessing", choices=PREPROCESSING_CHOICES, default="auto", optional=True,
+               tooltip="auto: what the weights were trained with; set it only for a weights file"),
+    )
+    HIDDEN = HIDDEN_CONTEXT
 
     @classmethod
-    def VALIDATE_INPUTS(cls, weights: str | None = None, preprocessing: str | None = None,
-                        context: Host | None = None) -> bool | str:
-        choice = check_choice("preprocessing", preprocessing, PREPROCESSING_CHOICES)
-        if choice is not True:
-            return choice
+    def validate(cls, weights: str | None, preprocessing: str | None, context: Host | None) -> Validation:
+        """The weights: a built-in name with its own preprocessing, or a file saved by torch.save."""
         if weights is None:
             return True
         if weights in BUILT_IN_WEIGHTS:
@@ -112,15 +101,11 @@ class NormalizeImage(Node):
     RETURN_NAMES = ("tensor",)
     OUTPUT_TOOLTIPS = ("The image in the network's input space, tagged with the model it belongs to.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "image": (IMAGE, {"tooltip": "One picture."}),
-                "model": (NST_MODEL, {"tooltip": "The model whose preprocessing to apply."}),
-            },
-            "hidden": HIDDEN_CONTEXT,
-        }
+    INPUTS = (
+        Link("image", type=IMAGE, tooltip="One picture."),
+        Link("model", type=NST_MODEL, tooltip="The model whose preprocessing to apply."),
+    )
+    HIDDEN = HIDDEN_CONTEXT
 
     def normalize(self, image: torch.Tensor, model: VGGModel, context: Host | None = None) -> tuple[NetworkTensor]:
         if image.shape[0] != 1:
@@ -136,9 +121,7 @@ class DenormalizeImage(Node):
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("The picture, ready to save or preview.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"tensor": (NST_TENSOR, {"tooltip": "An image in a model's input space."})}}
+    INPUTS = (Link("tensor", type=NST_TENSOR, tooltip="An image in a model's input space."),)
 
     def denormalize(self, tensor: NetworkTensor) -> tuple[torch.Tensor]:
         image = PREPROCESSINGS[tensor["preprocessing"]].denormalize(tensor["pixels"].detach().float().cpu())
@@ -150,23 +133,15 @@ class VGGFeatures(Node):
     FUNCTION = "extract"
     RETURN_TYPES = (NST_FEATURES,)
     RETURN_NAMES = ("features",)
-    OUTPUT_TOOLTIPS = ("Layer name -> activation; feed Content Loss, or Gram Matrices for a style.",)
+    OUTPUT_TOOLTIPS = ("Layer name -> activation; feed Content Loss, or Style Statistics for a style.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": (NST_MODEL, {"tooltip": "The network."}),
-                "tensor": (NST_TENSOR, {"tooltip": "An image normalized for this model."}),
-                "layers": ("STRING", {"default": "relu4_2",
-                                      "tooltip": "Comma-separated: conv1_1 ... conv5_4, relu1_1 ... relu5_4, pool1 ... pool5"}),
-            },
-            "hidden": HIDDEN_CONTEXT,
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, layers: str | None = None) -> bool | str:
-        return True if layers is None else validation(parse_layers, layers)
+    INPUTS = (
+        Link("model", type=NST_MODEL, tooltip="The network."),
+        Link("tensor", type=NST_TENSOR, tooltip="An image normalized for this model."),
+        Text("layers", default="relu4_2", parse=parse_layers,
+             tooltip="Comma-separated: conv1_1 ... conv5_4, relu1_1 ... relu5_4, pool1 ... pool5"),
+    )
+    HIDDEN = HIDDEN_CONTEXT
 
     def extract(self, model: VGGModel, tensor: NetworkTensor, layers: str,
                 context: Host | None = None) -> tuple[Features]:
@@ -183,25 +158,23 @@ class VGGFeatures(Node):
         return ({"model": model.identity, "layers": activations},)
 
 
-class GramMatrices(Node):
+class StyleStatistics(Node):
     DESCRIPTION = (
         "The style statistics of every layer of a feature set: Gram matrices (Gatys et al.), means and projected "
         "quantiles (for the other style losses); with a mask, of that region of the style image only."
     )
     FUNCTION = "statistics"
-    RETURN_TYPES = (NST_GRAMS,)
-    RETURN_NAMES = ("grams",)
-    OUTPUT_TOOLTIPS = ("Layer name -> statistics; feed Style Loss.",)
+    RETURN_TYPES = (NST_STYLE_STATISTICS,)
+    RETURN_NAMES = ("statistics",)
+    OUTPUT_TOOLTIPS = ("Layer name -> Gram matrix, mean and quantiles; feed Style Loss.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {"features": (NST_FEATURES, {"tooltip": "Features of the style image."})},
-            "optional": {"mask": (MASK, {"tooltip": "Take the style from this region of the style image only "
-                                                    "(white = inside)."})},
-        }
+    INPUTS = (
+        Link("features", type=NST_FEATURES, tooltip="Features of the style image."),
+        Link("mask", type=MASK, optional=True,
+             tooltip="Take the style from this region of the style image only (white = inside)."),
+    )
 
-    def statistics(self, features: Features, mask: torch.Tensor | None = None) -> tuple[StyleStatistics]:
+    def statistics(self, features: Features, mask: torch.Tensor | None = None) -> tuple[types.StyleStatistics]:
         region = None if mask is None else one_mask(mask)
         if region is not None:  # against the largest layer: pooling rounds the deep ones' shapes
             largest = max(features["layers"].values(), key=lambda value: value.shape[-2] * value.shape[-1])
@@ -210,3 +183,10 @@ class GramMatrices(Node):
             layers = {layer: style_statistics(value, None if region is None else region.to(value.device))
                       for layer, value in features["layers"].items()}
         return ({"model": features["model"], "layers": layers},)
+
+
+class GramMatrices(StyleStatistics):
+    """Style Statistics under its former id, NSTGramMatrices: graphs and workflows saved with it still load.
+    ComfyUI hides a DEPRECATED node from search and menus."""
+
+    DEPRECATED = True

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
 
 import torch
 
 from ..losses import STATISTICS, blend_statistics, style_term
-from ..types import MASK, NST_FEATURES, NST_GRAMS, NST_LOSS, Features, Objective, StyleStatistics
-from .common import (Node, check_choice, check_weight, one_mask, parse_numbers, require_same_model, validation,
-                     weight_input, weights_per_layer)
+from ..types import MASK, NST_FEATURES, NST_LOSS, NST_STYLE_STATISTICS, Features, Objective, StyleStatistics
+from .base import Node, one_mask, parse_numbers, require_same_model, weight, weights_per_layer
+from .schema import Boolean, Choice, Link, Text
 
-LAYER_WEIGHTS_INPUT = ("STRING", {"default": "", "tooltip": "One weight per layer, comma-separated; empty: equal"})
+LAYER_WEIGHTS = Text("layer_weights", default="", optional=True, parse=partial(parse_numbers, what="layer_weights"),
+                     tooltip="One weight per layer, comma-separated; empty: equal")
 
 
 class LossNode(Node):
@@ -27,22 +28,11 @@ class LossNode(Node):
 class ContentLoss(LossNode):
     DESCRIPTION = "Mean squared distance to target features, at the target's layers: keeps the photo's content."
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "target": (NST_FEATURES, {"tooltip": "Features of the content image (e.g. relu4_2)."}),
-                "weight": weight_input(1.0, "Content weight (alpha of Gatys et al.)."),
-            },
-            "optional": {"layer_weights": LAYER_WEIGHTS_INPUT},
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, weight: float | None = None, layer_weights: str | None = None) -> bool | str:
-        outcome = check_weight(weight)
-        if outcome is True and layer_weights is not None:
-            outcome = validation(parse_numbers, layer_weights, "layer_weights")
-        return outcome
+    INPUTS = (
+        Link("target", type=NST_FEATURES, tooltip="Features of the content image (e.g. relu4_2)."),
+        weight(1.0, "Content weight (alpha of Gatys et al.)."),
+        LAYER_WEIGHTS,
+    )
 
     def build(self, target: Features, weight: float, layer_weights: str = "") -> tuple[Objective]:
         layers = list(target["layers"])
@@ -58,42 +48,24 @@ class StyleLoss(LossNode):
         "blended with 'blend' weights; with a mask, the style applies to that region of the result only."
     )
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "target": (NST_GRAMS, {"tooltip": "Statistics of the style image (Style Statistics)."}),
-                "weight": weight_input(1e-3, "Style weight (beta of Gatys et al.); 1e-3 suits the Caffe weights "
-                                             "with the gram statistic, see the README for the others."),
-            },
-            "optional": {
-                "layer_weights": LAYER_WEIGHTS_INPUT,
-                "target_2": (NST_GRAMS, {"tooltip": "A second style to blend in."}),
-                "target_3": (NST_GRAMS, {"tooltip": "A third style to blend in."}),
-                "blend": ("STRING", {"default": "", "tooltip": "One weight per style, e.g. 0.7,0.3; empty: equal"}),
-                "statistic": (list(STATISTICS), {
-                    "default": "gram",
-                    "tooltip": "gram: Gatys et al.; mean_cov: Gaussians' 2-Wasserstein distance; "
-                               "sliced: sliced 2-Wasserstein distance of the feature distributions",
-                }),
-                "normalize": ("BOOLEAN", {"default": False,
-                                          "tooltip": "Divide each layer's loss by the style's own size there, so "
-                                                     "deep layers count as much as shallow ones."}),
-                "mask": (MASK, {"tooltip": "Apply this style inside the region only (white = inside; any size "
-                                           "with the result's shape)."}),
-            },
-        }
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, weight: float | None = None, layer_weights: str | None = None,
-                        blend: str | None = None, statistic: str | None = None) -> bool | str:
-        outcome = check_choice("statistic", statistic, STATISTICS)
-        if outcome is True:
-            outcome = check_weight(weight)
-        for text, what in ((layer_weights, "layer_weights"), (blend, "blend")):
-            if outcome is True and text is not None:
-                outcome = validation(parse_numbers, text, what)
-        return outcome
+    INPUTS = (
+        Link("target", type=NST_STYLE_STATISTICS, tooltip="Statistics of the style image (Style Statistics)."),
+        weight(1e-3, "Style weight (beta of Gatys et al.); 1e-3 suits the Caffe weights with the gram statistic, "
+                     "see the README for the others."),
+        LAYER_WEIGHTS,
+        Link("target_2", type=NST_STYLE_STATISTICS, optional=True, tooltip="A second style to blend in."),
+        Link("target_3", type=NST_STYLE_STATISTICS, optional=True, tooltip="A third style to blend in."),
+        Text("blend", default="", optional=True, parse=partial(parse_numbers, what="blend"),
+             tooltip="One weight per style, e.g. 0.7,0.3; empty: equal"),
+        Choice("statistic", choices=STATISTICS, default="gram", optional=True,
+               tooltip="gram: Gatys et al.; mean_cov: Gaussians' 2-Wasserstein distance; "
+                       "sliced: sliced 2-Wasserstein distance of the feature distributions"),
+        Boolean("normalize", default=False, optional=True,
+                tooltip="Divide each layer's loss by the style's own size there, so deep layers count as much as "
+                        "shallow ones."),
+        Link("mask", type=MASK, optional=True,
+             tooltip="Apply this style inside the region only (white = inside; any size with the result's shape)."),
+    )
 
     def build(self, target: StyleStatistics, weight: float, layer_weights: str = "",
               target_2: StyleStatistics | None = None, target_3: StyleStatistics | None = None, blend: str = "",
@@ -114,13 +86,7 @@ class StyleLoss(LossNode):
 class TVLoss(LossNode):
     DESCRIPTION = "Total variation: penalizes differences of neighbouring pixels, for a smoother result."
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"weight": weight_input(1e-3, "Smoothness weight; raise it (e.g. 10) for a noise start.")}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, weight: float | None = None) -> bool | str:
-        return check_weight(weight)
+    INPUTS = (weight(1e-3, "Smoothness weight; raise it (e.g. 10) for a noise start."),)
 
     def build(self, weight: float) -> tuple[Objective]:
         return ({"model": None, "terms": [{"kind": "tv", "weight": weight}]},)
@@ -131,10 +97,8 @@ class CombineLosses(LossNode):
     FUNCTION = "combine"
     OUTPUT_TOOLTIPS = ("The sum of the terms: the objective to optimize.",)
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        loss = (NST_LOSS, {"tooltip": "A loss to add."})
-        return {"required": {"loss_1": loss, "loss_2": loss}, "optional": {"loss_3": loss, "loss_4": loss}}
+    INPUTS = tuple(Link(f"loss_{number}", type=NST_LOSS, optional=number > 2, tooltip="A loss to add.")
+                   for number in (1, 2, 3, 4))
 
     def combine(self, loss_1: Objective, loss_2: Objective, loss_3: Objective | None = None,
                 loss_4: Objective | None = None) -> tuple[Objective]:

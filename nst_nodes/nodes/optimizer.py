@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..host import Host, host_of
@@ -13,8 +11,9 @@ from ..losses import check_mask_fits, term_layers
 from ..optimize import DTYPES, METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, optimize, start_image
 from ..types import NST_HISTORY, NST_LOSS, NST_MODEL, NST_TENSOR, History, NetworkTensor, Objective
 from ..vgg import VGGModel
-from .common import HIDDEN_CONTEXT, Node, require_same_model
+from .base import HIDDEN_CONTEXT, Node, require_same_model
 from .network import check_large_enough, deepest_layer
+from .schema import Choice, Float, Int, Link
 
 VECTORS_PER_STEP = 12
 """Image-sized float32 vectors the optimizer holds besides its history (iterate, gradients, direction, best...)."""
@@ -42,35 +41,28 @@ class OptimizeImage(Node):
         "The loss of every evaluation, per term (connect Plot History).",
     )
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {
-                "model": (NST_MODEL, {"tooltip": "The network the objective was built with."}),
-                "objective": (NST_LOSS, {"tooltip": "What to minimize (Combine Losses)."}),
-                "init": (NST_TENSOR, {"tooltip": "The start image (usually the content photo), normalized."}),
-                "steps": ("INT", {"default": 300, "min": 1, "max": 100000,
-                                  "tooltip": "Optimizer iterations; L-BFGS looks converged after 200-500."}),
-                "optimizer": (list(METHODS), {"default": "lbfgs",
-                                              "tooltip": "lbfgs: fast and the standard for this; adam: simple, needs lr"}),
-            },
-            "optional": {
-                "lr": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 1e4, "step": 0.001,
-                                 "tooltip": "Step size: 1 for L-BFGS (it scales its own steps), 1-10 for Adam."}),
-                "noise": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                    "tooltip": "Start from (1-noise)*init + noise*random image; 1: pure noise."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": False,
-                                 "tooltip": "Seed of the start noise (used only when noise > 0); fixed, so reruns are cached."}),
-                "history_size": ("INT", {"default": 50, "min": 1, "max": 1000,
-                                         "tooltip": "L-BFGS memory: curvature pairs kept."}),
-                "precision": (list(PASS_PRECISIONS), {"default": "auto",
-                                                      "tooltip": "Of the network pass. auto: bf16 where the hardware "
-                                                                 "has it and it measured faster at this size, else fp32"}),
-                "history_precision": (list(PRECISIONS), {"default": "bf16",
-                                                         "tooltip": "Storage of the L-BFGS memory (bf16: half the RAM)."}),
-            },
-            "hidden": HIDDEN_CONTEXT,
-        }
+    INPUTS = (
+        Link("model", type=NST_MODEL, tooltip="The network the objective was built with."),
+        Link("objective", type=NST_LOSS, tooltip="What to minimize (Combine Losses)."),
+        Link("init", type=NST_TENSOR, tooltip="The start image (usually the content photo), normalized."),
+        Int("steps", default=300, min=1, max=100000,
+            tooltip="Optimizer iterations; L-BFGS looks converged after 200-500."),
+        Choice("optimizer", choices=METHODS, default="lbfgs",
+               tooltip="lbfgs: fast and the standard for this; adam: simple, needs lr"),
+        Float("lr", default=1.0, min=0.001, max=1e4, step=0.001, optional=True,
+              tooltip="Step size: 1 for L-BFGS (it scales its own steps), 1-10 for Adam."),
+        Float("noise", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+              tooltip="Start from (1-noise)*init + noise*random image; 1: pure noise."),
+        Int("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False, optional=True,
+            tooltip="Seed of the start noise (used only when noise > 0); fixed, so reruns are cached."),
+        Int("history_size", default=50, min=1, max=1000, optional=True, tooltip="L-BFGS memory: curvature pairs kept."),
+        Choice("precision", choices=PASS_PRECISIONS, default="auto", optional=True,
+               tooltip="Of the network pass. auto: bf16 where the hardware has it and it measured faster at this "
+                       "size, else fp32"),
+        Choice("history_precision", choices=PRECISIONS, default="bf16", optional=True,
+               tooltip="Storage of the L-BFGS memory (bf16: half the RAM)."),
+    )
+    HIDDEN = HIDDEN_CONTEXT
 
     def run(self, model: VGGModel, objective: Objective, init: NetworkTensor, steps: int, optimizer: str,
             lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 50,

@@ -124,15 +124,20 @@ def read_audio(path: Path, begin: Fraction, end: Fraction) -> dict[str, Any] | N
     return {"waveform": torch.from_numpy(np.ascontiguousarray(samples))[None], "sample_rate": rate}
 
 
-def read_frames(pattern: str, start: int = 0, stop: int | None = None, long_side: int | None = None,
-                fps: Fraction = DEFAULT_FPS) -> Clip:
-    """Frames from a folder (its pictures) or a glob, in natural order (frame_2 before frame_10)."""
+def read_frames_names(pattern: str) -> list[str]:
+    """The pictures of a folder, or those a glob matches, in natural order."""
     folder = Path(pattern)
     if folder.is_dir():
         names = [str(path) for path in folder.iterdir() if path.suffix.lower() in FRAME_SUFFIXES]
     else:
         names = [name for name in glob.glob(pattern) if Path(name).suffix.lower() in FRAME_SUFFIXES]
-    names = sorted(names, key=natural_key)[start:stop]
+    return sorted(names, key=natural_key)
+
+
+def read_frames(pattern: str, start: int = 0, stop: int | None = None, long_side: int | None = None,
+                fps: Fraction = DEFAULT_FPS) -> Clip:
+    """Frames from a folder (its pictures) or a glob, in natural order (frame_2 before frame_10)."""
+    names = read_frames_names(pattern)[start:stop]
     if not names:
         raise ClipError(f"{pattern}: no frames ({', '.join(FRAME_SUFFIXES)}) there")
     frames: list[np.ndarray] = []
@@ -160,6 +165,32 @@ def read_clip(source: str, start: int = 0, stop: int | None = None, long_side: i
     if path.exists() or any(character in source for character in "*?["):
         return read_frames(source, start, stop, long_side)
     raise ClipError(f"{source}: no such file, folder or glob")
+
+
+def probe(source: str, start: int = 0, stop: int | None = None, long_side: int | None = None) -> int:
+    """How many frames ``start:stop`` of a clip holds, without decoding it (a video's header may not say:
+    then it is decoded); raises :class:`ClipError` for what cannot be a clip, or one too large."""
+    path = Path(source)
+    if not path.is_file():
+        return len(read_frames_names(source)[start:stop]) or len(read_clip(source, start, stop, long_side).frames)
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ClipError(f"{path}: has no video stream")
+            stream = container.streams.video[0]
+            width, height = _scaled(stream.codec_context.width, stream.codec_context.height, long_side)
+            total = stream.frames
+    except av.error.FFmpegError as error:
+        raise ClipError(f"{path}: not a video FFmpeg can read ({error})") from None
+    if not total:
+        return len(read_video(path, start, stop, long_side).frames)
+    count = len(range(total)[start:stop])
+    if count == 0:
+        raise ClipError(f"{path}: no frames in {start}:{'' if stop is None else stop} (it has {total})")
+    check_clip_size(count, width, height, str(path))
+    return count
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:

@@ -1,15 +1,16 @@
-"""What every node of the pack shares: its category, the hidden host input and small checks."""
+"""What every node of the pack shares: its category, how its inputs become ComfyUI's attributes, the hidden
+host input, and the parsers of its text inputs."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..host import Host, host_of
 from ..vgg import LAYER_NAMES
+from .schema import Float, Input, input_types, validate_inputs
 
 CATEGORY = "style transfer"
 HIDDEN_CONTEXT = {"context": "GRAPHRUN_HOST"}  # the engine's host (graphrun.spec.HOST_INPUT); ComfyUI passes nothing
@@ -20,34 +21,28 @@ MAX_WEIGHT = 1e12
 
 
 class Node:
-    """Base of the pack's nodes (ComfyUI reads inherited attributes too)."""
+    """Base of the pack's nodes (ComfyUI reads inherited attributes too). A node declares its inputs once, in
+    INPUTS (and HIDDEN); a classmethod ``validate`` may add checks that need a file or several inputs; the
+    ComfyUI V1 attributes INPUT_TYPES and VALIDATE_INPUTS come from them (schema.py)."""
 
     CATEGORY = CATEGORY
+    INPUTS: tuple[Input, ...] = ()
+    HIDDEN: dict[str, str] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        hook = validate_inputs(cls.INPUTS, getattr(cls, "validate", None))
+        if hook is not None:
+            cls.VALIDATE_INPUTS = hook
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return input_types(cls.INPUTS, cls.HIDDEN)
 
 
-def weight_input(default: float, tooltip: str) -> tuple[str, dict[str, Any]]:
-    return ("FLOAT", {"default": default, "min": 0.0, "max": MAX_WEIGHT, "step": WEIGHT_STEP, "tooltip": tooltip})
-
-
-def check_weight(weight: float | None) -> bool | str:
-    """For VALIDATE_INPUTS: ComfyUI lets NaN through, and skips its own range check for a named input."""
-    if weight is None or (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
-        return True
-    return f"weight: {weight} is not a finite number between 0 and {MAX_WEIGHT:g}"
-
-
-def check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> bool | str:
-    """For VALIDATE_INPUTS: ComfyUI skips its own check of a combo input the hook names."""
-    return True if value is None or value in choices else f"{name}: {value!r} is not one of {list(choices)}"
-
-
-def validation(check: Callable[..., Any], *args: Any) -> bool | str:
-    """ComfyUI's VALIDATE_INPUTS convention: True, or the error message."""
-    try:
-        check(*args)
-    except (ValueError, OSError) as error:
-        return str(error)
-    return True
+def weight(default: float, tooltip: str) -> Float:
+    """The weight of a loss term: any finite number from 0 up, kept intact by the editor down to 1e-5."""
+    return Float("weight", default=default, min=0.0, max=MAX_WEIGHT, step=WEIGHT_STEP, tooltip=tooltip)
 
 
 def parse_layers(text: str) -> list[str]:

@@ -1,0 +1,136 @@
+"""``nst video GRAPH INPUT -o OUTPUT``: a graph with a Load Video and a Save Video node, run on a clip.
+
+    nst video graphs/video.json clip.mp4 -o out.mp4 --frames 0:24 --size 256
+    nst video graphs/video.json 'frames/*.png' -o out/ --temporal off
+    nst video graphs/video.json clip.mp4 -o out.mp4 --workers 2     # segments in parallel on Dask
+
+It sets the graph's Load Video (the clip, the frames, the size), Save Video (where, which format),
+Optimize (steps) and Temporal Loss (the mode) nodes and runs the graph as ``nst run`` does
+(validation first, the cache, Ctrl-C saving the frames done). With ``--workers`` or
+``--scheduler`` the clip is cut into overlapping segments that run as a batch on Dask, each
+chained inside; the overlaps are cross-faded where the segments meet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .io import ENCODERS, ClipError, probe
+
+LOADER, SAVER, OPTIMIZER, TEMPORAL = "NSTLoadVideo", "NSTSaveVideo", "NSTOptimize", "NSTTemporalLoss"
+TEMPORAL_MODES = ("off", "chain", "warped", "flow")
+OVERLAP = 4
+"""Frames two neighbouring segments share: the later one warms up on them, then they are cross-faded."""
+
+
+def _frames(text: str) -> tuple[int, int | None]:
+    start, colon, stop = text.partition(":")
+    try:
+        first = int(start or 0)
+        last = int(stop) if stop else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:STOP, e.g. 0:24 or 10:") from None
+    if not colon or first < 0 or (last is not None and last <= first):
+        raise argparse.ArgumentTypeError(f"{text!r}: frames START:STOP with 0 <= START < STOP, e.g. 0:24")
+    return first, last
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nst video", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("graph", type=Path, help="a graph with one Load Video and one Save Video node")
+    parser.add_argument("input", help="a video file, or a folder or glob of frames")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help=f"the result: {', '.join(ENCODERS)} or a folder of PNG frames")
+    parser.add_argument("--frames", type=_frames, default=(0, None), metavar="START:STOP",
+                        help="the frames to take (STOP exclusive; default all)")
+    parser.add_argument("--size", type=int, default=None, help="long side of the frames in pixels (default: as is)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per frame (default: the graph's)")
+    parser.add_argument("--temporal", choices=TEMPORAL_MODES, default=None,
+                        help="off: frames alone; chain: from the last result; warped: from it warped by the flow; "
+                             "flow: warped, with the temporal loss (default: the graph's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.INPUT=VALUE",
+                        help="replace any other constant input")
+    parser.add_argument("--workers", type=int, default=None, help="segments in parallel on this many local workers")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="segments on the Dask cluster at this scheduler")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--confine", action="store_true", help="refuse an output outside the current folder")
+    return parser
+
+
+def _nodes(prompt: dict[str, Any], class_type: str) -> list[str]:
+    return [node_id for node_id, entry in prompt.items() if entry.get("class_type") == class_type]
+
+
+def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: str,
+                 output_format: str) -> list[str]:
+    """The ``--set`` values that point the graph at the clip and the result."""
+    loaders, savers = _nodes(prompt, LOADER), _nodes(prompt, SAVER)
+    if len(loaders) != 1 or len(savers) != 1:
+        raise ValueError(f"{args.graph}: nst video needs exactly one {LOADER} and one {SAVER} node "
+                         f"(found {len(loaders)} and {len(savers)}); see graphs/video.json")
+    load, save = loaders[0], savers[0]
+    start, stop = args.frames
+    settings = [f"{load}.video={json.dumps(str(Path(args.input).absolute()))}", f"{load}.start={start}",
+                f"{load}.stop={stop or 0}", f"{save}.filename_prefix={json.dumps(output_name)}",
+                f"{save}.format={output_format}"]
+    if args.size is not None:
+        settings.append(f"{load}.long_side={args.size}")
+    if args.steps is not None:
+        settings += [f"{node}.steps={args.steps}" for node in _nodes(prompt, OPTIMIZER)]
+    if args.temporal is not None:
+        temporal = _nodes(prompt, TEMPORAL)
+        if not temporal:
+            raise ValueError(f"{args.graph}: --temporal needs a {TEMPORAL} node in the graph")
+        settings += [f"{node}.mode={args.temporal}" for node in temporal]
+    return settings + list(args.overrides)
+
+
+def _format(output: Path) -> str:
+    suffix = output.suffix.lower()
+    if suffix and suffix not in ENCODERS:
+        raise ValueError(f"-o {output}: write {', '.join(ENCODERS)} or a folder of frames, not {suffix}")
+    return suffix[1:] if suffix else "png frames"
+
+
+def main(argv: list[str]) -> int:
+    from ..app import main as nst
+
+    args = _parser().parse_args(argv)
+    try:
+        prompt = json.loads(args.graph.read_text())
+        output_format = _format(args.output)
+        count = probe(args.input, *args.frames, long_side=args.size)  # refuses a clip that is not one, or too large
+    except (OSError, ValueError, ClipError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    prompt = prompt.get("prompt", prompt)
+    try:
+        settings = settings_for(prompt, args, args.output.stem if args.output.suffix else "frame", output_format)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output_dir = args.output.parent if args.output.suffix else args.output
+    common = ["--output-dir", str(output_dir), "--device", args.device]
+    common += ["--no-cache"] if args.no_cache else ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+    common += ["--confine"] if args.confine else []
+    started = time.perf_counter()
+    if args.workers or args.scheduler:
+        from .segments import run_segments
+
+        code = run_segments(args, prompt, settings, common, count)
+    else:
+        code = nst(["run", str(args.graph), *[item for value in settings for item in ("--set", value)], *common])
+    seconds = time.perf_counter() - started
+    if code == 0:
+        print(f"{count} frames in {seconds:.1f} s: {count * 3600 / seconds:.0f} frames per hour -> {args.output}",
+              file=sys.stderr)
+    return code
