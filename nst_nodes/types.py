@@ -14,6 +14,7 @@ import torch
 
 IMAGE = "IMAGE"  # ComfyUI's image: float32 [B, H, W, 3], RGB, 0..1, on the CPU
 MASK = "MASK"  # ComfyUI's mask: float32 [B, H, W] (or [H, W]), 0..1, 1 = selected
+AUDIO = "AUDIO"  # ComfyUI's sound: {"waveform": float32 [1, C, S], "sample_rate": int}
 NST_MODEL = "NST_MODEL"  # nst_nodes.vgg.VGGModel: a frozen VGG19 and the preprocessing its weights expect
 NST_TENSOR = "NST_TENSOR"
 NST_FEATURES = "NST_FEATURES"
@@ -22,6 +23,13 @@ NST_LOSS = "NST_LOSS"
 NST_HISTORY = "NST_HISTORY"
 NST_FLOW = "NST_FLOW"
 NST_TEMPORAL = "NST_TEMPORAL"
+
+
+class Audio(TypedDict):
+    """AUDIO, as ComfyUI's video nodes pass it."""
+
+    waveform: torch.Tensor  # [1, C, S]
+    sample_rate: int
 
 
 class NetworkTensor(TypedDict):
@@ -146,6 +154,7 @@ VALUE_TYPES: dict[str, Any] = {
     MASK: torch.Tensor,
     NST_LOSS: Objective,
     NST_HISTORY: History,
+    AUDIO: Audio | None,
     NST_FLOW: Flow,
     NST_TEMPORAL: Temporal,
 }

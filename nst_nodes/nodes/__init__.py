@@ -12,6 +12,7 @@ from .metrics import QualityMetrics
 from .network import DenormalizeImage, GramMatrices, NormalizeImage, StyleStatistics, VGG19Model, VGGFeatures
 from .objective import CombineLosses, ContentLoss, StyleLoss, TVLoss
 from .optimizer import OptimizeImage
+from .video import LoadVideo, OpticalFlow, SaveVideo, TemporalLoss, VideoMetrics, Warp
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "NSTLoadImage": LoadImage,
@@ -34,6 +35,12 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "NSTSaveImage": SaveImage,
     "NSTPlotHistory": PlotHistory,
     "NSTQualityMetrics": QualityMetrics,
+    "NSTLoadVideo": LoadVideo,
+    "NSTSaveVideo": SaveVideo,
+    "NSTOpticalFlow": OpticalFlow,
+    "NSTWarp": Warp,
+    "NSTTemporalLoss": TemporalLoss,
+    "NSTVideoMetrics": VideoMetrics,
     "NSTGramMatrices": GramMatrices,  # the former id of NSTStyleStatistics
 }
 
@@ -58,5 +65,11 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "NSTSaveImage": "Save Image (NST)",
     "NSTPlotHistory": "Plot History",
     "NSTQualityMetrics": "Quality Metrics",
+    "NSTLoadVideo": "Load Video (NST)",
+    "NSTSaveVideo": "Save Video (NST)",
+    "NSTOpticalFlow": "Optical Flow",
+    "NSTWarp": "Warp by Flow",
+    "NSTTemporalLoss": "Temporal Loss",
+    "NSTVideoMetrics": "Video Metrics",
     "NSTGramMatrices": "Style Statistics",
 }

@@ -79,6 +79,13 @@ def require_same_model(what: str, expected: str, found: str) -> None:
         raise ValueError(f"{what} was made with model '{found}' but this node uses '{expected}'")
 
 
+def frame_masks(mask: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's MASK -> ``[H, W]`` for one mask, ``[B, H, W]`` float for one per frame of a batch."""
+    if mask.dim() == 3 and mask.shape[0] > 1:
+        return mask.float()
+    return one_mask(mask)
+
+
 def one_mask(mask: torch.Tensor) -> torch.Tensor:
     """ComfyUI's MASK (``[B, H, W]`` or ``[H, W]``) -> the first mask, ``[H, W]`` float."""
     if mask.dim() == 3:

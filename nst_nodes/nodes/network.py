@@ -102,14 +102,12 @@ class NormalizeImage(Node):
     OUTPUT_TOOLTIPS = ("The image in the network's input space, tagged with the model it belongs to.",)
 
     INPUTS = (
-        Link("image", type=IMAGE, tooltip="One picture."),
+        Link("image", type=IMAGE, tooltip="A picture, or a batch of frames."),
         Link("model", type=NST_MODEL, tooltip="The model whose preprocessing to apply."),
     )
     HIDDEN = HIDDEN_CONTEXT
 
     def normalize(self, image: torch.Tensor, model: VGGModel, context: Host | None = None) -> tuple[NetworkTensor]:
-        if image.shape[0] != 1:
-            raise ValueError(f"image: expected a batch of one image, got {image.shape[0]}")
         pixels = model.preprocessing.normalize(image.to(device_of(context)))
         return ({"space": model.identity, "preprocessing": model.preprocessing.name, "pixels": pixels},)
 
@@ -153,8 +151,9 @@ class VGGFeatures(Node):
         deepest = deepest_layer(names)
         needed = network_bytes(height, width, deepest, with_gradient=False)
         check_memory("tensor", "a network pass", needed, device, height, width, deepest)
-        with torch.no_grad():
-            activations = model.features(tensor["pixels"].to(device), names)
+        with torch.no_grad():  # frame by frame: a batch needs no more working memory than one frame
+            frames = [model.features(frame[None].to(device), names) for frame in tensor["pixels"]]
+        activations = {name: torch.cat([frame[name] for frame in frames]) for name in names}
         return ({"model": model.identity, "layers": activations},)
 
 
@@ -175,6 +174,10 @@ class StyleStatistics(Node):
     )
 
     def statistics(self, features: Features, mask: torch.Tensor | None = None) -> tuple[types.StyleStatistics]:
+        count = next(iter(features["layers"].values())).shape[0]
+        if count != 1:
+            raise ValueError(f"features: of a batch of {count} pictures; the statistics describe one style picture. "
+                             "Take them of one picture, and blend styles with Style Loss's target_2 and target_3")
         region = None if mask is None else one_mask(mask)
         if region is not None:  # against the largest layer: pooling rounds the deep ones' shapes
             largest = max(features["layers"].values(), key=lambda value: value.shape[-2] * value.shape[-1])

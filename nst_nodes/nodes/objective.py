@@ -8,7 +8,7 @@ import torch
 
 from ..losses import STATISTICS, blend_statistics, style_term
 from ..types import MASK, NST_FEATURES, NST_LOSS, NST_STYLE_STATISTICS, Features, Objective, StyleStatistics
-from .base import Node, one_mask, parse_numbers, require_same_model, weight, weights_per_layer
+from .base import Node, frame_masks, parse_numbers, require_same_model, weight, weights_per_layer
 from .schema import Boolean, Choice, Link, Text
 
 LAYER_WEIGHTS = Text("layer_weights", default="", optional=True, parse=partial(parse_numbers, what="layer_weights"),
@@ -64,7 +64,8 @@ class StyleLoss(LossNode):
                 tooltip="Divide each layer's loss by the style's own size there, so deep layers count as much as "
                         "shallow ones."),
         Link("mask", type=MASK, optional=True,
-             tooltip="Apply this style inside the region only (white = inside; any size with the result's shape)."),
+             tooltip="Apply this style inside the region only (white = inside; any size with the result's shape); "
+                     "for a batch of frames, one mask for all or one per frame."),
     )
 
     def build(self, target: StyleStatistics, weight: float, layer_weights: str = "",
@@ -79,7 +80,7 @@ class StyleLoss(LossNode):
             raise ValueError(f"blend: {len(blend_weights)} weights for {len(targets)} style targets")
         statistics = blend_statistics([t["layers"] for t in targets], blend_weights)
         term = style_term(statistics, weight, weights_per_layer(list(statistics), layer_weights), statistic,
-                          normalize, None if mask is None else one_mask(mask).cpu())
+                          normalize, None if mask is None else frame_masks(mask).cpu())
         return ({"model": target["model"], "terms": [term]},)
 
 

@@ -8,8 +8,9 @@ from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory, network_bytes
 from ..losses import check_mask_fits, term_layers
-from ..optimize import DTYPES, METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, optimize, start_image
-from ..types import NST_HISTORY, NST_LOSS, NST_MODEL, NST_TENSOR, History, NetworkTensor, Objective
+from ..optimize import DTYPES, METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, start_image
+from ..types import NST_HISTORY, NST_LOSS, NST_MODEL, NST_TEMPORAL, NST_TENSOR, History, NetworkTensor, Objective, Temporal
+from ..video.frames import optimize_frames
 from ..vgg import VGGModel
 from .base import HIDDEN_CONTEXT, Node, require_same_model
 from .network import check_large_enough, deepest_layer
@@ -61,12 +62,15 @@ class OptimizeImage(Node):
                        "size, else fp32"),
         Choice("history_precision", choices=PRECISIONS, default="bf16", optional=True,
                tooltip="Storage of the L-BFGS memory (bf16: half the RAM)."),
+        Link("temporal", type=NST_TEMPORAL, optional=True,
+             tooltip="A batch of frames: how each frame is carried into the next (Temporal Loss); without it, "
+                     "each frame starts from its own init."),
     )
     HIDDEN = HIDDEN_CONTEXT
 
     def run(self, model: VGGModel, objective: Objective, init: NetworkTensor, steps: int, optimizer: str,
             lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 50,
-            precision: str = "auto", history_precision: str = "bf16",
+            precision: str = "auto", history_precision: str = "bf16", temporal: Temporal | None = None,
             context: Host | None = None) -> tuple[NetworkTensor, History]:
         host = host_of(context)
         require_same_model("init", model.identity, init["space"])
@@ -76,17 +80,37 @@ class OptimizeImage(Node):
         layers = term_layers(objective)
         if layers:
             check_large_enough("init", init["pixels"], layers)
-        height, width = init["pixels"].shape[-2:]
-        for term in objective["terms"]:
-            if term.get("mask") is not None:
-                check_mask_fits("objective: a style loss's mask", term["mask"], height, width)
-        check_memory("init", "optimizing", optimization_bytes(init["pixels"], layers, settings), host.device,
+        count, height, width = init["pixels"].shape[0], *init["pixels"].shape[-2:]
+        check_frames(objective, temporal, count, height, width)
+        check_memory("init", "optimizing", optimization_bytes(init["pixels"][:1], layers, settings), host.device,
                      height, width)
         start = start_image(model, init["pixels"].to(host.device), noise, seed)
 
-        def report(step: int, total: int, loss: float, image: torch.Tensor) -> None:
-            host.progress(step, total, preview=lambda: to_picture(model.preprocessing.denormalize(image.cpu())),
-                          loss=loss)
+        def report(frame: int, step: int, total: int, loss: float, image: torch.Tensor) -> None:
+            shown = {"frame": f"{frame + 1}/{count}"} if count > 1 else {}
+            host.progress(frame * total + step, count * total, loss=loss, **shown,
+                          preview=lambda: to_picture(model.preprocessing.denormalize(image.cpu())))
 
-        result, history = optimize(model.to(host.device), objective, start, settings, report, host.should_stop)
+        result, history, _ = optimize_frames(model.to(host.device), objective, start, temporal, settings, report,
+                                             host.should_stop)
         return {**init, "pixels": result}, history
+
+
+def check_frames(objective: Objective, temporal: Temporal | None, count: int, height: int, width: int) -> None:
+    """Masks, content targets and flow fit the batch of ``count`` frames (one for all, or one per frame)."""
+    for term in objective["terms"]:
+        if term["kind"] == "style" and term.get("mask") is not None:
+            mask = term["mask"]
+            if mask.dim() == 3 and mask.shape[0] not in (1, count):
+                raise ValueError(f"objective: a style loss's mask is a batch of {mask.shape[0]} for {count} frames; "
+                                 "give one mask for every frame, or one per frame")
+            check_mask_fits("objective: a style loss's mask", mask[0] if mask.dim() == 3 else mask, height, width)
+        if term["kind"] == "content":
+            sizes = {value.shape[0] for value in term["targets"].values()}
+            if sizes - {1, count}:
+                raise ValueError(f"objective: content targets of {sorted(sizes)} frames for an init of {count}; "
+                                 "take the content features of the same frames")
+    flow = temporal["flow"] if temporal is not None else None
+    if flow is not None and tuple(flow["backward"].shape[:3]) != (count, height, width):
+        raise ValueError(f"temporal: its flow is of {list(flow['backward'].shape[:3])} frames x H x W, the init of "
+                         f"{[count, height, width]}; take the flow of the frames being stylized, at their size")

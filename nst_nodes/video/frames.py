@@ -100,8 +100,8 @@ def optimize_frames(
                 value.extend([0.0] * (before + evaluations - len(value)))
         history["frames"].append(evaluations)
         steps += frame_history["steps"]
-        if should_stop():
-            stopped = index < count - 1 or frame_history["steps"] < settings.steps
+        if frame_history["steps"] < settings.steps or (index < count - 1 and should_stop()):
+            stopped = True  # the frames done are kept; the last one is the best so far
             break
     history["steps"] = steps
     return torch.cat(results), History(**history), stopped
