@@ -11,13 +11,12 @@ import torch
 from .. import image as image_io
 from ..files import FileRuleError, check_writable, file_sha256, image_names, input_path, output_paths, output_stem
 from ..host import Host, host_of
-from ..limits import check_pixels, max_image_pixels
+from ..limits import MAX_SIDE, check_pixels, max_image_pixels
 from ..plot import plot_history
 from ..types import IMAGE, MASK, NST_HISTORY, History
 from .common import HIDDEN_CONTEXT, Node, check_choice
 
 RESIZE_MODES = ("long_side", "pixels")
-MAX_SIDE = 16384
 SAVE_FORMATS = ("png", "jpg")
 DEFAULT_IMAGE = "nst-samples/tubingen.jpg"
 DEFAULT_MASK = "nst-samples/tubingen_sky.png"
@@ -132,7 +131,10 @@ class ResizeImage(ResizeNode):
         if choice is not True:
             return choice
         if size is not None:
-            limit = MAX_SIDE if mode in (None, "long_side") else max_image_pixels()
+            try:
+                limit = MAX_SIDE if mode in (None, "long_side") else max_image_pixels()
+            except ValueError as error:
+                return str(error)
             if not 8 <= size <= limit:
                 return f"size: {size} is outside 8..{limit} for mode {mode or 'long_side'}"
         return True
