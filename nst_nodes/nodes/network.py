@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
+from .. import kernels
 from ..files import FileRuleError, file_sha256, input_path, open_regular
 from ..host import Host, host_of
-from ..limits import check_memory, network_bytes, smallest_side
+from ..limits import check_memory, memory_check_on, network_bytes, smallest_side
 from ..losses import check_mask_fits, style_statistics
 from ..types import IMAGE, MASK, NST_FEATURES, NST_GRAMS, NST_MODEL, NST_TENSOR, Features, NetworkTensor, StyleStatistics
 from ..vgg import LAYER_INDEX, PREPROCESSINGS, TORCH_FILE_STARTS, VGGModel, load_vgg19
@@ -24,6 +25,13 @@ PREPROCESSING_CHOICES = ("auto", *PREPROCESSINGS)
 def _weights_file(weights: str, context: Host | None) -> Path:
     """A weights file, found like an input image (inside the input folder where the host confines paths)."""
     return input_path(host_of(context), weights, "weights")
+
+
+def check_settings() -> None:
+    """The environment settings every network pass reads (``NST_CONV``, ``NST_MEMORY_CHECK``): checked when
+    the model is validated, so that a typo is refused before anything runs, not at the first pass."""
+    kernels.forced_path()
+    memory_check_on()
 
 
 def deepest_layer(layers: list[str]) -> str:
@@ -72,6 +80,9 @@ class VGG19Model(Node):
     @classmethod
     def VALIDATE_INPUTS(cls, weights: str | None = None, preprocessing: str | None = None,
                         context: Host | None = None) -> bool | str:
+        settings = validation(check_settings)
+        if settings is not True:
+            return settings
         choice = check_choice("preprocessing", preprocessing, PREPROCESSING_CHOICES)
         if choice is not True:
             return choice
