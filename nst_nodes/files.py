@@ -35,6 +35,11 @@ class FileRuleError(ValueError):
     """A file name that breaks a rule (outside its folder, not a regular file, ...); says which and why."""
 
 
+def cache_root() -> Path:
+    """The pack's one cache folder (node results, kernel choices): ``$XDG_CACHE_HOME/nst-nodes``, else ``~/.cache/nst-nodes``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "nst-nodes"
+
+
 def _clean(name: object, what: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise FileRuleError(f"{what}: no file name given")
