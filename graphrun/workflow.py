@@ -48,41 +48,92 @@ def is_widget(spec: InputSpec) -> bool:
     return spec.accepts_constant and not spec.options.get("forceInput")
 
 
+def widget_layout(inputs: dict[str, InputSpec]) -> list[tuple[str | None, int]]:
+    """The editor's widget order, as (input name, or None for the upload button; values it stores): the
+    required inputs, one upload button if any of them asks for one (the editor adds it as the last
+    required input), then the optional inputs."""
+    required = [(name, spec) for name, spec in inputs.items() if spec.required]
+    upload: list[tuple[str | None, int]] = [(None, 1)] if any(has_upload(spec) for _, spec in required) else []
+    optional = [(name, spec) for name, spec in inputs.items() if not spec.required]
+    widgets = [(name, 1 + extra_widget_values(spec)) for name, spec in required if is_widget(spec)]
+    return widgets + upload + [(name, 1 + extra_widget_values(spec)) for name, spec in optional if is_widget(spec)]
+
+
 def widget_inputs(inputs: dict[str, InputSpec], values: Any) -> dict[str, Any]:
     """Input name -> value for a node's ``widgets_values`` (a list, or a dict by name)."""
     if isinstance(values, dict):
         return {name: values[name] for name, spec in inputs.items() if is_widget(spec) and name in values}
     values = values if isinstance(values, list) else []
-    # The editor's widget order: the required inputs, one upload button if any of them asks for
-    # one (the editor adds it as the last required input), then the optional inputs.
-    required: list[tuple[str, InputSpec | None]] = [(name, spec) for name, spec in inputs.items() if spec.required]
-    upload: list[tuple[str, InputSpec | None]] = [("upload", None)] if any(
-        spec is not None and has_upload(spec) for _, spec in required) else []
-    ordered = required + upload + [(name, spec) for name, spec in inputs.items() if not spec.required]
     found: dict[str, Any] = {}
     position = 0
-    for name, spec in ordered:
-        if spec is None:
-            position += 1  # the upload button's value
-            continue
-        if not is_widget(spec):
-            continue
-        if position >= len(values):
-            break  # a workflow from an older version of the node: validation names what is missing
-        found[name] = values[position]
-        position += 1 + extra_widget_values(spec)
+    for name, width in widget_layout(inputs):
+        if name is not None:
+            if position >= len(values):
+                break  # a workflow from an older version of the node: validation names what is missing
+            found[name] = values[position]
+        position += width
     return found
 
 
-def _links(workflow: dict[str, Any], name: str) -> dict[Any, dict[str, Any]]:
-    links = {}
+def _types_agree(first: Any, second: Any) -> bool:
+    """Whether two editor socket types can meet: "*" (or none given) takes anything, "A,B" either."""
+    if not isinstance(first, str) or not isinstance(second, str) or "*" in (first, second) or "" in (first, second):
+        return True
+    return bool(set(first.split(",")) & set(second.split(",")))
+
+
+def _links(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]], name: str) -> dict[Any, dict[str, Any]]:
+    """The link table by id, checked against the nodes: ids unique, both ends present, slots in range, types
+    agreeing, and every input's link going to that input (the editor keeps all of these; a file that breaks
+    one would feed a node the wrong value). A link whose target node is gone feeds nothing and is ignored."""
+    links: dict[Any, dict[str, Any]] = {}
     for link in workflow.get("links") or []:
         if isinstance(link, list) and len(link) >= 5:
             link = dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
-        if not isinstance(link, dict) or "id" not in link:
+        if not isinstance(link, dict) or not isinstance(link.get("id"), (int, str)):
             raise GraphFormatError(f"{name}: a link must be [id, origin, slot, target, slot, type], got {link!r:.100}")
+        if link["id"] in links:
+            raise GraphFormatError(f"{name}: two links have the id {link['id']!r}; save the workflow again from the editor")
         links[link["id"]] = link
+    for link_id, link in links.items():
+        target = nodes.get(str(link.get("target_id")))
+        if target is None:
+            continue
+        origin = nodes.get(str(link.get("origin_id")))
+        if origin is None:
+            raise GraphFormatError(f"{name}: link {link_id!r} comes from node {link.get('origin_id')!r}, which the "
+                                   "workflow lacks; reconnect that input in the editor")
+        for end, node, sockets in (("origin", origin, "outputs"), ("target", target, "inputs")):
+            slot, listed = link.get(f"{end}_slot"), node.get(sockets)
+            if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0 or (
+                    isinstance(listed, list) and slot >= len(listed)):
+                raise GraphFormatError(f"{name}: link {link_id!r} uses {sockets[:-1]} {slot!r} of node {node['id']!r} "
+                                       f"({node['type']}), which has no such slot; reconnect it in the editor")
+            socket = listed[slot] if isinstance(listed, list) else None
+            if isinstance(socket, dict) and not _types_agree(socket.get("type"), link.get("type")):
+                raise GraphFormatError(f"{name}: link {link_id!r} carries {link.get('type')!r} but {sockets[:-1]} {slot} "
+                                       f"of node {node['id']!r} ({node['type']}) is {socket.get('type')!r}; "
+                                       "reconnect it in the editor")
+    for node_id, node in nodes.items():
+        for slot, socket in enumerate(node.get("inputs") or []):
+            link_id = socket.get("link") if isinstance(socket, dict) else None
+            if link_id is None:
+                continue
+            link = links.get(link_id) if isinstance(link_id, (int, str)) else None
+            if link is None or str(link.get("target_id")) != node_id or link.get("target_slot") != slot:
+                raise GraphFormatError(f"{name}: input {slot} of node {node['id']!r} ({node['type']}) names link "
+                                       f"{link_id!r}, which does not end there; reconnect it in the editor")
     return links
+
+
+def _check_widget_count(node: dict[str, Any], inputs: dict[str, InputSpec], name: str) -> None:
+    """Refuse more widget values than the node has widgets: they would be read into the wrong inputs."""
+    values = node.get("widgets_values")
+    most = sum(width for _, width in widget_layout(inputs))
+    if isinstance(values, list) and len(values) > most:
+        raise GraphFormatError(f"{name}: node {node['id']!r} ({node['type']}) has {len(values)} widget values but "
+                               f"takes at most {most}; the workflow is from another version of the node, so set "
+                               "the node up again in the editor")
 
 
 def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str = "<workflow>") -> dict[str, Any]:
@@ -96,7 +147,7 @@ def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str =
         if str(node["id"]) in nodes:
             raise GraphFormatError(f"{name}: two nodes have the id {node['id']!r}; save the workflow again from the editor")
         nodes[str(node["id"])] = node
-    links = _links(workflow, name)
+    links = _links(workflow, nodes, name)
 
     def source_of(link_id: Any) -> tuple[str, int] | None:
         """The real node output a link carries, through reroutes and bypassed nodes; None for none."""
@@ -107,9 +158,7 @@ def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str =
             if link is None:
                 return None
             origin_id, slot = str(link["origin_id"]), link["origin_slot"]
-            origin = nodes.get(origin_id)
-            if origin is None:
-                return origin_id, slot  # validation reports the missing node
+            origin = nodes[origin_id]  # _links checked that it exists
             inputs = origin.get("inputs") or []
             if origin["type"] == "Reroute":
                 link_id = inputs[0].get("link") if inputs else None
@@ -129,7 +178,11 @@ def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str =
         if kind in EDITOR_ONLY or kind in ("Reroute", "PrimitiveNode") or node.get("mode") in (MUTED, BYPASSED):
             continue
         node_class = registry.classes.get(kind)
-        constants = widget_inputs(node_spec(node_class).inputs, node.get("widgets_values")) if node_class else {}
+        constants: dict[str, Any] = {}
+        if node_class:
+            spec_inputs = node_spec(node_class).inputs
+            _check_widget_count(node, spec_inputs, name)
+            constants = widget_inputs(spec_inputs, node.get("widgets_values"))
         inputs: dict[str, Any] = {key: {"__value__": value} if isinstance(value, list) else value
                                   for key, value in constants.items()}  # a bare pair would read as a link
         for slot in node.get("inputs") or []:

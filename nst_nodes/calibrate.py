@@ -16,6 +16,7 @@ import re
 import torch
 
 from . import kernels
+from .limits import MAX_SIDE, check_pixels
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS
 
 
@@ -51,6 +52,13 @@ def main(argv: list[str]) -> int:
         if args.threads < 1:
             parser.error("--threads must be at least 1")
         torch.set_num_threads(args.threads)
+    for width, height in args.sizes:  # the nodes' limits, before minutes of timing
+        if max(width, height) > MAX_SIDE:
+            parser.error(f"--sizes: {width}x{height} has a side longer than {MAX_SIDE} px; name a smaller size, e.g. 1024")
+        try:
+            check_pixels(width, height, "--sizes")
+        except ValueError as error:
+            parser.error(str(error))
     if kernels.forced_path() is not None:
         print(f"NST_CONV forces {kernels.forced_path()}: nothing to calibrate")
         return 0

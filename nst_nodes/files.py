@@ -35,6 +35,11 @@ class FileRuleError(ValueError):
     """A file name that breaks a rule (outside its folder, not a regular file, ...); says which and why."""
 
 
+def cache_root() -> Path:
+    """The pack's one cache folder (node results, kernel choices): ``$XDG_CACHE_HOME/nst-nodes``, else ``~/.cache/nst-nodes``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "nst-nodes"
+
+
 def _clean(name: object, what: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise FileRuleError(f"{what}: no file name given")
@@ -113,14 +118,21 @@ def output_stem(host: Host, prefix: object) -> Path:
 
 def check_writable(folder: Path, what: str) -> None:
     """Refuse, before any work, a folder that cannot be created or written: the first part of its
-    path that exists must be a folder this process may write into."""
+    path that exists must be a folder where this process can create a file (tried, then removed)."""
     existing = folder
     while not os.path.lexists(existing) and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
         raise FileRuleError(f"{what}: {existing} is a file, so the folder {folder} cannot be made there")
+    refused = f"{what}: the folder {existing} is not writable; choose another output folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise FileRuleError(f"{what}: the folder {existing} is not writable; choose another output folder")
+        raise FileRuleError(refused)
+    probe = existing / f".nst-probe.{secrets.token_hex(6)}.writing"  # os.access says yes to root, even in /proc
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        raise FileRuleError(f"{refused} ({error.strerror or error})") from None
+    probe.unlink(missing_ok=True)
 
 
 def output_paths(stem: Path, extension: str, overwrite: bool, count: int = 1) -> list[Path]:

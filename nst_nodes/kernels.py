@@ -11,6 +11,10 @@ threads, torch version) in ``kernels.json`` next to the node cache, like
 ``torch.backends.cudnn.benchmark`` but across processes. ``nst calibrate`` redoes it;
 ``NST_CONV=winograd|direct|channels_last`` forces one path.
 
+The file follows the node cache's rules: what cannot be used (unreadable, over 1 MiB, not JSON,
+an entry of the wrong type) is a miss, reported in one warning line and rewritten; it is
+written whole through a temporary file, and keeps the choices of the newest few machines.
+
 Only float32 on the CPU is calibrated; CUDA has cuDNN's own benchmark, and under bf16
 autocast oneDNN's direct kernels are the only ones.
 """
@@ -19,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
-import secrets
 import threading
 import time
 import weakref
@@ -31,12 +35,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import winograd
+from .files import FileRuleError, cache_root, open_regular, write_atomically
 
 try:
     import fcntl
@@ -48,8 +54,14 @@ CHOICES = ("auto", *PATHS)
 MAX_CALIBRATION_PIXELS = 256 * 256
 """Shapes are timed on at most this many pixels (the same channels): time grows linearly with the
 pixels from well below this size, so a 1024² layer needs no 1024² calibration."""
+MAX_FILE_BYTES = 1 << 20
+"""The kernel choices file is read up to this size (a machine's choices take a few KB); a larger one is rewritten."""
+MACHINES_KEPT = 8
+"""The file keeps the choices of this many machines, the most recently saved."""
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma", "neon", "asimd")
 
+
+logger = logging.getLogger(__name__)
 
 Shape = tuple[int, int, int, int]
 """A convolution: (input channels, output channels, height, width)."""
@@ -108,11 +120,10 @@ def machine_key(description: dict[str, str]) -> str:
 
 
 def calibration_file() -> Path:
-    """``NST_KERNELS_FILE``, or ``kernels.json`` in the node cache's folder."""
+    """``NST_KERNELS_FILE``, or ``kernels.json`` in the pack's cache folder."""
     if os.environ.get("NST_KERNELS_FILE"):
         return Path(os.environ["NST_KERNELS_FILE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "nst-nodes" / "kernels.json"
+    return cache_root() / "kernels.json"
 
 
 _every_layer: ContextVar[str | None] = ContextVar("nst_every_layer", default=None)
@@ -180,6 +191,26 @@ class Choice:
     seconds: dict[str, float]  # what each candidate took when it was chosen ({} when forced)
 
 
+def parse_choice(entry: object) -> Choice | None:
+    """A stored choice, or None for an entry of the wrong shape (a damaged file must not fail a run)."""
+    if not isinstance(entry, dict) or entry.get("path") not in PATHS:
+        return None
+    seconds = entry.get("seconds", {})
+    if not isinstance(seconds, dict) or not all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) for value in seconds.values()):
+        return None
+    return Choice(entry["path"], dict(seconds))
+
+
+def newest_machines(document: dict[str, Any]) -> dict[str, Any]:
+    """The entries of the ``MACHINES_KEPT`` most recently saved machines, so the file cannot grow without bound."""
+    def saved(item: tuple[str, Any]) -> float:
+        value = item[1].get("saved") if isinstance(item[1], dict) else None
+        return value if isinstance(value, (int, float)) else 0.0
+
+    return dict(sorted(document.items(), key=saved, reverse=True)[:MACHINES_KEPT])
+
+
 class KernelChooser:
     """Winners per convolution shape for this machine, timed on first use and kept in a JSON file."""
 
@@ -191,18 +222,52 @@ class KernelChooser:
         self.lock = threading.RLock()  # timing a pass chooses kernels inside a choice
         self.loaded = False
         self.forgotten = False  # the next save drops what the file holds for this machine
+        self.warned = False
+
+    def _warn(self, problem: str) -> None:
+        """One warning line per chooser about its file."""
+        if not self.warned:
+            self.warned = True
+            logger.warning("nst-nodes: kernel choices file %s %s", self.file, problem)
+
+    def _read(self) -> dict[str, Any]:
+        """The file's document; {} when there is none, and (warned) when it cannot be used."""
+        assert self.file is not None
+        if not os.path.lexists(self.file):
+            return {}
+        try:
+            with open_regular(self.file, "kernel choices") as file:
+                text = file.read(MAX_FILE_BYTES + 1)
+        except (FileRuleError, OSError) as error:
+            self._warn(f"cannot be read ({error}); kernels are timed again")
+            return {}
+        if len(text) > MAX_FILE_BYTES:
+            self._warn(f"is over {MAX_FILE_BYTES >> 20} MiB; it is ignored, kernels are timed again and the file rewritten")
+            return {}
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
+            document = None
+        if not isinstance(document, dict):
+            self._warn("is damaged (not a JSON object); kernels are timed again and the file rewritten")
+            return {}
+        return document
+
+    def _stored(self, document: dict[str, Any]) -> dict[str, Choice]:
+        """This machine's choices in the file's document; a damaged entry is a miss (warned)."""
+        mine = document.get(self.key, {})
+        stored = mine.get("choices", {}) if isinstance(mine, dict) else None
+        if not isinstance(stored, dict):
+            stored = {"": None}  # all of it damaged
+        choices = {shape: choice for shape, entry in stored.items() if (choice := parse_choice(entry)) is not None}
+        if len(choices) < len(stored):
+            self._warn("has damaged entries; those kernels are timed again and the file rewritten")
+        return choices
 
     def _load(self) -> None:
         self.loaded = True
-        if self.file is None:
-            return
-        try:
-            stored = json.loads(self.file.read_text()).get(self.key, {}).get("choices", {})
-        except (OSError, ValueError, AttributeError):
-            return
-        for shape, entry in stored.items() if isinstance(stored, dict) else ():
-            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-                self.choices[shape] = Choice(entry["path"], dict(entry.get("seconds") or {}))
+        if self.file is not None:
+            self.choices.update(self._stored(self._read()))
 
     def _save(self) -> None:
         """Merge this machine's choices into the file: under a lock, re-read, add ours, replace
@@ -217,27 +282,20 @@ class KernelChooser:
             with open(self.file.with_name(self.file.name + ".lock"), "a") as lock:
                 if fcntl is not None:
                     fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    everything = json.loads(self.file.read_text())
-                    everything = everything if isinstance(everything, dict) else {}
-                except (OSError, ValueError):
-                    everything = {}
-                mine = everything.get(self.key) if isinstance(everything.get(self.key), dict) else {}
-                stored = mine.get("choices") if isinstance(mine.get("choices"), dict) else {}
-                if self.forgotten:
-                    stored, self.forgotten = {}, False
+                everything = self._read()
+                stored = {} if self.forgotten else self._stored(everything)
+                self.forgotten = False
                 for shape, choice in self.choices.items():
-                    entry = stored.get(shape)
-                    if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-                        self.choices[shape] = Choice(entry["path"], dict(entry.get("seconds") or {}))
+                    if shape in stored:
+                        self.choices[shape] = stored[shape]
                     else:
-                        stored[shape] = {"path": choice.path, "seconds": choice.seconds}
-                everything[self.key] = {"machine": self.description, "choices": stored}
-                temporary = self.file.with_name(f"{self.file.name}.{secrets.token_hex(6)}.tmp")
-                temporary.write_text(json.dumps(everything, indent=1, sort_keys=True))
-                os.replace(temporary, self.file)
-        except OSError:
-            pass
+                        stored[shape] = choice
+                everything[self.key] = {"machine": self.description, "saved": time.time(), "choices": {
+                    shape: {"path": choice.path, "seconds": choice.seconds} for shape, choice in stored.items()}}
+                text = json.dumps(newest_machines(everything), indent=1, sort_keys=True).encode()
+                write_atomically(self.file, lambda file: file.write(text))
+        except OSError as error:
+            self._warn(f"cannot be written ({error.strerror or error}); kernel choices are kept in memory only")
 
     def choose(self, shape: Shape, paths: tuple[str, ...]) -> str:
         """The path among ``paths`` for a convolution of ``shape``: forced, remembered, or timed now."""

@@ -17,22 +17,30 @@ from pathlib import Path
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS, LAYER_INDEX, LAYER_NAMES
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+MAX_SIDE = 16384
+"""The longest side an image may be resized (or kernels calibrated) to."""
 SAVED_PER_ACTIVATION = 3.0
 """Bytes kept per activation element and float byte, forward and backward together, measured: at
 512x512 the lean CPU path holds about 2x the conv outputs, a plain GPU path about 3x."""
 
 
-def max_image_pixels() -> int:
-    text = os.environ.get("NST_MAX_IMAGE_PIXELS")
+def environment_int(name: str, default: int, minimum: int = 1) -> int:
+    """The whole number an environment variable sets (``default`` when unset); a ValueError names the
+    variable and shows a valid setting, so a typo is refused instead of silently ignored."""
+    text = os.environ.get(name)
     if text is None:
-        return DEFAULT_MAX_IMAGE_PIXELS
+        return default
     try:
-        limit = int(text)
+        value = int(text)
     except ValueError:
-        raise ValueError(f"NST_MAX_IMAGE_PIXELS={text!r} is not a whole number of pixels, e.g. 100000000") from None
-    if limit < 1:
-        raise ValueError(f"NST_MAX_IMAGE_PIXELS={text!r} must be at least 1")
-    return limit
+        value = minimum - 1
+    if value < minimum:
+        raise ValueError(f"{name}={text!r} must be a whole number of at least {minimum}, e.g. {name}={default}")
+    return value
+
+
+def max_image_pixels() -> int:
+    return environment_int("NST_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
 
 
 def megapixels(pixels: int) -> str:
@@ -90,16 +98,21 @@ def available_bytes(device: str) -> int | None:
     return None
 
 
+def memory_check_on() -> bool:
+    """``NST_MEMORY_CHECK``: 1 (the default) or 0; a ValueError for anything else."""
+    switch = os.environ.get("NST_MEMORY_CHECK", "1")
+    if switch not in ("0", "1"):
+        raise ValueError(f"NST_MEMORY_CHECK={switch!r} must be 0 (off) or 1 (on), e.g. NST_MEMORY_CHECK=0")
+    return switch == "1"
+
+
 def check_memory(what: str, description: str, needed: int, device: str, height: int, width: int,
                  deepest: str | None = None) -> None:
     """Refuse work that cannot fit, naming the input, the estimate, what is available and a size that fits.
 
     With ``deepest``, a network pass that fits is also measured against optimizing at that size,
     so that the size suggested is one the whole graph can use."""
-    switch = os.environ.get("NST_MEMORY_CHECK", "1")
-    if switch not in ("0", "1"):
-        raise ValueError(f"NST_MEMORY_CHECK={switch!r} must be 0 (off) or 1 (on)")
-    if switch == "0":
+    if not memory_check_on():
         return
     available = available_bytes(device)
     if available is None or needed <= available:

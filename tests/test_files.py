@@ -116,3 +116,15 @@ def test_a_numbered_name_taken_meanwhile_moves_on_to_the_next(tmp_path: Path) ->
     written = write_atomically(taken, lambda file: file.write(b"ours"), overwrite=False)
     assert written.name == "result_00005_.png" and written.read_bytes() == b"ours"
     assert taken.read_bytes() == b"another writer's"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_refuses_new_files_is_refused_even_for_root(tmp_path: Path, capsys) -> None:
+    from graphrun.cli import main
+
+    with pytest.raises(FileRuleError, match="the folder /proc is not writable; choose another output folder"):
+        check_writable(Path("/proc/nst"), "filename_prefix")
+    check_writable(tmp_path / "new", "filename_prefix")
+    assert list(tmp_path.iterdir()) == []  # the probe is removed
+    assert main(["validate", "graphs/gatys.json", "--output-dir", "/proc"]) == 2
+    assert "node 17 (NSTSaveImage): filename_prefix: the folder /proc is not writable" in capsys.readouterr().err

@@ -338,3 +338,19 @@ def test_a_huge_cycle_reports_briefly_in_text_and_fully_in_json(tmp_path: Path, 
     assert len(text.splitlines()) < 50 and "and 260 more (--json lists them all)" in text
     assert main(["validate", str(path), "--only", "0", "--json"]) == 2
     assert len(json.loads(capsys.readouterr().out)["node_errors"]) == count
+
+
+@pytest.mark.parametrize("setting", ["NST_CONV=bogus", "NST_MEMORY_CHECK=banana", "NST_MAX_IMAGE_PIXELS=lots"])
+def test_a_bad_environment_setting_is_refused_before_anything_runs(setting: str, tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    name, value = setting.split("=")
+    monkeypatch.setenv(name, value)
+    assert main(["run", "graphs/gatys.json", "--no-cache", "--output-dir", str(tmp_path)]) == 2
+    assert f"{name}='{value}'" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_calibrate_refuses_sizes_the_nodes_refuse(capsys) -> None:
+    for size, message in (("100000", "has a side longer than 16384 px"), ("9000x8000", "more than the limit of 64")):
+        with pytest.raises(SystemExit) as exit:
+            main(["calibrate", "--sizes", size])
+        assert exit.value.code == 2 and message in capsys.readouterr().err

@@ -177,3 +177,16 @@ def test_plot_history_draws_every_term_on_a_log_scale() -> None:
         assert (pixels == torch.tensor(colour, dtype=torch.uint8)).all(dim=1).any(), colour
     empty = plot_history({"method": "adam", "steps": 0, "loss": [float("nan")]})
     assert empty.shape == (1, 400, 640, 3)
+
+
+def test_environment_integers_name_the_variable_and_a_valid_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nst_nodes.limits import environment_int
+
+    monkeypatch.delenv("NST_TEST_INT", raising=False)
+    assert environment_int("NST_TEST_INT", 5) == 5
+    monkeypatch.setenv("NST_TEST_INT", "7")
+    assert environment_int("NST_TEST_INT", 5) == 7
+    for wrong in ("0", "-3", "1.5", "lots"):
+        monkeypatch.setenv("NST_TEST_INT", wrong)
+        with pytest.raises(ValueError, match=f"NST_TEST_INT='{wrong}' must be a whole number of at least 1, e.g. NST_TEST_INT=5"):
+            environment_int("NST_TEST_INT", 5)

@@ -110,3 +110,61 @@ def test_large_layers_share_the_choice_of_their_capped_shape(tmp_path: Path, tim
     chooser.choose((64, 64, 512, 512), kernels.PATHS)
     chooser.choose((64, 64, 1024, 768), kernels.PATHS)
     assert timings == [(64, 64, 512, 512)] and list(chooser.choices) == ["64>64@256x256"]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda key: {key: {"choices": {"64>128@32x48": {"path": "direct", "seconds": "x"}}}},
+    lambda key: {key: {"choices": ["a list where a dict belongs"]}},
+    lambda key: {key: []},
+    lambda key: "[" * 100_000,
+    lambda key: "{not json",
+], ids=["seconds-a-string", "choices-a-list", "machine-a-list", "nested-100000-deep", "not-json"])
+def test_a_damaged_file_is_a_miss_with_one_warning_then_rewritten(damage, tmp_path: Path, timings: list,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    file = tmp_path / "kernels.json"
+    content = damage(kernels.machine_key(kernels.machine()))
+    file.write_text(content if isinstance(content, str) else json.dumps(content))
+    chooser = kernels.KernelChooser(file)
+    assert chooser.choose(SHAPE, kernels.PATHS) == "direct"
+    assert chooser.choose((128, 64, 32, 48), kernels.PATHS) == "channels_last"
+    assert [record.getMessage() for record in caplog.records if str(file) in record.getMessage()] == [
+        record.getMessage() for record in caplog.records] and len(caplog.records) == 1
+    stored = json.loads(file.read_text())[chooser.key]["choices"]
+    assert {shape: entry["path"] for shape, entry in stored.items()} == {"64>128@32x48": "direct",
+                                                                        "128>64@32x48": "channels_last"}
+
+
+def test_a_folder_in_the_files_place_warns_once_and_leaves_no_litter(tmp_path: Path, timings: list,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    file = tmp_path / "kernels.json"
+    file.mkdir()
+    chooser = kernels.KernelChooser(file)
+    for channels in range(8, 30):
+        chooser.choose((channels, 16, 8, 8), kernels.PATHS)
+    assert len(caplog.records) == 1 and str(file) in caplog.records[0].getMessage()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["kernels.json", "kernels.json.lock"]
+
+
+def test_an_oversized_file_is_not_read_and_other_machines_are_pruned(tmp_path: Path, timings: list,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    file = tmp_path / "kernels.json"
+    file.write_text(json.dumps({"padding": "x" * kernels.MAX_FILE_BYTES}))
+    kernels.KernelChooser(file).choose(SHAPE, kernels.PATHS)
+    assert "is over 1 MiB" in caplog.text and len(caplog.records) == 1
+    assert file.stat().st_size < kernels.MAX_FILE_BYTES
+    others = {f"machine{i}": {"machine": {}, "saved": float(i), "choices": {}} for i in range(20)}
+    file.write_text(json.dumps(others))
+    chooser = kernels.KernelChooser(file)
+    chooser.choose(SHAPE, kernels.PATHS)
+    kept = json.loads(file.read_text())
+    assert len(kept) == kernels.MACHINES_KEPT and chooser.key in kept and "machine19" in kept and "machine5" not in kept
+
+
+def test_the_kernel_choices_live_in_the_packs_cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nst_nodes.files import cache_root
+
+    monkeypatch.delenv("NST_KERNELS_FILE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root() == tmp_path / "nst-nodes" and kernels.calibration_file() == tmp_path / "nst-nodes" / "kernels.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == Path.home() / ".cache" / "nst-nodes"

@@ -307,3 +307,35 @@ def test_editor_workflows_with_duplicate_ids_or_nothing_to_run_are_format_errors
                      {"id": 2, "type": "Note", "mode": 0, "widgets_values": ["x"]})
     with pytest.raises(GraphFormatError, match="the workflow has no node to run"):
         load_graph(muted, registry=REGISTRY)
+
+
+def gatys_workflow() -> dict:
+    return json.loads(Path("example_workflows/gatys.json").read_text())
+
+
+def node_of(document: dict, node_id: int) -> dict:
+    return next(node for node in document["nodes"] if node["id"] == node_id)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda w: w["links"].append([24, 2, 0, 6, 0, "IMAGE"]), "two links have the id 24"),
+    (lambda w: w["nodes"].remove(node_of(w, 1)), "link 24 comes from node 1, which the workflow lacks"),
+    (lambda w: w["links"][0].__setitem__(2, 3), r"link 24 uses output 3 of node 1 \(NSTLoadImage\), which has no such slot"),
+    (lambda w: w["links"][0].__setitem__(4, 9), r"link 24 uses input 9 of node 3 \(NSTResizeImage\)"),
+    (lambda w: w["links"][0].__setitem__(4, 1), r"link 24 carries 'IMAGE' but input 1 of node 3 .* is 'COMBO'"),
+    (lambda w: node_of(w, 3)["inputs"][0].__setitem__("link", 99), r"input 0 of node 3 .* names link 99, which does not end"),
+    (lambda w: node_of(w, 15)["widgets_values"].extend([1, 2, 3]), r"node 15 \(NSTOptimize\) has \d+ widget values but takes at most"),
+])
+def test_editor_workflows_with_a_broken_link_table_are_format_errors(break_it, message: str) -> None:
+    document = gatys_workflow()
+    break_it(document)
+    with pytest.raises(GraphFormatError, match=message):
+        load_graph(document)
+
+
+def test_a_link_to_a_missing_node_and_a_primitive_without_outputs_are_dropped() -> None:
+    document = gatys_workflow()
+    expected = load_graph(gatys_workflow()).prompt
+    document["links"].append([99, 1, 0, 42, 0, "IMAGE"])  # its target is gone: it feeds nothing
+    document["nodes"].append({"id": 43, "type": "PrimitiveNode", "mode": 0, "widgets_values": [3]})
+    assert load_graph(document).prompt == expected

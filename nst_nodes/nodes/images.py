@@ -11,14 +11,13 @@ import torch
 from .. import image as image_io
 from ..files import FileRuleError, check_writable, file_sha256, input_path, output_paths, output_stem
 from ..host import Host, host_of
-from ..limits import check_pixels, max_image_pixels
+from ..limits import MAX_SIDE, check_pixels, max_image_pixels
 from ..plot import plot_history
 from ..types import IMAGE, MASK, NST_HISTORY, History
 from .base import HIDDEN_CONTEXT, Node
 from .schema import Boolean, Choice, Float, ImageFile, Int, Link, Text, Validation
 
 RESIZE_MODES = ("long_side", "pixels")
-MAX_SIDE = 16384
 SAVE_FORMATS = ("png", "jpg")
 DEFAULT_IMAGE = "nst-samples/tubingen.jpg"
 DEFAULT_MASK = "nst-samples/tubingen_sky.png"
@@ -114,7 +113,10 @@ class ResizeImage(ResizeNode):
     def validate(cls, mode: str | None, size: int | None) -> Validation:
         """The size's limit depends on the mode."""
         if size is not None:
-            limit = MAX_SIDE if mode in (None, "long_side") else max_image_pixels()
+            try:
+                limit = MAX_SIDE if mode in (None, "long_side") else max_image_pixels()
+            except ValueError as error:
+                return str(error)
             if not 8 <= size <= limit:
                 return f"size: {size} is outside 8..{limit} for mode {mode or 'long_side'}"
         return True

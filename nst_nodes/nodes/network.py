@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from .. import types
+from .. import kernels, types
 from ..files import FileRuleError, file_sha256, input_path, open_regular
 from ..host import Host, host_of
-from ..limits import check_memory, network_bytes, smallest_side
+from ..limits import check_memory, memory_check_on, network_bytes, smallest_side
 from ..losses import check_mask_fits, style_statistics
 from ..types import IMAGE, MASK, NST_FEATURES, NST_MODEL, NST_STYLE_STATISTICS, NST_TENSOR, Features, NetworkTensor
 from ..vgg import LAYER_INDEX, PREPROCESSINGS, TORCH_FILE_STARTS, VGGModel, load_vgg19
@@ -25,6 +25,13 @@ PREPROCESSING_CHOICES = ("auto", *PREPROCESSINGS)
 def _weights_file(weights: str, context: Host | None) -> Path:
     """A weights file, found like an input image (inside the input folder where the host confines paths)."""
     return input_path(host_of(context), weights, "weights")
+
+
+def check_settings() -> None:
+    """The environment settings every network pass reads (``NST_CONV``, ``NST_MEMORY_CHECK``): checked when
+    the model is validated, so that a typo is refused before anything runs, not at the first pass."""
+    kernels.forced_path()
+    memory_check_on()
 
 
 def deepest_layer(layers: list[str]) -> str:
@@ -63,7 +70,12 @@ class VGG19Model(Node):
 
     @classmethod
     def validate(cls, weights: str | None, preprocessing: str | None, context: Host | None) -> Validation:
-        """The weights: a built-in name with its own preprocessing, or a file saved by torch.save."""
+        """The environment settings a network pass reads, then the weights: a built-in name with its own
+        preprocessing, or a file saved by torch.save."""
+        try:
+            check_settings()
+        except ValueError as error:
+            return str(error)
         if weights is None:
             return True
         if weights in BUILT_IN_WEIGHTS:
