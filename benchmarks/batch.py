@@ -23,9 +23,9 @@ from pathlib import Path
 
 from bench import cpu_flags
 
-from nst_nodes import kernels
 from graphrun import Folders
 from graphrun.batch import Over, run_batch
+from nst_nodes import kernels
 from nst_nodes.app import APP
 from nst_nodes.tuning import configure_process
 
@@ -39,22 +39,42 @@ def sweep(items: int) -> list[float]:
 
 def measure(workers: int, threads: int, items: int, side: int, steps: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
-        overrides = {"3.size": side, "4.size": side * side * 3 // 4, "15.steps": steps,
-                     "17.filename_prefix": "sweep_{index}", "19.filename_prefix": "history_{index}"}
+        overrides = {
+            "3.size": side,
+            "4.size": side * side * 3 // 4,
+            "15.steps": steps,
+            "17.filename_prefix": "sweep_{index}",
+            "19.filename_prefix": "history_{index}",
+        }
         started = time.perf_counter()
-        result = run_batch(ROOT / "graphs" / "gatys.json", [Over("12", "weight", tuple(sweep(items)))],
-                           overrides=overrides, workers=workers, threads=threads, cache_dir=Path(folder) / "cache",
-                           folders=Folders(output=Path(folder) / "out"), device="cpu",
-                           worker_hook=partial(configure_process, None), worker_environment=APP.worker_environment)
+        result = run_batch(
+            ROOT / "graphs" / "gatys.json",
+            [Over("12", "weight", tuple(sweep(items)))],
+            overrides=overrides,
+            workers=workers,
+            threads=threads,
+            cache_dir=Path(folder) / "cache",
+            folders=Folders(output=Path(folder) / "out"),
+            device="cpu",
+            worker_hook=partial(configure_process, None),
+            worker_environment=APP.worker_environment,
+        )
         wall = time.perf_counter() - started
     if result.failed:
         raise SystemExit(f"{len(result.failed)} items failed: {result.failed[0].error}")
     busy = sum(node.seconds for node in result.nodes if node.outcome == "ran")
-    return {"workers": workers, "threads": threads, "items": items, "wall_s": round(wall, 1),
-            "items_per_hour": round(items * 3600 / wall, 1), "node_seconds": round(busy, 1),
-            "shared_saving_s": round(result.shared_saving, 1),
-            "optimize_s_per_item": round(sum(node.seconds for node in result.nodes
-                                             if node.class_type == "NSTOptimize") / items, 1)}
+    return {
+        "workers": workers,
+        "threads": threads,
+        "items": items,
+        "wall_s": round(wall, 1),
+        "items_per_hour": round(items * 3600 / wall, 1),
+        "node_seconds": round(busy, 1),
+        "shared_saving_s": round(result.shared_saving, 1),
+        "optimize_s_per_item": round(
+            sum(node.seconds for node in result.nodes if node.class_type == "NSTOptimize") / items, 1
+        ),
+    }
 
 
 def main() -> None:
@@ -70,12 +90,15 @@ def main() -> None:
     print(f"{'layout':<22}{'wall s':>8}{'items/h':>9}{'optimize s/item':>17}{'shared saving s':>17}")
     for row in rows:
         layout = f"{row['workers']} worker x {row['threads']} thread"
-        print(f"{layout:<22}{row['wall_s']:>8}{row['items_per_hour']:>9}{row['optimize_s_per_item']:>17}"
-              f"{row['shared_saving_s']:>17}")
+        print(
+            f"{layout:<22}{row['wall_s']:>8}{row['items_per_hour']:>9}{row['optimize_s_per_item']:>17}"
+            f"{row['shared_saving_s']:>17}"
+        )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "batch.json").write_text(json.dumps({"machine": machine, "side": args.side, "steps": args.steps,
-                                                "rows": rows}, indent=2))
+    (out / "batch.json").write_text(
+        json.dumps({"machine": machine, "side": args.side, "steps": args.steps, "rows": rows}, indent=2)
+    )
 
 
 if __name__ == "__main__":

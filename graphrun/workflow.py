@@ -89,11 +89,13 @@ def _links(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]], name: str
     links: dict[Any, dict[str, Any]] = {}
     for link in workflow.get("links") or []:
         if isinstance(link, list) and len(link) >= 5:
-            link = dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
+            link = dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link, strict=False))
         if not isinstance(link, dict) or not isinstance(link.get("id"), (int, str)):
             raise GraphFormatError(f"{name}: a link must be [id, origin, slot, target, slot, type], got {link!r:.100}")
         if link["id"] in links:
-            raise GraphFormatError(f"{name}: two links have the id {link['id']!r}; save the workflow again from the editor")
+            raise GraphFormatError(
+                f"{name}: two links have the id {link['id']!r}; save the workflow again from the editor"
+            )
         links[link["id"]] = link
     for link_id, link in links.items():
         target = nodes.get(str(link.get("target_id")))
@@ -101,19 +103,29 @@ def _links(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]], name: str
             continue
         origin = nodes.get(str(link.get("origin_id")))
         if origin is None:
-            raise GraphFormatError(f"{name}: link {link_id!r} comes from node {link.get('origin_id')!r}, which the "
-                                   "workflow lacks; reconnect that input in the editor")
+            raise GraphFormatError(
+                f"{name}: link {link_id!r} comes from node {link.get('origin_id')!r}, which the "
+                "workflow lacks; reconnect that input in the editor"
+            )
         for end, node, sockets in (("origin", origin, "outputs"), ("target", target, "inputs")):
             slot, listed = link.get(f"{end}_slot"), node.get(sockets)
-            if not isinstance(slot, int) or isinstance(slot, bool) or slot < 0 or (
-                    isinstance(listed, list) and slot >= len(listed)):
-                raise GraphFormatError(f"{name}: link {link_id!r} uses {sockets[:-1]} {slot!r} of node {node['id']!r} "
-                                       f"({node['type']}), which has no such slot; reconnect it in the editor")
+            if (
+                not isinstance(slot, int)
+                or isinstance(slot, bool)
+                or slot < 0
+                or (isinstance(listed, list) and slot >= len(listed))
+            ):
+                raise GraphFormatError(
+                    f"{name}: link {link_id!r} uses {sockets[:-1]} {slot!r} of node {node['id']!r} "
+                    f"({node['type']}), which has no such slot; reconnect it in the editor"
+                )
             socket = listed[slot] if isinstance(listed, list) else None
             if isinstance(socket, dict) and not _types_agree(socket.get("type"), link.get("type")):
-                raise GraphFormatError(f"{name}: link {link_id!r} carries {link.get('type')!r} but {sockets[:-1]} {slot} "
-                                       f"of node {node['id']!r} ({node['type']}) is {socket.get('type')!r}; "
-                                       "reconnect it in the editor")
+                raise GraphFormatError(
+                    f"{name}: link {link_id!r} carries {link.get('type')!r} but {sockets[:-1]} {slot} "
+                    f"of node {node['id']!r} ({node['type']}) is {socket.get('type')!r}; "
+                    "reconnect it in the editor"
+                )
     for node_id, node in nodes.items():
         for slot, socket in enumerate(node.get("inputs") or []):
             link_id = socket.get("link") if isinstance(socket, dict) else None
@@ -121,8 +133,10 @@ def _links(workflow: dict[str, Any], nodes: dict[str, dict[str, Any]], name: str
                 continue
             link = links.get(link_id) if isinstance(link_id, (int, str)) else None
             if link is None or str(link.get("target_id")) != node_id or link.get("target_slot") != slot:
-                raise GraphFormatError(f"{name}: input {slot} of node {node['id']!r} ({node['type']}) names link "
-                                       f"{link_id!r}, which does not end there; reconnect it in the editor")
+                raise GraphFormatError(
+                    f"{name}: input {slot} of node {node['id']!r} ({node['type']}) names link "
+                    f"{link_id!r}, which does not end there; reconnect it in the editor"
+                )
     return links
 
 
@@ -131,9 +145,11 @@ def _check_widget_count(node: dict[str, Any], inputs: dict[str, InputSpec], name
     values = node.get("widgets_values")
     most = sum(width for _, width in widget_layout(inputs))
     if isinstance(values, list) and len(values) > most:
-        raise GraphFormatError(f"{name}: node {node['id']!r} ({node['type']}) has {len(values)} widget values but "
-                               f"takes at most {most}; the workflow is from another version of the node, so set "
-                               "the node up again in the editor")
+        raise GraphFormatError(
+            f"{name}: node {node['id']!r} ({node['type']}) has {len(values)} widget values but "
+            f"takes at most {most}; the workflow is from another version of the node, so set "
+            "the node up again in the editor"
+        )
 
 
 def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str = "<workflow>") -> dict[str, Any]:
@@ -142,10 +158,16 @@ def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str =
         raise GraphFormatError(f"{name}: subgraphs are not supported; unpack them in the editor first")
     nodes: dict[str, dict[str, Any]] = {}
     for node in workflow["nodes"]:
-        if not isinstance(node, dict) or not isinstance(node.get("type"), str) or not isinstance(node.get("id"), (int, str)):
+        if (
+            not isinstance(node, dict)
+            or not isinstance(node.get("type"), str)
+            or not isinstance(node.get("id"), (int, str))
+        ):
             raise GraphFormatError(f"{name}: every node needs an 'id' and a string 'type', got {node!r:.100}")
         if str(node["id"]) in nodes:
-            raise GraphFormatError(f"{name}: two nodes have the id {node['id']!r}; save the workflow again from the editor")
+            raise GraphFormatError(
+                f"{name}: two nodes have the id {node['id']!r}; save the workflow again from the editor"
+            )
         nodes[str(node["id"])] = node
     links = _links(workflow, nodes, name)
 
@@ -183,8 +205,9 @@ def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str =
             spec_inputs = node_spec(node_class).inputs
             _check_widget_count(node, spec_inputs, name)
             constants = widget_inputs(spec_inputs, node.get("widgets_values"))
-        inputs: dict[str, Any] = {key: {"__value__": value} if isinstance(value, list) else value
-                                  for key, value in constants.items()}  # a bare pair would read as a link
+        inputs: dict[str, Any] = {
+            key: {"__value__": value} if isinstance(value, list) else value for key, value in constants.items()
+        }  # a bare pair would read as a link
         for slot in node.get("inputs") or []:
             if isinstance(slot, dict) and slot.get("link") is not None and isinstance(slot.get("name"), str):
                 source = source_of(slot["link"])
@@ -197,4 +220,3 @@ def workflow_to_prompt(workflow: dict[str, Any], registry: Registry, name: str =
     if not prompt:
         raise GraphFormatError(f"{name}: the workflow has no node to run (every node is muted, bypassed or a note)")
     return prompt
-

@@ -19,14 +19,13 @@ from . import kernels
 from .limits import MAX_SIDE, check_pixels
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS
 
-
 SHORT = {"winograd": "wino", "direct": "direct", "channels_last": "cl"}
 
 
 def conv_shapes(height: int, width: int) -> list[tuple[str, kernels.Shape]]:
     """(layer name, (in, out, height, width)) of VGG19's convolutions for an image of this size."""
     shapes, channels = [], 3
-    for block, (convs, out) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS), start=1):
+    for block, (convs, out) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True), start=1):
         for conv in range(1, convs + 1):
             shapes.append((f"conv{block}_{conv}", (channels, out, height, width)))
             channels = out
@@ -43,10 +42,20 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nst calibrate", description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=_size, nargs="+", default=[(256, 256), (512, 512), (1024, 1024)],
-                        metavar="WxH", help="image sizes whose layer shapes are timed (default 256 512 1024)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads to calibrate for (default torch's; a batch worker uses its --threads)")
+    parser.add_argument(
+        "--sizes",
+        type=_size,
+        nargs="+",
+        default=[(256, 256), (512, 512), (1024, 1024)],
+        metavar="WxH",
+        help="image sizes whose layer shapes are timed (default 256 512 1024)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads to calibrate for (default torch's; a batch worker uses its --threads)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -54,7 +63,9 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     for width, height in args.sizes:  # the nodes' limits, before minutes of timing
         if max(width, height) > MAX_SIDE:
-            parser.error(f"--sizes: {width}x{height} has a side longer than {MAX_SIDE} px; name a smaller size, e.g. 1024")
+            parser.error(
+                f"--sizes: {width}x{height} has a side longer than {MAX_SIDE} px; name a smaller size, e.g. 1024"
+            )
         try:
             check_pixels(width, height, "--sizes")
         except ValueError as error:
@@ -65,10 +76,14 @@ def main(argv: list[str]) -> int:
     chooser = kernels.chooser()
     chooser.forget()
     description = chooser.description
-    print(f"{description['cpu']} ({description['flags'] or 'no listed flags'}), {description['threads']} threads, "
-          f"torch {description['torch']} -> {chooser.file}")
-    print("winner per layer and direction, and each candidate's milliseconds at the layer's shape, or at most "
-          f"{kernels.MAX_CALIBRATION_PIXELS} pixels of it (wino = NNPACK Winograd, cl = channels_last)")
+    print(
+        f"{description['cpu']} ({description['flags'] or 'no listed flags'}), {description['threads']} threads, "
+        f"torch {description['torch']} -> {chooser.file}"
+    )
+    print(
+        "winner per layer and direction, and each candidate's milliseconds at the layer's shape, or at most "
+        f"{kernels.MAX_CALIBRATION_PIXELS} pixels of it (wino = NNPACK Winograd, cl = channels_last)"
+    )
     print(f"{'layer':<9}{'shape':>16}  {'forward':<44}{'input gradient'}")
     for width, height in args.sizes:
         for layer, shape in conv_shapes(height, width):

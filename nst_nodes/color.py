@@ -17,11 +17,13 @@ import torch
 
 from .image import resize_image
 
-RGB_TO_YIQ = torch.tensor([
-    [0.299, 0.587, 0.114],
-    [0.595716, -0.274453, -0.321263],
-    [0.211456, -0.522591, 0.311135],
-])  # NTSC YIQ, the colour space of the paper
+RGB_TO_YIQ = torch.tensor(
+    [
+        [0.299, 0.587, 0.114],
+        [0.595716, -0.274453, -0.321263],
+        [0.211456, -0.522591, 0.311135],
+    ]
+)  # NTSC YIQ, the colour space of the paper
 MATCH_METHODS = ("symmetric", "cholesky")
 EPSILON = 1e-5  # added to variances: a flat image has none
 
@@ -60,8 +62,9 @@ def _matrix_power(matrix: torch.Tensor, power: float) -> torch.Tensor:
     return vectors @ torch.diag(values.clamp(min=EPSILON) ** power) @ vectors.t()
 
 
-def color_transform(image: torch.Tensor, reference: torch.Tensor,
-                    method: str = "symmetric") -> tuple[torch.Tensor, torch.Tensor]:
+def color_transform(
+    image: torch.Tensor, reference: torch.Tensor, method: str = "symmetric"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, b)`` with ``A x + b`` having the reference's colour mean and covariance.
 
     ``symmetric``: ``A = Σ_c^½ Σ_s^-½`` (the "image analogies" variant of the paper);

@@ -80,8 +80,12 @@ def copy_samples(input_folder: Path) -> None:
             if sample.is_file() and (not copy.exists() or copy.read_bytes() != sample.read_bytes()):
                 shutil.copyfile(sample, copy)
     except OSError as error:
-        logging.warning("nst-nodes: could not copy the sample images to %s (%s); "
-                        "the example workflows will find them in the pack anyway", target, error)
+        logging.warning(
+            "nst-nodes: could not copy the sample images to %s (%s); "
+            "the example workflows will find them in the pack anyway",
+            target,
+            error,
+        )
 
 
 @cache

@@ -36,7 +36,8 @@ class FileRuleError(ValueError):
 
 
 def cache_root() -> Path:
-    """The pack's one cache folder (node results, kernel choices): ``$XDG_CACHE_HOME/nst-nodes``, else ``~/.cache/nst-nodes``."""
+    """The pack's one cache folder (node results, kernel choices): ``$XDG_CACHE_HOME/nst-nodes``, else
+    ``~/.cache/nst-nodes``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "nst-nodes"
 
 
@@ -111,8 +112,10 @@ def output_stem(host: Host, prefix: object) -> Path:
         raise FileRuleError(f"filename_prefix: {prefix!r} must end in a file name, e.g. 'nst/result'")
     stem = _in_folder(host, host.output_folder, prefix, "filename_prefix", "output")
     if len(os.fsencode(stem.name)) > NAME_BYTES:
-        raise FileRuleError(f"filename_prefix: the file name {stem.name[:40]!r}... is too long; "
-                            f"use at most {NAME_BYTES} bytes after the last '/'")
+        raise FileRuleError(
+            f"filename_prefix: the file name {stem.name[:40]!r}... is too long; "
+            f"use at most {NAME_BYTES} bytes after the last '/'"
+        )
     return stem
 
 
@@ -143,7 +146,9 @@ def output_paths(stem: Path, extension: str, overwrite: bool, count: int = 1) ->
     (:func:`write_atomically` moves on to the next number if another writer took one meanwhile).
     """
     if overwrite:
-        names = [f"{stem.name}.{extension}"] if count == 1 else [f"{stem.name}_{i:02d}.{extension}" for i in range(count)]
+        names = (
+            [f"{stem.name}.{extension}"] if count == 1 else [f"{stem.name}_{i:02d}.{extension}" for i in range(count)]
+        )
         return [stem.with_name(name) for name in names]
     pattern = re.compile(re.escape(stem.name) + r"_(\d{5,})_\." + re.escape(extension))
     try:
@@ -152,7 +157,6 @@ def output_paths(stem: Path, extension: str, overwrite: bool, count: int = 1) ->
         numbers = []
     first = max(numbers, default=0) + 1
     return [stem.with_name(f"{stem.name}_{first + i:05d}_.{extension}") for i in range(count)]
-
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None], overwrite: bool = True) -> Path:
@@ -197,14 +201,9 @@ def image_names(folder: Path) -> list[str]:
     for root, folders, files in os.walk(folder):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         relative = Path(root).relative_to(folder)
-        names += [(relative / f).as_posix() for f in files
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        names += [
+            (relative / f).as_posix() for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+        ]
         if len(names) >= MAX_LISTED:
             break
     return sorted(names)[:MAX_LISTED]
-
-
-def cache_root() -> Path:
-    """The pack's cache folder (node results, kernel choices): ``$XDG_CACHE_HOME/nst-nodes``, default ``~/.cache``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "nst-nodes"

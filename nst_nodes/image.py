@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,8 +48,9 @@ def _open(file: BinaryIO, path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
             picture = Image.open(file)
     except Image.DecompressionBombError as error:
-        raise ImageFileError(f"image: {path}: {error}; the limit here is {megapixels(max_image_pixels())} "
-                             "(NST_MAX_IMAGE_PIXELS)") from None
+        raise ImageFileError(
+            f"image: {path}: {error}; the limit here is {megapixels(max_image_pixels())} (NST_MAX_IMAGE_PIXELS)"
+        ) from None
     except UnidentifiedImageError as error:
         raise ImageFileError(f"image: {path} is not an image file (unrecognised format)") from error
     except (OSError, SyntaxError, ValueError) as error:
@@ -124,8 +126,9 @@ def target_size(height: int, width: int, mode: str, size: int, multiple_of: int 
     return snap(height * scale), snap(width * scale)
 
 
-def matching_size(height: int, width: int, reference_height: int, reference_width: int,
-                  scale: float) -> tuple[int, int]:
+def matching_size(
+    height: int, width: int, reference_height: int, reference_width: int, scale: float
+) -> tuple[int, int]:
     """(height, width) with the image's shape and ``scale²`` times the reference's area: a style image at
     ``scale`` 1 has strokes the size the network sees them at in the content's frame."""
     factor = scale * math.sqrt(reference_height * reference_width / (height * width))
@@ -141,8 +144,13 @@ def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x.clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
 
 
-def save_image(image: torch.Tensor, paths: list[Path], prompt: dict[str, Any] | None,
-               extra_pnginfo: dict[str, Any] | None = None, overwrite: bool = True) -> list[Path]:
+def save_image(
+    image: torch.Tensor,
+    paths: list[Path],
+    prompt: dict[str, Any] | None,
+    extra_pnginfo: dict[str, Any] | None = None,
+    overwrite: bool = True,
+) -> list[Path]:
     """Write each image of the batch to its path, whole or not at all.
 
     PNG carries the graph as ComfyUI writes it (text chunk ``prompt``, plus one per key of
@@ -151,7 +159,7 @@ def save_image(image: torch.Tensor, paths: list[Path], prompt: dict[str, Any] | 
     numbered name another writer took meanwhile moves on to the next number; returns the paths.
     """
     written = []
-    for item, path in zip(image, paths):
+    for item, path in zip(image, paths, strict=True):
         fmt = SAVE_FORMATS[path.suffix.lower()]
         options: dict[str, Any] = {}
         if fmt == "PNG":
@@ -163,5 +171,9 @@ def save_image(image: torch.Tensor, paths: list[Path], prompt: dict[str, Any] | 
         else:
             options = {"quality": 95, **({"comment": json.dumps(prompt).encode()} if prompt is not None else {})}
         picture = to_picture(item.unsqueeze(0))
-        written.append(write_atomically(path, lambda file: picture.save(file, fmt, **options), overwrite))
+        written.append(write_atomically(path, partial(_save, picture, fmt, options), overwrite))
     return written
+
+
+def _save(picture: Image.Image, fmt: str, options: dict[str, Any], file: BinaryIO) -> None:
+    picture.save(file, fmt, **options)

@@ -78,8 +78,12 @@ def _direct(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 def _channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    out = F.conv2d(x.contiguous(memory_format=torch.channels_last),
-                   weight.contiguous(memory_format=torch.channels_last), bias, padding=1)
+    out = F.conv2d(
+        x.contiguous(memory_format=torch.channels_last),
+        weight.contiguous(memory_format=torch.channels_last),
+        bias,
+        padding=1,
+    )
     return out.contiguous()
 
 
@@ -111,8 +115,7 @@ def machine() -> dict[str, str]:
         flags = [flag for flag in FLAGS if listed and flag in listed.group(1).split()]
     except OSError:
         pass
-    return {"cpu": model, "flags": " ".join(flags), "threads": str(torch.get_num_threads()),
-            "torch": torch.__version__}
+    return {"cpu": model, "flags": " ".join(flags), "threads": str(torch.get_num_threads()), "torch": torch.__version__}
 
 
 def machine_key(description: dict[str, str]) -> str:
@@ -153,7 +156,7 @@ def timed_shape(shape: Shape) -> Shape:
     same channels. Larger images share the choice of their capped shape instead of re-timing it."""
     channels_in, channels_out, height, width = shape
     if height * width > MAX_CALIBRATION_PIXELS:
-        height = min(height, int(MAX_CALIBRATION_PIXELS ** 0.5))
+        height = min(height, int(MAX_CALIBRATION_PIXELS**0.5))
         width = min(width, MAX_CALIBRATION_PIXELS // height)
     return channels_in, channels_out, height, width
 
@@ -197,13 +200,15 @@ def parse_choice(entry: object) -> Choice | None:
         return None
     seconds = entry.get("seconds", {})
     if not isinstance(seconds, dict) or not all(
-            isinstance(value, (int, float)) and not isinstance(value, bool) for value in seconds.values()):
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in seconds.values()
+    ):
         return None
     return Choice(entry["path"], dict(seconds))
 
 
 def newest_machines(document: dict[str, Any]) -> dict[str, Any]:
     """The entries of the ``MACHINES_KEPT`` most recently saved machines, so the file cannot grow without bound."""
+
     def saved(item: tuple[str, Any]) -> float:
         value = item[1].get("saved") if isinstance(item[1], dict) else None
         return value if isinstance(value, (int, float)) else 0.0
@@ -242,7 +247,9 @@ class KernelChooser:
             self._warn(f"cannot be read ({error}); kernels are timed again")
             return {}
         if len(text) > MAX_FILE_BYTES:
-            self._warn(f"is over {MAX_FILE_BYTES >> 20} MiB; it is ignored, kernels are timed again and the file rewritten")
+            self._warn(
+                f"is over {MAX_FILE_BYTES >> 20} MiB; it is ignored, kernels are timed again and the file rewritten"
+            )
             return {}
         try:
             document = json.loads(text)
@@ -290,8 +297,13 @@ class KernelChooser:
                         self.choices[shape] = stored[shape]
                     else:
                         stored[shape] = choice
-                everything[self.key] = {"machine": self.description, "saved": time.time(), "choices": {
-                    shape: {"path": choice.path, "seconds": choice.seconds} for shape, choice in stored.items()}}
+                everything[self.key] = {
+                    "machine": self.description,
+                    "saved": time.time(),
+                    "choices": {
+                        shape: {"path": choice.path, "seconds": choice.seconds} for shape, choice in stored.items()
+                    },
+                }
                 text = json.dumps(newest_machines(everything), indent=1, sort_keys=True).encode()
                 write_atomically(self.file, lambda file: file.write(text))
         except OSError as error:
@@ -337,16 +349,20 @@ _chooser: KernelChooser | None = None
 def chooser() -> KernelChooser:
     """The process's chooser, on :func:`calibration_file`."""
     global _chooser
-    if (_chooser is None or _chooser.file != calibration_file()
-            or _chooser.description["threads"] != str(torch.get_num_threads())):
+    if (
+        _chooser is None
+        or _chooser.file != calibration_file()
+        or _chooser.description["threads"] != str(torch.get_num_threads())
+    ):
         _chooser = KernelChooser(calibration_file())
     return _chooser
 
 
 class _FrozenConv3x3(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, forward_path: str,
-                backward_path: str) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, forward_path: str, backward_path: str
+    ) -> torch.Tensor:
         ctx.save_for_backward(weight)
         ctx.backward_path = backward_path
         return KERNELS[forward_path](x, weight, bias)
@@ -358,8 +374,9 @@ class _FrozenConv3x3(torch.autograd.Function):
         return KERNELS[ctx.backward_path](grad, transposed, None), None, None, None, None
 
 
-_cast_weights: weakref.WeakKeyDictionary[nn.Conv2d, dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]] = (
-    weakref.WeakKeyDictionary())
+_cast_weights: weakref.WeakKeyDictionary[
+    nn.Conv2d, dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]
+] = weakref.WeakKeyDictionary()
 
 
 def _weights_in(conv: nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

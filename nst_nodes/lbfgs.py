@@ -32,8 +32,15 @@ class BoxLBFGS:
     Not a ``torch.optim.Optimizer``: there is one tensor and no parameter groups, and building
     the first Optimizer of a process imports torch._dynamo (about 1 s, 800 modules)."""
 
-    def __init__(self, x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, lr: float = 1.0,
-                 history_size: int = 50, history_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        lr: float = 1.0,
+        history_size: int = 50,
+        history_dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.x, self.lr = x, lr
         self.lower, self.upper = lower, upper
         shape = (history_size, *self.x.shape)
@@ -118,14 +125,14 @@ class BoxLBFGS:
         if not self.order:
             return q
         coefficients = []
-        for slot, rho in zip(reversed(self.order), reversed(self.inverse_curvatures)):
+        for slot, rho in zip(reversed(self.order), reversed(self.inverse_curvatures), strict=True):
             alpha = rho * torch.vdot(self.steps_taken[slot].float().flatten(), q.flatten()).item()
             q.add_(self.gradient_changes[slot], alpha=-alpha)
             coefficients.append(alpha)
         # Initial scale sᵀy / yᵀy of the newest pair, whose sᵀy is already known as 1 / rho.
         newest_y = self.gradient_changes[self.order[-1]].float().flatten()
         q.mul_(1.0 / (self.inverse_curvatures[-1] * torch.vdot(newest_y, newest_y).item()))
-        for slot, rho, alpha in zip(self.order, self.inverse_curvatures, reversed(coefficients)):
+        for slot, rho, alpha in zip(self.order, self.inverse_curvatures, reversed(coefficients), strict=True):
             beta = rho * torch.vdot(self.gradient_changes[slot].float().flatten(), q.flatten()).item()
             q.add_(self.steps_taken[slot], alpha=alpha - beta)
         return q

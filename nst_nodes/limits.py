@@ -59,7 +59,7 @@ def check_pixels(width: int, height: int, what: str) -> None:
 def _layer_shapes(height: int, width: int, deepest: str) -> list[tuple[int, int, int]]:
     """(channels, height, width) of every conv output up to ``deepest``."""
     shapes = []
-    for block, (convs, channels) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS)):
+    for block, (convs, channels) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True)):
         scale = 2**block
         for conv in range(1, convs + 1):
             if LAYER_INDEX[f"conv{block + 1}_{conv}"] > LAYER_INDEX[deepest]:
@@ -106,8 +106,9 @@ def memory_check_on() -> bool:
     return switch == "1"
 
 
-def check_memory(what: str, description: str, needed: int, device: str, height: int, width: int,
-                 deepest: str | None = None) -> None:
+def check_memory(
+    what: str, description: str, needed: int, device: str, height: int, width: int, deepest: str | None = None
+) -> None:
     """Refuse work that cannot fit, naming the input, the estimate, what is available and a size that fits.
 
     With ``deepest``, a network pass that fits is also measured against optimizing at that size,

@@ -50,8 +50,10 @@ def check_mask_fits(what: str, mask: torch.Tensor, height: int, width: int) -> N
     """A mask is resized to every layer, so any size will do, but not another shape: that would misplace it."""
     mask_height, mask_width = mask.shape[-2:]
     if abs(mask_width * height - width * mask_height) > 0.02 * width * mask_height:
-        raise ValueError(f"{what}: a {mask_width}x{mask_height} mask does not have the shape of the "
-                         f"{width}x{height} image it covers; resize them alike")
+        raise ValueError(
+            f"{what}: a {mask_width}x{mask_height} mask does not have the shape of the "
+            f"{width}x{height} image it covers; resize them alike"
+        )
     check_mask_selects(what, mask)
 
 
@@ -102,8 +104,9 @@ def interpolate_columns(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> 
     return y0 + t * (y1 - y0)
 
 
-def sorted_projections(flat: torch.Tensor,
-                       weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sorted_projections(
+    flat: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features ``[C, N]`` projected and sorted per direction ``[N, K]``, each one's weight, and its
     quantile level (the midpoint of its weight)."""
     positions = flat.shape[1]
@@ -153,29 +156,43 @@ def blend_statistics(styles: list[dict[str, LayerStatistics]], weights: list[flo
         if other.keys() != layers:
             raise ValueError(f"style targets have different layers: {sorted(layers)} vs {sorted(other)}")
     return {
-        layer: {key: sum(w * s[layer][key] for w, s in zip(weights, styles)) / total  # type: ignore[misc]
-                for key in ("gram", "mean", "quantiles")}
+        layer: {
+            key: sum(w * s[layer][key] for w, s in zip(weights, styles, strict=True)) / total  # type: ignore[misc]
+            for key in ("gram", "mean", "quantiles")
+        }
         for layer in layers
     }
 
 
-def style_term(targets: dict[str, LayerStatistics], weight: float, layer_weights: dict[str, float] | None = None,
-               statistic: str = "gram", normalize: bool = False, mask: torch.Tensor | None = None) -> StyleTerm:
+def style_term(
+    targets: dict[str, LayerStatistics],
+    weight: float,
+    layer_weights: dict[str, float] | None = None,
+    statistic: str = "gram",
+    normalize: bool = False,
+    mask: torch.Tensor | None = None,
+) -> StyleTerm:
     """A style term of an objective (``layer_weights`` None: equal)."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, not {statistic!r}")
     if mask is not None:
         check_mask_selects("mask", mask)
     equal = {layer: 1.0 / len(targets) for layer in targets}
-    return {"kind": "style", "weight": weight, "statistic": statistic, "normalize": normalize,  # type: ignore[typeddict-item]
-            "targets": targets, "layer_weights": layer_weights or equal, "mask": mask}
+    return {
+        "kind": "style",
+        "weight": weight,
+        "statistic": statistic,
+        "normalize": normalize,  # type: ignore[typeddict-item]
+        "targets": targets,
+        "layer_weights": layer_weights or equal,
+        "mask": mask,
+    }
 
 
-def content_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-                 layer_weights: dict[str, float]) -> torch.Tensor:
-    return sum(
-        layer_weights[layer] * torch.mean((features[layer] - target) ** 2) for layer, target in targets.items()
-    )
+def content_loss(
+    features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], layer_weights: dict[str, float]
+) -> torch.Tensor:
+    return sum(layer_weights[layer] * torch.mean((features[layer] - target) ** 2) for layer, target in targets.items())
 
 
 def temporal_loss(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -226,7 +243,9 @@ def layer_loss(statistic: str, target: LayerStatistics, normalize: bool) -> Laye
             mean = feature_mean(activation, weights)
             own = _covariance(gram_matrix(activation, weights), mean).double()
             cross = torch.linalg.eigvalsh(root @ own @ root).clamp(min=EIGEN_FLOOR).sqrt().sum()
-            distance = (mean.double() - target["mean"].double()).square().sum() + torch.trace(own) + constant - 2 * cross
+            distance = (
+                (mean.double() - target["mean"].double()).square().sum() + torch.trace(own) + constant - 2 * cross
+            )
             return (distance / scale).float()
 
         return gaussian_loss
@@ -258,8 +277,9 @@ class ObjectiveFunction:
             self.parts.append((term["kind"], term["weight"], self._prepare(term, device)))
 
     @staticmethod
-    def _prepare(term: Term, device: torch.device | str) -> Callable[[dict[str, torch.Tensor], torch.Tensor],
-                                                                        torch.Tensor]:
+    def _prepare(
+        term: Term, device: torch.device | str
+    ) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
         # Targets are cloned: autograd must not see a host's inference-mode tensors.
         if term["kind"] == "tv":
             return lambda features, image: tv_loss(image)
@@ -276,8 +296,11 @@ class ObjectiveFunction:
             mask = style.get("mask")
             mask = None if mask is None else mask.to(device).clone()
             losses = {
-                layer: layer_loss(style["statistic"], {k: v.to(device).clone() for k, v in target.items()},  # type: ignore[misc]
-                                  style["normalize"])
+                layer: layer_loss(
+                    style["statistic"],
+                    {k: v.to(device).clone() for k, v in target.items()},  # type: ignore[misc]
+                    style["normalize"],
+                )
                 for layer, target in style["targets"].items()
             }
 

@@ -52,13 +52,18 @@ def quality(result: torch.Tensor, content: torch.Tensor, style: torch.Tensor, de
         style_errors, sliced_errors = [], []
         for layer in STYLE_LAYERS:
             target = gram_matrix(theirs[layer])
-            style_errors.append((torch.linalg.norm(gram_matrix(mine[layer]) - target) / torch.linalg.norm(target)).item())
+            style_errors.append(
+                (torch.linalg.norm(gram_matrix(mine[layer]) - target) / torch.linalg.norm(target)).item()
+            )
             sliced = layer_loss("sliced", style_statistics(theirs[layer]), normalize=True)
             sliced_errors.append(sliced(mine[layer], None).clamp(min=0).sqrt().item())
         change = torch.linalg.norm(mine[CONTENT_LAYER] - original[CONTENT_LAYER])
         content_error = (change / torch.linalg.norm(original[CONTENT_LAYER])).item()
-    return {"style": sum(style_errors) / len(style_errors), "sliced": sum(sliced_errors) / len(sliced_errors),
-            "content": content_error}
+    return {
+        "style": sum(style_errors) / len(style_errors),
+        "sliced": sum(sliced_errors) / len(sliced_errors),
+        "content": content_error,
+    }
 
 
 def describe(measured: Quality) -> str:

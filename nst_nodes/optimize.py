@@ -53,8 +53,9 @@ Loss = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 """The objective's value from the features and the image it is evaluated at."""
 
 
-def time_passes(model: VGGModel, image: torch.Tensor, layers: list[str], loss: Loss, candidates: tuple[str, ...],
-                repeats: int = 2) -> dict[str, float]:
+def time_passes(
+    model: VGGModel, image: torch.Tensor, layers: list[str], loss: Loss, candidates: tuple[str, ...], repeats: int = 2
+) -> dict[str, float]:
     """Seconds of one evaluation (network pass, the objective, their gradient) at ``image`` for each
     candidate pass: the best of ``repeats``, the candidates taking turns so that a hiccup of the
     machine does not decide (one pass each, at 256², once picked the slower plan by 20%)."""
@@ -98,8 +99,9 @@ def pass_plan(precision: str, model: VGGModel, image: torch.Tensor, layers: list
     device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
     depth = max(LAYER_INDEX[name] for name in layers)
     key = f"pass:{'|'.join(candidates)}:{depth}@{image.shape[-2]}x{image.shape[-1]}:{device}"
-    return kernels.chooser().measured(key, tuple(candidates), lambda: time_passes(model, image, layers, loss,
-                                                                                  tuple(candidates)))
+    return kernels.chooser().measured(
+        key, tuple(candidates), lambda: time_passes(model, image, layers, loss, tuple(candidates))
+    )
 
 
 @dataclass(frozen=True)
@@ -156,15 +158,22 @@ def optimize(
         image = start.detach().clone(memory_format=torch.contiguous_format).clamp_(lower, upper).requires_grad_(True)
         if settings.method == "lbfgs":
             optimizer: BoxLBFGS | torch.optim.Optimizer = BoxLBFGS(
-                image, lower, upper, lr=settings.lr, history_size=settings.history_size,
+                image,
+                lower,
+                upper,
+                lr=settings.lr,
+                history_size=settings.history_size,
                 history_dtype=DTYPES[settings.history_precision],
             )
         else:
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
 
-        plan = "fp32" if settings.steps <= FP32_START else pass_plan(settings.precision, model, image.detach(),
-                                                                       layers, loss_parts.total)
+        plan = (
+            "fp32"
+            if settings.steps <= FP32_START
+            else pass_plan(settings.precision, model, image.detach(), layers, loss_parts.total)
+        )
         precision, _, one_kernel = plan.partition(" ")
         in_bf16 = False
 

@@ -16,8 +16,10 @@ MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 30, 62
 
 def plot_history(history: History, width: int = 640, height: int = 400) -> torch.Tensor:
     """``[1, height, width, 3]`` IMAGE: one line per term (total in black), x = evaluation, y = log10."""
-    series = {name: [(i, v) for i, v in enumerate(history.get(name, [])) if v > 0 and math.isfinite(v)]  # type: ignore[union-attr]
-              for name in COLOURS}  # a log scale shows positive values only; each keeps its evaluation index
+    series = {
+        name: [(i, v) for i, v in enumerate(history.get(name, [])) if v > 0 and math.isfinite(v)]  # type: ignore[union-attr]
+        for name in COLOURS
+    }  # a log scale shows positive values only; each keeps its evaluation index
     series = {name: points for name, points in series.items() if points}
     picture = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(picture)
@@ -25,8 +27,12 @@ def plot_history(history: History, width: int = 640, height: int = 400) -> torch
     font = ImageFont.load_default(size=font_size)
     left, top, right, bottom = MARGIN_LEFT, MARGIN_TOP, width - MARGIN_RIGHT, height - MARGIN_BOTTOM
     steps = history.get("steps", 0)
-    draw.text((left, 6), f"{history.get('method', '')} loss per evaluation, log scale ({steps} steps)",
-              fill=(0, 0, 0), font=font)
+    draw.text(
+        (left, 6),
+        f"{history.get('method', '')} loss per evaluation, log scale ({steps} steps)",
+        fill=(0, 0, 0),
+        font=font,
+    )
     draw.rectangle((left, top, right, bottom), outline=(160, 160, 160))
     if not series or right - left < 10 or bottom - top < 10:
         draw.text((left + 8, top + 8), "no finite positive losses to plot", fill=(0, 0, 0), font=font)
@@ -57,7 +63,9 @@ def plot_history(history: History, width: int = 640, height: int = 400) -> torch
         draw.line(line if len(line) > 1 else line * 2, fill=COLOURS[name], width=3 if name == "loss" else 2)
     legend_x, legend_y = left, bottom + font_size + 14  # one row under the axis, the final value of each term
     for name, points in series.items():
-        draw.line((legend_x, legend_y + font_size // 2, legend_x + 20, legend_y + font_size // 2), fill=COLOURS[name], width=3)
+        draw.line(
+            (legend_x, legend_y + font_size // 2, legend_x + 20, legend_y + font_size // 2), fill=COLOURS[name], width=3
+        )
         label = f"{name} {points[-1][1]:.3g}"
         draw.text((legend_x + 26, legend_y), label, fill=(0, 0, 0), font=font)
         legend_x += 40 + int(draw.textlength(label, font=font))

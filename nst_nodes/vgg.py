@@ -81,9 +81,7 @@ class Preprocessing:
 
 
 CAFFE = Preprocessing("caffe", bgr=True, scale=255.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0))
-TORCHVISION = Preprocessing(
-    "torchvision", bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
-)
+TORCHVISION = Preprocessing("torchvision", bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 PREPROCESSINGS = {p.name: p for p in (CAFFE, TORCHVISION)}
 
 
@@ -93,7 +91,7 @@ def build_vgg19(pooling: str = "max") -> nn.Sequential:
         raise ValueError(f"pooling must be 'max' or 'avg', not {pooling!r}")
     layers: list[nn.Module] = []
     channels = 3
-    for convs, width in zip(BLOCK_CONVS, BLOCK_WIDTHS):
+    for convs, width in zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True):
         for _ in range(convs):
             layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU()]
             channels = width
@@ -144,12 +142,17 @@ def features_state_dict(checkpoint: object, source: object = "the checkpoint") -
             state[bare] = value
     with torch.device("meta"):
         expected = {key: tuple(value.shape) for key, value in build_vgg19().state_dict().items()}
-    wrong = [key for key, shape in expected.items()
-             if not isinstance(state.get(key), torch.Tensor) or tuple(state[key].shape) != shape]
+    wrong = [
+        key
+        for key, shape in expected.items()
+        if not isinstance(state.get(key), torch.Tensor) or tuple(state[key].shape) != shape
+    ]
     if wrong:
-        raise ValueError(f"weights: {source} is not a VGG19 state dict: {len(wrong)} of its {len(expected)} "
-                         f"tensors are missing or of the wrong shape, the first is 'features.{wrong[0]}' "
-                         f"(expected {list(expected[wrong[0]])})")
+        raise ValueError(
+            f"weights: {source} is not a VGG19 state dict: {len(wrong)} of its {len(expected)} "
+            f"tensors are missing or of the wrong shape, the first is 'features.{wrong[0]}' "
+            f"(expected {list(expected[wrong[0]])})"
+        )
     return {key: state[key] for key in expected}
 
 
@@ -167,8 +170,9 @@ class VGGModel:
             torch.backends.cudnn.benchmark = True  # cuDNN's own choice of kernel per shape
         return self
 
-    def features(self, x: torch.Tensor, layers: list[str] | tuple[str, ...],
-                 reduced: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def features(
+        self, x: torch.Tensor, layers: list[str] | tuple[str, ...], reduced: torch.dtype | None = None
+    ) -> dict[str, torch.Tensor]:
         """Activations of ``layers`` in one forward pass that stops at the deepest of them.
 
         ``reduced`` (e.g. bfloat16): the layers after the first convolution run in that dtype. The
@@ -227,7 +231,8 @@ def _read_weights(weights: str | Path) -> tuple[dict[str, torch.Tensor], Preproc
             warnings.simplefilter("ignore")
             checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch's own message suggests unpickling unsafely: not shown
-        raise ValueError(f"weights: {weights} is not a file of plain tensors ({type(error).__name__}); save one "
-                         "with torch.save(model.state_dict(), path)") from None
-    return (features_state_dict(checkpoint, weights), TORCHVISION,
-            f"file:{hashlib.sha256(data).hexdigest()[:16]}")
+        raise ValueError(
+            f"weights: {weights} is not a file of plain tensors ({type(error).__name__}); save one "
+            "with torch.save(model.state_dict(), path)"
+        ) from None
+    return (features_state_dict(checkpoint, weights), TORCHVISION, f"file:{hashlib.sha256(data).hexdigest()[:16]}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 MIN_PIXELS = 32 * 32
 """Below this many pixels per channel NNPACK's transforms cost more than they save (measured)."""

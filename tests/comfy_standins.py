@@ -59,8 +59,13 @@ class ComfyStandIns:
         folder_paths = types.ModuleType("folder_paths")
         folder_paths.get_input_directory = lambda: str(self.input)
         folder_paths.get_output_directory = lambda: str(self.output)
-        return {"comfy": comfy, "comfy.utils": utils, "comfy.model_management": management,
-                "comfy.cli_args": cli_args, "folder_paths": folder_paths}
+        return {
+            "comfy": comfy,
+            "comfy.utils": utils,
+            "comfy.model_management": management,
+            "comfy.cli_args": cli_args,
+            "folder_paths": folder_paths,
+        }
 
     def install(self) -> None:
         sys.modules.update(self.modules)

@@ -59,13 +59,16 @@ class RecordingReporter:
         self.warnings: list[str] = []
         self.stop_at: tuple[str, int, threading.Event] | None = None
 
-    def node_done(self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path],
-                  text: list[str]) -> None:
+    def node_done(
+        self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path], text: list[str]
+    ) -> None:
         {"ran": self.ran, "cached": self.cached, "partial": self.partial}[outcome].append(node_id)
         self.files[node_id] = files
         self.text[node_id] = text
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Any) -> None:
+    def progress(
+        self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Any
+    ) -> None:
         self.steps.append((node_id, step, total))
         if preview is not None:
             self.previews.append(preview)

@@ -123,7 +123,8 @@ class Opaque:
 
 
 class Countdown:
-    """Counts ``steps`` steps, reporting each with a preview, and stops early when asked (returning the count so far)."""
+    """Counts ``steps`` steps, reporting each with a preview, and stops early when asked (returning the count
+    so far)."""
 
     RETURN_TYPES = ("INT",)
     FUNCTION = "count"
@@ -140,7 +141,7 @@ class Countdown:
         done = 0
         for step in range(1, steps + 1):
             done = step
-            context.progress(step, steps, preview=lambda: f"picture at {step}", done=step)
+            context.progress(step, steps, preview=lambda step=step: f"picture at {step}", done=step)
             if step < steps and context.should_stop():
                 break
         return (start + done,)
@@ -204,8 +205,10 @@ class WriteText:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"value": ("INT",), "name": ("STRING", {"default": "out.txt"})},
-                "hidden": {"context": "GRAPHRUN_HOST"}}
+        return {
+            "required": {"value": ("INT",), "name": ("STRING", {"default": "out.txt"})},
+            "hidden": {"context": "GRAPHRUN_HOST"},
+        }
 
     def write(self, value: int, name: str, context: Any = None) -> dict[str, Any]:
         path = context.output_folder / name
@@ -269,8 +272,23 @@ class Checked:
 
 NODE_CLASS_MAPPINGS = {
     cls.__name__: cls
-    for cls in (Number, Add, Vector, Total, ReadText, Show, Opaque, Countdown, Slow, Reciprocal, Fail, Checked,
-                Volatile, WriteText, Crashing)
+    for cls in (
+        Number,
+        Add,
+        Vector,
+        Total,
+        ReadText,
+        Show,
+        Opaque,
+        Countdown,
+        Slow,
+        Reciprocal,
+        Fail,
+        Checked,
+        Volatile,
+        WriteText,
+        Crashing,
+    )
 }
 
 

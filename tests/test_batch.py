@@ -41,14 +41,21 @@ SHARED_AND_OWN = {
 @pytest.fixture(scope="module")
 def cluster():
     """Two in-process workers, one task at a time each: the fake nodes need no process of their own."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as local:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as local:
         yield local.scheduler_address
 
 
 def batch(graph: dict[str, Any], overs: list[str], tmp_path: Path, cluster: str, **options: Any):
-    return run_batch(graph, [parse_over(text) for text in overs], scheduler=cluster, registry=REGISTRY,
-                     cache_dir=tmp_path / "cache", folders=Folders(output=tmp_path / "out"), device="cpu", **options)
+    return run_batch(
+        graph,
+        [parse_over(text) for text in overs],
+        scheduler=cluster,
+        registry=REGISTRY,
+        cache_dir=tmp_path / "cache",
+        folders=Folders(output=tmp_path / "out"),
+        device="cpu",
+        **options,
+    )
 
 
 def test_shared_nodes_run_once_and_a_rerun_is_all_cached(tmp_path: Path, cluster: str) -> None:
@@ -98,8 +105,9 @@ class StopOnFirstProgress(BatchReporter):
         self.events = events
         self.items: list[str] = []
 
-    def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any],
-                 preview: Any) -> None:
+    def progress(
+        self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Any
+    ) -> None:
         for event in self.events:
             event.set()
 
@@ -118,8 +126,9 @@ def test_a_stop_saves_the_best_so_far_and_starts_nothing_new(tmp_path: Path) -> 
     stop = threading.Event()
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as one:
         started = time.monotonic()
-        result = batch(SLOW, ["1.value=1,2,3"], tmp_path, one.scheduler_address, stop=stop,
-                       reporter=StopOnFirstProgress(stop))
+        result = batch(
+            SLOW, ["1.value=1,2,3"], tmp_path, one.scheduler_address, stop=stop, reporter=StopOnFirstProgress(stop)
+        )
     assert time.monotonic() - started < 20  # 3 x 30 s if the stop went unheard
     assert [item.outcome for item in result.items] == ["partial", "not started", "not started"]
     written = int((tmp_path / "out" / "slow_0.txt").read_text())
@@ -132,19 +141,27 @@ def test_an_abort_stops_waiting_and_reports_every_item(tmp_path: Path) -> None:
     stop, abort = threading.Event(), threading.Event()
     reporter = StopOnFirstProgress(stop, abort)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as one:
-        result = batch(SLOW, ["1.value=1,2"], tmp_path, one.scheduler_address, stop=stop, abort=abort,
-                       reporter=reporter)
+        result = batch(
+            SLOW, ["1.value=1,2"], tmp_path, one.scheduler_address, stop=stop, abort=abort, reporter=reporter
+        )
     assert [item.outcome for item in result.items] == ["not started", "not started"]
     assert sorted(reporter.items) == ["not started", "not started"]  # every item reported once
 
 
 def test_more_local_workers_than_cores_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BatchError, match=rf"--workers 1000: this machine has {os.cpu_count()} cores"):
-        run_batch(SHARED_AND_OWN, [parse_over("1.value=1,2")], workers=1000, registry=REGISTRY, device="cpu",
-                  folders=Folders(output=tmp_path))
+        run_batch(
+            SHARED_AND_OWN,
+            [parse_over("1.value=1,2")],
+            workers=1000,
+            registry=REGISTRY,
+            device="cpu",
+            folders=Folders(output=tmp_path),
+        )
 
 
 # --- the real network, end to end --------------------------------------------------------------
+
 
 def tiny_gatys(tmp_path: Path) -> Path:
     """gatys.json at 48 px with 2 steps, every output named after the item."""
@@ -177,25 +194,67 @@ def test_nst_batch_on_a_dask_scheduler_matches_single_runs(tmp_path: Path, photo
     """`dask scheduler` + 2 `dask worker` processes, `nst batch --scheduler`: the same pixels as `nst run`."""
     scheduler_file = tmp_path / "scheduler.json"
     environment = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    started = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                 "--scheduler-file", str(scheduler_file)], env=environment,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    started = [
+        subprocess.Popen(
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
     try:
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
         for _ in range(2):
-            started.append(subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--no-dashboard",
-                                             "--host", "127.0.0.1"], env=environment, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL, start_new_session=True))
+            started.append(
+                subprocess.Popen(
+                    [DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                    env=environment,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
         with distributed.Client(address) as client:
             client.wait_for_workers(2, timeout=60)
         graph = tiny_gatys(tmp_path)
-        done = subprocess.run([NST, "batch", str(graph), "--over", "1.image=frame_*.png", "--scheduler", address,
-                               "--threads", "1", "--input-dir", str(photos), "--output-dir", str(tmp_path / "batch"),
-                               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                NST,
+                "batch",
+                str(graph),
+                "--over",
+                "1.image=frame_*.png",
+                "--scheduler",
+                address,
+                "--threads",
+                "1",
+                "--input-dir",
+                str(photos),
+                "--output-dir",
+                str(tmp_path / "batch"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--device",
+                "cpu",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         assert "3 items: 3 done" in done.stderr
     finally:
@@ -208,9 +267,15 @@ def test_nst_batch_on_a_dask_scheduler_matches_single_runs(tmp_path: Path, photo
     torch.set_num_threads(1)  # as the workers ran
     try:
         for index in range(3):
-            run(graph, device="cpu", folders=Folders(output=tmp_path / "single"),
-                overrides={"1.image": str(photos / f"frame_{index}.png"),
-                           "17.filename_prefix": f"result_frame_{index}{index}"})
+            run(
+                graph,
+                device="cpu",
+                folders=Folders(output=tmp_path / "single"),
+                overrides={
+                    "1.image": str(photos / f"frame_{index}.png"),
+                    "17.filename_prefix": f"result_frame_{index}{index}",
+                },
+            )
     finally:
         torch.set_num_threads(threads)
     for index in range(3):
@@ -225,15 +290,34 @@ def test_a_killed_batch_resumes_without_recomputing(tmp_path: Path, photos: Path
     graph_data = json.loads(graph.read_text())
     graph_data["15"]["inputs"]["steps"] = 6
     graph.write_text(json.dumps(graph_data))
-    command = [NST, "batch", str(graph), "--over", "1.image=frame_*.png", "--workers", "1", "--threads", "1",
-               "--input-dir", str(photos), "--output-dir", str(tmp_path / "out"), "--cache-dir",
-               str(tmp_path / "cache"), "--device", "cpu"]
+    command = [
+        NST,
+        "batch",
+        str(graph),
+        "--over",
+        "1.image=frame_*.png",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--input-dir",
+        str(photos),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+    ]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def finished() -> set[str]:  # items with both of their files written
         names = {path.name for path in (tmp_path / "out").glob("*.png")}
-        return {name.removeprefix("result_")[:-4] for name in names
-                if name.startswith("result_") and "history_" + name.removeprefix("result_") in names}
+        return {
+            name.removeprefix("result_")[:-4]
+            for name in names
+            if name.startswith("result_") and "history_" + name.removeprefix("result_") in names
+        }
 
     deadline = time.monotonic() + 240
     while not finished() and time.monotonic() < deadline:
@@ -242,8 +326,15 @@ def test_a_killed_batch_resumes_without_recomputing(tmp_path: Path, photos: Path
     process.wait()
     done_before = finished()
     assert done_before, process.stdout.read().decode()
-    result = run_batch(graph, [parse_over("1.image=frame_*.png", photos)], workers=1, threads=1,
-                       cache_dir=tmp_path / "cache", folders=Folders(photos, tmp_path / "out"), device="cpu")
+    result = run_batch(
+        graph,
+        [parse_over("1.image=frame_*.png", photos)],
+        workers=1,
+        threads=1,
+        cache_dir=tmp_path / "cache",
+        folders=Folders(photos, tmp_path / "out"),
+        device="cpu",
+    )
     resumed = {f"{item.item.stem}{item.item.index}": item.outcome for item in result.items}
     assert all(resumed[name] == "cached" for name in done_before) and len(done_before) < 3
     optimized = [node for node in result.nodes if node.class_type == "NSTOptimize" and node.outcome == "ran"]
@@ -251,15 +342,33 @@ def test_a_killed_batch_resumes_without_recomputing(tmp_path: Path, photos: Path
     assert len(list((tmp_path / "out").glob("result_*.png"))) == 3
 
 
-def test_nst_batch_stopped_by_two_signals_reports_every_item_without_a_traceback(tmp_path: Path,
-                                                                                  photos: Path) -> None:
+def test_nst_batch_stopped_by_two_signals_reports_every_item_without_a_traceback(tmp_path: Path, photos: Path) -> None:
     graph = tiny_gatys(tmp_path)
     graph_data = json.loads(graph.read_text())
     graph_data["15"]["inputs"]["steps"] = 2000
     graph.write_text(json.dumps(graph_data))
-    process = subprocess.Popen([NST, "batch", str(graph), "--over", "1.image=frame_*.png", "--workers", "1",
-                                "--threads", "1", "--input-dir", str(photos), "--output-dir", str(tmp_path / "out"),
-                                "--no-cache", "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            NST,
+            "batch",
+            str(graph),
+            "--over",
+            "1.image=frame_*.png",
+            "--workers",
+            "1",
+            "--threads",
+            "1",
+            "--input-dir",
+            str(photos),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--no-cache",
+            "--device",
+            "cpu",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(12)  # the cluster started, the first optimization running (its 2000 steps take minutes)
     process.send_signal(signal.SIGINT)
     time.sleep(0.5)
@@ -277,17 +386,36 @@ def test_the_dask_executor_drives_an_execution_on_its_own(tmp_path: Path, cluste
     from graphrun.executors.dask import DaskExecutor, TaskSettings, WorkerSetup
     from graphrun.reporting import SilentReporter
 
-    graph = load_graph({
-        "1": {"class_type": "Number", "inputs": {"value": 2}},
-        "2": {"class_type": "Opaque", "inputs": {"seed": 0}},  # never shipped: computed where it is read
-        "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["1", 0]}},
-        "4": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
-        "5": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
-    }, registry=REGISTRY)
-    execution = Execution(graph, REGISTRY, plan(graph, REGISTRY, ["3", "4"]), Cache(None), "cpu",
-                          Folders(output=tmp_path), threading.Event(), SilentReporter())
-    settings = TaskSettings(cache=None, memory=1 << 20, device="cpu", input=".", output=str(tmp_path),
-                            confined=False, threads=None, run_id="test")
+    graph = load_graph(
+        {
+            "1": {"class_type": "Number", "inputs": {"value": 2}},
+            "2": {"class_type": "Opaque", "inputs": {"seed": 0}},  # never shipped: computed where it is read
+            "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["1", 0]}},
+            "4": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
+            "5": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+        },
+        registry=REGISTRY,
+    )
+    execution = Execution(
+        graph,
+        REGISTRY,
+        plan(graph, REGISTRY, ["3", "4"]),
+        Cache(None),
+        "cpu",
+        Folders(output=tmp_path),
+        threading.Event(),
+        SilentReporter(),
+    )
+    settings = TaskSettings(
+        cache=None,
+        memory=1 << 20,
+        device="cpu",
+        input=".",
+        output=str(tmp_path),
+        confined=False,
+        threads=None,
+        run_id="test",
+    )
     with distributed.Client(cluster) as client:
         client.register_plugin(WorkerSetup(REGISTRY))
         submission = DaskExecutor(client, settings).submit(execution)

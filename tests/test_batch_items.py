@@ -22,8 +22,12 @@ def frames(tmp_path: Path) -> Path:
 
 
 def test_values_are_globs_ranges_or_lists(frames: Path) -> None:
-    assert parse_over("1.image=frame_*.png", frames).values == ("frame_0.png", "frame_1.png", "frame_2.png",
-                                                                "frame_10.png")  # natural order
+    assert parse_over("1.image=frame_*.png", frames).values == (
+        "frame_0.png",
+        "frame_1.png",
+        "frame_2.png",
+        "frame_10.png",
+    )  # natural order
     assert parse_over("12.weight=1:3").values == (1, 2, 3)
     assert parse_over("12.weight=0:1:0.25").values == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert parse_over("12.weight=1e-3,0.01,abc").values == (0.001, 0.01, "abc")
@@ -42,7 +46,9 @@ def test_items_zip_or_form_a_grid() -> None:
     weights, seeds = Over("12", "weight", (1, 2)), Over("15", "seed", (7, 8, 9))
     assert len(batch_items([weights, seeds], grid=True)) == 6
     assert [item.values for item in batch_items([weights, Over("15", "seed", (7,))])] == [
-        {"12.weight": 1, "15.seed": 7}, {"12.weight": 2, "15.seed": 7}]
+        {"12.weight": 1, "15.seed": 7},
+        {"12.weight": 2, "15.seed": 7},
+    ]
     with pytest.raises(BatchError, match="same length"):
         batch_items([weights, seeds])
     with pytest.raises(BatchError, match="given twice"):
@@ -53,9 +59,13 @@ def test_items_zip_or_form_a_grid() -> None:
 
 def test_templates_fill_fields_and_refuse_unknown_ones() -> None:
     items = batch_items([Over("1", "image", ("a/x.png", "b/y.png"), files=True), Over("12", "weight", (5,))])
-    prompt = {"1": {"class_type": "L", "inputs": {"image": "p.png"}},
-              "12": {"class_type": "S", "inputs": {"weight": 1, "source": ["1", 0], "name": "{stem}_{weight}_{index}"},
-                     }}
+    prompt = {
+        "1": {"class_type": "L", "inputs": {"image": "p.png"}},
+        "12": {
+            "class_type": "S",
+            "inputs": {"weight": 1, "source": ["1", 0], "name": "{stem}_{weight}_{index}"},
+        },
+    }
     joined = joined_prompt(prompt, items)
     assert joined["1/12"]["inputs"] == {"weight": 5, "source": ["1/1", 0], "name": "y_5_1"}
     assert joined["0/1"]["inputs"]["image"] == "a/x.png"
@@ -76,8 +86,9 @@ def test_every_file_value_has_a_stem(frames: Path) -> None:
     assert [item.stem for item in batch_items([json_listed])] == ["frame_2", "frame_10"]
     assert not parse_over("1.image=frame_0.png,missing.png", frames).files  # not all files: no stem
     with pytest.raises(BatchError, match="fields are {index}, {12.weight}"):
-        joined_prompt({"12": {"class_type": "S", "inputs": {"name": "{stem}"}}},
-                      batch_items([parse_over("12.weight=1,2")]))
+        joined_prompt(
+            {"12": {"class_type": "S", "inputs": {"name": "{stem}"}}}, batch_items([parse_over("12.weight=1,2")])
+        )
 
 
 CHAIN_GRAPH = {
@@ -88,13 +99,16 @@ CHAIN_GRAPH = {
 }
 
 
-@pytest.mark.parametrize(("chain", "message"), [
-    ("2.start=2:5", r"node 2 \(Countdown\) has outputs 0..0, not 5"),
-    ("2.start=17", "no node 17 in the graph"),
-    ("2.start=3", r"node 3 \(Show\) has no outputs to chain"),
-    ("2.start=4", r"input 2.start takes INT, but output 0 of node 4 \(ReadText\) is STRING"),
-    ("2.begin=2", "node 2 .Countdown. has no input 'begin'; its inputs: start, steps"),
-])
+@pytest.mark.parametrize(
+    ("chain", "message"),
+    [
+        ("2.start=2:5", r"node 2 \(Countdown\) has outputs 0..0, not 5"),
+        ("2.start=17", "no node 17 in the graph"),
+        ("2.start=3", r"node 3 \(Show\) has no outputs to chain"),
+        ("2.start=4", r"input 2.start takes INT, but output 0 of node 4 \(ReadText\) is STRING"),
+        ("2.begin=2", "node 2 .Countdown. has no input 'begin'; its inputs: start, steps"),
+    ],
+)
 def test_a_bad_chain_is_refused_before_anything_runs(chain: str, message: str) -> None:
     graph = load_graph(CHAIN_GRAPH, registry=REGISTRY)
     items = batch_items([parse_over("1.value=1,2,3")])
@@ -104,9 +118,13 @@ def test_a_bad_chain_is_refused_before_anything_runs(chain: str, message: str) -
 
 
 def test_a_batch_the_client_cannot_hold_is_refused_with_the_estimate() -> None:
-    graph = load_graph({str(i): {"class_type": "Number", "inputs": {"value": 1}} for i in range(19)},
-                       registry=REGISTRY)  # the size of gatys.json
+    graph = load_graph(
+        {str(i): {"class_type": "Number", "inputs": {"value": 1}} for i in range(19)}, registry=REGISTRY
+    )  # the size of gatys.json
     check_size(graph, batch_items([parse_over("1.value=0:9999")]))
-    with pytest.raises(BatchError, match=r"100,000 items of a 19-node graph would take about 9.1 GiB in the client; "
-                                         r"at most 22,075 items fit"):
+    with pytest.raises(
+        BatchError,
+        match=r"100,000 items of a 19-node graph would take about 9.1 GiB in the client; "
+        r"at most 22,075 items fit",
+    ):
         check_size(graph, batch_items([parse_over("1.value=0:99999")]))

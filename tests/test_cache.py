@@ -53,7 +53,9 @@ def test_a_cache_directory_that_is_a_file_warns_once_and_keeps_results_in_memory
     not_a_directory.write_text("precious")
     cache = Cache(not_a_directory)
     assert run_graph(cache, reporter) == {"2": (6.0,)}
-    assert reporter.warnings == [f"cache directory {not_a_directory} is not a directory; results are kept in memory only"]
+    assert reporter.warnings == [
+        f"cache directory {not_a_directory} is not a directory; results are kept in memory only"
+    ]
     assert not_a_directory.read_text() == "precious"
     again = type(reporter)()
     run_graph(cache, again)
@@ -85,7 +87,9 @@ def make_leftovers(directory: Path) -> tuple[list[Path], list[Path]]:
     return leftovers, foreign + [directory / "ab"]
 
 
-def test_info_counts_real_entries_and_clear_removes_leftovers_but_nothing_else(tmp_path: Path, reporter, capsys) -> None:
+def test_info_counts_real_entries_and_clear_removes_leftovers_but_nothing_else(
+    tmp_path: Path, reporter, capsys
+) -> None:
     directory = tmp_path / "cache"
     entries = entries_after_one_run(directory, reporter)
     leftovers, foreign = make_leftovers(directory)
@@ -123,8 +127,10 @@ def test_an_entry_moved_to_another_key_is_not_served(tmp_path: Path, reporter) -
 
 
 def test_the_disk_side_keeps_within_its_budget_oldest_first(tmp_path: Path, reporter) -> None:
-    graph = {str(i): {"class_type": "Vector", "inputs": {"length": 1000, "scale": float(i), "kind": "ones"}}
-             for i in range(1, 7)}  # about 5 KB an entry
+    graph = {
+        str(i): {"class_type": "Vector", "inputs": {"length": 1000, "scale": float(i), "kind": "ones"}}
+        for i in range(1, 7)
+    }  # about 5 KB an entry
     cache = Cache(tmp_path / "cache")
     for node_id in graph:  # one node per run, so their ages differ
         run({node_id: graph[node_id]}, registry=REGISTRY, device="cpu", cache=cache, outputs=[node_id])
@@ -151,7 +157,9 @@ def test_cache_commands_on_a_missing_or_wrong_directory(tmp_path: Path, capsys) 
     assert "is not a directory" in capsys.readouterr().err
 
 
-def test_an_entry_this_user_may_not_read_warns_once_and_is_not_written_over(tmp_path: Path, reporter, monkeypatch) -> None:
+def test_an_entry_this_user_may_not_read_warns_once_and_is_not_written_over(
+    tmp_path: Path, reporter, monkeypatch
+) -> None:
     directory = tmp_path / "cache"
     entries = entries_after_one_run(directory, reporter)
     before = {entry: entry.stat().st_mtime_ns for entry in entries}

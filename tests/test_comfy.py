@@ -74,8 +74,9 @@ def call_hook(node_class: type, hook: str, inputs: dict, hidden: dict) -> Any:
     return function(**{k: v for k, v in every.items() if spec.varkw or k in spec.args})
 
 
-def comfy_execute(prompt: dict, extra: dict | None = None,
-                  mappings: dict[str, type] = NODE_CLASS_MAPPINGS) -> dict[str, Any]:
+def comfy_execute(
+    prompt: dict, extra: dict | None = None, mappings: dict[str, type] = NODE_CLASS_MAPPINGS
+) -> dict[str, Any]:
     """Validate, then run every node in dependency order, as ComfyUI does; returns each node's ui."""
     dag = nx.DiGraph()
     for node_id, node in prompt.items():
@@ -93,8 +94,9 @@ def comfy_execute(prompt: dict, extra: dict | None = None,
             if hasattr(node_class, "IS_CHANGED"):
                 changed = call_hook(node_class, "IS_CHANGED", node["inputs"], hidden)
                 assert not (isinstance(changed, float) and math.isnan(changed)), node_id
-            inputs = {name: outputs[value[0]][value[1]] if is_link(value) else value
-                      for name, value in node["inputs"].items()}
+            inputs = {
+                name: outputs[value[0]][value[1]] if is_link(value) else value for name, value in node["inputs"].items()
+            }
             returned = getattr(node_class(), node_class.FUNCTION)(**inputs, **hidden)
             outputs[node_id] = tuple(returned.get("result", ())) if isinstance(returned, dict) else returned
             uis[node_id] = returned.get("ui") if isinstance(returned, dict) else None
@@ -118,12 +120,19 @@ def test_listing_the_nodes_in_comfyui_points_them_at_its_folders_and_brings_the_
     choices, options = NODE_CLASS_MAPPINGS["NSTLoadImage"].INPUT_TYPES()["required"]["image"]
     samples = sorted(p.name for p in SAMPLES_FOLDER.iterdir())
     assert sorted(p.name for p in (comfy.input / "nst-samples").iterdir()) == samples != []
-    assert choices == ["mine.png", "nst-samples/shipwreck.jpg", "nst-samples/starry_night.jpg", "nst-samples/tubingen.jpg",
-                       "nst-samples/tubingen_sky.png"]
+    assert choices == [
+        "mine.png",
+        "nst-samples/shipwreck.jpg",
+        "nst-samples/starry_night.jpg",
+        "nst-samples/tubingen.jpg",
+        "nst-samples/tubingen_sky.png",
+    ]
     assert options["image_upload"] is True and options["default"] in choices
 
 
-def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_viewable_results(comfy: ComfyStandIns) -> None:
+def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_viewable_results(
+    comfy: ComfyStandIns,
+) -> None:
     workflow = {"nodes": [], "links": [], "version": 0.4}
     uis = comfy_execute(small_graph(), extra={"workflow": workflow})
     assert [(value, total) for value, total, _ in comfy.updates] == [(1, 3), (2, 3), (3, 3)]
@@ -136,7 +145,10 @@ def test_the_shipped_graph_runs_as_comfyui_runs_it_with_progress_previews_and_vi
     assert uis["19"] == {"images": [{"filename": "gatys_history.png", "subfolder": "", "type": "output"}]}
     with Image.open(comfy.output / "gatys.png") as saved:  # where ComfyUI's /view looks for it
         assert json.loads(saved.text["workflow"]) == workflow and json.loads(saved.text["prompt"])["17"]
-    with Image.open(comfy.output / "gatys.png") as saved, Image.open(comfy.input / "nst-samples" / "tubingen.jpg") as photo:
+    with (
+        Image.open(comfy.output / "gatys.png") as saved,
+        Image.open(comfy.input / "nst-samples" / "tubingen.jpg") as photo,
+    ):
         assert saved.size == (64, 48) and photo.size == (1024, 768)
 
 
@@ -189,13 +201,27 @@ def test_a_users_own_custom_node_keeps_files_inside_comfyuis_output_folder(
         ("NSTLoadImage", {"image": "/etc/hostname"}, "is outside the input folder"),
         ("NSTLoadImage", {"image": "pipe.png"}, "is a FIFO, not a file"),
         ("NSTVGG19", {"weights": "/etc/hostname", "pooling": "max"}, "is outside the input folder"),
-        ("NSTSaveImage", {"image": ["16", 0], "filename_prefix": "../../x", "format": "png", "overwrite": True},
-         "is outside the output folder"),
-        ("NSTSaveImage", {"image": ["16", 0], "filename_prefix": "/tmp/x", "format": "png", "overwrite": True},
-         "is outside the output folder"),
-        ("NSTResizeImage", {"image": ["1", 0], "mode": "long_side", "size": 100000}, "size: 100000 is outside 8..16384"),
+        (
+            "NSTSaveImage",
+            {"image": ["16", 0], "filename_prefix": "../../x", "format": "png", "overwrite": True},
+            "is outside the output folder",
+        ),
+        (
+            "NSTSaveImage",
+            {"image": ["16", 0], "filename_prefix": "/tmp/x", "format": "png", "overwrite": True},
+            "is outside the output folder",
+        ),
+        (
+            "NSTResizeImage",
+            {"image": ["1", 0], "mode": "long_side", "size": 100000},
+            "size: 100000 is outside 8..16384",
+        ),
         ("NSTResizeImage", {"image": ["1", 0], "mode": "sideways", "size": 64}, "mode: 'sideways' is not one of"),
-        ("NSTVGG19", {"weights": "caffe", "pooling": "max", "preprocessing": "odd"}, "preprocessing: 'odd' is not one of"),
+        (
+            "NSTVGG19",
+            {"weights": "caffe", "pooling": "max", "preprocessing": "odd"},
+            "preprocessing: 'odd' is not one of",
+        ),
         ("NSTStyleLoss", {"target": ["10", 0], "weight": float("nan")}, "weight: nan is not a finite number"),
         ("NSTTVLoss", {"weight": -1.0}, "weight: -1.0 is not a finite number between 0 and 1e+12"),
     ],

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_overrides
 from PIL import Image
 
+from graphrun import Folders, NodeExecutionError, run
 from nst_nodes.color import rgb_to_yiq
 from nst_nodes.image import load_image, resize_image
 from nst_nodes.metrics import quality
-from graphrun import Folders, NodeExecutionError, run
-from conftest import small_overrides
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
 SAMPLES = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
@@ -22,8 +22,13 @@ SAMPLES = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
 
 def tiny_run(name: str, tmp_path: Path, reporter=None, **overrides) -> Path:
     """Run a shipped graph with every side divided by 8 and 2 optimizer steps; returns the output folder."""
-    run(GRAPHS / f"{name}.json", device="cpu", overrides={**small_overrides(name, shrink=8, steps=2), **overrides},
-        reporter=reporter, folders=Folders(output=tmp_path / "output"))
+    run(
+        GRAPHS / f"{name}.json",
+        device="cpu",
+        overrides={**small_overrides(name, shrink=8, steps=2), **overrides},
+        reporter=reporter,
+        folders=Folders(output=tmp_path / "output"),
+    )
     return tmp_path / "output"
 
 

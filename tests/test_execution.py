@@ -70,7 +70,10 @@ def test_tensors_survive_the_disk_round_trip(tmp_path: Path, reporter) -> None:
 def test_editing_an_input_file_invalidates(tmp_path: Path, reporter) -> None:
     text = tmp_path / "words.txt"
     text.write_text("one")
-    graph = {"1": {"class_type": "ReadText", "inputs": {"path": str(text)}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    graph = {
+        "1": {"class_type": "ReadText", "inputs": {"path": str(text)}},
+        "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}},
+    }
     run_chain(later_process(tmp_path), reporter, graph=graph)
     unchanged = type(reporter)()
     run_chain(later_process(tmp_path), unchanged, graph=graph)
@@ -114,7 +117,10 @@ def test_only_runs_what_the_named_nodes_need(tmp_path: Path, reporter) -> None:
 
 
 def test_memory_only_node_is_not_written_to_disk(tmp_path: Path, reporter) -> None:
-    graph = {"1": {"class_type": "Opaque", "inputs": {"seed": 1}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    graph = {
+        "1": {"class_type": "Opaque", "inputs": {"seed": 1}},
+        "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}},
+    }
     cache = later_process(tmp_path)
     run_chain(cache, reporter, graph=graph)
     assert len(cache.entries()) == 1  # only Show's result
@@ -187,7 +193,9 @@ def test_code_version_follows_the_node_source(tmp_path: Path, monkeypatch: pytes
     assert code_version(fake_nodes.Number) == code_version(fake_nodes.Number)
 
 
-def test_a_failed_cache_write_warns_once_and_keeps_the_results(tmp_path: Path, reporter, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_cache_write_warns_once_and_keeps_the_results(
+    tmp_path: Path, reporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_open = os.open
 
     def full_disk(path: object, flags: int, *args: object) -> int:
@@ -214,17 +222,22 @@ def test_a_chain_of_thousands_of_nodes_runs_without_recursion(tmp_path: Path, re
 
 
 def test_a_cycle_outside_the_requested_outputs_does_not_matter(tmp_path: Path, reporter) -> None:
-    graph = {**CHAIN, "8": {"class_type": "Add", "inputs": {"a": ["9", 0], "b": 1}},
-             "9": {"class_type": "Add", "inputs": {"a": ["8", 0], "b": 1}}}
+    graph = {
+        **CHAIN,
+        "8": {"class_type": "Add", "inputs": {"a": ["9", 0], "b": 1}},
+        "9": {"class_type": "Add", "inputs": {"a": ["8", 0], "b": 1}},
+    }
     assert run_chain(Cache(None), reporter, graph=graph, outputs=["3"]) == {"3": (13.0,)}
 
 
 def test_an_is_changed_of_nan_reruns_the_node_and_its_descendants_every_time(tmp_path: Path, reporter) -> None:
-    graph = {"1": {"class_type": "Volatile", "inputs": {"value": 4}},
-             "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1}},
-             "3": {"class_type": "Number", "inputs": {"value": 2}},
-             "4": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": ["3", 0]}},
-             "5": {"class_type": "Show", "inputs": {"value": ["4", 0]}}}
+    graph = {
+        "1": {"class_type": "Volatile", "inputs": {"value": 4}},
+        "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1}},
+        "3": {"class_type": "Number", "inputs": {"value": 2}},
+        "4": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": ["3", 0]}},
+        "5": {"class_type": "Show", "inputs": {"value": ["4", 0]}},
+    }
     cache = later_process(tmp_path)
     run_chain(cache, reporter, graph=graph)
     again = type(reporter)()
@@ -234,7 +247,10 @@ def test_an_is_changed_of_nan_reruns_the_node_and_its_descendants_every_time(tmp
 
 
 def test_a_failing_is_changed_warns_and_reruns(tmp_path: Path, reporter) -> None:
-    graph = {"1": {"class_type": "Crashing", "inputs": {"text": "12"}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    graph = {
+        "1": {"class_type": "Crashing", "inputs": {"text": "12"}},
+        "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}},
+    }
     run_chain(later_process(tmp_path), reporter, graph=graph)
     again = type(reporter)()
     run_chain(later_process(tmp_path), again, graph=graph)
@@ -243,8 +259,10 @@ def test_a_failing_is_changed_warns_and_reruns(tmp_path: Path, reporter) -> None
 
 def test_an_output_node_reruns_when_its_file_is_missing_or_changed(tmp_path: Path, reporter) -> None:
     folders = Folders(output=tmp_path / "out")
-    graph = {"1": {"class_type": "Number", "inputs": {"value": 7}},
-             "2": {"class_type": "WriteText", "inputs": {"value": ["1", 0], "name": "seven.txt"}}}
+    graph = {
+        "1": {"class_type": "Number", "inputs": {"value": 7}},
+        "2": {"class_type": "WriteText", "inputs": {"value": ["1", 0], "name": "seven.txt"}},
+    }
     run_chain(later_process(tmp_path), reporter, graph=graph, folders=folders)
     written = tmp_path / "out" / "seven.txt"
     assert written.read_text() == "7" and reporter.files["2"] == [written]
@@ -261,8 +279,10 @@ def test_an_output_node_reruns_when_its_file_is_missing_or_changed(tmp_path: Pat
 
 @pytest.mark.parametrize("stored", [(1, 2), ("not a tensor", "ones")])
 def test_an_entry_that_does_not_fit_the_declared_outputs_is_discarded(tmp_path: Path, reporter, stored) -> None:
-    graph = {"1": {"class_type": "Vector", "inputs": {"length": 2, "scale": 1.0, "kind": "ones"}},
-             "2": {"class_type": "Total", "inputs": {"tensor": ["1", 0]}}}
+    graph = {
+        "1": {"class_type": "Vector", "inputs": {"length": 2, "scale": 1.0, "kind": "ones"}},
+        "2": {"class_type": "Total", "inputs": {"tensor": ["1", 0]}},
+    }
     run_chain(later_process(tmp_path), reporter, graph=graph)
     cache = later_process(tmp_path)
     execution_key = next(p.name[:-6] for p in cache.entries() if cache.lookup(p.name[:-6]).outputs[1:] == ("ones",))
@@ -276,8 +296,10 @@ def test_an_entry_that_does_not_fit_the_declared_outputs_is_discarded(tmp_path: 
 
 
 def test_the_memory_cache_keeps_within_its_byte_budget_least_recently_used_first(tmp_path: Path, reporter) -> None:
-    graph = {str(i): {"class_type": "Vector", "inputs": {"length": 1000, "scale": float(i), "kind": "ones"}}
-             for i in range(1, 6)}  # 4000 bytes of tensor each
+    graph = {
+        str(i): {"class_type": "Vector", "inputs": {"length": 1000, "scale": float(i), "kind": "ones"}}
+        for i in range(1, 6)
+    }  # 4000 bytes of tensor each
     cache = Cache(None, memory_bytes=12_000)
     run_chain(cache, reporter, graph=graph, outputs=list(graph))
     assert 8_000 < cache.memory_held <= 12_000
@@ -287,7 +309,9 @@ def test_the_memory_cache_keeps_within_its_byte_budget_least_recently_used_first
 
 
 def test_the_python_api_checks_its_arguments(tmp_path: Path, reporter, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(TypeError, match=r"outputs must be a list of node ids, not the string '3'; did you mean \['3'\]"):
+    with pytest.raises(
+        TypeError, match=r"outputs must be a list of node ids, not the string '3'; did you mean \['3'\]"
+    ):
         run_chain(Cache(None), reporter, outputs="3")
     with pytest.raises(TypeError, match="recompute must be a list of node ids, not the string '15'"):
         run_chain(Cache(None), reporter, recompute="15")
@@ -301,7 +325,9 @@ def test_the_python_api_checks_its_arguments(tmp_path: Path, reporter, monkeypat
         run(CHAIN, registry=REGISTRY, device="cpu", reporter=object())
     with pytest.raises(TypeError, match="a graph is a file path or a dict, not int"):
         run(5, registry=REGISTRY, device="cpu")
-    assert run({3: {"class_type": "Number", "inputs": {"value": 2}}}, registry=REGISTRY, device="cpu", outputs=[3]) == {"3": (2,)}
+    assert run({3: {"class_type": "Number", "inputs": {"value": 2}}}, registry=REGISTRY, device="cpu", outputs=[3]) == {
+        "3": (2,)
+    }
     monkeypatch.setenv("HOME", str(tmp_path))
     assert Cache("~/.cache/nst-nodes").directory == tmp_path / ".cache" / "nst-nodes"
     with pytest.raises(ValueError, match="memory_bytes"):
@@ -311,9 +337,11 @@ def test_the_python_api_checks_its_arguments(tmp_path: Path, reporter, monkeypat
 def test_a_stop_request_at_the_last_step_keeps_the_whole_result(tmp_path: Path, reporter) -> None:
     stop = threading.Event()
     reporter.stop_at = ("2", 10, stop)
-    graph = {"1": {"class_type": "Number", "inputs": {"value": 1}},
-             "2": {"class_type": "Countdown", "inputs": {"start": ["1", 0], "steps": 10}},
-             "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    graph = {
+        "1": {"class_type": "Number", "inputs": {"value": 1}},
+        "2": {"class_type": "Countdown", "inputs": {"start": ["1", 0], "steps": 10}},
+        "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
+    }
     with pytest.raises(RunInterrupted) as caught:
         run_chain(later_process(tmp_path), reporter, graph=graph, stop=stop)
     assert reporter.partial == [] and sorted(reporter.ran) == ["1", "2"] and caught.value.skipped == ["3"]
@@ -328,14 +356,25 @@ def test_an_executor_drives_the_step_api(tmp_path: Path) -> None:
     from graphrun import Execution, load_graph, plan
     from graphrun.reporting import SilentReporter
 
-    graph = load_graph({
-        "1": {"class_type": "Number", "inputs": {"value": 2}},
-        "2": {"class_type": "Number", "inputs": {"value": 3}},
-        "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
-        "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
-    }, registry=REGISTRY)
-    execution = Execution(graph, REGISTRY, plan(graph, REGISTRY), Cache(None), "cpu", Folders(output=tmp_path),
-                          threading.Event(), SilentReporter())
+    graph = load_graph(
+        {
+            "1": {"class_type": "Number", "inputs": {"value": 2}},
+            "2": {"class_type": "Number", "inputs": {"value": 3}},
+            "3": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": ["2", 0]}},
+            "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+        },
+        registry=REGISTRY,
+    )
+    execution = Execution(
+        graph,
+        REGISTRY,
+        plan(graph, REGISTRY),
+        Cache(None),
+        "cpu",
+        Folders(output=tmp_path),
+        threading.Event(),
+        SilentReporter(),
+    )
     execution.prepare()
     assert execution.ready() == ["1", "2"] and execution.ready() == []
     execution.complete("1", execution.compute("1"))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from graphrun import Folders, RunnerHost
 from nst_nodes.files import FileRuleError, check_writable, input_path, output_paths, output_stem, write_atomically
 from nst_nodes.host import Host, LocalHost
-from graphrun import Folders, RunnerHost
 
 
 def host(tmp_path: Path, confined: bool) -> RunnerHost:

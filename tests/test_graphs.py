@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_graph, small_overrides
 from PIL import Image
 
 from graphrun import (
@@ -26,7 +27,6 @@ from graphrun import (
     validate,
 )
 from nst_nodes.app import main
-from conftest import small_graph, small_overrides
 
 GRAPHS = sorted((Path(__file__).resolve().parent.parent / "graphs").glob("*.json"))
 
@@ -38,7 +38,9 @@ TINY = small_overrides()
 def tiny_run(tmp_path: Path, **kwargs: object) -> dict:
     """graphs/gatys.json at 64 px, writing into ``tmp_path/output``."""
     overrides = {**TINY, **kwargs.pop("overrides", {})}
-    return run("graphs/gatys.json", device="cpu", overrides=overrides, folders=Folders(output=tmp_path / "output"), **kwargs)
+    return run(
+        "graphs/gatys.json", device="cpu", overrides=overrides, folders=Folders(output=tmp_path / "output"), **kwargs
+    )
 
 
 @pytest.mark.parametrize("path", GRAPHS, ids=lambda p: p.name)
@@ -106,7 +108,9 @@ def bad_graph(tmp_path: Path, **changes: object) -> dict:
         ({"1__image": "nst-samples/\x00.jpg"}, "1", "contains a NUL character"),
     ],
 )
-def test_bad_inputs_are_validation_errors_naming_node_and_input(tmp_path: Path, changes, node_id, text, reporter) -> None:
+def test_bad_inputs_are_validation_errors_naming_node_and_input(
+    tmp_path: Path, changes, node_id, text, reporter
+) -> None:
     with pytest.raises(GraphValidationError) as caught:
         run(bad_graph(tmp_path, **changes), device="cpu", reporter=reporter)
     messages = [str(e) for e in caught.value.errors]
@@ -130,8 +134,11 @@ def test_features_refuse_a_tensor_normalized_for_another_model(tmp_path: Path) -
 
 
 def test_an_image_too_small_for_the_deepest_layer_is_refused_before_the_network_runs(tmp_path: Path) -> None:
-    with pytest.raises(NodeExecutionError, match=r"node 9 \(NSTFeatures\) failed: ValueError: tensor: a 8x5 image "
-                                                 r"is too small for layer relu5_1, which needs at least 16x16 px"):
+    with pytest.raises(
+        NodeExecutionError,
+        match=r"node 9 \(NSTFeatures\) failed: ValueError: tensor: a 8x5 image "
+        r"is too small for layer relu5_1, which needs at least 16x16 px",
+    ):
         tiny_run(tmp_path, overrides={"4.size": 40})
 
 
@@ -140,7 +147,9 @@ def test_work_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path: P
     with pytest.raises(NodeExecutionError) as caught:
         tiny_run(tmp_path, overrides={"3.size": 2048, "4.size": 64 * 64})
     message = str(caught.value)
-    assert message.startswith("node 8 (NSTFeatures) failed: MemoryError: tensor: a network pass at 2048x1536 needs about")
+    assert message.startswith(
+        "node 8 (NSTFeatures) failed: MemoryError: tensor: a network pass at 2048x1536 needs about"
+    )
     assert "would fit, also for optimizing it), or set NST_MEMORY_CHECK=0" in message
     assert "but cpu has 0.2 GiB available; use a smaller size (about" in message
 
@@ -169,16 +178,29 @@ def test_cli_run_and_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert info["NSTOptimize"]["output"] == ["NST_TENSOR", "NST_HISTORY"] and info["NSTSaveImage"]["output_node"]
 
 
-@pytest.mark.parametrize(("signal_number", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+@pytest.mark.parametrize(
+    ("signal_number", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
+)
 def test_a_signal_stops_the_optimizer_saves_the_best_image_so_far_and_caches_none_of_it(
     tmp_path: Path, signal_number: int, code: int, name: str
 ) -> None:
     cache_dir, output = tmp_path / "cache", tmp_path / "output"
     sets = cli_sets({**TINY, "15.steps": 100000})
     process = subprocess.Popen(
-        [sys.executable, "-m", "nst_nodes", "run", "graphs/gatys.json", *sets, "--cache-dir", str(cache_dir),
-         "--output-dir", str(output)],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "nst_nodes",
+            "run",
+            "graphs/gatys.json",
+            *sets,
+            "--cache-dir",
+            str(cache_dir),
+            "--output-dir",
+            str(output),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert process.stderr is not None
     for line in process.stderr:
@@ -193,7 +215,9 @@ def test_a_signal_stops_the_optimizer_saves_the_best_image_so_far_and_caches_non
     assert f"-> {output / 'gatys.png'}" in remaining and f"stopped by {name}:" in remaining
     with Image.open(output / "gatys.png") as picture:
         assert picture.size == (64, 48)
-    assert len(list(cache_dir.glob("*/*.entry"))) == 9  # everything before the optimizer but the model and the losses (memory-only)
+    assert (
+        len(list(cache_dir.glob("*/*.entry"))) == 9
+    )  # everything before the optimizer but the model and the losses (memory-only)
 
 
 @pytest.mark.parametrize("name", ["gatys", "blend", "colors", "regions", "styles", "hires"])
@@ -205,10 +229,14 @@ def test_every_example_workflow_is_its_shipped_graph(name: str) -> None:
 
 
 def saved_with_the_former_id(text: str) -> str:
-    """A graph or editor workflow as saved while Style Statistics was NSTGramMatrices with a NST_GRAMS output "grams"."""
-    return (text.replace("NSTStyleStatistics", "NSTGramMatrices").replace("NST_STYLE_STATISTICS", "NST_GRAMS")
-            .replace('"name": "statistics"', '"name": "grams"').replace('"localized_name": "statistics"',
-                                                                     '"localized_name": "grams"'))
+    """A graph or editor workflow as saved while Style Statistics was NSTGramMatrices with a NST_GRAMS output
+    "grams"."""
+    return (
+        text.replace("NSTStyleStatistics", "NSTGramMatrices")
+        .replace("NST_STYLE_STATISTICS", "NST_GRAMS")
+        .replace('"name": "statistics"', '"name": "grams"')
+        .replace('"localized_name": "statistics"', '"localized_name": "grams"')
+    )
 
 
 def test_a_graph_saved_with_the_former_id_of_style_statistics_still_validates_and_runs(reporter) -> None:
@@ -251,7 +279,10 @@ def tiny_workflow(tmp_path: Path) -> Path:
 
 def test_an_editor_workflow_runs_from_the_cli_like_its_graph_and_embeds_itself(tmp_path: Path, capsys) -> None:
     cache = str(tmp_path / "cache")
-    assert main(["run", "graphs/gatys.json", *cli_sets(TINY), "--cache-dir", cache, "--output-dir", str(tmp_path / "a")]) == 0
+    assert (
+        main(["run", "graphs/gatys.json", *cli_sets(TINY), "--cache-dir", cache, "--output-dir", str(tmp_path / "a")])
+        == 0
+    )
     capsys.readouterr()
     workflow = tiny_workflow(tmp_path)
     assert main(["run", str(workflow), "--cache-dir", cache, "--output-dir", str(tmp_path / "b")]) == 0
@@ -259,7 +290,10 @@ def test_an_editor_workflow_runs_from_the_cli_like_its_graph_and_embeds_itself(t
     # The same prompt, so the same keys: only the files missing from the new folder are written.
     assert "[16] NSTDenormalize: cached" in log and "NSTOptimize" not in log and "[17] NSTSaveImage: ran" in log
     assert main(["run", str(workflow), "--no-cache", "--output-dir", str(tmp_path / "c")]) == 0
-    with Image.open(tmp_path / "a" / "gatys.png") as graph_image, Image.open(tmp_path / "c" / "gatys.png") as editor_image:
+    with (
+        Image.open(tmp_path / "a" / "gatys.png") as graph_image,
+        Image.open(tmp_path / "c" / "gatys.png") as editor_image,
+    ):
         assert np.array_equal(np.asarray(graph_image), np.asarray(editor_image))
         assert json.loads(editor_image.text["workflow"])["nodes"] == json.loads(workflow.read_text())["nodes"]
         assert json.loads(editor_image.text["prompt"]) == json.loads(graph_image.text["prompt"])
@@ -281,7 +315,10 @@ def test_no_traceback_reaches_the_user(tmp_path: Path, capsys, monkeypatch) -> N
 
     monkeypatch.setattr("graphrun.cli.run", broken)
     assert main(["run", "graphs/gatys.json", "--no-cache"]) == 1
-    assert capsys.readouterr().err == "error: unexpected RuntimeError: something nobody foresaw (GRAPHRUN_DEBUG=1 shows where)\n"
+    assert (
+        capsys.readouterr().err
+        == "error: unexpected RuntimeError: something nobody foresaw (GRAPHRUN_DEBUG=1 shows where)\n"
+    )
     (tmp_path / "bad.json").write_text("{")
     assert main(["validate", str(tmp_path / "bad.json"), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "invalid_prompt"
@@ -291,24 +328,62 @@ def test_bad_output_destinations_fail_validation_not_the_save_after_the_work(tmp
     (tmp_path / "afile").write_text("x")
     assert main(["validate", "graphs/gatys.json", "--output-dir", str(tmp_path / "afile")]) == 2
     assert "node 17 (NSTSaveImage): filename_prefix: " in capsys.readouterr().err
-    assert main(["validate", "graphs/gatys.json", "--set", "17.filename_prefix=afile/x", "--output-dir", str(tmp_path)]) == 2
+    assert (
+        main(["validate", "graphs/gatys.json", "--set", "17.filename_prefix=afile/x", "--output-dir", str(tmp_path)])
+        == 2
+    )
     assert "is a file, so the folder" in capsys.readouterr().err
 
 
 def test_a_closed_console_silences_the_run_but_never_stops_it(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "nst_nodes", "run", "graphs/gatys.json", *cli_sets(TINY), "--no-cache",
-               "--output-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "nst_nodes",
+        "run",
+        "graphs/gatys.json",
+        *cli_sets(TINY),
+        "--no-cache",
+        "--output-dir",
+        str(tmp_path),
+    ]
     finished = subprocess.run(command, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2), timeout=120)
     assert finished.returncode == 0 and (tmp_path / "gatys.png").exists()
 
 
 def test_quiet_runs_still_write_previews_and_json_reports_node_failures(tmp_path: Path, capsys) -> None:
     preview = tmp_path / "p.png"
-    assert main(["run", "graphs/gatys.json", *cli_sets(TINY), "--no-cache", "--quiet", "--preview", str(preview),
-                 "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "graphs/gatys.json",
+                *cli_sets(TINY),
+                "--no-cache",
+                "--quiet",
+                "--preview",
+                str(preview),
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert preview.exists() and capsys.readouterr().err == ""
-    assert main(["run", "graphs/gatys.json", *cli_sets({**TINY, "4.size": 40}), "--no-cache", "--json",
-                 "--output-dir", str(tmp_path)]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "graphs/gatys.json",
+                *cli_sets({**TINY, "4.size": 40}),
+                "--no-cache",
+                "--json",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["error"]["type"] == "execution_error" and report["error"]["node_id"] == "9"
 
@@ -319,7 +394,9 @@ def test_odd_requests_get_clear_answers(tmp_path: Path, capsys) -> None:
     dotted = json.loads(Path("graphs/gatys.json").read_text())
     dotted["opt.main"] = dotted.pop("15")
     for node in dotted.values():
-        node["inputs"] = {k: ["opt.main", v[1]] if isinstance(v, list) and v[0] == "15" else v for k, v in node["inputs"].items()}
+        node["inputs"] = {
+            k: ["opt.main", v[1]] if isinstance(v, list) and v[0] == "15" else v for k, v in node["inputs"].items()
+        }
     path = tmp_path / "dotted.json"
     path.write_text(json.dumps(dotted))
     assert main(["validate", str(path), "--set", "opt.main.steps=0"]) == 2
@@ -328,9 +405,13 @@ def test_odd_requests_get_clear_answers(tmp_path: Path, capsys) -> None:
 
 def test_a_huge_cycle_reports_briefly_in_text_and_fully_in_json(tmp_path: Path, capsys) -> None:
     count = 300
-    graph = {str(i): {"class_type": "NSTCombineLosses", "inputs": {"loss_1": [str((i + 1) % count), 0],
-                                                                     "loss_2": [str((i + 1) % count), 0]}}
-             for i in range(count)}
+    graph = {
+        str(i): {
+            "class_type": "NSTCombineLosses",
+            "inputs": {"loss_1": [str((i + 1) % count), 0], "loss_2": [str((i + 1) % count), 0]},
+        }
+        for i in range(count)
+    }
     path = tmp_path / "cycle.json"
     path.write_text(json.dumps(graph))
     assert main(["validate", str(path), "--only", "0"]) == 2
@@ -341,8 +422,9 @@ def test_a_huge_cycle_reports_briefly_in_text_and_fully_in_json(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("setting", ["NST_CONV=bogus", "NST_MEMORY_CHECK=banana", "NST_MAX_IMAGE_PIXELS=lots"])
-def test_a_bad_environment_setting_is_refused_before_anything_runs(setting: str, tmp_path: Path, capsys,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_environment_setting_is_refused_before_anything_runs(
+    setting: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name, value = setting.split("=")
     monkeypatch.setenv(name, value)
     assert main(["run", "graphs/gatys.json", "--no-cache", "--output-dir", str(tmp_path)]) == 2

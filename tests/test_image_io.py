@@ -93,6 +93,7 @@ def test_sixteen_bit_rgb_reads_to_within_one_eight_bit_level(tmp_path: Path) -> 
 
 def png(width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes]) -> bytes:
     """A PNG file made by hand, so its header can claim anything."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -106,7 +107,11 @@ def test_decoded_pixels_are_limited_from_the_header(tmp_path: Path, width: int, 
     path = tmp_path / "bomb.png"
     path.write_bytes(png(width, height, 1, 0, rows=[b"\x00" * (width // 8)]))  # a few KB claiming a huge image
     for read in (probe_image, load_image):
-        with pytest.raises(ValueError, match=r"bomb.png: .*(could be decompression bomb|more than the limit of 64 megapixels).*NST_MAX_IMAGE_PIXELS"):
+        with pytest.raises(
+            ValueError,
+            match=r"bomb.png: .*(could be decompression bomb|more than the limit of 64 megapixels)"
+            r".*NST_MAX_IMAGE_PIXELS",
+        ):
             read(path)
 
 
@@ -114,7 +119,9 @@ def test_the_pixel_limit_has_an_override(tmp_path: Path, monkeypatch: pytest.Mon
     path = tmp_path / "small.png"
     Image.new("RGB", (40, 30)).save(path)
     monkeypatch.setenv("NST_MAX_IMAGE_PIXELS", "1000")
-    with pytest.raises(ValueError, match="40x30 is 0.0012 megapixels, more than the limit of 0.001 megapixels.*NST_MAX_IMAGE_PIXELS"):
+    with pytest.raises(
+        ValueError, match="40x30 is 0.0012 megapixels, more than the limit of 0.001 megapixels.*NST_MAX_IMAGE_PIXELS"
+    ):
         load_image(path)
     for wrong in ("inf", "1e3", "-5"):
         monkeypatch.setenv("NST_MAX_IMAGE_PIXELS", wrong)
@@ -131,7 +138,11 @@ def test_only_regular_files_are_opened(tmp_path: Path, kind: str) -> None:
         path.mkdir()
     else:
         path = Path("/dev/zero")
-    with pytest.raises(FileRuleError, match=f"is a {'device or socket' if kind == 'device' else kind.upper() if kind == 'fifo' else 'folder'}, not a file"):
+    with pytest.raises(
+        FileRuleError,
+        match=f"is a {'device or socket' if kind == 'device' else kind.upper() if kind == 'fifo' else 'folder'}, "
+        "not a file",
+    ):
         probe_image(path)
 
 
@@ -168,8 +179,13 @@ def test_save_embeds_the_graph_and_the_workflow_and_writes_whole_files(tmp_path:
 
 
 def test_plot_history_draws_every_term_on_a_log_scale() -> None:
-    history = {"method": "lbfgs", "steps": 3, "loss": [1e6, 1e4, 1e3, 5e2], "content": [0.0, 10.0, 20.0, 30.0],
-               "style": [1e6, 9e3, 8e2, 4e2]}
+    history = {
+        "method": "lbfgs",
+        "steps": 3,
+        "loss": [1e6, 1e4, 1e3, 5e2],
+        "content": [0.0, 10.0, 20.0, 30.0],
+        "style": [1e6, 9e3, 8e2, 4e2],
+    }
     plot = plot_history(history, width=320, height=200)
     assert plot.shape == (1, 200, 320, 3) and plot.dtype == torch.float32
     pixels = (plot[0] * 255).round().to(torch.uint8).reshape(-1, 3)
@@ -188,5 +204,7 @@ def test_environment_integers_name_the_variable_and_a_valid_setting(monkeypatch:
     assert environment_int("NST_TEST_INT", 5) == 7
     for wrong in ("0", "-3", "1.5", "lots"):
         monkeypatch.setenv("NST_TEST_INT", wrong)
-        with pytest.raises(ValueError, match=f"NST_TEST_INT='{wrong}' must be a whole number of at least 1, e.g. NST_TEST_INT=5"):
+        with pytest.raises(
+            ValueError, match=f"NST_TEST_INT='{wrong}' must be a whole number of at least 1, e.g. NST_TEST_INT=5"
+        ):
             environment_int("NST_TEST_INT", 5)

@@ -39,8 +39,9 @@ def test_the_winner_is_timed_once_and_remembered_across_processes(tmp_path: Path
     assert len(timings) == 2
 
 
-def test_another_machine_times_again_and_calibrate_forgets(tmp_path: Path, timings: list,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_another_machine_times_again_and_calibrate_forgets(
+    tmp_path: Path, timings: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
     file = tmp_path / "kernels.json"
     kernels.KernelChooser(file).choose(SHAPE, kernels.PATHS)
     monkeypatch.setattr(kernels, "machine", lambda: {"cpu": "another", "flags": "", "threads": "1", "torch": "x"})
@@ -90,11 +91,15 @@ def test_two_processes_calibrating_side_by_side_keep_each_others_choices(tmp_pat
 
 
 def test_two_processes_timing_one_shape_at_once_both_run_the_first_stored_choice(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Batch workers must run the same kernels, or the same item gives other pixels on another worker."""
     winners = iter(["direct", "winograd", "channels_last"])
-    monkeypatch.setattr(kernels, "time_paths", lambda shape, paths: {
-        path: 0.001 if path == winner else 0.002 for winner in [next(winners)] for path in paths})
+    monkeypatch.setattr(
+        kernels,
+        "time_paths",
+        lambda shape, paths: {path: 0.001 if path == winner else 0.002 for winner in [next(winners)] for path in paths},
+    )
     monkeypatch.delenv("NST_CONV", raising=False)
     file = tmp_path / "kernels.json"
     first, second = kernels.KernelChooser(file), kernels.KernelChooser(file)
@@ -112,15 +117,20 @@ def test_large_layers_share_the_choice_of_their_capped_shape(tmp_path: Path, tim
     assert timings == [(64, 64, 512, 512)] and list(chooser.choices) == ["64>64@256x256"]
 
 
-@pytest.mark.parametrize("damage", [
-    lambda key: {key: {"choices": {"64>128@32x48": {"path": "direct", "seconds": "x"}}}},
-    lambda key: {key: {"choices": ["a list where a dict belongs"]}},
-    lambda key: {key: []},
-    lambda key: "[" * 100_000,
-    lambda key: "{not json",
-], ids=["seconds-a-string", "choices-a-list", "machine-a-list", "nested-100000-deep", "not-json"])
-def test_a_damaged_file_is_a_miss_with_one_warning_then_rewritten(damage, tmp_path: Path, timings: list,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda key: {key: {"choices": {"64>128@32x48": {"path": "direct", "seconds": "x"}}}},
+        lambda key: {key: {"choices": ["a list where a dict belongs"]}},
+        lambda key: {key: []},
+        lambda key: "[" * 100_000,
+        lambda key: "{not json",
+    ],
+    ids=["seconds-a-string", "choices-a-list", "machine-a-list", "nested-100000-deep", "not-json"],
+)
+def test_a_damaged_file_is_a_miss_with_one_warning_then_rewritten(
+    damage, tmp_path: Path, timings: list, caplog: pytest.LogCaptureFixture
+) -> None:
     file = tmp_path / "kernels.json"
     content = damage(kernels.machine_key(kernels.machine()))
     file.write_text(content if isinstance(content, str) else json.dumps(content))
@@ -128,14 +138,18 @@ def test_a_damaged_file_is_a_miss_with_one_warning_then_rewritten(damage, tmp_pa
     assert chooser.choose(SHAPE, kernels.PATHS) == "direct"
     assert chooser.choose((128, 64, 32, 48), kernels.PATHS) == "channels_last"
     assert [record.getMessage() for record in caplog.records if str(file) in record.getMessage()] == [
-        record.getMessage() for record in caplog.records] and len(caplog.records) == 1
+        record.getMessage() for record in caplog.records
+    ] and len(caplog.records) == 1
     stored = json.loads(file.read_text())[chooser.key]["choices"]
-    assert {shape: entry["path"] for shape, entry in stored.items()} == {"64>128@32x48": "direct",
-                                                                        "128>64@32x48": "channels_last"}
+    assert {shape: entry["path"] for shape, entry in stored.items()} == {
+        "64>128@32x48": "direct",
+        "128>64@32x48": "channels_last",
+    }
 
 
-def test_a_folder_in_the_files_place_warns_once_and_leaves_no_litter(tmp_path: Path, timings: list,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_folder_in_the_files_place_warns_once_and_leaves_no_litter(
+    tmp_path: Path, timings: list, caplog: pytest.LogCaptureFixture
+) -> None:
     file = tmp_path / "kernels.json"
     file.mkdir()
     chooser = kernels.KernelChooser(file)
@@ -145,8 +159,9 @@ def test_a_folder_in_the_files_place_warns_once_and_leaves_no_litter(tmp_path: P
     assert sorted(path.name for path in tmp_path.iterdir()) == ["kernels.json", "kernels.json.lock"]
 
 
-def test_an_oversized_file_is_not_read_and_other_machines_are_pruned(tmp_path: Path, timings: list,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_an_oversized_file_is_not_read_and_other_machines_are_pruned(
+    tmp_path: Path, timings: list, caplog: pytest.LogCaptureFixture
+) -> None:
     file = tmp_path / "kernels.json"
     file.write_text(json.dumps({"padding": "x" * kernels.MAX_FILE_BYTES}))
     kernels.KernelChooser(file).choose(SHAPE, kernels.PATHS)
@@ -165,6 +180,8 @@ def test_the_kernel_choices_live_in_the_packs_cache_root(tmp_path: Path, monkeyp
 
     monkeypatch.delenv("NST_KERNELS_FILE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert cache_root() == tmp_path / "nst-nodes" and kernels.calibration_file() == tmp_path / "nst-nodes" / "kernels.json"
+    assert (
+        cache_root() == tmp_path / "nst-nodes" and kernels.calibration_file() == tmp_path / "nst-nodes" / "kernels.json"
+    )
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_root() == Path.home() / ".cache" / "nst-nodes"

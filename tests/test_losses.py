@@ -122,8 +122,11 @@ def test_normalize_divides_each_layer_by_the_size_of_its_target(statistic: str) 
     image = torch.rand(1, 4, 16, 16)
     plain = layer_loss(statistic, target, normalize=False)(image, None)
     scaled = layer_loss(statistic, target, normalize=True)(image, None)
-    size = {"gram": target["gram"].square().sum(), "mean_cov": 4 * torch.trace(target["gram"]),
-            "sliced": target["quantiles"].square().mean()}[statistic]
+    size = {
+        "gram": target["gram"].square().sum(),
+        "mean_cov": 4 * torch.trace(target["gram"]),
+        "sliced": target["quantiles"].square().mean(),
+    }[statistic]
     assert scaled.item() == pytest.approx((plain / size).item(), rel=1e-4)
 
 
@@ -178,7 +181,7 @@ def test_blended_gram_target_has_the_gradient_of_blended_losses() -> None:
     separate = 0.7 * evaluate(style_term(styles[0], 1.0), image) + 0.3 * evaluate(style_term(styles[1], 1.0), image)
     got = torch.autograd.grad(blended, list(image.values()))
     want = torch.autograd.grad(separate, list(image.values()))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert torch.allclose(g, w, rtol=1e-4, atol=1e-7)
 
 

@@ -23,7 +23,9 @@ def model() -> VGGModel:
 
 def tiny(path: Path, model: VGGModel) -> torch.Tensor:
     image = load_image(path)
-    return model.preprocessing.normalize(resize_image(image, *target_size(image.shape[1], image.shape[2], "long_side", 64)))
+    return model.preprocessing.normalize(
+        resize_image(image, *target_size(image.shape[1], image.shape[2], "long_side", 64))
+    )
 
 
 def gatys_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor, style_weight: float = 1e-3) -> dict:
@@ -73,8 +75,12 @@ def test_stop_request_returns_the_best_image_so_far(model: VGGModel, problem) ->
     content, objective = problem
     reports: list[int] = []
     result, history = optimize(
-        model, objective, content, OptimizerSettings(steps=50),
-        report=lambda step, total, loss, image: reports.append(step), should_stop=lambda: len(reports) >= 3,
+        model,
+        objective,
+        content,
+        OptimizerSettings(steps=50),
+        report=lambda step, total, loss, image: reports.append(step),
+        should_stop=lambda: len(reports) >= 3,
     )
     assert history["steps"] == 3 and reports == [1, 2, 3]
     assert result.shape == content.shape and not torch.equal(result, content)
@@ -97,8 +103,9 @@ def test_autograd_works_under_a_hosts_inference_mode(problem) -> None:
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(model: VGGModel, problem,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(
+    model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nst_nodes import optimize as optimizing
 
     content, objective = problem
@@ -108,8 +115,10 @@ def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(model: VGG
     assert bf16["loss"][0] == pytest.approx(fp32["loss"][0], rel=0.02)  # same start image
     assert bf16["loss"][-1] == pytest.approx(fp32["loss"][-1], rel=0.05)
     monkeypatch.setattr(optimizing, "FP32_START", 3)  # L-BFGS: fp32 first, then bf16
-    lbfgs = [optimize(model, objective, content, OptimizerSettings(steps=12, precision=precision))[1]["loss"][-1]
-             for precision in ("fp32", "bf16")]
+    lbfgs = [
+        optimize(model, objective, content, OptimizerSettings(steps=12, precision=precision))[1]["loss"][-1]
+        for precision in ("fp32", "bf16")
+    ]
     assert lbfgs[1] == pytest.approx(lbfgs[0], rel=0.1)
 
 
@@ -117,9 +126,9 @@ def squares(features: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Ten
     return sum(value.float().square().mean() for value in features.values())
 
 
-def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(model: VGGModel, problem,
-                                                                 monkeypatch: pytest.MonkeyPatch,
-                                                                 tmp_path: Path) -> None:
+def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(
+    model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from nst_nodes import kernels
     from nst_nodes import optimize as optimizing
 
@@ -138,23 +147,29 @@ def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(model: VGGModel,
     assert "bf16" not in timed[-1] and "fp32 direct" in timed[-1]
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: True)
     assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "bf16"
-    assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "bf16" and len(timed) == 2  # remembered
+    assert (
+        optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "bf16" and len(timed) == 2
+    )  # remembered
     assert optimizing.pass_plan("bf16", model, content, ["relu4_1"], squares) == "bf16" and len(timed) == 2
     monkeypatch.setenv("NST_CONV", "direct")
     assert optimizing.pass_plan("fp32", model, content, ["relu4_1"], squares) == "fp32" and len(timed) == 2
     assert kernels.chooser().choices
 
 
-def test_one_kernel_for_every_layer_is_used_within_its_block(model: VGGModel, problem,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_kernel_for_every_layer_is_used_within_its_block(
+    model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nst_nodes import kernels
 
     content, _ = problem
     monkeypatch.delenv("NST_CONV", raising=False)
     used: list[str] = []
     for path in kernels.PATHS:
-        monkeypatch.setitem(kernels.KERNELS, path, lambda x, w, b, path=path, run=kernels.KERNELS[path]:
-                            used.append(path) or run(x, w, b))
+        monkeypatch.setitem(
+            kernels.KERNELS,
+            path,
+            lambda x, w, b, path=path, run=kernels.KERNELS[path]: used.append(path) or run(x, w, b),
+        )
     with kernels.every_layer("direct"):
         model.features(content, ["relu3_1"])
     assert set(used) == {"direct"}
@@ -172,12 +187,19 @@ def test_iterates_stay_in_the_valid_pixel_range(model: VGGModel, problem) -> Non
     content, objective = problem
     for method, lr in (("lbfgs", 1.0), ("adam", 20.0)):
         iterates: list[torch.Tensor] = []
-        result, _ = optimize(model, objective, content, OptimizerSettings(steps=8, method=method, lr=lr),
-                             report=lambda step, total, loss, image: iterates.append(image.clone()))
+        result, _ = optimize(
+            model,
+            objective,
+            content,
+            OptimizerSettings(steps=8, method=method, lr=lr),
+            report=lambda step, total, loss, image, iterates=iterates: iterates.append(image.clone()),
+        )
         for image in [*iterates, result]:
             rgb = model.preprocessing.denormalize(image)
             assert rgb.min() >= -1e-5 and rgb.max() <= 1 + 1e-5, method
-        assert any(bool((model.preprocessing.denormalize(i) <= 1e-5).any()) for i in iterates), "no pixel reached a bound"
+        assert any(bool((model.preprocessing.denormalize(i) <= 1e-5).any()) for i in iterates), (
+            "no pixel reached a bound"
+        )
 
 
 def quadratic_problem(bounded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,7 +211,9 @@ def quadratic_problem(bounded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.
     return curvature, center, -limit, limit
 
 
-def minimize_quadratic(bounded: bool, steps: int, history_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+def minimize_quadratic(
+    bounded: bool, steps: int, history_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, int]:
     curvature, center, lower, upper = quadratic_problem(bounded)
     x = torch.zeros(200, requires_grad=True)
     optimizer = BoxLBFGS(x, lower, upper, history_size=10, history_dtype=history_dtype)

@@ -14,8 +14,8 @@ from nst_nodes.tuning import configure_process
 
 def tuned_child(mode: str) -> dict:
     code = (
-        "import json, os; from nst_nodes.tuning import configure_process; applied = configure_process(%r); "
-        "print(json.dumps({'applied': applied, 'thp': os.environ.get('THP_MEM_ALLOC_ENABLE')}))" % mode
+        f"import json, os; from nst_nodes.tuning import configure_process; applied = configure_process({mode!r}); "
+        "print(json.dumps({'applied': applied, 'thp': os.environ.get('THP_MEM_ALLOC_ENABLE')}))"
     )
     environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")}
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)

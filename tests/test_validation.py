@@ -99,7 +99,10 @@ def test_unknown_input_name_suggests_the_closest() -> None:
 
 
 def test_custom_validation_runs_on_constants() -> None:
-    prompt = {"1": {"class_type": "Checked", "inputs": {"even": 3}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "Checked", "inputs": {"even": 3}},
+        "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}},
+    }
     error = only_error(prompt)
     assert error.kind == "custom_validation_failed" and "3 is odd" in error.message
 
@@ -187,7 +190,10 @@ def test_a_dense_cycle_is_reported_once_per_node_quickly() -> None:
 
 
 def test_a_self_link_is_a_cycle() -> None:
-    prompt = {"1": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 1}},
+        "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}},
+    }
     assert [e.kind for e in errors_of(prompt)] == ["dependency_cycle"]
 
 
@@ -198,15 +204,20 @@ def test_non_finite_numbers_are_validation_errors(value: float) -> None:
 
 
 def test_a_crashing_validate_inputs_names_its_node() -> None:
-    prompt = {"1": {"class_type": "Crashing", "inputs": {"text": "abc"}}, "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}}}
+    prompt = {
+        "1": {"class_type": "Crashing", "inputs": {"text": "abc"}},
+        "2": {"class_type": "Show", "inputs": {"value": ["1", 0]}},
+    }
     error = only_error(prompt)
     assert error.node_id == "1" and "VALIDATE_INPUTS failed: ValueError: invalid literal" in error.message
 
 
 @pytest.mark.parametrize("node_id", ["²", "①", "٣"])
 def test_odd_node_ids_are_sorted_and_named(node_id: str) -> None:
-    prompt = {node_id: {"class_type": "Vector", "inputs": {"length": 0, "scale": 1.0, "kind": "ones"}},
-              "2": {"class_type": "Total", "inputs": {"tensor": [node_id, 0]}}}
+    prompt = {
+        node_id: {"class_type": "Vector", "inputs": {"length": 0, "scale": 1.0, "kind": "ones"}},
+        "2": {"class_type": "Total", "inputs": {"tensor": [node_id, 0]}},
+    }
     error = only_error(prompt)
     assert error.node_id == node_id and str(error).startswith(f"node {node_id} (Vector)")
 
@@ -221,8 +232,14 @@ def test_unusable_node_ids_are_format_errors(node_id: str) -> None:
     ("text", "message"),
     [
         ("[" * 10_000 + "]" * 10_000, "nested"),
-        ('{"1": {"class_type": "Show", "inputs": {"value": ' + '{"__value__": [' * 900 + "1" + "]}" * 900 + "}}}", "nested"),
-        ('{"1": {"class_type": "Show", "inputs": {"value": ' + '{"__value__": [' * 40 + "1" + "]}" * 40 + "}}}", "nested deeper than 64"),
+        (
+            '{"1": {"class_type": "Show", "inputs": {"value": ' + '{"__value__": [' * 900 + "1" + "]}" * 900 + "}}}",
+            "nested",
+        ),
+        (
+            '{"1": {"class_type": "Show", "inputs": {"value": ' + '{"__value__": [' * 40 + "1" + "]}" * 40 + "}}}",
+            "nested deeper than 64",
+        ),
         ('{"1": {"class_type": "Show", "inputs": {"value": ' + "9" * 5000 + "}}}", "digits"),
         ('{"1": {"class_type": "Show"}}'.encode("utf-16").decode("latin-1"), "not UTF-8"),
     ],
@@ -251,24 +268,46 @@ def test_graph_limits_have_clear_messages_and_overrides(tmp_path: Path, monkeypa
 
 
 def test_graph_files_that_cannot_be_read_are_format_errors(tmp_path: Path) -> None:
-    for path, message in ((tmp_path, "cannot read graph file"), (tmp_path / "none.json", "No such file"),
-                          ("bad\x00name.json", "cannot read graph file")):
+    for path, message in (
+        (tmp_path, "cannot read graph file"),
+        (tmp_path / "none.json", "No such file"),
+        ("bad\x00name.json", "cannot read graph file"),
+    ):
         with pytest.raises(GraphFormatError, match=message):
             load_graph(path)
 
 
 def workflow(*nodes: dict, links: list | None = None) -> dict:
-    return {"last_node_id": 9, "last_link_id": 9, "nodes": list(nodes), "links": links or [], "groups": [],
-            "config": {}, "extra": {}, "version": 0.4}
+    return {
+        "last_node_id": 9,
+        "last_link_id": 9,
+        "nodes": list(nodes),
+        "links": links or [],
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
 
 
 def test_editor_workflows_become_prompts_through_the_node_specs() -> None:
     document = workflow(
-        {"id": 1, "type": "Vector", "mode": 0, "widgets_values": [4, 2.0, "arange"], "title": "Four",
-         "outputs": [{"name": "TENSOR", "type": "TENSOR", "links": [1]}]},
+        {
+            "id": 1,
+            "type": "Vector",
+            "mode": 0,
+            "widgets_values": [4, 2.0, "arange"],
+            "title": "Four",
+            "outputs": [{"name": "TENSOR", "type": "TENSOR", "links": [1]}],
+        },
         {"id": 2, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 1}]},
-        {"id": 3, "type": "Total", "mode": 0, "widgets_values": [],
-         "inputs": [{"name": "tensor", "type": "TENSOR", "link": 2}, {"name": "offset", "type": "INT", "link": 3}]},
+        {
+            "id": 3,
+            "type": "Total",
+            "mode": 0,
+            "widgets_values": [],
+            "inputs": [{"name": "tensor", "type": "TENSOR", "link": 2}, {"name": "offset", "type": "INT", "link": 3}],
+        },
         {"id": 4, "type": "PrimitiveNode", "mode": 0, "widgets_values": [3, "fixed"]},
         {"id": 5, "type": "Note", "mode": 0, "widgets_values": ["a note"]},
         {"id": 6, "type": "Show", "mode": 2, "widgets_values": []},
@@ -276,7 +315,11 @@ def test_editor_workflows_become_prompts_through_the_node_specs() -> None:
     )
     graph = load_graph(document, registry=REGISTRY)
     assert graph.prompt == {
-        "1": {"class_type": "Vector", "inputs": {"length": 4, "scale": 2.0, "kind": "arange"}, "_meta": {"title": "Four"}},
+        "1": {
+            "class_type": "Vector",
+            "inputs": {"length": 4, "scale": 2.0, "kind": "arange"},
+            "_meta": {"title": "Four"},
+        },
         "3": {"class_type": "Total", "inputs": {"tensor": ["1", 0]}},
     }
     assert graph.workflow is document
@@ -286,10 +329,20 @@ def test_editor_workflows_become_prompts_through_the_node_specs() -> None:
 def test_editor_extra_widgets_bypassed_nodes_and_subgraphs() -> None:
     document = workflow(
         {"id": 1, "type": "Number", "mode": 0, "widgets_values": [5]},
-        {"id": 2, "type": "Add", "mode": 4, "widgets_values": [0, 0],
-         "inputs": [{"name": "a", "type": "INT", "link": 1, "widget": {"name": "a"}}]},
-        {"id": 3, "type": "Countdown", "mode": 0, "widgets_values": [0, 9],
-         "inputs": [{"name": "start", "type": "INT", "link": 2}]},
+        {
+            "id": 2,
+            "type": "Add",
+            "mode": 4,
+            "widgets_values": [0, 0],
+            "inputs": [{"name": "a", "type": "INT", "link": 1, "widget": {"name": "a"}}],
+        },
+        {
+            "id": 3,
+            "type": "Countdown",
+            "mode": 0,
+            "widgets_values": [0, 9],
+            "inputs": [{"name": "start", "type": "INT", "link": 2}],
+        },
         links=[[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 3, 0, "INT"]],
     )
     prompt = load_graph(document, registry=REGISTRY).prompt
@@ -299,12 +352,16 @@ def test_editor_extra_widgets_bypassed_nodes_and_subgraphs() -> None:
 
 
 def test_editor_workflows_with_duplicate_ids_or_nothing_to_run_are_format_errors() -> None:
-    twice = workflow({"id": 1, "type": "Number", "mode": 0, "widgets_values": [1]},
-                     {"id": 1, "type": "Show", "mode": 0, "widgets_values": []})
+    twice = workflow(
+        {"id": 1, "type": "Number", "mode": 0, "widgets_values": [1]},
+        {"id": 1, "type": "Show", "mode": 0, "widgets_values": []},
+    )
     with pytest.raises(GraphFormatError, match="two nodes have the id 1"):
         load_graph(twice, registry=REGISTRY)
-    muted = workflow({"id": 1, "type": "Number", "mode": 2, "widgets_values": [1]},
-                     {"id": 2, "type": "Note", "mode": 0, "widgets_values": ["x"]})
+    muted = workflow(
+        {"id": 1, "type": "Number", "mode": 2, "widgets_values": [1]},
+        {"id": 2, "type": "Note", "mode": 0, "widgets_values": ["x"]},
+    )
     with pytest.raises(GraphFormatError, match="the workflow has no node to run"):
         load_graph(muted, registry=REGISTRY)
 
@@ -317,15 +374,27 @@ def node_of(document: dict, node_id: int) -> dict:
     return next(node for node in document["nodes"] if node["id"] == node_id)
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda w: w["links"].append([24, 2, 0, 6, 0, "IMAGE"]), "two links have the id 24"),
-    (lambda w: w["nodes"].remove(node_of(w, 1)), "link 24 comes from node 1, which the workflow lacks"),
-    (lambda w: w["links"][0].__setitem__(2, 3), r"link 24 uses output 3 of node 1 \(NSTLoadImage\), which has no such slot"),
-    (lambda w: w["links"][0].__setitem__(4, 9), r"link 24 uses input 9 of node 3 \(NSTResizeImage\)"),
-    (lambda w: w["links"][0].__setitem__(4, 1), r"link 24 carries 'IMAGE' but input 1 of node 3 .* is 'COMBO'"),
-    (lambda w: node_of(w, 3)["inputs"][0].__setitem__("link", 99), r"input 0 of node 3 .* names link 99, which does not end"),
-    (lambda w: node_of(w, 15)["widgets_values"].extend([1, 2, 3]), r"node 15 \(NSTOptimize\) has \d+ widget values but takes at most"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda w: w["links"].append([24, 2, 0, 6, 0, "IMAGE"]), "two links have the id 24"),
+        (lambda w: w["nodes"].remove(node_of(w, 1)), "link 24 comes from node 1, which the workflow lacks"),
+        (
+            lambda w: w["links"][0].__setitem__(2, 3),
+            r"link 24 uses output 3 of node 1 \(NSTLoadImage\), which has no such slot",
+        ),
+        (lambda w: w["links"][0].__setitem__(4, 9), r"link 24 uses input 9 of node 3 \(NSTResizeImage\)"),
+        (lambda w: w["links"][0].__setitem__(4, 1), r"link 24 carries 'IMAGE' but input 1 of node 3 .* is 'COMBO'"),
+        (
+            lambda w: node_of(w, 3)["inputs"][0].__setitem__("link", 99),
+            r"input 0 of node 3 .* names link 99, which does not end",
+        ),
+        (
+            lambda w: node_of(w, 15)["widgets_values"].extend([1, 2, 3]),
+            r"node 15 \(NSTOptimize\) has \d+ widget values but takes at most",
+        ),
+    ],
+)
 def test_editor_workflows_with_a_broken_link_table_are_format_errors(break_it, message: str) -> None:
     document = gatys_workflow()
     break_it(document)

@@ -28,9 +28,22 @@ def test_layer_names_follow_torchvision_feature_indices() -> None:
     assert len(network) == len(LAYER_NAMES) == 37
     assert [i for i, m in enumerate(network) if isinstance(m, nn.Conv2d)] == TORCHVISION_CONV_INDICES
     assert [i for i, m in enumerate(network) if isinstance(m, nn.MaxPool2d)] == TORCHVISION_POOL_INDICES
-    named = {"conv1_1": 0, "relu1_1": 1, "pool1": 4, "conv2_1": 5, "conv3_4": 16, "pool3": 18,
-             "conv4_1": 19, "relu4_1": 20, "conv4_2": 21, "relu4_2": 22, "conv5_1": 28, "relu5_1": 29,
-             "relu5_4": 35, "pool5": 36}
+    named = {
+        "conv1_1": 0,
+        "relu1_1": 1,
+        "pool1": 4,
+        "conv2_1": 5,
+        "conv3_4": 16,
+        "pool3": 18,
+        "conv4_1": 19,
+        "relu4_1": 20,
+        "conv4_2": 21,
+        "relu4_2": 22,
+        "conv5_1": 28,
+        "relu5_1": 29,
+        "relu5_4": 35,
+        "pool5": 36,
+    }
     assert {name: LAYER_INDEX[name] for name in named} == named
     assert isinstance(build_vgg19("avg")[4], nn.AvgPool2d)
 
@@ -106,7 +119,8 @@ def test_caffe_preprocessing_is_bgr_0_255_minus_mean() -> None:
 
 @pytest.mark.parametrize("path", ["winograd", "direct", "channels_last", "auto"])
 def test_every_convolution_path_matches_torchs_autograd_in_loss_and_gradient(
-        path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nst_nodes.losses import gram_matrix
 
     monkeypatch.setenv("NST_CONV", path)
@@ -192,7 +206,9 @@ def test_lean_gram_gives_autograds_value_and_gradient(weighted: bool) -> None:
         exact = ((exact_inputs if weights is None else exact_inputs * weights) @ exact_inputs.t()) * 0.25
         assert torch.allclose(gram, exact, rtol=1e-5)
         assert torch.allclose(gram, expected.detach(), rtol=tolerance)
-        assert torch.allclose(leaf.grad.float(), reference.grad, rtol=tolerance, atol=tolerance * reference.grad.abs().max())
+        assert torch.allclose(
+            leaf.grad.float(), reference.grad, rtol=tolerance, atol=tolerance * reference.grad.abs().max()
+        )
 
 
 @pytest.mark.parametrize("height", [29, 32, 37])

@@ -153,8 +153,8 @@ def test_a_steady_result_has_no_warping_error_and_no_flicker() -> None:
 
 from nst_nodes.losses import style_statistics, style_term  # noqa: E402
 from nst_nodes.optimize import OptimizerSettings  # noqa: E402
-from nst_nodes.video.frames import frame_objective, frame_start, optimize_frames  # noqa: E402
 from nst_nodes.vgg import load_vgg19  # noqa: E402
+from nst_nodes.video.frames import frame_objective, frame_start, optimize_frames  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +167,13 @@ def clip_problem():
         init = torch.cat([model.preprocessing.normalize(frame[None]) for frame in frames])
         content = torch.cat([model.features(init[i : i + 1], ["relu3_1"])["relu3_1"] for i in range(3)])
         style = {k: style_statistics(v) for k, v in model.features(init[:1].flip(-1), ["relu1_1", "relu2_1"]).items()}
-    objective = {"model": model.identity, "terms": [
-        {"kind": "content", "weight": 1.0, "targets": {"relu3_1": content}, "layer_weights": {"relu3_1": 1.0}},
-        style_term(style, 1e7, None, "gram", True, None)]}
+    objective = {
+        "model": model.identity,
+        "terms": [
+            {"kind": "content", "weight": 1.0, "targets": {"relu3_1": content}, "layer_weights": {"relu3_1": 1.0}},
+            style_term(style, 1e7, None, "gram", True, None),
+        ],
+    }
     backward = torch.stack([torch.zeros(40, 48, 2)] + [optical_flow(frames[i], frames[i - 1]) for i in (1, 2)])
     forward = torch.stack([torch.zeros(40, 48, 2)] + [optical_flow(frames[i - 1], frames[i]) for i in (1, 2)])
     masks = torch.stack([torch.zeros(40, 48)] + [reliable(backward[i], forward[i]) for i in (1, 2)])
@@ -203,14 +207,21 @@ def test_frames_are_optimized_in_order_and_a_stop_keeps_the_frames_done(clip_pro
     model, init, objective, flow = clip_problem
     temporal = {"start": "warped", "weight": 1e3, "flow": flow}
     seen: list[tuple[int, int]] = []
-    results, history, stopped = optimize_frames(model, objective, init, temporal, OptimizerSettings(steps=3),
-                                                lambda frame, step, total, loss, image: seen.append((frame, step)))
+    results, history, stopped = optimize_frames(
+        model,
+        objective,
+        init,
+        temporal,
+        OptimizerSettings(steps=3),
+        lambda frame, step, total, loss, image: seen.append((frame, step)),
+    )
     assert results.shape == init.shape and not stopped
     assert [frame for frame, _ in seen] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert len(history["frames"]) == 3 and sum(history["frames"]) == len(history["loss"]) == len(history["temporal"])
     assert history["temporal"][: history["frames"][0]] == [0.0] * history["frames"][0]  # frame 0 has no previous
     assert max(history["temporal"]) > 0
     calls = iter(range(100))
-    results, history, stopped = optimize_frames(model, objective, init, temporal, OptimizerSettings(steps=3),
-                                                should_stop=lambda: next(calls) >= 4)
+    results, history, stopped = optimize_frames(
+        model, objective, init, temporal, OptimizerSettings(steps=3), should_stop=lambda: next(calls) >= 4
+    )
     assert stopped and results.shape[0] == 2 and len(history["frames"]) == 2

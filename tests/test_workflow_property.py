@@ -15,16 +15,19 @@ from graphrun import GraphFormatError, default_registry
 from graphrun.spec import node_spec
 from graphrun.workflow import workflow_to_prompt
 
-WORKFLOWS = {path.stem: json.loads(path.read_text())
-             for path in sorted((Path(__file__).resolve().parent.parent / "example_workflows").glob("*.json"))}
+WORKFLOWS = {
+    path.stem: json.loads(path.read_text())
+    for path in sorted((Path(__file__).resolve().parent.parent / "example_workflows").glob("*.json"))
+}
 REGISTRY = default_registry()
 
 
 def mutate(workflow: dict[str, Any], data: st.DataObject) -> None:
     """One damage a hand edit or a buggy tool could do to a saved workflow."""
     links, nodes = workflow["links"], workflow["nodes"]
-    kind = data.draw(st.sampled_from(["duplicate link", "drop node", "slot", "widgets", "link id", "node id",
-                                      "link end"]))
+    kind = data.draw(
+        st.sampled_from(["duplicate link", "drop node", "slot", "widgets", "link id", "node id", "link end"])
+    )
     link = data.draw(st.sampled_from(links))
     node = data.draw(st.sampled_from(nodes))
     number = data.draw(st.integers(-1, 40))

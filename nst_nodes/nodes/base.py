@@ -71,7 +71,7 @@ def weights_per_layer(layers: list[str], text: str) -> dict[str, float]:
     numbers = parse_numbers(text, "layer_weights") or [1.0 / len(layers)] * len(layers)
     if len(numbers) != len(layers):
         raise ValueError(f"layer_weights: {len(numbers)} numbers for {len(layers)} layers {layers}")
-    return dict(zip(layers, numbers))
+    return dict(zip(layers, numbers, strict=True))
 
 
 def require_same_model(what: str, expected: str, found: str) -> None:

@@ -25,8 +25,13 @@ class Luminance(ColorNode):
 
     INPUTS = (
         Link("image", type=IMAGE, tooltip="A picture."),
-        Link("match", type=IMAGE, optional=True, tooltip="Shift and scale the luminance to this image's mean and "
-                                                         "deviation (connect the content when this is the style)."),
+        Link(
+            "match",
+            type=IMAGE,
+            optional=True,
+            tooltip="Shift and scale the luminance to this image's mean and "
+            "deviation (connect the content when this is the style).",
+        ),
     )
 
     def luminance(self, image: torch.Tensor, match: torch.Tensor | None = None) -> tuple[torch.Tensor]:
@@ -58,8 +63,12 @@ class MatchColors(ColorNode):
     INPUTS = (
         Link("image", type=IMAGE, tooltip="The image to recolour (usually the style)."),
         Link("reference", type=IMAGE, tooltip="The image whose colour statistics to take (usually the content)."),
-        Choice("method", choices=MATCH_METHODS, default="symmetric",
-               tooltip="symmetric: Σc^½ Σs^-½ (keeps hues closest); cholesky: Lc Ls⁻¹"),
+        Choice(
+            "method",
+            choices=MATCH_METHODS,
+            default="symmetric",
+            tooltip="symmetric: Σc^½ Σs^-½ (keeps hues closest); cholesky: Lc Ls⁻¹",
+        ),
     )
 
     def match(self, image: torch.Tensor, reference: torch.Tensor, method: str) -> tuple[torch.Tensor]:

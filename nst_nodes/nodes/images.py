@@ -24,11 +24,12 @@ DEFAULT_MASK = "nst-samples/tubingen_sky.png"
 
 
 def image_file(default: str) -> ImageFile:
-    return ImageFile("image", default=default,
-                     tooltip="An image of the input folder; upload one with the button. nst-samples/ holds the "
-                             "pack's samples.",
-                     path_tooltip="A path (relative to the input folder, default the current directory) or "
-                                  "nst-samples/<name>.")
+    return ImageFile(
+        "image",
+        default=default,
+        tooltip="An image of the input folder; upload one with the button. nst-samples/ holds the pack's samples.",
+        path_tooltip="A path (relative to the input folder, default the current directory) or nst-samples/<name>.",
+    )
 
 
 class LoadImage(Node):
@@ -78,13 +79,18 @@ class LoadMask(LoadImage):
 
     INPUTS = (
         image_file(DEFAULT_MASK),
-        Choice("channel", choices=image_io.MASK_CHANNELS, default="luminance",
-               tooltip="Which channel is the mask; alpha: opaque = inside"),
+        Choice(
+            "channel",
+            choices=image_io.MASK_CHANNELS,
+            default="luminance",
+            tooltip="Which channel is the mask; alpha: opaque = inside",
+        ),
         Boolean("invert", default=False, tooltip="Swap inside and outside."),
     )
 
-    def load(self, image: str, channel: str = "luminance", invert: bool = False,
-             context: Host | None = None) -> tuple[torch.Tensor]:
+    def load(
+        self, image: str, channel: str = "luminance", invert: bool = False, context: Host | None = None
+    ) -> tuple[torch.Tensor]:
         mask = image_io.load_mask(input_path(host_of(context), image), channel)
         return (1.0 - mask if invert else mask,)
 
@@ -101,12 +107,27 @@ class ResizeImage(ResizeNode):
 
     INPUTS = (
         Link("image", type=IMAGE, tooltip="The picture to resize."),
-        Choice("mode", choices=RESIZE_MODES, default="long_side",
-               tooltip="long_side: size is the longer side in px; pixels: size is H*W"),
-        Int("size", default=512, min=8, max=1 << 28,
-            tooltip=f"The long side in px (at most {MAX_SIDE}), or H*W for mode 'pixels'."),
-        Int("multiple_of", default=1, min=1, max=256, optional=True,
-            tooltip="Round both sides to a multiple of this (1: no rounding)."),
+        Choice(
+            "mode",
+            choices=RESIZE_MODES,
+            default="long_side",
+            tooltip="long_side: size is the longer side in px; pixels: size is H*W",
+        ),
+        Int(
+            "size",
+            default=512,
+            min=8,
+            max=1 << 28,
+            tooltip=f"The long side in px (at most {MAX_SIDE}), or H*W for mode 'pixels'.",
+        ),
+        Int(
+            "multiple_of",
+            default=1,
+            min=1,
+            max=256,
+            optional=True,
+            tooltip="Round both sides to a multiple of this (1: no rounding).",
+        ),
     )
 
     @classmethod
@@ -136,13 +157,20 @@ class ResizeToMatch(ResizeNode):
     INPUTS = (
         Link("image", type=IMAGE, tooltip="The picture to resize (usually the style)."),
         Link("reference", type=IMAGE, tooltip="The picture whose area to match (usually the content)."),
-        Float("scale", default=1.0, min=0.05, max=8.0, step=0.01,
-              tooltip="Side length relative to the reference's area; 1: the same area."),
+        Float(
+            "scale",
+            default=1.0,
+            min=0.05,
+            max=8.0,
+            step=0.01,
+            tooltip="Side length relative to the reference's area; 1: the same area.",
+        ),
     )
 
     def resize(self, image: torch.Tensor, reference: torch.Tensor, scale: float) -> tuple[torch.Tensor]:
-        height, width = image_io.matching_size(image.shape[1], image.shape[2], reference.shape[1], reference.shape[2],
-                                               scale)
+        height, width = image_io.matching_size(
+            image.shape[1], image.shape[2], reference.shape[1], reference.shape[2], scale
+        )
         check_pixels(width, height, "scale")
         return (image_io.resize_image(image, height, width),)
 
@@ -160,8 +188,11 @@ class SaveImage(Node):
         Link("image", type=IMAGE, tooltip="The picture(s) to write."),
         Text("filename_prefix", default="nst/result", tooltip="Relative to the output folder; may name subfolders."),
         Choice("format", choices=SAVE_FORMATS, default="png", tooltip="png (lossless) or jpg (quality 95)."),
-        Boolean("overwrite", default=False,
-                tooltip="On: write <prefix>.png every time. Off: <prefix>_00001_.png, then the next free number."),
+        Boolean(
+            "overwrite",
+            default=False,
+            tooltip="On: write <prefix>.png every time. Off: <prefix>_00001_.png, then the next free number.",
+        ),
     )
     HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", **HIDDEN_CONTEXT}
 
@@ -176,13 +207,21 @@ class SaveImage(Node):
             return str(error)
         return True
 
-    def save(self, image: torch.Tensor, filename_prefix: str, format: str = "png", overwrite: bool = False,
-             prompt: dict | None = None, extra_pnginfo: dict | None = None,
-             context: Host | None = None) -> dict[str, Any]:
+    def save(
+        self,
+        image: torch.Tensor,
+        filename_prefix: str,
+        format: str = "png",
+        overwrite: bool = False,
+        prompt: dict | None = None,
+        extra_pnginfo: dict | None = None,
+        context: Host | None = None,
+    ) -> dict[str, Any]:
         host = host_of(context)
         stem = output_stem(host, filename_prefix)
-        paths = image_io.save_image(image, output_paths(stem, format, overwrite, len(image)), prompt, extra_pnginfo,
-                                    overwrite)
+        paths = image_io.save_image(
+            image, output_paths(stem, format, overwrite, len(image)), prompt, extra_pnginfo, overwrite
+        )
         folder = os.path.abspath(host.output_folder)
         images = []
         for path in paths:

@@ -22,10 +22,12 @@ class QualityMetrics(Node):
     FUNCTION = "measure"
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "STRING")
     RETURN_NAMES = ("style", "sliced", "content", "summary")
-    OUTPUT_TOOLTIPS = ("Relative Gram error, averaged over relu1_1 ... relu5_1.",
-                       "Relative sliced Wasserstein distance, averaged over the same layers.",
-                       "Relative feature error at relu4_2.",
-                       "The three figures as one line of text.")
+    OUTPUT_TOOLTIPS = (
+        "Relative Gram error, averaged over relu1_1 ... relu5_1.",
+        "Relative sliced Wasserstein distance, averaged over the same layers.",
+        "Relative feature error at relu4_2.",
+        "The three figures as one line of text.",
+    )
     OUTPUT_NODE = True
 
     INPUTS = (
@@ -35,9 +37,12 @@ class QualityMetrics(Node):
     )
     HIDDEN = HIDDEN_CONTEXT
 
-    def measure(self, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor,
-                context: Host | None = None) -> dict[str, Any]:
+    def measure(
+        self, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor, context: Host | None = None
+    ) -> dict[str, Any]:
         measured = quality(image, content, style, host_of(context).device)
         summary = describe(measured)
-        return {"ui": {"text": [summary]},
-                "result": (measured["style"], measured["sliced"], measured["content"], summary)}
+        return {
+            "ui": {"text": [summary]},
+            "result": (measured["style"], measured["sliced"], measured["content"], summary),
+        }

@@ -44,8 +44,10 @@ def check_large_enough(what: str, pixels: torch.Tensor, layers: list[str]) -> No
     deepest = deepest_layer(layers)
     side = smallest_side(deepest)
     if height < side or width < side:
-        raise ValueError(f"{what}: a {width}x{height} image is too small for layer {deepest}, which needs at "
-                         f"least {side}x{side} px; use a larger size")
+        raise ValueError(
+            f"{what}: a {width}x{height} image is too small for layer {deepest}, which needs at "
+            f"least {side}x{side} px; use a larger size"
+        )
 
 
 class VGG19Model(Node):
@@ -61,10 +63,19 @@ class VGG19Model(Node):
 
     INPUTS = (
         Text("weights", default="caffe", tooltip="caffe, torchvision, or a state dict file (features.N.weight keys)"),
-        Choice("pooling", choices=POOLINGS, default="max",
-               tooltip="max: the network as trained; avg: smoother, as Gatys et al. preferred"),
-        Choice("preprocessing", choices=PREPROCESSING_CHOICES, default="auto", optional=True,
-               tooltip="auto: what the weights were trained with; set it only for a weights file"),
+        Choice(
+            "pooling",
+            choices=POOLINGS,
+            default="max",
+            tooltip="max: the network as trained; avg: smoother, as Gatys et al. preferred",
+        ),
+        Choice(
+            "preprocessing",
+            choices=PREPROCESSING_CHOICES,
+            default="auto",
+            optional=True,
+            tooltip="auto: what the weights were trained with; set it only for a weights file",
+        ),
     )
     HIDDEN = HIDDEN_CONTEXT
 
@@ -100,8 +111,9 @@ class VGG19Model(Node):
         except (OSError, ValueError) as error:
             return f"unreadable: {error}"
 
-    def load(self, weights: str, pooling: str, preprocessing: str = "auto",
-             context: Host | None = None) -> tuple[VGGModel]:
+    def load(
+        self, weights: str, pooling: str, preprocessing: str = "auto", context: Host | None = None
+    ) -> tuple[VGGModel]:
         source = weights if weights in BUILT_IN_WEIGHTS else _weights_file(weights, context)
         return (load_vgg19(source, pooling, preprocessing).to(device_of(context)),)
 
@@ -148,13 +160,18 @@ class VGGFeatures(Node):
     INPUTS = (
         Link("model", type=NST_MODEL, tooltip="The network."),
         Link("tensor", type=NST_TENSOR, tooltip="An image normalized for this model."),
-        Text("layers", default="relu4_2", parse=parse_layers,
-             tooltip="Comma-separated: conv1_1 ... conv5_4, relu1_1 ... relu5_4, pool1 ... pool5"),
+        Text(
+            "layers",
+            default="relu4_2",
+            parse=parse_layers,
+            tooltip="Comma-separated: conv1_1 ... conv5_4, relu1_1 ... relu5_4, pool1 ... pool5",
+        ),
     )
     HIDDEN = HIDDEN_CONTEXT
 
-    def extract(self, model: VGGModel, tensor: NetworkTensor, layers: str,
-                context: Host | None = None) -> tuple[Features]:
+    def extract(
+        self, model: VGGModel, tensor: NetworkTensor, layers: str, context: Host | None = None
+    ) -> tuple[Features]:
         require_same_model("tensor", model.identity, tensor["space"])
         names = parse_layers(layers)
         device = device_of(context)
@@ -181,22 +198,30 @@ class StyleStatistics(Node):
 
     INPUTS = (
         Link("features", type=NST_FEATURES, tooltip="Features of the style image."),
-        Link("mask", type=MASK, optional=True,
-             tooltip="Take the style from this region of the style image only (white = inside)."),
+        Link(
+            "mask",
+            type=MASK,
+            optional=True,
+            tooltip="Take the style from this region of the style image only (white = inside).",
+        ),
     )
 
     def statistics(self, features: Features, mask: torch.Tensor | None = None) -> tuple[types.StyleStatistics]:
         count = next(iter(features["layers"].values())).shape[0]
         if count != 1:
-            raise ValueError(f"features: of a batch of {count} pictures; the statistics describe one style picture. "
-                             "Take them of one picture, and blend styles with Style Loss's target_2 and target_3")
+            raise ValueError(
+                f"features: of a batch of {count} pictures; the statistics describe one style picture. "
+                "Take them of one picture, and blend styles with Style Loss's target_2 and target_3"
+            )
         region = None if mask is None else one_mask(mask)
         if region is not None:  # against the largest layer: pooling rounds the deep ones' shapes
             largest = max(features["layers"].values(), key=lambda value: value.shape[-2] * value.shape[-1])
             check_mask_fits("mask", region, *largest.shape[-2:])
         with torch.no_grad():
-            layers = {layer: style_statistics(value, None if region is None else region.to(value.device))
-                      for layer, value in features["layers"].items()}
+            layers = {
+                layer: style_statistics(value, None if region is None else region.to(value.device))
+                for layer, value in features["layers"].items()
+            }
         return ({"model": features["model"], "layers": layers},)
 
 

@@ -9,9 +9,19 @@ from ..image import to_picture
 from ..limits import check_memory, network_bytes
 from ..losses import check_mask_fits, term_layers
 from ..optimize import DTYPES, METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, start_image
-from ..types import NST_HISTORY, NST_LOSS, NST_MODEL, NST_TEMPORAL, NST_TENSOR, History, NetworkTensor, Objective, Temporal
-from ..video.frames import optimize_frames
+from ..types import (
+    NST_HISTORY,
+    NST_LOSS,
+    NST_MODEL,
+    NST_TEMPORAL,
+    NST_TENSOR,
+    History,
+    NetworkTensor,
+    Objective,
+    Temporal,
+)
 from ..vgg import VGGModel
+from ..video.frames import optimize_frames
 from .base import HIDDEN_CONTEXT, Node, require_same_model
 from .network import check_large_enough, deepest_layer
 from .schema import Choice, Float, Int, Link
@@ -46,32 +56,88 @@ class OptimizeImage(Node):
         Link("model", type=NST_MODEL, tooltip="The network the objective was built with."),
         Link("objective", type=NST_LOSS, tooltip="What to minimize (Combine Losses)."),
         Link("init", type=NST_TENSOR, tooltip="The start image (usually the content photo), normalized."),
-        Int("steps", default=300, min=1, max=100000,
-            tooltip="Optimizer iterations; L-BFGS looks converged after 200-500."),
-        Choice("optimizer", choices=METHODS, default="lbfgs",
-               tooltip="lbfgs: fast and the standard for this; adam: simple, needs lr"),
-        Float("lr", default=1.0, min=0.001, max=1e4, step=0.001, optional=True,
-              tooltip="Step size: 1 for L-BFGS (it scales its own steps), 1-10 for Adam."),
-        Float("noise", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
-              tooltip="Start from (1-noise)*init + noise*random image; 1: pure noise."),
-        Int("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False, optional=True,
-            tooltip="Seed of the start noise (used only when noise > 0); fixed, so reruns are cached."),
+        Int(
+            "steps",
+            default=300,
+            min=1,
+            max=100000,
+            tooltip="Optimizer iterations; L-BFGS looks converged after 200-500.",
+        ),
+        Choice(
+            "optimizer",
+            choices=METHODS,
+            default="lbfgs",
+            tooltip="lbfgs: fast and the standard for this; adam: simple, needs lr",
+        ),
+        Float(
+            "lr",
+            default=1.0,
+            min=0.001,
+            max=1e4,
+            step=0.001,
+            optional=True,
+            tooltip="Step size: 1 for L-BFGS (it scales its own steps), 1-10 for Adam.",
+        ),
+        Float(
+            "noise",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            optional=True,
+            tooltip="Start from (1-noise)*init + noise*random image; 1: pure noise.",
+        ),
+        Int(
+            "seed",
+            default=0,
+            min=0,
+            max=2**63 - 1,
+            control_after_generate=False,
+            optional=True,
+            tooltip="Seed of the start noise (used only when noise > 0); fixed, so reruns are cached.",
+        ),
         Int("history_size", default=50, min=1, max=1000, optional=True, tooltip="L-BFGS memory: curvature pairs kept."),
-        Choice("precision", choices=PASS_PRECISIONS, default="auto", optional=True,
-               tooltip="Of the network pass. auto: bf16 where the hardware has it and it measured faster at this "
-                       "size, else fp32"),
-        Choice("history_precision", choices=PRECISIONS, default="bf16", optional=True,
-               tooltip="Storage of the L-BFGS memory (bf16: half the RAM)."),
-        Link("temporal", type=NST_TEMPORAL, optional=True,
-             tooltip="A batch of frames: how each frame is carried into the next (Temporal Loss); without it, "
-                     "each frame starts from its own init."),
+        Choice(
+            "precision",
+            choices=PASS_PRECISIONS,
+            default="auto",
+            optional=True,
+            tooltip="Of the network pass. auto: bf16 where the hardware has it and it measured faster at this "
+            "size, else fp32",
+        ),
+        Choice(
+            "history_precision",
+            choices=PRECISIONS,
+            default="bf16",
+            optional=True,
+            tooltip="Storage of the L-BFGS memory (bf16: half the RAM).",
+        ),
+        Link(
+            "temporal",
+            type=NST_TEMPORAL,
+            optional=True,
+            tooltip="A batch of frames: how each frame is carried into the next (Temporal Loss); without it, "
+            "each frame starts from its own init.",
+        ),
     )
     HIDDEN = HIDDEN_CONTEXT
 
-    def run(self, model: VGGModel, objective: Objective, init: NetworkTensor, steps: int, optimizer: str,
-            lr: float = 1.0, noise: float = 0.0, seed: int = 0, history_size: int = 50,
-            precision: str = "auto", history_precision: str = "bf16", temporal: Temporal | None = None,
-            context: Host | None = None) -> tuple[NetworkTensor, History]:
+    def run(
+        self,
+        model: VGGModel,
+        objective: Objective,
+        init: NetworkTensor,
+        steps: int,
+        optimizer: str,
+        lr: float = 1.0,
+        noise: float = 0.0,
+        seed: int = 0,
+        history_size: int = 50,
+        precision: str = "auto",
+        history_precision: str = "bf16",
+        temporal: Temporal | None = None,
+        context: Host | None = None,
+    ) -> tuple[NetworkTensor, History]:
         host = host_of(context)
         require_same_model("init", model.identity, init["space"])
         if objective["model"] is not None:
@@ -82,17 +148,24 @@ class OptimizeImage(Node):
             check_large_enough("init", init["pixels"], layers)
         count, height, width = init["pixels"].shape[0], *init["pixels"].shape[-2:]
         check_frames(objective, temporal, count, height, width)
-        check_memory("init", "optimizing", optimization_bytes(init["pixels"][:1], layers, settings), host.device,
-                     height, width)
+        check_memory(
+            "init", "optimizing", optimization_bytes(init["pixels"][:1], layers, settings), host.device, height, width
+        )
         start = start_image(model, init["pixels"].to(host.device), noise, seed)
 
         def report(frame: int, step: int, total: int, loss: float, image: torch.Tensor) -> None:
             shown = {"frame": f"{frame + 1}/{count}"} if count > 1 else {}
-            host.progress(frame * total + step, count * total, loss=loss, **shown,
-                          preview=lambda: to_picture(model.preprocessing.denormalize(image.cpu())))
+            host.progress(
+                frame * total + step,
+                count * total,
+                loss=loss,
+                **shown,
+                preview=lambda: to_picture(model.preprocessing.denormalize(image.cpu())),
+            )
 
-        result, history, _ = optimize_frames(model.to(host.device), objective, start, temporal, settings, report,
-                                             host.should_stop)
+        result, history, _ = optimize_frames(
+            model.to(host.device), objective, start, temporal, settings, report, host.should_stop
+        )
         return {**init, "pixels": result}, history
 
 
@@ -102,15 +175,21 @@ def check_frames(objective: Objective, temporal: Temporal | None, count: int, he
         if term["kind"] == "style" and term.get("mask") is not None:
             mask = term["mask"]
             if mask.dim() == 3 and mask.shape[0] not in (1, count):
-                raise ValueError(f"objective: a style loss's mask is a batch of {mask.shape[0]} for {count} frames; "
-                                 "give one mask for every frame, or one per frame")
+                raise ValueError(
+                    f"objective: a style loss's mask is a batch of {mask.shape[0]} for {count} frames; "
+                    "give one mask for every frame, or one per frame"
+                )
             check_mask_fits("objective: a style loss's mask", mask[0] if mask.dim() == 3 else mask, height, width)
         if term["kind"] == "content":
             sizes = {value.shape[0] for value in term["targets"].values()}
             if sizes - {1, count}:
-                raise ValueError(f"objective: content targets of {sorted(sizes)} frames for an init of {count}; "
-                                 "take the content features of the same frames")
+                raise ValueError(
+                    f"objective: content targets of {sorted(sizes)} frames for an init of {count}; "
+                    "take the content features of the same frames"
+                )
     flow = temporal["flow"] if temporal is not None else None
     if flow is not None and tuple(flow["backward"].shape[:3]) != (count, height, width):
-        raise ValueError(f"temporal: its flow is of {list(flow['backward'].shape[:3])} frames x H x W, the init of "
-                         f"{[count, height, width]}; take the flow of the frames being stylized, at their size")
+        raise ValueError(
+            f"temporal: its flow is of {list(flow['backward'].shape[:3])} frames x H x W, the init of "
+            f"{[count, height, width]}; take the flow of the frames being stylized, at their size"
+        )

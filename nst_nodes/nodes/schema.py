@@ -62,8 +62,13 @@ class Float(Input):
     step: float  # the editor also rounds the value to this step's decimals
 
     def declaration(self) -> tuple[Any, dict[str, Any]]:
-        return "FLOAT", {"default": self.default, "min": self.min, "max": self.max, "step": self.step,
-                         "tooltip": self.tooltip}
+        return "FLOAT", {
+            "default": self.default,
+            "min": self.min,
+            "max": self.max,
+            "step": self.step,
+            "tooltip": self.tooltip,
+        }
 
     def problem(self, value: float | None) -> str | None:
         if value is None or (math.isfinite(value) and self.min <= value <= self.max):
@@ -198,5 +203,6 @@ def validate_inputs(inputs: tuple[Input, ...], more: Callable[..., Validation] |
     names = dict.fromkeys([item.name for item in checked] + more_names)
     parameter = inspect.Parameter.POSITIONAL_OR_KEYWORD
     VALIDATE_INPUTS.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter("cls", parameter)] + [inspect.Parameter(name, parameter, default=None) for name in names])
+        [inspect.Parameter("cls", parameter)] + [inspect.Parameter(name, parameter, default=None) for name in names]
+    )
     return classmethod(VALIDATE_INPUTS)

@@ -26,25 +26,33 @@ VIDEO_FORMATS = ("mp4", "webm", "gif", "png frames")
 
 
 class LoadVideo(Node):
-    DESCRIPTION = ("Read a clip (a video file, or a folder or glob of frames) as an IMAGE batch, with its frame "
-                   "rate and sound, as ComfyUI's Load Video and Get Video Components give them.")
+    DESCRIPTION = (
+        "Read a clip (a video file, or a folder or glob of frames) as an IMAGE batch, with its frame "
+        "rate and sound, as ComfyUI's Load Video and Get Video Components give them."
+    )
     FUNCTION = "load"
     RETURN_TYPES = (IMAGE, "FLOAT", AUDIO)
     RETURN_NAMES = ("frames", "fps", "audio")
     OUTPUT_TOOLTIPS = ("The frames, [N, H, W, 3].", "Frames per second.", "The sound of those frames (or none).")
 
     INPUTS = (
-        Text("video", default="nst-samples/carphone.mp4",
-             tooltip="A video file, a folder of frames or a glob (relative to the input folder)."),
+        Text(
+            "video",
+            default="nst-samples/carphone.mp4",
+            tooltip="A video file, a folder of frames or a glob (relative to the input folder).",
+        ),
         Int("start", default=0, min=0, max=10_000_000, tooltip="The first frame to take."),
         Int("stop", default=0, min=0, max=10_000_000, tooltip="The frame to stop before; 0: to the end."),
-        Int("long_side", default=0, min=0, max=16384, tooltip="Scale the frames down to this long side; 0: as they are."),
+        Int(
+            "long_side", default=0, min=0, max=16384, tooltip="Scale the frames down to this long side; 0: as they are."
+        ),
     )
     HIDDEN = HIDDEN_CONTEXT
 
     @classmethod
-    def validate(cls, video: str | None, start: int | None, stop: int | None, long_side: int | None,
-                 context: Host | None) -> Validation:
+    def validate(
+        cls, video: str | None, start: int | None, stop: int | None, long_side: int | None, context: Host | None
+    ) -> Validation:
         """The clip is there (inside the input folder where the host confines paths), is a clip, and fits."""
         if video is None:
             return True
@@ -68,11 +76,14 @@ class LoadVideo(Node):
         import os
 
         names = sorted(glob.glob(video)) if any(c in video for c in "*?[") else [video]
-        return repr([(name, os.stat(name).st_size, os.stat(name).st_mtime_ns) for name in names
-                     if os.path.exists(name)] + [start, stop, long_side])
+        return repr(
+            [(name, os.stat(name).st_size, os.stat(name).st_mtime_ns) for name in names if os.path.exists(name)]
+            + [start, stop, long_side]
+        )
 
-    def load(self, video: str, start: int = 0, stop: int = 0, long_side: int = 0,
-             context: Host | None = None) -> tuple[torch.Tensor, float, Audio | None]:
+    def load(
+        self, video: str, start: int = 0, stop: int = 0, long_side: int = 0, context: Host | None = None
+    ) -> tuple[torch.Tensor, float, Audio | None]:
         clip = video_io.read_clip(str(self.source(video, context)), start, stop or None, long_side or None)
         return clip.frames, float(clip.fps), clip.audio
 
@@ -87,8 +98,12 @@ class SaveVideo(Node):
         Link("frames", type=IMAGE, tooltip="The frames to write, in order."),
         Float("fps", default=25.0, min=0.01, max=1000.0, step=0.001, tooltip="Frames per second."),
         Text("filename_prefix", default="nst/video", tooltip="Relative to the output folder; may name subfolders."),
-        Choice("format", choices=VIDEO_FORMATS, default="mp4",
-               tooltip="mp4 (H.264), webm (VP9), gif, or a folder of numbered PNG frames."),
+        Choice(
+            "format",
+            choices=VIDEO_FORMATS,
+            default="mp4",
+            tooltip="mp4 (H.264), webm (VP9), gif, or a folder of numbered PNG frames.",
+        ),
         Link("audio", type=AUDIO, optional=True, tooltip="The sound to put beside the frames."),
     )
     HIDDEN = HIDDEN_CONTEXT
@@ -104,8 +119,15 @@ class SaveVideo(Node):
             return str(error)
         return True
 
-    def save(self, frames: torch.Tensor, fps: float, filename_prefix: str, format: str = "mp4",
-             audio: Audio | None = None, context: Host | None = None) -> dict[str, Any]:
+    def save(
+        self,
+        frames: torch.Tensor,
+        fps: float,
+        filename_prefix: str,
+        format: str = "mp4",
+        audio: Audio | None = None,
+        context: Host | None = None,
+    ) -> dict[str, Any]:
         host = host_of(context)
         stem = output_stem(host, filename_prefix)
         clip = video_io.Clip(frames, Fraction(fps).limit_denominator(1001), audio)
@@ -118,22 +140,34 @@ class SaveVideo(Node):
             video_io.write_clip(target, clip)
             written = [target]
         folder = host.output_folder.absolute()
-        files = [{"filename": path.name, "subfolder": str(path.absolute().parent.relative_to(folder))
-                  if path.absolute().is_relative_to(folder) else str(path.parent), "type": "output"} for path in written]
+        files = [
+            {
+                "filename": path.name,
+                "subfolder": str(path.absolute().parent.relative_to(folder))
+                if path.absolute().is_relative_to(folder)
+                else str(path.parent),
+                "type": "output",
+            }
+            for path in written
+        ]
         for item in files:
             item["subfolder"] = "" if item["subfolder"] == "." else item["subfolder"]
         return {"ui": {"videos": files, "text": [f"{len(frames)} frames at {fps:g} fps -> {target}"]}, "result": ()}
 
 
 class OpticalFlow(Node):
-    DESCRIPTION = ("The optical flow between consecutive frames, both ways (OpenCV's DIS: no weights, milliseconds "
-                   "a frame), and where warping the previous frame into the next can be trusted (Ruder et al.'s "
-                   "forward/backward check: not where something was hidden before, nor at motion boundaries).")
+    DESCRIPTION = (
+        "The optical flow between consecutive frames, both ways (OpenCV's DIS: no weights, milliseconds "
+        "a frame), and where warping the previous frame into the next can be trusted (Ruder et al.'s "
+        "forward/backward check: not where something was hidden before, nor at motion boundaries)."
+    )
     FUNCTION = "flow"
     RETURN_TYPES = (NST_FLOW, MASK)
     RETURN_NAMES = ("flow", "reliable")
-    OUTPUT_TOOLTIPS = ("The flows, for Temporal Loss and Warp.",
-                       "Per frame: 1 where frame i-1 warped into frame i can be trusted (frame 0: none).")
+    OUTPUT_TOOLTIPS = (
+        "The flows, for Temporal Loss and Warp.",
+        "Per frame: 1 where frame i-1 warped into frame i can be trusted (frame 0: none).",
+    )
 
     INPUTS = (
         Link("frames", type=IMAGE, tooltip="The clip (the input frames, not the stylized ones)."),
@@ -166,8 +200,10 @@ class Warp(Node):
 
     def warp(self, frames: torch.Tensor, flow: Flow) -> tuple[torch.Tensor]:
         if frames.shape[:3] != flow["backward"].shape[:3]:
-            raise ValueError(f"frames: {list(frames.shape[:3])} frames of H x W, but the flow is of "
-                             f"{list(flow['backward'].shape[:3])}; use the clip the flow was taken from")
+            raise ValueError(
+                f"frames: {list(frames.shape[:3])} frames of H x W, but the flow is of "
+                f"{list(flow['backward'].shape[:3])}; use the clip the flow was taken from"
+            )
         carried = frames.clone()
         for index in range(1, len(frames)):
             previous = frames[index - 1].permute(2, 0, 1).unsqueeze(0)
@@ -176,10 +212,12 @@ class Warp(Node):
 
 
 class TemporalLoss(Node):
-    DESCRIPTION = ("How Optimize Image carries a batch of frames from one to the next (Ruder et al. 2016): off "
-                   "(each frame alone), chain (from the previous result), warped (from it warped along the flow) or "
-                   "flow (warped, and the temporal loss keeps the result close to it where the warp is reliable). "
-                   "A scene cut starts fresh.")
+    DESCRIPTION = (
+        "How Optimize Image carries a batch of frames from one to the next (Ruder et al. 2016): off "
+        "(each frame alone), chain (from the previous result), warped (from it warped along the flow) or "
+        "flow (warped, and the temporal loss keeps the result close to it where the warp is reliable). "
+        "A scene cut starts fresh."
+    )
     FUNCTION = "build"
     RETURN_TYPES = (NST_TEMPORAL,)
     RETURN_NAMES = ("temporal",)
@@ -188,7 +226,9 @@ class TemporalLoss(Node):
     INPUTS = (
         Choice("mode", choices=TEMPORAL_MODES, default="flow", tooltip="off, chain, warped or flow (see above)."),
         weight(1e3, "Weight of the temporal loss (mode flow), beside the content and style weights."),
-        Link("flow", type=NST_FLOW, optional=True, tooltip="The clip's flow (Optical Flow): needed by warped and flow."),
+        Link(
+            "flow", type=NST_FLOW, optional=True, tooltip="The clip's flow (Optical Flow): needed by warped and flow."
+        ),
     )
 
     def build(self, mode: str, weight: float, flow: Flow | None = None) -> tuple[Temporal]:
@@ -199,9 +239,11 @@ class TemporalLoss(Node):
 
 
 class VideoMetrics(Node):
-    DESCRIPTION = ("How steady a stylized clip is: warping error (Lai et al. 2018: the change from the previous "
-                   "result warped by the input's flow, where that warp is reliable) and flicker (the change where "
-                   "the input stays still). Lower is steadier.")
+    DESCRIPTION = (
+        "How steady a stylized clip is: warping error (Lai et al. 2018: the change from the previous "
+        "result warped by the input's flow, where that warp is reliable) and flicker (the change where "
+        "the input stays still). Lower is steadier."
+    )
     FUNCTION = "measure"
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("text",)
@@ -216,9 +258,12 @@ class VideoMetrics(Node):
     def measure(self, result: torch.Tensor, frames: torch.Tensor) -> dict[str, Any]:
         count = min(len(result), len(frames))  # a stopped run: the frames done
         if count < 2 or result.shape[1:] != frames.shape[1:]:
-            raise ValueError(f"result: {list(result.shape)} and frames: {list(frames.shape)} must be two or more "
-                             "frames of one size")
+            raise ValueError(
+                f"result: {list(result.shape)} and frames: {list(frames.shape)} must be two or more frames of one size"
+            )
         errors, flickers = warping_error(result[:count], frames[:count]), flicker(result[:count], frames[:count])
-        text = (f"warping error {sum(errors) / len(errors):.5f} (max {max(errors):.5f}), "
-                f"flicker {sum(flickers) / len(flickers):.4f}, over {count} frames")
+        text = (
+            f"warping error {sum(errors) / len(errors):.5f} (max {max(errors):.5f}), "
+            f"flicker {sum(flickers) / len(flickers):.4f}, over {count} frames"
+        )
         return {"ui": {"text": [text]}, "result": (text,)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,21 +41,38 @@ def _frames(text: str) -> tuple[int, int | None]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nst video", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="nst video", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("graph", type=Path, help="a graph with one Load Video and one Save Video node")
     parser.add_argument("input", help="a video file, or a folder or glob of frames")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help=f"the result: {', '.join(ENCODERS)} or a folder of PNG frames")
-    parser.add_argument("--frames", type=_frames, default=(0, None), metavar="START:STOP",
-                        help="the frames to take (STOP exclusive; default all)")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help=f"the result: {', '.join(ENCODERS)} or a folder of PNG frames"
+    )
+    parser.add_argument(
+        "--frames",
+        type=_frames,
+        default=(0, None),
+        metavar="START:STOP",
+        help="the frames to take (STOP exclusive; default all)",
+    )
     parser.add_argument("--size", type=int, default=None, help="long side of the frames in pixels (default: as is)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per frame (default: the graph's)")
-    parser.add_argument("--temporal", choices=TEMPORAL_MODES, default=None,
-                        help="off: frames alone; chain: from the last result; warped: from it warped by the flow; "
-                             "flow: warped, with the temporal loss (default: the graph's)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID.INPUT=VALUE",
-                        help="replace any other constant input")
+    parser.add_argument(
+        "--temporal",
+        choices=TEMPORAL_MODES,
+        default=None,
+        help="off: frames alone; chain: from the last result; warped: from it warped by the flow; "
+        "flow: warped, with the temporal loss (default: the graph's)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="ID.INPUT=VALUE",
+        help="replace any other constant input",
+    )
     parser.add_argument("--workers", type=int, default=None, help="segments in parallel on this many local workers")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="segments on the Dask cluster at this scheduler")
     parser.add_argument("--cache-dir", type=Path, default=None)
@@ -70,18 +86,23 @@ def _nodes(prompt: dict[str, Any], class_type: str) -> list[str]:
     return [node_id for node_id, entry in prompt.items() if entry.get("class_type") == class_type]
 
 
-def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: str,
-                 output_format: str) -> list[str]:
+def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: str, output_format: str) -> list[str]:
     """The ``--set`` values that point the graph at the clip and the result."""
     loaders, savers = _nodes(prompt, LOADER), _nodes(prompt, SAVER)
     if len(loaders) != 1 or len(savers) != 1:
-        raise ValueError(f"{args.graph}: nst video needs exactly one {LOADER} and one {SAVER} node "
-                         f"(found {len(loaders)} and {len(savers)}); see graphs/video.json")
+        raise ValueError(
+            f"{args.graph}: nst video needs exactly one {LOADER} and one {SAVER} node "
+            f"(found {len(loaders)} and {len(savers)}); see graphs/video.json"
+        )
     load, save = loaders[0], savers[0]
     start, stop = args.frames
-    settings = [f"{load}.video={json.dumps(str(Path(args.input).absolute()))}", f"{load}.start={start}",
-                f"{load}.stop={stop or 0}", f"{save}.filename_prefix={json.dumps(output_name)}",
-                f"{save}.format={output_format}"]
+    settings = [
+        f"{load}.video={json.dumps(str(Path(args.input).absolute()))}",
+        f"{load}.start={start}",
+        f"{load}.stop={stop or 0}",
+        f"{save}.filename_prefix={json.dumps(output_name)}",
+        f"{save}.format={output_format}",
+    ]
     if args.size is not None:
         settings.append(f"{load}.long_side={args.size}")
     if args.steps is not None:
@@ -131,6 +152,8 @@ def main(argv: list[str]) -> int:
         code = nst(["run", str(args.graph), *[item for value in settings for item in ("--set", value)], *common])
     seconds = time.perf_counter() - started
     if code == 0:
-        print(f"{count} frames in {seconds:.1f} s: {count * 3600 / seconds:.0f} frames per hour -> {args.output}",
-              file=sys.stderr)
+        print(
+            f"{count} frames in {seconds:.1f} s: {count * 3600 / seconds:.0f} frames per hour -> {args.output}",
+            file=sys.stderr,
+        )
     return code

@@ -23,6 +23,7 @@ from .flow import is_cut, warp
 def frame_objective(objective: Objective, index: int, count: int) -> Objective:
     """Frame ``index``'s objective: content targets and masks that come with a batch of ``count`` are
     sliced to that frame; a batch of one goes with every frame."""
+
     def one(value: torch.Tensor) -> torch.Tensor:
         return value[index : index + 1] if value.shape[0] == count and count > 1 else value
 
@@ -38,8 +39,9 @@ def frame_objective(objective: Objective, index: int, count: int) -> Objective:
     return {**objective, "terms": terms}
 
 
-def frame_start(index: int, init: torch.Tensor, previous: torch.Tensor | None,
-                temporal: Temporal | None) -> tuple[torch.Tensor, TemporalTerm | None]:
+def frame_start(
+    index: int, init: torch.Tensor, previous: torch.Tensor | None, temporal: Temporal | None
+) -> tuple[torch.Tensor, TemporalTerm | None]:
     """Frame ``index``'s start ``[1, 3, H, W]`` and its temporal term (None: none)."""
     content = init[index : index + 1]
     if temporal is None or previous is None or temporal["start"] == "content" and temporal["weight"] == 0:

@@ -58,9 +58,11 @@ def check_clip_size(count: int, width: int, height: int, what: str) -> None:
     needed = count * width * height * 3 * 4
     if needed > MAX_CLIP_BYTES:
         fits = max(1, MAX_CLIP_BYTES // (width * height * 12))
-        raise ClipError(f"{what}: {count} frames of {width}x{height} take {needed / 2**30:.1f} GiB as RGB floats, "
-                        f"more than {MAX_CLIP_BYTES / 2**30:.0f} GiB; take at most {fits} frames at this size "
-                        "(--frames START:STOP) or a smaller size (--size)")
+        raise ClipError(
+            f"{what}: {count} frames of {width}x{height} take {needed / 2**30:.1f} GiB as RGB floats, "
+            f"more than {MAX_CLIP_BYTES / 2**30:.0f} GiB; take at most {fits} frames at this size "
+            "(--frames START:STOP) or a smaller size (--size)"
+        )
 
 
 def read_video(path: Path, start: int = 0, stop: int | None = None, long_side: int | None = None) -> Clip:
@@ -134,8 +136,9 @@ def read_frames_names(pattern: str) -> list[str]:
     return sorted(names, key=natural_key)
 
 
-def read_frames(pattern: str, start: int = 0, stop: int | None = None, long_side: int | None = None,
-                fps: Fraction = DEFAULT_FPS) -> Clip:
+def read_frames(
+    pattern: str, start: int = 0, stop: int | None = None, long_side: int | None = None, fps: Fraction = DEFAULT_FPS
+) -> Clip:
     """Frames from a folder (its pictures) or a glob, in natural order (frame_2 before frame_10)."""
     names = read_frames_names(pattern)[start:stop]
     if not names:
@@ -149,8 +152,10 @@ def read_frames(pattern: str, start: int = 0, stop: int | None = None, long_side
                     size = picture.size
                     check_clip_size(len(names), *_scaled(*size, long_side), pattern)
                 elif picture.size != size:
-                    raise ClipError(f"{name}: {picture.size[0]}x{picture.size[1]}, but the first frame is "
-                                    f"{size[0]}x{size[1]}; every frame of a clip has one size")
+                    raise ClipError(
+                        f"{name}: {picture.size[0]}x{picture.size[1]}, but the first frame is "
+                        f"{size[0]}x{size[1]}; every frame of a clip has one size"
+                    )
                 frames.append(np.asarray(picture.convert("RGB").resize(_scaled(*size, long_side), Image.BICUBIC)))
         except OSError as error:
             raise ClipError(f"{name}: not a picture that can be read ({error})") from None
@@ -221,9 +226,11 @@ def write_clip(target: Path, clip: Clip) -> None:
             stream.pix_fmt = "rgb8" if suffix == ".gif" else "yuv420p"
             sound = None
             if clip.audio is not None and suffix != ".gif":  # every stream is added before the first packet
-                sound = output.add_stream("libopus" if suffix == ".webm" else "aac",
-                                          rate=48000 if suffix == ".webm" else int(clip.audio["sample_rate"]),
-                                          layout="mono" if clip.audio["waveform"].shape[1] == 1 else "stereo")
+                sound = output.add_stream(
+                    "libopus" if suffix == ".webm" else "aac",
+                    rate=48000 if suffix == ".webm" else int(clip.audio["sample_rate"]),
+                    layout="mono" if clip.audio["waveform"].shape[1] == 1 else "stereo",
+                )
             for frame in to_uint8(clip.frames):
                 picture = av.VideoFrame.from_ndarray(frame[: stream.height, : stream.width], format="rgb24")
                 output.mux(stream.encode(picture))
@@ -242,11 +249,13 @@ def _write_audio(output: Any, stream: Any, audio: dict[str, Any]) -> None:
 
     layout = stream.codec_context.layout.name
     waveform = audio["waveform"][0].float().cpu().numpy()[: 1 if layout == "mono" else 2]
-    resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout,
-                                  rate=stream.codec_context.sample_rate)
+    resampler = av.AudioResampler(
+        format=stream.codec_context.format.name, layout=layout, rate=stream.codec_context.sample_rate
+    )
     for begin in range(0, waveform.shape[1], 1024):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(waveform[:, begin : begin + 1024]), format="fltp",
-                                           layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(waveform[:, begin : begin + 1024]), format="fltp", layout=layout
+        )
         frame.sample_rate = int(audio["sample_rate"])
         for piece in resampler.resample(frame):
             output.mux(stream.encode(piece))
