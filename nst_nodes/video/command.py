@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,12 +79,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--confine", action="store_true", help="refuse an output outside the current folder")
+    parser.add_argument(
+        "--confine",
+        action="store_true",
+        help="refuse a clip or an output outside the current folder (as a server would)",
+    )
     return parser
 
 
 def _nodes(prompt: dict[str, Any], class_type: str) -> list[str]:
     return [node_id for node_id, entry in prompt.items() if entry.get("class_type") == class_type]
+
+
+def places(args: argparse.Namespace) -> tuple[str, Path, str]:
+    """The clip as Load Video names it, the output folder, and Save Video's prefix. With ``--confine`` both
+    are relative to the current folder, and Load and Save Video refuse what lies outside it."""
+    bare = args.output.with_suffix("") if args.output.suffix else args.output
+    if args.confine:
+        return os.path.relpath(args.input), Path("."), os.path.relpath(bare)
+    return str(Path(args.input).absolute()), args.output.parent, bare.name
 
 
 def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: str, output_format: str) -> list[str]:
@@ -97,7 +111,7 @@ def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: 
     load, save = loaders[0], savers[0]
     start, stop = args.frames
     settings = [
-        f"{load}.video={json.dumps(str(Path(args.input).absolute()))}",
+        f"{load}.video={json.dumps(places(args)[0])}",
         f"{load}.start={start}",
         f"{load}.stop={stop or 0}",
         f"{save}.filename_prefix={json.dumps(output_name)}",
@@ -135,11 +149,11 @@ def main(argv: list[str]) -> int:
         return 2
     prompt = prompt.get("prompt", prompt)
     try:
-        settings = settings_for(prompt, args, args.output.stem if args.output.suffix else "frame", output_format)
+        settings = settings_for(prompt, args, places(args)[2], output_format)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    output_dir = args.output.parent if args.output.suffix else args.output
+    output_dir = places(args)[1]
     common = ["--output-dir", str(output_dir), "--device", args.device]
     common += ["--no-cache"] if args.no_cache else ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
     common += ["--confine"] if args.confine else []

@@ -177,7 +177,24 @@ def probe(source: str, start: int = 0, stop: int | None = None, long_side: int |
     then it is decoded); raises :class:`ClipError` for what cannot be a clip, or one too large."""
     path = Path(source)
     if not path.is_file():
-        return len(read_frames_names(source)[start:stop]) or len(read_clip(source, start, stop, long_side).frames)
+        names = read_frames_names(source)[start:stop]
+        if not names:
+            return len(read_clip(source, start, stop, long_side).frames)  # says why there is nothing
+        sizes = {}
+        for name in names:  # headers only
+            try:
+                with Image.open(name) as picture:
+                    sizes.setdefault(picture.size, name)
+            except OSError as error:
+                raise ClipError(f"{name}: not a picture that can be read ({error})") from None
+        if len(sizes) > 1:
+            (first, _), (size, name) = list(sizes.items())[:2]
+            raise ClipError(
+                f"{name}: {size[0]}x{size[1]}, but the first frame is {first[0]}x{first[1]}; every frame "
+                "of a clip has one size"
+            )
+        check_clip_size(len(names), *_scaled(*next(iter(sizes)), long_side), source)
+        return len(names)
     import av
 
     try:

@@ -1,0 +1,126 @@
+"""graphs/video.json through `nst video` and the nodes: tiny frames, few steps."""
+
+from __future__ import annotations
+
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from graphrun import Folders, RunInterrupted, run
+from nst_nodes.app import main
+from nst_nodes.video import io
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP = ROOT / "nst_nodes" / "samples" / "carphone.mp4"
+TINY = ["--frames", "0:3", "--size", "48", "--steps", "2", "--no-cache"]
+
+
+def test_nst_video_writes_every_frame_at_the_clips_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "out.mp4"), *TINY]) == 0
+    result = io.read_clip(str(tmp_path / "out.mp4"))
+    assert result.frames.shape == (3, 40, 48, 3) and result.fps == Fraction(30000, 1001)
+    err = capsys.readouterr().err
+    assert "warping error" in err and "3 frames in" in err and "frames per hour" in err
+
+
+@pytest.mark.parametrize("mode", ["off", "chain", "warped"])
+def test_every_temporal_mode_runs(tmp_path: Path, mode: str) -> None:
+    assert (
+        main(["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "frames"), *TINY, "--temporal", mode]) == 0
+    )
+    assert sorted(path.name for path in (tmp_path / "frames").iterdir()) == [
+        "frame_00000.png",
+        "frame_00001.png",
+        "frame_00002.png",
+    ]
+
+
+def test_frames_from_a_folder_make_a_gif(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    io.write_clip(frames, io.read_clip(str(CLIP), 0, 3))
+    assert main(["video", "graphs/video.json", str(frames / "*.png"), "-o", str(tmp_path / "out.gif"), *TINY]) == 0
+    assert io.read_clip(str(tmp_path / "out.gif")).frames.shape[0] == 3
+
+
+def bad_clips(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    (tmp_path / "notes.mp4").write_text("not a video")
+    whole = CLIP.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 3])
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.new("RGB", (32, 24)).save(mixed / "a_1.png")
+    Image.new("RGB", (30, 24)).save(mixed / "a_2.png")
+    return {
+        "not a video": (str(tmp_path / "notes.mp4"), "not a video FFmpeg can read"),
+        "truncated": (str(tmp_path / "cut.mp4"), "cut.mp4"),
+        "zero frames": (str(CLIP), "no frames in 500:"),
+        "mixed sizes": (str(mixed), "a_2.png: 30x24, but the first frame is 32x24"),
+        "missing": (str(tmp_path / "gone.mp4"), "no such file, folder or glob"),
+    }
+
+
+@pytest.mark.parametrize("case", ["not a video", "truncated", "zero frames", "mixed sizes", "missing"])
+def test_a_bad_clip_is_refused_before_anything_runs(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, message = bad_clips(tmp_path)[case]
+    frames = ["--frames", "500:"] if case == "zero frames" else []
+    assert main(["video", "graphs/video.json", source, "-o", str(tmp_path / "out.mp4"), *TINY[2:], *frames]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "NSTOptimize" not in err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_clip_too_large_is_refused_with_a_size_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(io, "MAX_CLIP_BYTES", 1 << 20)
+    assert main(["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "out.mp4")]) == 2
+    assert "24 frames of 176x144" in capsys.readouterr().err
+
+
+def test_an_output_outside_the_folder_is_refused_when_confined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inside").mkdir()
+    graph, clip = ROOT / "graphs" / "video.json", tmp_path / "inside" / "clip.mp4"
+    clip.write_bytes(CLIP.read_bytes())
+    arguments = ["video", str(graph), str(clip), *TINY, "--confine", "-o"]
+    assert main([*arguments, str(tmp_path.parent / "escaped.mp4")]) == 2
+    assert "filename_prefix" in capsys.readouterr().err and not (tmp_path.parent / "escaped.mp4").exists()
+    assert main([*arguments, "out.avi"]) == 2
+    assert "write .mp4, .mkv" in capsys.readouterr().err
+    assert main([*arguments, "inside/out.mp4"]) == 0 and (tmp_path / "inside" / "out.mp4").exists()
+
+
+def test_a_stop_mid_clip_keeps_the_frames_done_in_a_playable_video(tmp_path: Path) -> None:
+    stop = threading.Event()
+
+    class StopInFrameTwo:
+        def node_done(self, *args: object) -> None: ...
+
+        def warning(self, message: str) -> None: ...
+
+        def progress(self, node_id: str, class_type: str, step: int, total: int, info: dict, preview: object) -> None:
+            if info.get("frame") == "2/3":
+                stop.set()
+
+    overrides = {"1.video": str(CLIP), "1.stop": 3, "1.long_side": 48, "16.steps": 2, "18.filename_prefix": "part"}
+    with pytest.raises(RunInterrupted) as stopped:
+        run(
+            "graphs/video.json",
+            device="cpu",
+            overrides=overrides,
+            folders=Folders(output=tmp_path),
+            stop=stop,
+            reporter=StopInFrameTwo(),
+        )
+    assert "16" in stopped.value.partial
+    partial = io.read_clip(str(tmp_path / "part.mp4"))
+    assert partial.frames.shape[0] == 2  # frame 1 whole, frame 2 as far as it went
+    assert torch.isfinite(partial.frames).all()
