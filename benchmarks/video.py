@@ -34,6 +34,7 @@ from nst_nodes.nodes.video import OpticalFlow, TemporalLoss
 from nst_nodes.optimize import OptimizerSettings
 from nst_nodes.types import Objective
 from nst_nodes.vgg import load_vgg19
+from nst_nodes.video.flow import is_cut
 from nst_nodes.video.frames import optimize_frames
 from nst_nodes.video.io import Clip, read_clip, write_clip
 from nst_nodes.video.metrics import flicker, warping_error
@@ -81,10 +82,11 @@ def main() -> None:
     started = time.perf_counter()
     flow, reliable = OpticalFlow().flow(frames, "dis")
     flow_seconds = time.perf_counter() - started
-    cuts = [index for index in range(1, len(frames)) if float(reliable[index].mean()) < 0.3]
+    cuts = [index for index in range(1, len(frames)) if is_cut(reliable[index])]
+    pair = 1000 * flow_seconds / max(1, len(frames) - 1)
     print(
-        f"optical flow (DIS, both ways, with the reliability check): {1000 * flow_seconds / max(1, len(frames) - 1):.1f}"
-        f" ms a frame pair; scene cuts before frames {cuts or 'none'}"
+        f"optical flow (DIS, both ways, with the reliability check): {pair:.1f} ms a frame pair; "
+        f"scene cuts before frames {cuts or 'none'}"
     )
     settings = OptimizerSettings(steps=args.steps)
     optimize_frames(model, objective, init[:1], None, OptimizerSettings(steps=12))  # the pass plan, timed once
