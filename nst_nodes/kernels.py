@@ -195,13 +195,17 @@ class Choice:
 
 
 def parse_choice(entry: object) -> Choice | None:
-    """A stored choice, or None for an entry of the wrong shape (a damaged file must not fail a run)."""
-    if not isinstance(entry, dict) or entry.get("path") not in PATHS:
+    """A stored choice, or None for an entry of the wrong shape (a damaged file must not fail a run). The
+    winner is a kernel path for a convolution, a plan name (``bf16``, ``fp32 winograd``...) for a pass plan:
+    it must be one of the candidates timed."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         return None
     seconds = entry.get("seconds", {})
     if not isinstance(seconds, dict) or not all(
         isinstance(value, (int, float)) and not isinstance(value, bool) for value in seconds.values()
     ):
+        return None
+    if seconds and entry["path"] not in seconds:
         return None
     return Choice(entry["path"], dict(seconds))
 

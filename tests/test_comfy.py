@@ -270,7 +270,7 @@ def test_every_float_default_and_every_shipped_value_survives_the_editors_roundi
         for node in json.loads(path.read_text()).values():
             for name, value in node["inputs"].items():
                 options = dict(float_inputs_of(node["class_type"]).get(name, {}))
-                if options:
+                if options and not isinstance(value, list):  # a list is a link (Save Video's fps), no widget
                     assert editor_value(value, options) == value, (path.name, node["class_type"], name, value)
 
 

@@ -185,3 +185,17 @@ def test_the_kernel_choices_live_in_the_packs_cache_root(tmp_path: Path, monkeyp
     )
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_root() == Path.home() / ".cache" / "nst-nodes"
+
+
+def test_a_remembered_pass_plan_is_read_back_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pass plan's winner is a plan name ("fp32 winograd", "bf16"), not a kernel path: a later process must
+    adopt it, not call the file damaged and time the plans again."""
+    file = tmp_path / "kernels.json"
+    plans = ("fp32", "fp32 winograd", "bf16")
+    timed = iter([{"fp32": 0.3, "fp32 winograd": 0.2, "bf16": 0.25}])
+    assert kernels.KernelChooser(file).measured("pass:test@8x8:cpu", plans, lambda: next(timed)) == "fp32 winograd"
+    again = kernels.KernelChooser(file)
+    assert again.measured("pass:test@8x8:cpu", plans, lambda: pytest.fail("timed again")) == "fp32 winograd"
+    assert not caplog.records

@@ -40,7 +40,8 @@ class Input:
 
     @property
     def checked(self) -> bool:
-        """Whether :meth:`problem` checks anything: VALIDATE_INPUTS names only the inputs it checks."""
+        """Whether VALIDATE_INPUTS must check it: what ComfyUI's own checks miss (NaN, a text's format). ComfyUI
+        checks INT ranges and choices itself, unless the hook names the input (a node's ``validate`` does)."""
         return False
 
 
@@ -98,10 +99,6 @@ class Int(Input):
             return None
         return f"{self.name}: {value} is outside {self.min}..{self.max}"
 
-    @property
-    def checked(self) -> bool:
-        return True
-
 
 @dataclass(frozen=True, kw_only=True)
 class Choice(Input):
@@ -117,10 +114,6 @@ class Choice(Input):
         if value is None or value in self.choices:
             return None
         return f"{self.name}: {value!r} is not one of {list(self.choices)}"
-
-    @property
-    def checked(self) -> bool:
-        return True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,19 +181,19 @@ def validate_inputs(inputs: tuple[Input, ...], more: Callable[..., Validation] |
 
     ComfyUI and the runner pass a hook the values its signature names, so the hook's signature lists exactly
     the checked inputs and those of ``more`` (a ``**kwargs`` would make ComfyUI skip its checks of links too)."""
-    checked = [item for item in inputs if item.checked]
     more_names = [] if more is None else list(inspect.signature(more).parameters)
-    if not checked and more is None:
+    names = list(dict.fromkeys([item.name for item in inputs if item.checked] + more_names))
+    if not names:
         return None
+    declared = {item.name: item for item in inputs}
 
     def VALIDATE_INPUTS(cls: type, **values: Any) -> Validation:
-        for item in checked:
-            problem = item.problem(values.get(item.name))
+        for name in names:  # ComfyUI skips its own checks of these: each one's range or choices first
+            problem = declared[name].problem(values.get(name)) if name in declared else None
             if problem is not None:
                 return problem
         return True if more is None else more(**{name: values.get(name) for name in more_names})
 
-    names = dict.fromkeys([item.name for item in checked] + more_names)
     parameter = inspect.Parameter.POSITIONAL_OR_KEYWORD
     VALIDATE_INPUTS.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter("cls", parameter)] + [inspect.Parameter(name, parameter, default=None) for name in names]

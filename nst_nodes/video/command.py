@@ -161,7 +161,9 @@ def main(argv: list[str]) -> int:
     if args.workers or args.scheduler:
         from .segments import run_segments
 
-        code = run_segments(args, prompt, settings, common, count)
+        code = run_segments(
+            args, prompt, settings, common, count, _nodes(prompt, LOADER)[0], _nodes(prompt, SAVER)[0], OVERLAP
+        )
     else:
         code = nst(["run", str(args.graph), *[item for value in settings for item in ("--set", value)], *common])
     seconds = time.perf_counter() - started

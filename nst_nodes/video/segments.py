@@ -1,0 +1,97 @@
+"""A clip in parallel: cut into overlapping segments that run as one ``nst batch`` on Dask (each segment
+chained inside, frame after frame), then joined, the overlaps cross-faded so that no seam shows a jump.
+
+Segment ``i > 0`` starts :data:`~nst_nodes.video.command.OVERLAP` frames before its own share of the
+clip: those frames let it settle, and over them the result fades from the segment before into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import DEFAULT_FPS, Clip, read_audio, read_clip, write_clip
+
+WORK_FOLDER = ".nst-video-segments"
+
+
+def plan(start: int, stop: int, parts: int, overlap: int) -> list[tuple[int, int]]:
+    """``parts`` segments ``[first, stop)`` covering ``start..stop``; each but the first begins ``overlap``
+    frames before its share."""
+    count = stop - start
+    parts = max(1, min(parts, count // max(1, 2 * overlap)))
+    bounds = [start + round(count * part / parts) for part in range(parts + 1)]
+    return [(max(start, bounds[part] - (overlap if part else 0)), bounds[part + 1]) for part in range(parts)]
+
+
+def join(segments: list[torch.Tensor], spans: list[tuple[int, int]]) -> torch.Tensor:
+    """One clip from overlapping segments: over each overlap the weight moves linearly to the later one."""
+    joined = segments[0]
+    for frames, (first, _), (_, previous_stop) in zip(segments[1:], spans[1:], spans[:-1], strict=True):
+        shared = previous_stop - first
+        weights = torch.arange(1, shared + 1, dtype=frames.dtype).view(-1, 1, 1, 1) / (shared + 1)
+        blended = (1 - weights) * joined[-shared:] + weights * frames[:shared]
+        joined = torch.cat([joined[:-shared], blended, frames[shared:]])
+    return joined
+
+
+def run_segments(
+    args: argparse.Namespace,
+    prompt: dict[str, Any],
+    settings: list[str],
+    common: list[str],
+    count: int,
+    load: str,
+    save: str,
+    overlap: int,
+) -> int:
+    """Run the segments as a batch (``--workers`` local processes, or the cluster at ``--scheduler``), then
+    join them into ``args.output``. A stopped or failed batch leaves the segments done in the work folder."""
+    from ..app import main as nst
+
+    start = args.frames[0]
+    spans = plan(start, start + count, args.workers or 2, overlap)
+    output_dir = Path(common[common.index("--output-dir") + 1])
+    work = output_dir / WORK_FOLDER / args.output.stem
+    kept = [
+        value
+        for value in settings
+        if not value.startswith((f"{load}.start=", f"{load}.stop=", f"{save}.filename_prefix=", f"{save}.format="))
+    ]
+    command = [
+        "batch",
+        str(args.graph),
+        *[item for value in kept for item in ("--set", value)],
+        "--set",
+        f"{save}.filename_prefix={WORK_FOLDER}/{args.output.stem}/segment_{{index}}",
+        "--set",
+        f"{save}.format=png frames",
+        "--over",
+        f"{load}.start={[first for first, _ in spans]}",
+        "--over",
+        f"{load}.stop={[stop for _, stop in spans]}",
+        *common,
+    ]
+    command += ["--scheduler", args.scheduler] if args.scheduler else ["--workers", str(len(spans))]
+    print(f"{len(spans)} segments: {', '.join(f'{first}:{stop}' for first, stop in spans)}", file=sys.stderr)
+    code = nst(command)
+    if code != 0:
+        print(f"the segments done are in {work}", file=sys.stderr)
+        return code
+    segments = [read_clip(str(work / f"segment_{index}")).frames for index in range(len(spans))]
+    source = Path(args.input)
+    fps, audio = DEFAULT_FPS, None
+    if source.is_file():
+        probe = read_clip(str(source), start, start + 1)
+        fps = probe.fps
+        if probe.audio is not None:
+            audio = read_audio(source, Fraction(start) / fps, Fraction(start + count) / fps)
+    write_clip(args.output if args.output.suffix else args.output, Clip(join(segments, spans), fps, audio))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
