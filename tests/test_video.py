@@ -225,3 +225,23 @@ def test_frames_are_optimized_in_order_and_a_stop_keeps_the_frames_done(clip_pro
         model, objective, init, temporal, OptimizerSettings(steps=3), should_stop=lambda: next(calls) >= 4
     )
     assert stopped and results.shape[0] == 2 and len(history["frames"]) == 2
+
+
+# --- segments (nst_nodes/video/segments.py) ----------------------------------------------------
+
+from nst_nodes.video.segments import join, plan  # noqa: E402
+
+
+def test_segments_cover_the_clip_and_overlap_by_the_warm_up() -> None:
+    assert plan(0, 48, 2, 4) == [(0, 24), (20, 48)]
+    assert plan(10, 40, 3, 4) == [(10, 20), (16, 30), (26, 40)]
+    assert plan(0, 12, 4, 4) == [(0, 12)]  # too short to share: one segment
+    assert plan(0, 5, 2, 4) == [(0, 5)]
+
+
+def test_joined_segments_fade_from_one_into_the_next_over_the_overlap() -> None:
+    spans = [(0, 6), (3, 9)]
+    first, second = torch.zeros(6, 2, 2, 3), torch.ones(6, 2, 2, 3)
+    joined = join([first, second], spans)
+    assert joined.shape[0] == 9
+    assert [round(float(frame.mean()), 2) for frame in joined] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]

@@ -124,3 +124,14 @@ def test_a_stop_mid_clip_keeps_the_frames_done_in_a_playable_video(tmp_path: Pat
     partial = io.read_clip(str(tmp_path / "part.mp4"))
     assert partial.frames.shape[0] == 2  # frame 1 whole, frame 2 as far as it went
     assert torch.isfinite(partial.frames).all()
+
+
+def test_nst_video_in_segments_on_two_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["--frames", "0:16", "--size", "48", "--steps", "2", "--cache-dir", str(tmp_path / "cache")]
+    command = ["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "out.mp4"), *arguments, "--workers", "2"]
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert "2 segments: 0:8, 4:16" in err and "2 items: 2 done" in err
+    result = io.read_clip(str(tmp_path / "out.mp4"))
+    assert result.frames.shape == (16, 40, 48, 3) and result.fps == Fraction(30000, 1001)
+    assert not (tmp_path / ".nst-video-segments" / "out").exists()  # the work folder is cleaned up
