@@ -54,7 +54,15 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "video")
     parser.add_argument("--gif", type=Path, default=None, help="write off | the steadiest mode side by side here")
+    parser.add_argument(
+        "--segments",
+        action="store_true",
+        help="instead: `nst video` in one process and in 2 segments on 2 workers (time, seams)",
+    )
     args = parser.parse_args()
+    if args.segments:
+        compare_segments(args)
+        return
     start, stop = (int(part) for part in args.frames.split(":"))
     clip = read_clip(args.clip, start, stop, args.size)
     frames = clip.frames
@@ -141,6 +149,62 @@ def main() -> None:
         side_by_side = torch.cat([frames, results["off"], results[steadiest]], dim=2)
         write_clip(args.gif, Clip(side_by_side, clip.fps))
         print(f"{args.gif}: input | off | {steadiest}")
+
+
+def compare_segments(args: argparse.Namespace) -> None:
+    """graphs/video.json with --temporal flow, whole in one process and in 2 segments on 2 local workers:
+    wall time, and the warping error at the seam (the frames the segments share) against the rest."""
+    from nst_nodes.app import main as nst
+    from nst_nodes.video.command import OVERLAP
+    from nst_nodes.video.segments import plan
+
+    start, stop = (int(part) for part in args.frames.split(":"))
+    frames = read_clip(args.clip, start, stop, args.size).frames
+    print(
+        f"machine: {', '.join(cpu_flags())}; {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}, "
+        f"{args.steps} steps each, temporal flow"
+    )
+    outputs = {}
+    for name, extra in (("one process", []), ("2 segments, 2 workers", ["--workers", "2"])):
+        output = args.out / f"{Path(args.clip).stem}_{'segments' if extra else 'whole'}.mp4"
+        started = time.perf_counter()
+        code = nst(
+            [
+                "video",
+                str(ROOT / "graphs" / "video.json"),
+                args.clip,
+                "-o",
+                str(output),
+                "--frames",
+                args.frames,
+                "--size",
+                str(args.size),
+                "--steps",
+                str(args.steps),
+                "--temporal",
+                "flow",
+                "--no-cache",
+                *extra,
+            ]
+        )
+        seconds = time.perf_counter() - started
+        if code != 0:
+            raise SystemExit(f"{name}: nst video exited {code}")
+        outputs[name] = (read_clip(str(output)).frames, seconds)
+        print(f"{name}: {seconds:.1f} s, {3600 * len(frames) / seconds:.0f} frames per hour", flush=True)
+    whole, segmented = outputs["one process"], outputs["2 segments, 2 workers"]
+    print(f"speed-up with 2 workers: {whole[1] / segmented[1]:.2f}x")
+    spans = plan(start, stop, 2, OVERLAP)
+    seam = set(range(spans[1][0] - start, spans[0][1] - start + 1))  # pairs (i-1, i) touching the shared frames
+    errors = warping_error(segmented[0], frames)
+    at_seam = [error for index, error in enumerate(errors, start=1) if index in seam]
+    inside = [error for index, error in enumerate(errors, start=1) if index not in seam]
+    seam_mean, inside_mean = sum(at_seam) / len(at_seam), sum(inside) / len(inside)
+    print(
+        f"warping error at the seam {seam_mean:.5f} (frames {min(seam)}..{max(seam)}), inside the segments "
+        f"{inside_mean:.5f}: {seam_mean / inside_mean:.2f}x; the whole clip in one process "
+        f"{sum(warping_error(whole[0], frames)) / len(errors):.5f}"
+    )
 
 
 if __name__ == "__main__":
