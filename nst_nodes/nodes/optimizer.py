@@ -172,8 +172,7 @@ class OptimizeImage(Node):
 def check_frames(objective: Objective, temporal: Temporal | None, count: int, height: int, width: int) -> None:
     """Masks, content targets and flow fit the batch of ``count`` frames (one for all, or one per frame)."""
     for term in objective["terms"]:
-        if term["kind"] == "style" and term.get("mask") is not None:
-            mask = term["mask"]
+        if term["kind"] == "style" and (mask := term["mask"]) is not None:
             if mask.dim() == 3 and mask.shape[0] not in (1, count):
                 raise ValueError(
                     f"objective: a style loss's mask is a batch of {mask.shape[0]} for {count} frames; "

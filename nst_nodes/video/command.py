@@ -143,7 +143,9 @@ def main(argv: list[str]) -> int:
     try:
         prompt = json.loads(args.graph.read_text())
         output_format = _format(args.output)
-        count = probe(args.input, *args.frames, long_side=args.size)  # refuses a clip that is not one, or too large
+        count = probe(
+            args.input, args.frames[0], args.frames[1], long_side=args.size
+        )  # refuses a clip that is not one, or too large
     except (OSError, ValueError, ClipError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

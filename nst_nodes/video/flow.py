@@ -36,9 +36,12 @@ def optical_flow(a: torch.Tensor, b: torch.Tensor, method: str = "dis") -> torch
         raise ValueError(f"optical flow: the frames differ in size ({list(a.shape)} and {list(b.shape)})")
     first, second = _gray(a), _gray(b)
     if method == "dis":
-        flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(first, second, None)
+        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]  # not in cv2's stubs
+        flow = dis.calc(first, second, None)
     elif method == "farneback":
-        flow = cv2.calcOpticalFlowFarneback(first, second, None, 0.5, 4, 15, 3, 5, 1.2, 0)
+        flow = cv2.calcOpticalFlowFarneback(
+            first, second, np.zeros((*first.shape, 2), np.float32), 0.5, 4, 15, 3, 5, 1.2, 0
+        )
     else:
         raise ValueError(f"optical flow: method {method!r} is not one of {', '.join(METHODS)}")
     return torch.from_numpy(flow)

@@ -10,7 +10,7 @@ also a target where the warp is reliable. A scene cut starts fresh from the cont
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -31,8 +31,7 @@ def frame_objective(objective: Objective, index: int, count: int) -> Objective:
     for term in objective["terms"]:
         if term["kind"] == "content":
             terms.append({**term, "targets": {layer: one(value) for layer, value in term["targets"].items()}})
-        elif term["kind"] == "style" and term.get("mask") is not None and term["mask"].dim() == 3:
-            mask = term["mask"]
+        elif term["kind"] == "style" and (mask := term["mask"]) is not None and mask.dim() == 3:
             terms.append({**term, "mask": mask[index] if mask.shape[0] == count else mask[0]})
         else:
             terms.append(term)
@@ -106,4 +105,4 @@ def optimize_frames(
             stopped = True  # the frames done are kept; the last one is the best so far
             break
     history["steps"] = steps
-    return torch.cat(results), History(**history), stopped
+    return torch.cat(results), cast(History, history), stopped

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..types import Audio
+
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif", ".m4v")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 ENCODERS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".webm": "libvpx-vp9", ".gif": "gif"}
@@ -37,7 +39,7 @@ class Clip:
 
     frames: torch.Tensor
     fps: Fraction
-    audio: dict[str, Any] | None = None
+    audio: Audio | None = None
 
 
 def natural_key(text: str) -> list[int | str]:
@@ -106,7 +108,7 @@ def read_video(path: Path, start: int = 0, stop: int | None = None, long_side: i
     return Clip(pixels, fps, audio)
 
 
-def read_audio(path: Path, begin: Fraction, end: Fraction) -> dict[str, Any] | None:
+def read_audio(path: Path, begin: Fraction, end: Fraction) -> Audio | None:
     """The first audio stream from ``begin`` to ``end`` seconds, as ComfyUI's AUDIO (float planar)."""
     import av
 
@@ -150,13 +152,17 @@ def read_frames(
             with Image.open(name) as picture:
                 if size is None:
                     size = picture.size
-                    check_clip_size(len(names), *_scaled(*size, long_side), pattern)
+                    check_clip_size(len(names), *_scaled(size[0], size[1], long_side), pattern)
                 elif picture.size != size:
                     raise ClipError(
                         f"{name}: {picture.size[0]}x{picture.size[1]}, but the first frame is "
                         f"{size[0]}x{size[1]}; every frame of a clip has one size"
                     )
-                frames.append(np.asarray(picture.convert("RGB").resize(_scaled(*size, long_side), Image.BICUBIC)))
+                frames.append(
+                    np.asarray(
+                        picture.convert("RGB").resize(_scaled(size[0], size[1], long_side), Image.Resampling.BICUBIC)
+                    )
+                )
         except OSError as error:
             raise ClipError(f"{name}: not a picture that can be read ({error})") from None
     return Clip(torch.from_numpy(np.stack(frames)).float() / 255, fps)
@@ -180,7 +186,7 @@ def probe(source: str, start: int = 0, stop: int | None = None, long_side: int |
         names = read_frames_names(source)[start:stop]
         if not names:
             return len(read_clip(source, start, stop, long_side).frames)  # says why there is nothing
-        sizes = {}
+        sizes: dict[tuple[int, int], str] = {}
         for name in names:  # headers only
             try:
                 with Image.open(name) as picture:
@@ -193,7 +199,8 @@ def probe(source: str, start: int = 0, stop: int | None = None, long_side: int |
                 f"{name}: {size[0]}x{size[1]}, but the first frame is {first[0]}x{first[1]}; every frame "
                 "of a clip has one size"
             )
-        check_clip_size(len(names), *_scaled(*next(iter(sizes)), long_side), source)
+        width, height = next(iter(sizes))
+        check_clip_size(len(names), *_scaled(width, height, long_side), source)
         return len(names)
     import av
 
@@ -252,7 +259,7 @@ def write_clip(target: Path, clip: Clip) -> None:
                 picture = av.VideoFrame.from_ndarray(frame[: stream.height, : stream.width], format="rgb24")
                 output.mux(stream.encode(picture))
             output.mux(stream.encode(None))
-            if sound is not None:
+            if sound is not None and clip.audio is not None:
                 _write_audio(output, sound, clip.audio)
         temporary.replace(target)
     except BaseException:
@@ -260,7 +267,7 @@ def write_clip(target: Path, clip: Clip) -> None:
         raise
 
 
-def _write_audio(output: Any, stream: Any, audio: dict[str, Any]) -> None:
+def _write_audio(output: Any, stream: Any, audio: Audio) -> None:
     """Encode ComfyUI's AUDIO into ``stream`` of ``output``, resampled to what its codec takes."""
     import av
 
