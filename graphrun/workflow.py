@@ -4,7 +4,7 @@ The editor stores a node's constants as ``widgets_values``: one value per widget
 order the inputs are declared (required, then optional). Two widgets carry a value that is no
 input: the "control after generate" menu that follows a seed-like INT (``control_after_generate``,
 or an INT named ``seed``/``noise_seed`` unless it says ``False``) or a COMBO that asks for it,
-and the upload button of an input with ``image_upload``, which the editor appends after the last
+and the upload button of an input with an ``..._upload`` option, which the editor appends after the last
 required input (so after the node's other required widgets, before the optional ones). Links are
 ``[id, origin node, origin slot, target node, target slot, type]`` (or objects with those names).
 
@@ -25,7 +25,7 @@ from graphrun.spec import COMBO_TYPE, InputSpec, node_spec
 EDITOR_ONLY = ("Note", "MarkdownNote")
 MUTED, BYPASSED = 2, 4
 SEED_NAMES = ("seed", "noise_seed")
-UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
+UPLOAD_SUFFIX = "_upload"  # the option that asks ComfyUI's editor for an upload button (of any kind of file)
 
 
 def is_workflow(document: Any) -> bool:
@@ -41,7 +41,7 @@ def extra_widget_values(spec: InputSpec) -> int:
 
 
 def has_upload(spec: InputSpec) -> bool:
-    return any(spec.options.get(option) for option in UPLOAD_OPTIONS)
+    return any(name.endswith(UPLOAD_SUFFIX) and bool(value) for name, value in spec.options.items())
 
 
 def is_widget(spec: InputSpec) -> bool:
