@@ -193,7 +193,7 @@ def validate_inputs(inputs: tuple[Input, ...], more: Callable[..., Validation] |
     if not checked and more is None:
         return None
 
-    def VALIDATE_INPUTS(cls: type, **values: Any) -> Validation:
+    def VALIDATE_INPUTS(cls: type, /, **values: Any) -> Validation:
         for item in checked:
             problem = item.problem(values.get(item.name))
             if problem is not None:
@@ -202,7 +202,7 @@ def validate_inputs(inputs: tuple[Input, ...], more: Callable[..., Validation] |
 
     names = dict.fromkeys([item.name for item in checked] + more_names)
     parameter = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    VALIDATE_INPUTS.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    VALIDATE_INPUTS.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # read by inspect
         [inspect.Parameter("cls", parameter)] + [inspect.Parameter(name, parameter, default=None) for name in names]
     )
     return classmethod(VALIDATE_INPUTS)
