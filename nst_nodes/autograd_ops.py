@@ -15,14 +15,35 @@ fp32, while its gradient, which flows back into the bf16 network anyway, is a bf
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
 
+class FunctionContext(Protocol):
+    """What the functions below use of autograd's ``ctx`` (a ``torch.autograd.function.BackwardCFunction``)."""
+
+    @property
+    def saved_tensors(self) -> tuple[torch.Tensor, ...]: ...
+
+    def save_for_backward(self, *tensors: torch.Tensor | None) -> None: ...
+
+    def mark_dirty(self, *tensors: torch.Tensor) -> None: ...
+
+
+class _MaxPoolContext(FunctionContext, Protocol):
+    input_size: torch.Size
+
+
+class _GramContext(FunctionContext, Protocol):
+    scale: float
+
+
 class _ReLU(Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, keep_output: bool, inplace: bool) -> torch.Tensor:
+    def forward(ctx: FunctionContext, x: torch.Tensor, keep_output: bool, inplace: bool) -> torch.Tensor:
         if inplace:
             out = x.clamp_min_(0)
             ctx.mark_dirty(out)
@@ -32,7 +53,7 @@ class _ReLU(Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: FunctionContext, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (saved,) = ctx.saved_tensors
         if saved.dtype == torch.uint8:
             return grad * saved, None, None
@@ -41,14 +62,14 @@ class _ReLU(Function):
 
 class _MaxPool2x2(Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: _MaxPoolContext, x: torch.Tensor) -> torch.Tensor:
         out, indices = F.max_pool2d(x, 2, 2, return_indices=True)
         ctx.save_for_backward(indices)
         ctx.input_size = x.shape[-2:]
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: _MaxPoolContext, grad: torch.Tensor) -> torch.Tensor:
         (indices,) = ctx.saved_tensors
         # The aten op itself: F.max_unpool2d's Python size check imports sympy on first use (0.4 s).
         return torch.ops.aten.max_unpool2d(grad, indices, list(ctx.input_size))
@@ -66,14 +87,14 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
 
 class _Gram(Function):
     @staticmethod
-    def forward(ctx, flat: torch.Tensor, weights: torch.Tensor | None, scale: float) -> torch.Tensor:
+    def forward(ctx: _GramContext, flat: torch.Tensor, weights: torch.Tensor | None, scale: float) -> torch.Tensor:
         ctx.save_for_backward(flat, weights)
         ctx.scale = scale
         full = flat.to(torch.promote_types(flat.dtype, torch.float32))
         return ((full if weights is None else full * weights) @ full.t()) * scale
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: _GramContext, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         flat, weights = ctx.saved_tensors
         both = ((grad + grad.t()) * ctx.scale).to(flat.dtype)
         result = both @ flat

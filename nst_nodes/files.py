@@ -159,7 +159,7 @@ def output_paths(stem: Path, extension: str, overwrite: bool, count: int = 1) ->
     return [stem.with_name(f"{stem.name}_{first + i:05d}_.{extension}") for i in range(count)]
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None], overwrite: bool = True) -> Path:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object], overwrite: bool = True) -> Path:
     """Create ``path``'s folder and write it through a temporary file, so it appears whole or not at all.
 
     Without ``overwrite`` the name is claimed exclusively: a numbered name (``x_00007_.png``) that

@@ -35,19 +35,20 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import winograd
+from .autograd_ops import FunctionContext
 from .files import FileRuleError, cache_root, open_regular, write_atomically
 
 try:
     import fcntl
 except ImportError:  # Windows: no lock; the merge still keeps most of what others wrote
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # no such module there: every use checks for None
 
 PATHS = ("winograd", "direct", "channels_last")
 CHOICES = ("auto", *PATHS)
@@ -362,35 +363,44 @@ def chooser() -> KernelChooser:
     return _chooser
 
 
+class _ConvContext(FunctionContext, Protocol):
+    backward_path: str
+
+
 class _FrozenConv3x3(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, forward_path: str, backward_path: str
+        ctx: _ConvContext,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        forward_path: str,
+        backward_path: str,
     ) -> torch.Tensor:
         ctx.save_for_backward(weight)
         ctx.backward_path = backward_path
         return KERNELS[forward_path](x, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+    def backward(ctx: _ConvContext, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         (weight,) = ctx.saved_tensors
         transposed = weight.transpose(0, 1).flip(2, 3).contiguous()  # a few MB, made when needed
         return KERNELS[ctx.backward_path](grad, transposed, None), None, None, None, None
 
 
 _cast_weights: weakref.WeakKeyDictionary[
-    nn.Conv2d, dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]]
+    nn.Conv2d, dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor | None]]
 ] = weakref.WeakKeyDictionary()
 
 
-def _weights_in(conv: nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _weights_in(conv: nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conv's weights in ``dtype`` (channels-last), cast once per model rather than every pass
     as autocast does for frozen weights."""
     casts = _cast_weights.setdefault(conv, {})
     key = (dtype, conv.weight.device)
     if key not in casts:
         weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-        casts[key] = (weight, conv.bias.detach().to(dtype))
+        casts[key] = (weight, None if conv.bias is None else conv.bias.detach().to(dtype))
     return casts[key]
 
 
@@ -404,7 +414,7 @@ def frozen_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         return F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=1)
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return conv(x)
-    weight, bias = conv.weight.detach(), conv.bias.detach()
+    weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
     picker, paths = chooser(), candidates(x)
     shape = (weight.shape[1], weight.shape[0], x.shape[-2], x.shape[-1])
     forward_path = picker.choose(shape, paths)

@@ -59,7 +59,7 @@ class BoxLBFGS:
         x = self.x
         if self.loss is None:
             self.loss = self._evaluate(closure)
-        gradient = x.grad
+        gradient = self._gradient()
         free = ~(((x <= self.lower) & (gradient > 0)) | ((x >= self.upper) & (gradient < 0)))
         projected_gradient = gradient * free
         direction = self._inverse_hessian_times(projected_gradient).neg_().mul_(free)
@@ -87,16 +87,21 @@ class BoxLBFGS:
             length *= min(max(shrink, 0.1), 0.5)
         else:
             self._forget()  # the model was useless this far out: start over from the gradient
-        self._remember(x - start, x.grad - gradient)
+        self._remember(x - start, self._gradient() - gradient)
         self.loss = loss
         return loss
 
     def _evaluate(self, closure: Callable[[], float]) -> float:
         with torch.enable_grad():
             loss = float(closure())
+        self._gradient()
+        return loss
+
+    def _gradient(self) -> torch.Tensor:
+        """``x.grad``, which the closure must have set."""
         if self.x.grad is None:
             raise RuntimeError("BoxLBFGS: the closure must call backward() so that x.grad is set")
-        return loss
+        return self.x.grad
 
     def _forget(self) -> None:
         self.order.clear()

@@ -58,7 +58,7 @@ def check_pixels(width: int, height: int, what: str) -> None:
 
 def _layer_shapes(height: int, width: int, deepest: str) -> list[tuple[int, int, int]]:
     """(channels, height, width) of every conv output up to ``deepest``."""
-    shapes = []
+    shapes: list[tuple[int, int, int]] = []
     for block, (convs, channels) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True)):
         scale = 2**block
         for conv in range(1, convs + 1):

@@ -20,16 +20,18 @@ Conventions (so that a weight means the same at every image size and layer width
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import lru_cache
+import operator
+from collections.abc import Callable, Iterable
+from functools import lru_cache, reduce
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from . import autograd_ops
-from .types import FeatureTerm, LayerStatistics, Objective, StyleTerm, TemporalTerm, Term
+from .types import FeatureTerm, LayerStatistics, Objective, Statistic, StyleTerm, TemporalTerm, Term
 
-STATISTICS = ("gram", "mean_cov", "sliced")
+STATISTICS: tuple[Statistic, ...] = ("gram", "mean_cov", "sliced")
 PROJECTIONS = 64  # random directions per layer for the sliced distance
 QUANTILES = 256  # quantiles kept of the style's projected features
 EIGEN_FLOOR = 1e-8  # eigenvalues below this count as zero (the covariance of relu features is singular)
@@ -155,11 +157,12 @@ def blend_statistics(styles: list[dict[str, LayerStatistics]], weights: list[flo
     for other in styles[1:]:
         if other.keys() != layers:
             raise ValueError(f"style targets have different layers: {sorted(layers)} vs {sorted(other)}")
+
+    def blend(layer: str, key: Literal["gram", "mean", "quantiles"]) -> torch.Tensor:
+        return tensor_sum(w * s[layer][key] for w, s in zip(weights, styles, strict=True)) / total
+
     return {
-        layer: {
-            key: sum(w * s[layer][key] for w, s in zip(weights, styles, strict=True)) / total  # type: ignore[misc]
-            for key in ("gram", "mean", "quantiles")
-        }
+        layer: {"gram": blend(layer, "gram"), "mean": blend(layer, "mean"), "quantiles": blend(layer, "quantiles")}
         for layer in layers
     }
 
@@ -182,17 +185,24 @@ def style_term(
         "kind": "style",
         "weight": weight,
         "statistic": statistic,
-        "normalize": normalize,  # type: ignore[typeddict-item]
+        "normalize": normalize,
         "targets": targets,
         "layer_weights": layer_weights or equal,
         "mask": mask,
     }
 
 
+def tensor_sum(values: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of one or more tensors: the built-in ``sum``'s, without its start ``0`` (a ``Tensor | int``)."""
+    return reduce(operator.add, values)
+
+
 def content_loss(
     features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], layer_weights: dict[str, float]
 ) -> torch.Tensor:
-    return sum(layer_weights[layer] * torch.mean((features[layer] - target) ** 2) for layer, target in targets.items())
+    return tensor_sum(
+        layer_weights[layer] * torch.mean((features[layer] - target) ** 2) for layer, target in targets.items()
+    )
 
 
 def temporal_loss(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -265,7 +275,11 @@ def layer_loss(statistic: str, target: LayerStatistics, normalize: bool) -> Laye
 
 def term_layers(objective: Objective) -> list[str]:
     """Every layer some term of the objective reads."""
-    return sorted({layer for term in objective["terms"] for layer in term.get("targets", {})})
+    layers: set[str] = set()
+    for term in objective["terms"]:
+        if term["kind"] == "content" or term["kind"] == "style":
+            layers.update(term["targets"])
+    return sorted(layers)
 
 
 class ObjectiveFunction:
@@ -284,21 +298,25 @@ class ObjectiveFunction:
         if term["kind"] == "tv":
             return lambda features, image: tv_loss(image)
         if term["kind"] == "temporal":
-            temporal: TemporalTerm = term  # type: ignore[assignment]
+            temporal: TemporalTerm = term
             target, mask = temporal["target"].to(device).clone(), temporal["mask"].to(device).clone()
             return lambda features, image: temporal_loss(image, target, mask)
         if term["kind"] == "content":
-            content: FeatureTerm = term  # type: ignore[assignment]
+            content: FeatureTerm = term
             targets = {layer: value.to(device).clone() for layer, value in content["targets"].items()}
             return lambda features, image: content_loss(features, targets, content["layer_weights"])
         if term["kind"] == "style":
-            style: StyleTerm = term  # type: ignore[assignment]
-            mask = style.get("mask")
-            mask = None if mask is None else mask.to(device).clone()
+            style: StyleTerm = term
+            style_mask = style.get("mask")
+            style_mask = None if style_mask is None else style_mask.to(device).clone()
             losses = {
                 layer: layer_loss(
                     style["statistic"],
-                    {k: v.to(device).clone() for k, v in target.items()},  # type: ignore[misc]
+                    {
+                        "gram": target["gram"].to(device).clone(),
+                        "mean": target["mean"].to(device).clone(),
+                        "quantiles": target["quantiles"].to(device).clone(),
+                    },
                     style["normalize"],
                 )
                 for layer, target in style["targets"].items()
@@ -312,7 +330,7 @@ class ObjectiveFunction:
                     activation = features[layer]
                     size = tuple(activation.shape[-2:])
                     if size not in region:
-                        region[size] = position_weights(mask, *size)
+                        region[size] = position_weights(style_mask, *size)
                     weights = region[size]
                     total = total + style["layer_weights"][layer] * loss(activation, weights)
                 return total
@@ -330,4 +348,4 @@ class ObjectiveFunction:
 
     def total(self, features: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         """The objective's value: the sum of the weighted parts."""
-        return sum(self(features, image).values())
+        return tensor_sum(self(features, image).values())

@@ -13,12 +13,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
 from . import kernels
 from .lbfgs import BoxLBFGS
-from .losses import ObjectiveFunction, term_layers
+from .losses import ObjectiveFunction, tensor_sum, term_layers
 from .types import History, Objective
 from .vgg import LAYER_INDEX, VGGModel
 
@@ -186,7 +187,7 @@ def optimize(
             """Loss and gradient at the current image."""
             image.grad = None
             parts = loss_parts(network_features(), image)
-            sum(parts.values()).backward()
+            tensor_sum(parts.values()).backward()
             return tracker.record(image, parts)
 
         steps, stopped = 0, False
@@ -204,7 +205,8 @@ def optimize(
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
             with torch.no_grad():
                 tracker.record(image, loss_parts(network_features(), image))
-    history = {"method": settings.method, "steps": steps, "precision": plan, **tracker.history}
+    # The tracker's lists are History's: "loss" and one per term kind
+    history: History = {"method": settings.method, "steps": steps, "precision": plan, **cast(History, tracker.history)}
     return tracker.best_image, history
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -10,15 +11,21 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .types import History
 
-COLOURS = {"loss": (20, 20, 20), "content": (31, 119, 180), "style": (230, 120, 20), "tv": (44, 160, 44)}
+Series = Literal["loss", "content", "style", "tv"]  # the History lists plotted
+
+COLOURS: dict[Series, tuple[int, int, int]] = {
+    "loss": (20, 20, 20),
+    "content": (31, 119, 180),
+    "style": (230, 120, 20),
+    "tv": (44, 160, 44),
+}
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 30, 62
 
 
 def plot_history(history: History, width: int = 640, height: int = 400) -> torch.Tensor:
     """``[1, height, width, 3]`` IMAGE: one line per term (total in black), x = evaluation, y = log10."""
     series = {
-        name: [(i, v) for i, v in enumerate(history.get(name, [])) if v > 0 and math.isfinite(v)]  # type: ignore[union-attr]
-        for name in COLOURS
+        name: [(i, v) for i, v in enumerate(history.get(name, [])) if v > 0 and math.isfinite(v)] for name in COLOURS
     }  # a log scale shows positive values only; each keeps its evaluation index
     series = {name: points for name, points in series.items() if points}
     picture = Image.new("RGB", (width, height), (255, 255, 255))
@@ -41,7 +48,7 @@ def plot_history(history: History, width: int = 640, height: int = 400) -> torch
     values = [v for points in series.values() for _, v in points]
     low, high = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
     high = max(high, low + 1)
-    count = max(len(history.get(name, [])) for name in series)  # type: ignore[arg-type]
+    count = max(len(history.get(name, [])) for name in series)
 
     def x_of(index: int) -> float:
         return left + (right - left) * (index / max(count - 1, 1))

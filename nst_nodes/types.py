@@ -72,12 +72,15 @@ class FeatureTerm(TypedDict):
     layer_weights: dict[str, float]
 
 
+Statistic = Literal["gram", "mean_cov", "sliced"]  # the style losses (nst_nodes.losses.layer_loss)
+
+
 class StyleTerm(TypedDict):
     """A style term: statistics to match, with one of the style losses, inside a region of the result."""
 
     kind: Literal["style"]
     weight: float
-    statistic: Literal["gram", "mean_cov", "sliced"]
+    statistic: Statistic
     normalize: bool  # divide each layer's loss by the target's own size, so that every layer counts
     targets: dict[str, LayerStatistics]
     layer_weights: dict[str, float]

@@ -13,6 +13,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -181,7 +182,7 @@ class VGGModel:
         wanted = set(layers)
         last = max(LAYER_INDEX[name] for name in wanted)
         out: dict[str, torch.Tensor] = {}
-        for index, module in enumerate(self.network[: last + 1]):
+        for index, module in enumerate(islice(self.network, last + 1)):
             name = LAYER_NAMES[index]
             if isinstance(module, nn.ReLU):
                 # In place unless the conv output it would overwrite was asked for.

@@ -369,11 +369,18 @@ def test_nst_batch_stopped_by_two_signals_reports_every_item_without_a_traceback
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(12)  # the cluster started, the first optimization running (its 2000 steps take minutes)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 180
+    while not any("running:" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until a worker reports the first optimization's progress (its 2000 steps take minutes)
     process.send_signal(signal.SIGINT)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    process.wait(timeout=120)
+    reader.join(timeout=10)
+    stderr = "".join(lines)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert "3 items:" in stderr and "not started" in stderr, stderr

@@ -75,7 +75,7 @@ class WorkerSetup(WorkerPlugin):
         return {"registry": self.registry, "process_hook": self.process_hook}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["registry"], state["process_hook"])  # type: ignore[misc]
+        self.__init__(state["registry"], state["process_hook"])  # type: ignore[misc]  # unpickling rebuilds the instance
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ host input, and the parsers of its text inputs."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -28,6 +28,7 @@ class Node:
     CATEGORY = CATEGORY
     INPUTS: tuple[Input, ...] = ()
     HIDDEN: dict[str, str] = {}
+    VALIDATE_INPUTS: ClassVar[classmethod]  # set by __init_subclass__ only where there is something to check
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -32,17 +32,10 @@ def image_file(default: str) -> ImageFile:
     )
 
 
-class LoadImage(Node):
-    DESCRIPTION = (
-        "Read an image: EXIF orientation applied, transparency composited over white, greyscale, "
-        "palette and CMYK converted to RGB. In ComfyUI, pick or upload a file of the input folder."
-    )
-    FUNCTION = "load"
-    RETURN_TYPES = (IMAGE,)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The picture: float RGB 0..1, one image.",)
+class ImageFileNode(Node):
+    """A node that reads an image file of the input folder (``image``): its checks and its cache key."""
 
-    INPUTS = (image_file(DEFAULT_IMAGE),)
+    FUNCTION = "load"
     HIDDEN = HIDDEN_CONTEXT
 
     @classmethod
@@ -64,11 +57,23 @@ class LoadImage(Node):
         except (OSError, ValueError) as error:
             return f"unreadable: {error}"
 
+
+class LoadImage(ImageFileNode):
+    DESCRIPTION = (
+        "Read an image: EXIF orientation applied, transparency composited over white, greyscale, "
+        "palette and CMYK converted to RGB. In ComfyUI, pick or upload a file of the input folder."
+    )
+    RETURN_TYPES = (IMAGE,)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The picture: float RGB 0..1, one image.",)
+
+    INPUTS = (image_file(DEFAULT_IMAGE),)
+
     def load(self, image: str, context: Host | None = None) -> tuple[torch.Tensor]:
         return (image_io.load_image(input_path(host_of(context), image)),)
 
 
-class LoadMask(LoadImage):
+class LoadMask(ImageFileNode):
     DESCRIPTION = (
         "Read one channel of an image file as a mask (white = inside) for Style Statistics and Style Loss. "
         "In ComfyUI a mask painted in the editor (Load Image's MASK output) works the same."

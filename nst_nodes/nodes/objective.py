@@ -7,7 +7,16 @@ from functools import partial
 import torch
 
 from ..losses import STATISTICS, blend_statistics, style_term
-from ..types import MASK, NST_FEATURES, NST_LOSS, NST_STYLE_STATISTICS, Features, Objective, StyleStatistics
+from ..types import (
+    MASK,
+    NST_FEATURES,
+    NST_LOSS,
+    NST_STYLE_STATISTICS,
+    Features,
+    FeatureTerm,
+    Objective,
+    StyleStatistics,
+)
 from .base import Node, frame_masks, parse_numbers, require_same_model, weight, weights_per_layer
 from .schema import Boolean, Choice, Link, Text
 
@@ -41,7 +50,7 @@ class ContentLoss(LossNode):
 
     def build(self, target: Features, weight: float, layer_weights: str = "") -> tuple[Objective]:
         layers = list(target["layers"])
-        term = {
+        term: FeatureTerm = {
             "kind": "content",
             "weight": weight,
             "targets": target["layers"],
@@ -150,7 +159,7 @@ class CombineLosses(LossNode):
         self, loss_1: Objective, loss_2: Objective, loss_3: Objective | None = None, loss_4: Objective | None = None
     ) -> tuple[Objective]:
         losses = [loss for loss in (loss_1, loss_2, loss_3, loss_4) if loss is not None]
-        models = {loss["model"] for loss in losses} - {None}
+        models = {loss["model"] for loss in losses if loss["model"] is not None}
         if len(models) > 1:
             raise ValueError(f"losses were built with different models: {sorted(models)}")
         model = models.pop() if models else None

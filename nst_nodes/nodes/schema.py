@@ -187,7 +187,7 @@ def validate_inputs(inputs: tuple[Input, ...], more: Callable[..., Validation] |
         return None
     declared = {item.name: item for item in inputs}
 
-    def VALIDATE_INPUTS(cls: type, **values: Any) -> Validation:
+    def VALIDATE_INPUTS(cls: type, /, **values: Any) -> Validation:
         for name in names:  # ComfyUI skips its own checks of these: each one's range or choices first
             problem = declared[name].problem(values.get(name)) if name in declared else None
             if problem is not None:
@@ -195,7 +195,7 @@ def validate_inputs(inputs: tuple[Input, ...], more: Callable[..., Validation] |
         return True if more is None else more(**{name: values.get(name) for name in more_names})
 
     parameter = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    VALIDATE_INPUTS.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    VALIDATE_INPUTS.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # read by inspect
         [inspect.Parameter("cls", parameter)] + [inspect.Parameter(name, parameter, default=None) for name in names]
     )
     return classmethod(VALIDATE_INPUTS)
