@@ -36,7 +36,7 @@ from nst_nodes.types import Objective
 from nst_nodes.vgg import load_vgg19
 from nst_nodes.video.flow import is_cut
 from nst_nodes.video.frames import optimize_frames
-from nst_nodes.video.io import Clip, read_clip, write_clip
+from nst_nodes.video.io import Clip, read_clip, write_clip, write_frames
 from nst_nodes.video.metrics import flicker, warping_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +128,7 @@ def main() -> None:
             f"{row['seconds_per_frame']:8.2f} {row['frames_per_hour']:9.0f}",
             flush=True,
         )
-        write_clip(args.out / Path(args.clip).stem / mode, Clip(images, clip.fps))
+        write_frames(args.out / Path(args.clip).stem / mode, images)
     (args.out / f"{Path(args.clip).stem}.json").write_text(
         json.dumps(
             {

@@ -98,7 +98,7 @@ def test_a_clip_round_trips_with_its_rate_and_audio(tmp_path: Path) -> None:
 def test_other_outputs(tmp_path: Path, suffix: str) -> None:
     clip = io.read_clip(str(SAMPLES / "carphone.mp4"), 0, 4)
     target = tmp_path / f"out{suffix}"
-    io.write_clip(target, clip)
+    io.write_output(target, clip)
     back = io.read_clip(str(target))
     assert back.frames.shape == clip.frames.shape
 
@@ -136,6 +136,9 @@ def test_bad_clips_are_refused_with_the_reason(tmp_path: Path, monkeypatch: pyte
         io.read_clip(str(SAMPLES / "carphone.mp4"))
     with pytest.raises(io.ClipError, match="write .mp4, .mkv"):
         io.write_clip(tmp_path / "out.txt", io.Clip(torch.zeros(1, 8, 8, 3), Fraction(25)))
+    folder = tmp_path / "again"
+    io.write_frames(folder, torch.zeros(5, 8, 8, 3))
+    assert len(io.write_frames(folder, torch.zeros(2, 8, 8, 3))) == 2 and len(list(folder.iterdir())) == 2
 
 
 def test_a_steady_result_has_no_warping_error_and_no_flicker() -> None:

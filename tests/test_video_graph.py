@@ -41,7 +41,7 @@ def test_every_temporal_mode_runs(tmp_path: Path, mode: str) -> None:
 
 def test_frames_from_a_folder_make_a_gif(tmp_path: Path) -> None:
     frames = tmp_path / "frames"
-    io.write_clip(frames, io.read_clip(str(CLIP), 0, 3))
+    io.write_frames(frames, io.read_clip(str(CLIP), 0, 3).frames)
     assert main(["video", "graphs/video.json", str(frames / "*.png"), "-o", str(tmp_path / "out.gif"), *TINY]) == 0
     assert io.read_clip(str(tmp_path / "out.gif")).frames.shape[0] == 3
 

@@ -106,27 +106,42 @@ class _Collector:
     def collect(self, submission: Submission, output: Path, abort: threading.Event) -> None:
         """Wait for every item's targets (until ``abort``); an item ends with its last target."""
         execution = self.batch.execution
-        targets_of = self.batch.item_targets()
+        item_targets = self.batch.item_targets()
+
+        def files(index: int) -> list[Path]:
+            """What the item's targets wrote: those that ran (their task's report) and those the cache served."""
+            found: list[Path] = []
+            with self.lock:
+                for target in item_targets[index]:
+                    if target in submission.futures:
+                        found += self.files_of.get(submission.standing_for.get(execution.keys[target], ""), [])
+                    else:
+                        found += [output / name for name in execution.values[target].files]
+            return found
+
         waiting: dict[int, set[str]] = {}  # item -> its targets not finished yet
-        for index, targets in targets_of.items():
+        for index, targets in item_targets.items():
             submitted = {node_id for node_id in targets if node_id in submission.futures}
             if submitted:
                 waiting[index] = submitted
             else:
-                self.finish(
-                    index, CACHED, [output / name for node_id in targets for name in execution.values[node_id].files]
-                )
-        users: dict[Any, list[str]] = defaultdict(list)  # future -> the targets it stands for
+                self.finish(index, CACHED, files(index))
+        future_targets: dict[Any, list[str]] = defaultdict(list)  # future -> the targets it stands for
         for node_id, future in submission.futures.items():
-            users[future].append(node_id)
+            future_targets[future].append(node_id)
         ran: dict[int, bool] = defaultdict(bool)
         partial: dict[int, bool] = defaultdict(bool)
-        while users and (finished := wait_any(list(users), abort)):
+        while future_targets and (finished := wait_any(list(future_targets), abort)):
             for future in finished:
-                error = _error_text(future.exception()) if future.status == "error" else None
+                if future.status == "error":
+                    error = _error_text(future.exception())
+                elif future.status != "finished":  # cancelled, or lost with its worker
+                    error = f"its task was {future.status}"
+                else:
+                    error = None
                 stopped = future.status == "error" and error is None
                 value = future.result() if future.status == "finished" else None
-                for node_id in users.pop(future):
+                for node_id in future_targets.pop(future):
                     index = split_item_id(node_id)[0]
                     if index in self.results:
                         continue
@@ -137,15 +152,7 @@ class _Collector:
                     if stopped or error is not None:
                         self.finish(index, NOT_STARTED if stopped else FAILED, error=error)
                     elif not waiting[index]:
-                        with self.lock:
-                            files = [
-                                path
-                                for target in targets_of[index]
-                                for path in self.files_of.get(
-                                    submission.standing_for.get(execution.keys[target], ""), []
-                                )
-                            ]
-                        self.finish(index, PARTIAL if partial[index] else DONE if ran[index] else CACHED, files)
+                        self.finish(index, PARTIAL if partial[index] else DONE if ran[index] else CACHED, files(index))
         for index in waiting:
             if index not in self.results:
                 self.finish(index, NOT_STARTED, error="aborted")

@@ -5,8 +5,10 @@ On the client the executor drives the step API like the local loop, completing e
 with its task's future (Dask starts a task once its inputs' tasks finished). A task runs its node
 on a worker through the same step API: the worker's cache first, then the local loop. Values
 travel as cache entries (tensors and JSON read back with ``weights_only``, never an arbitrary
-pickle). Nodes whose results cannot be stored (``DISK_CACHE = False``, e.g. a model) are not
-shipped: each worker computes them itself, next to the task that needs them.
+pickle; Dask itself pickles the tasks' arguments, results and errors between the client, the
+scheduler and the workers, so a cluster must be one the user trusts). Nodes whose results cannot
+be stored (``DISK_CACHE = False``, e.g. a model) are not shipped: each worker computes them
+itself, next to the task that needs them.
 """
 
 from __future__ import annotations
@@ -231,7 +233,7 @@ class DaskExecutor:
         self.prompt_for = prompt_for
 
     @staticmethod
-    def local(execution: Execution, node_id: str) -> bool:
+    def computed_in_consumer(execution: Execution, node_id: str) -> bool:
         """Computed on each worker that needs it, never shipped: results that cannot be stored."""
         return not execution.spec(node_id).disk_cache and node_id not in execution.plan.targets
 
@@ -240,10 +242,10 @@ class DaskExecutor:
         part, shipped, pending = {node_id}, [], [node_id]
         while pending:
             for source in execution.sources(pending.pop()):
-                if self.local(execution, source) and source not in part:
+                if self.computed_in_consumer(execution, source) and source not in part:
                     part.add(source)
                     pending.append(source)
-                elif not self.local(execution, source) and source not in shipped:
+                elif not self.computed_in_consumer(execution, source) and source not in shipped:
                     shipped.append(source)
         order = {
             "node": node_id,
@@ -260,11 +262,11 @@ class DaskExecutor:
         """Prepare the execution, then complete every ready node with its task's future; one task per
         node key. The client keeps only the targets' futures: Dask frees the rest once consumed."""
         execution.prepare()
-        by_key: dict[str, Any] = {}
+        by_key: dict[str, Any] = {}  # node key -> its task's future, or the client's cached entry scattered once
         submission = Submission({})
         while ready := execution.ready():
             for node_id in ready:
-                if self.local(execution, node_id):  # computed inside its consumers' tasks
+                if self.computed_in_consumer(execution, node_id):  # computed inside its consumers' tasks
                     execution.complete(node_id, None, keeps_inputs=True)
                     continue
                 key = execution.keys[node_id]
@@ -282,9 +284,12 @@ class DaskExecutor:
         inputs = []
         for source in shipped:
             value = execution.values[source]
-            if isinstance(value, NodeResult):  # served by the client's cache: sent along as data
-                entry = {"entry": encode_result(execution.keys[source], value), "partial": False, "ran": False}
-                value = self.client.scatter([entry], hash=False)[0]
+            if isinstance(value, NodeResult):  # served by the client's cache: sent along as data, once
+                key = execution.keys[source]
+                if key not in by_key:
+                    entry = {"entry": encode_result(key, value), "partial": False, "ran": False}
+                    by_key[key] = self.client.scatter([entry], hash=False)[0]
+                value = by_key[key]
             inputs.append(value)
         # The run id keeps two runs on one scheduler apart (a Dask key names one task for everyone).
         task_key = f"{execution.class_type(node_id)}-{self.settings.run_id}-{execution.keys[node_id]}"

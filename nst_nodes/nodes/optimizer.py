@@ -7,7 +7,7 @@ import torch
 from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory, network_bytes
-from ..losses import check_mask_fits, term_layers
+from ..losses import check_mask_fits, check_mask_selects, term_layers
 from ..optimize import DTYPES, METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, start_image
 from ..types import (
     NST_HISTORY,
@@ -148,8 +148,16 @@ class OptimizeImage(Node):
             check_large_enough("init", init["pixels"], layers)
         count, height, width = init["pixels"].shape[0], *init["pixels"].shape[-2:]
         check_frames(objective, temporal, count, height, width)
+        clip_bytes = (
+            2 * init["pixels"].numel() * 4 if count > 1 else 0
+        )  # the frames and the results beside one frame's work
         check_memory(
-            "init", "optimizing", optimization_bytes(init["pixels"][:1], layers, settings), host.device, height, width
+            "init",
+            "optimizing",
+            optimization_bytes(init["pixels"][:1], layers, settings) + clip_bytes,
+            host.device,
+            height,
+            width,
         )
         start = start_image(model, init["pixels"].to(host.device), noise, seed)
 
@@ -178,7 +186,10 @@ def check_frames(objective: Objective, temporal: Temporal | None, count: int, he
                     f"objective: a style loss's mask is a batch of {mask.shape[0]} for {count} frames; "
                     "give one mask for every frame, or one per frame"
                 )
-            check_mask_fits("objective: a style loss's mask", mask[0] if mask.dim() == 3 else mask, height, width)
+            for index, frame_mask in enumerate(mask if mask.dim() == 3 else mask[None]):
+                what = "objective: a style loss's mask" + (f" of frame {index}" if mask.dim() == 3 else "")
+                check_mask_fits(what, frame_mask, height, width)
+                check_mask_selects(what, frame_mask)
         if term["kind"] == "content":
             sizes = {value.shape[0] for value in term["targets"].values()}
             if sizes - {1, count}:

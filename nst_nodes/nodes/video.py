@@ -8,6 +8,7 @@ Video and Save Video here do the same from the command line (``nst video``).
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,8 @@ from .base import HIDDEN_CONTEXT, Node, weight
 from .schema import Choice, Float, Int, Link, Text, Validation
 
 TEMPORAL_MODES = ("off", "chain", "warped", "flow")
-VIDEO_FORMATS = ("mp4", "webm", "gif", "png frames")
+FRAMES = "png frames"
+VIDEO_FORMATS = (*(suffix[1:] for suffix in video_io.ENCODERS), FRAMES)
 
 
 class LoadVideo(Node):
@@ -63,23 +65,24 @@ class LoadVideo(Node):
         return True
 
     @staticmethod
-    def source(video: str, context: Host | None) -> Any:
+    def source(video: str, context: Host | None) -> Path:
+        """The clip's file, folder or glob: inside the input folder where the host confines paths, relative
+        to it otherwise (a glob too)."""
         host = host_of(context)
         if any(character in video for character in "*?[") and not host.confined:
-            return video
+            return host.input_folder / video
         return input_path(host, video, "video")
 
     @classmethod
-    def IS_CHANGED(cls, video: str, start: int = 0, stop: int = 0, long_side: int = 0, **_: Any) -> str:
-        """The clip's files: their names, sizes and times (a video is re-read only when it changed)."""
-        import glob
-        import os
-
-        names = sorted(glob.glob(video)) if any(c in video for c in "*?[") else [video]
-        return repr(
-            [(name, os.stat(name).st_size, os.stat(name).st_mtime_ns) for name in names if os.path.exists(name)]
-            + [start, stop, long_side]
-        )
+    def IS_CHANGED(
+        cls, video: str, start: int = 0, stop: int = 0, long_side: int = 0, context: Host | None = None, **_: Any
+    ) -> str:
+        """The clip's files (every frame of a folder or glob): names, sizes and times, so that a clip is read
+        again only when one of them changed."""
+        source = cls.source(video, context)
+        names = [source] if source.is_file() else [Path(name) for name in video_io.read_frames_names(str(source))]
+        stamps = [(str(name), name.stat().st_size, name.stat().st_mtime_ns) for name in names if name.exists()]
+        return repr([*stamps, start, stop, long_side])
 
     def load(
         self, video: str, start: int = 0, stop: int = 0, long_side: int = 0, context: Host | None = None
@@ -102,7 +105,7 @@ class SaveVideo(Node):
             "format",
             choices=VIDEO_FORMATS,
             default="mp4",
-            tooltip="mp4 (H.264), webm (VP9), gif, or a folder of numbered PNG frames.",
+            tooltip="mp4, mkv or mov (H.264), webm (VP9), gif, or a folder of numbered PNG frames.",
         ),
         Link("audio", type=AUDIO, optional=True, tooltip="The sound to put beside the frames."),
     )
@@ -131,10 +134,9 @@ class SaveVideo(Node):
         host = host_of(context)
         stem = output_stem(host, filename_prefix)
         clip = video_io.Clip(frames, Fraction(fps).limit_denominator(1001), audio)
-        if format == "png frames":
+        if format == FRAMES:
             target = stem
-            video_io.write_clip(target, clip)
-            written = sorted(target.glob("frame_*.png"))
+            written = video_io.write_frames(target, frames)
         else:
             target = output_paths(stem, format, overwrite=True)[0]
             video_io.write_clip(target, clip)

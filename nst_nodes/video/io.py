@@ -97,8 +97,9 @@ def read_video(path: Path, start: int = 0, stop: int | None = None, long_side: i
                 if len(frames) * width * height * 12 > MAX_CLIP_BYTES:
                     check_clip_size(len(frames), width, height, str(path))
         except av.error.FFmpegError as error:
-            if not frames:
-                raise ClipError(f"{path}: cannot be decoded ({error}); is it truncated?") from None
+            where = f"at frame {start + len(frames)}"
+            hint = f"; take the frames before it (--frames {start}:{start + len(frames)})" if frames else ""
+            raise ClipError(f"{path}: cannot be decoded {where} ({error}); is it truncated?{hint}") from None
         has_audio = bool(container.streams.audio)
         fps = Fraction(stream.average_rate) if stream.average_rate else DEFAULT_FPS
     if not frames:
@@ -213,8 +214,12 @@ def probe(source: str, start: int = 0, stop: int | None = None, long_side: int |
             total = stream.frames
     except av.error.FFmpegError as error:
         raise ClipError(f"{path}: not a video FFmpeg can read ({error})") from None
-    if not total:
-        return len(read_video(path, start, stop, long_side).frames)
+    if not total:  # the header does not say: count the frames, without converting them
+        try:
+            with av.open(str(path)) as container:
+                total = sum(1 for _ in container.decode(container.streams.video[0]))
+        except av.error.FFmpegError as error:
+            raise ClipError(f"{path}: cannot be decoded ({error}); is it truncated?") from None
     count = len(range(total)[start:stop])
     if count == 0:
         raise ClipError(f"{path}: no frames in {start}:{'' if stop is None else stop} (it has {total})")
@@ -226,18 +231,33 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
+def write_frames(folder: Path, frames: torch.Tensor) -> list[Path]:
+    """The frames as ``frame_00000.png``... in ``folder``; the frames of an earlier, longer clip there are
+    removed first, so that the folder holds exactly this clip."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("frame_*.png"):
+        old.unlink()
+    paths = [folder / f"frame_{index:05d}.png" for index in range(len(frames))]
+    for path, frame in zip(paths, to_uint8(frames), strict=True):
+        Image.fromarray(frame).save(path)
+    return paths
+
+
+def write_output(target: Path, clip: Clip) -> list[Path]:
+    """A video file for a video suffix (see :func:`write_clip`), else a folder of frames: what was written."""
+    if target.suffix.lower() in ENCODERS:
+        write_clip(target, clip)
+        return [target]
+    return write_frames(target, clip.frames)
+
+
 def write_clip(target: Path, clip: Clip) -> None:
-    """Write ``clip`` as a video (by the suffix: mp4, mkv, mov, webm, gif) with the source's audio, or,
-    for a path without a video suffix, as numbered PNG frames in that folder. Written to a temporary
-    name first, so a stopped write leaves no half file under the real one."""
+    """Write ``clip`` as a video (by the suffix: mp4, mkv, mov, webm, gif) with its sound (cut to the
+    frames' length: a stopped run's frames get the sound of those frames). Written to a temporary name
+    first, so a stopped write leaves no half file under the real one."""
     suffix = target.suffix.lower()
     if suffix not in ENCODERS:
-        if suffix:
-            raise ClipError(f"{target}: write {', '.join(ENCODERS)} or a folder of frames, not {suffix}")
-        target.mkdir(parents=True, exist_ok=True)
-        for index, frame in enumerate(to_uint8(clip.frames)):
-            Image.fromarray(frame).save(target / f"frame_{index:05d}.png")
-        return
+        raise ClipError(f"{target}: write {', '.join(ENCODERS)} or a folder of frames, not {suffix or 'no suffix'}")
     import av
 
     temporary = target.with_name(f".{target.stem}.writing{suffix}")
@@ -260,7 +280,9 @@ def write_clip(target: Path, clip: Clip) -> None:
                 output.mux(stream.encode(picture))
             output.mux(stream.encode(None))
             if sound is not None and clip.audio is not None:
-                _write_audio(output, sound, clip.audio)
+                duration = Fraction(len(clip.frames)) / clip.fps
+                samples = int(duration * int(clip.audio["sample_rate"]))
+                _write_audio(output, sound, {**clip.audio, "waveform": clip.audio["waveform"][..., :samples]})
         temporary.replace(target)
     except BaseException:
         temporary.unlink(missing_ok=True)

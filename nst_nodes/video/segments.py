@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .io import DEFAULT_FPS, Clip, read_audio, read_clip, write_clip
+from .io import DEFAULT_FPS, Clip, read_audio, read_clip, write_output
 
 WORK_FOLDER = ".nst-video-segments"
 
@@ -28,6 +28,11 @@ def plan(start: int, stop: int, parts: int, overlap: int) -> list[tuple[int, int
     parts = max(1, min(parts, count // max(1, 2 * overlap)))
     bounds = [start + round(count * part / parts) for part in range(parts + 1)]
     return [(max(start, bounds[part] - (overlap if part else 0)), bounds[part + 1]) for part in range(parts)]
+
+
+def escaped(text: str) -> str:
+    """A value as the batch's templates read it literally (a clip named ``take{1}.mp4``)."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def join(segments: list[torch.Tensor], spans: list[tuple[int, int]]) -> torch.Tensor:
@@ -60,7 +65,7 @@ def run_segments(
     output_dir = Path(common[common.index("--output-dir") + 1])
     work = output_dir / WORK_FOLDER / args.output.stem
     kept = [
-        value
+        escaped(value)
         for value in settings
         if not value.startswith((f"{load}.start=", f"{load}.stop=", f"{save}.filename_prefix=", f"{save}.format="))
     ]
@@ -69,7 +74,7 @@ def run_segments(
         str(args.graph),
         *[item for value in kept for item in ("--set", value)],
         "--set",
-        f"{save}.filename_prefix={WORK_FOLDER}/{args.output.stem}/segment_{{index}}",
+        f"{save}.filename_prefix={WORK_FOLDER}/{escaped(args.output.stem)}/segment_{{index}}",
         "--set",
         f"{save}.format=png frames",
         "--over",
@@ -85,6 +90,13 @@ def run_segments(
         print(f"the segments done are in {work}", file=sys.stderr)
         return code
     segments = [read_clip(str(work / f"segment_{index}")).frames for index in range(len(spans))]
+    for index, (frames, (first, stop)) in enumerate(zip(segments, spans, strict=True)):
+        if len(frames) != stop - first:
+            print(
+                f"error: segment {index} has {len(frames)} frames, not {stop - first}; they are in {work}",
+                file=sys.stderr,
+            )
+            return 1
     source = Path(args.input)
     fps, audio = DEFAULT_FPS, None
     if source.is_file():
@@ -92,6 +104,6 @@ def run_segments(
         fps = probe.fps
         if probe.audio is not None:
             audio = read_audio(source, Fraction(start) / fps, Fraction(start + count) / fps)
-    write_clip(args.output if args.output.suffix else args.output, Clip(join(segments, spans), fps, audio))
+    write_output(args.output, Clip(join(segments, spans), fps, audio))
     shutil.rmtree(work, ignore_errors=True)
     return 0
