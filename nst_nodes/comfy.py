@@ -68,17 +68,25 @@ class ComfyHost:
         return False
 
 
+VIDEO_SAMPLES = (".mp4",)
+
+
 def copy_samples(input_folder: Path) -> None:
     """Put the pack's sample images into ComfyUI's input folder (``nst-samples/``), so the example
     workflows run as shipped and the picker shows them; a copy that differs from the pack's (an
-    older version of the pack shipped it smaller) is replaced, other files are left alone."""
+    older version of the pack shipped it smaller) is replaced, other files are left alone. The sample
+    clip also goes to the top of the folder (``nst-samples-carphone.mp4``): ComfyUI's own Load Video
+    lists only the files there."""
     target = input_folder / SAMPLES_PREFIX
     try:
         target.mkdir(parents=True, exist_ok=True)
         for sample in sorted(SAMPLES_FOLDER.iterdir()):
-            copy = target / sample.name
-            if sample.is_file() and (not copy.exists() or copy.read_bytes() != sample.read_bytes()):
-                shutil.copyfile(sample, copy)
+            copies = [target / sample.name]
+            if sample.suffix.lower() in VIDEO_SAMPLES:
+                copies.append(input_folder / f"{SAMPLES_PREFIX}-{sample.name}")
+            for copy in copies:
+                if sample.is_file() and (not copy.exists() or copy.read_bytes() != sample.read_bytes()):
+                    shutil.copyfile(sample, copy)
     except OSError as error:
         logging.warning(
             "nst-nodes: could not copy the sample images to %s (%s); "

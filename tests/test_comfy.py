@@ -120,6 +120,7 @@ def test_listing_the_nodes_in_comfyui_points_them_at_its_folders_and_brings_the_
     choices, options = NODE_CLASS_MAPPINGS["NSTLoadImage"].INPUT_TYPES()["required"]["image"]
     samples = sorted(p.name for p in SAMPLES_FOLDER.iterdir())
     assert sorted(p.name for p in (comfy.input / "nst-samples").iterdir()) == samples != []
+    assert (comfy.input / "nst-samples-carphone.mp4").is_file()  # where ComfyUI's own Load Video looks
     assert choices == [
         "mine.png",
         "nst-samples/shipwreck.jpg",

@@ -135,3 +135,22 @@ def test_nst_video_in_segments_on_two_workers(tmp_path: Path, capsys: pytest.Cap
     result = io.read_clip(str(tmp_path / "out.mp4"))
     assert result.frames.shape == (16, 40, 48, 3) and result.fps == Fraction(30000, 1001)
     assert not (tmp_path / ".nst-video-segments" / "out").exists()  # the work folder is cleaned up
+
+
+def test_the_video_workflow_converts_and_validates_with_comfyuis_core_video_nodes() -> None:
+    import json
+
+    import comfy_core_video
+
+    from graphrun import load_graph, validate
+
+    registry = comfy_core_video.registry()
+    workflow = json.loads((ROOT / "example_workflows" / "video.json").read_text())
+    graph = load_graph(workflow, registry=registry)
+    assert validate(graph, registry) == []
+    classes = {entry["class_type"] for entry in graph.prompt.values()}
+    assert {"LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo"} <= classes  # no third-party pack
+    assert {"NSTOpticalFlow", "NSTTemporalLoss", "NSTOptimize", "NSTVideoMetrics"} <= classes
+    optimize = next(entry for entry in graph.prompt.values() if entry["class_type"] == "NSTOptimize")
+    temporal = graph.prompt[optimize["inputs"]["temporal"][0]]
+    assert temporal["class_type"] == "NSTTemporalLoss" and temporal["inputs"]["mode"] == "flow"

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import comfy_core_video
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphrun import GraphFormatError, default_registry
+from graphrun import GraphFormatError
 from graphrun.spec import node_spec
 from graphrun.workflow import workflow_to_prompt
 
@@ -19,7 +20,7 @@ WORKFLOWS = {
     path.stem: json.loads(path.read_text())
     for path in sorted((Path(__file__).resolve().parent.parent / "example_workflows").glob("*.json"))
 }
-REGISTRY = default_registry()
+REGISTRY = comfy_core_video.registry()  # the video workflow uses ComfyUI's core video nodes
 
 
 def mutate(workflow: dict[str, Any], data: st.DataObject) -> None:
