@@ -24,6 +24,7 @@ from comfy_standins import ComfyStandIns, InterruptProcessingException
 from conftest import small_graph
 from PIL import Image
 
+from graphrun.graph import is_link
 from nst_nodes import NODE_CLASS_MAPPINGS
 from nst_nodes.comfy import comfy_host
 from nst_nodes.files import SAMPLES_FOLDER, FileRuleError
@@ -53,10 +54,6 @@ def users_custom_node(comfy: ComfyStandIns, tmp_path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
 
 
 def hidden_values(node_class: type, node_id: str, prompt: dict, extra: dict | None) -> dict[str, Any]:

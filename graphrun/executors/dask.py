@@ -151,15 +151,15 @@ class TaskReporter(SilentReporter):
         self.warnings.append(message)
 
 
-def run_task(order: str, *inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run one node on a Dask worker (``order`` is JSON, see :meth:`DaskExecutor.order`).
+def run_task(task_json: str, *inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run one node on a Dask worker (``task_json``: see :meth:`DaskExecutor.describe_task`).
 
     Returns the node's result as a cache entry, whether it is partial (a stopped node's best so
     far) and whether anything it rests on ran (rather than came from a cache). What the nodes did
     goes to the client as one event, sent even when the node fails."""
     from distributed import Event, get_client, get_worker
 
-    task = json.loads(order)
+    task = json.loads(task_json)
     settings = TaskSettings(**task["settings"])
     worker = get_worker()
     setup = cast(WorkerSetup, worker.plugins[PLUGIN_NAME])
@@ -237,7 +237,7 @@ class DaskExecutor:
         """Computed on each worker that needs it, never shipped: results that cannot be stored."""
         return not execution.spec(node_id).disk_cache and node_id not in execution.plan.targets
 
-    def order(self, execution: Execution, node_id: str) -> tuple[str, list[str]]:
+    def describe_task(self, execution: Execution, node_id: str) -> tuple[str, list[str]]:
         """The JSON a worker needs to run ``node_id``, and the nodes whose results it is shipped."""
         part, shipped, pending = {node_id}, [], [node_id]
         while pending:
@@ -247,7 +247,7 @@ class DaskExecutor:
                     pending.append(source)
                 elif not self.computed_in_consumer(execution, source) and source not in shipped:
                     shipped.append(source)
-        order = {
+        task = {
             "node": node_id,
             "prompt": {member: execution.graph.prompt[member] for member in part},
             "keys": {member: execution.keys[member] for member in part | set(shipped)},
@@ -256,7 +256,7 @@ class DaskExecutor:
             "item_prompt": self.prompt_for(node_id) if self.prompt_for else execution.graph.prompt,
             "settings": vars(self.settings),
         }
-        return json.dumps(order), shipped
+        return json.dumps(task), shipped
 
     def submit(self, execution: Execution) -> Submission:
         """Prepare the execution, then complete every ready node with its task's future; one task per
@@ -280,7 +280,7 @@ class DaskExecutor:
         return submission
 
     def _submit(self, execution: Execution, node_id: str, by_key: dict[str, Any]) -> Any:
-        order, shipped = self.order(execution, node_id)
+        task_json, shipped = self.describe_task(execution, node_id)
         inputs = []
         for source in shipped:
             value = execution.values[source]
@@ -293,7 +293,7 @@ class DaskExecutor:
             inputs.append(value)
         # The run id keeps two runs on one scheduler apart (a Dask key names one task for everyone).
         task_key = f"{execution.class_type(node_id)}-{self.settings.run_id}-{execution.keys[node_id]}"
-        return self.client.submit(run_task, order, *inputs, key=task_key)
+        return self.client.submit(run_task, task_json, *inputs, key=task_key)
 
 
 def wait_any(futures: list[Any], abort: threading.Event) -> list[Any]:
