@@ -54,14 +54,28 @@ Loss = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 """The objective's value from the features and the image it is evaluated at."""
 
 
+class PlanStopped(Exception):
+    """A stop was asked while the pass plan was being timed: nothing is remembered."""
+
+
 def time_passes(
-    model: VGGModel, image: torch.Tensor, layers: list[str], loss: Loss, candidates: tuple[str, ...], repeats: int = 2
+    model: VGGModel,
+    image: torch.Tensor,
+    layers: list[str],
+    loss: Loss,
+    candidates: tuple[str, ...],
+    repeats: int = 2,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """Seconds of one evaluation (network pass, the objective, their gradient) at ``image`` for each
     candidate pass: the best of ``repeats``, the candidates taking turns so that a hiccup of the
-    machine does not decide (one pass each, at 256², once picked the slower plan by 20%)."""
+    machine does not decide (one pass each, at 256², once picked the slower plan by 20%).
+    ``should_stop`` is polled between passes (the timing takes seconds at a new size):
+    :class:`PlanStopped` when it says so."""
 
     def one_pass(candidate: str) -> float:
+        if should_stop is not None and should_stop():
+            raise PlanStopped
         precision, _, path = candidate.partition(" ")
         with kernels.every_layer(path or None):
             x = image.detach().clone().requires_grad_(True)
@@ -81,13 +95,20 @@ def time_passes(
     return {candidate: min(values) for candidate, values in times.items()}
 
 
-def pass_plan(precision: str, model: VGGModel, image: torch.Tensor, layers: list[str], loss: Loss) -> str:
+def pass_plan(
+    precision: str,
+    model: VGGModel,
+    image: torch.Tensor,
+    layers: list[str],
+    loss: Loss,
+    should_stop: Callable[[], bool] | None = None,
+) -> str:
     """How the network pass runs at this size on this machine, timed once on the first objective
     met (``loss``) and remembered with the kernel choices: ``fp32`` (each layer on its own fastest
     kernel), ``fp32 winograd`` or ``fp32 direct`` (one kernel for every layer: layers timed alone
     miss the cost of switching between NNPACK's and oneDNN's thread pools), or ``bf16`` (``auto``
     only, where the hardware runs it natively; it ends a little higher at equal steps, so it must
-    buy more steps: README, Performance)."""
+    buy more steps: docs/performance.md). A stop asked while timing gives ``fp32``, remembered nowhere."""
     if precision == "bf16":
         return "bf16"
     candidates = ["fp32"]
@@ -100,9 +121,12 @@ def pass_plan(precision: str, model: VGGModel, image: torch.Tensor, layers: list
     device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
     depth = max(LAYER_INDEX[name] for name in layers)
     key = f"pass:{'|'.join(candidates)}:{depth}@{image.shape[-2]}x{image.shape[-1]}:{device}"
-    return kernels.chooser().measured(
-        key, tuple(candidates), lambda: time_passes(model, image, layers, loss, tuple(candidates))
-    )
+    try:
+        return kernels.chooser().measured(
+            key, tuple(candidates), lambda: time_passes(model, image, layers, loss, tuple(candidates), 2, should_stop)
+        )
+    except PlanStopped:
+        return candidates[0]
 
 
 @dataclass(frozen=True)
@@ -173,7 +197,7 @@ def optimize(
         plan = (
             "fp32"
             if settings.steps <= FP32_START
-            else pass_plan(settings.precision, model, image.detach(), layers, loss_parts.total)
+            else pass_plan(settings.precision, model, image.detach(), layers, loss_parts.total, should_stop)
         )
         precision, _, one_kernel = plan.partition(" ")
         in_bf16 = False

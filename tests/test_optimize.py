@@ -137,7 +137,7 @@ def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(
     monkeypatch.delenv("NST_CONV", raising=False)
     timed: list[tuple[str, ...]] = []
 
-    def fake(model, image, layers, loss, candidates):  # the single-kernel plans lose, bf16 wins
+    def fake(model, image, layers, loss, candidates, repeats, should_stop):  # the single-kernel plans lose, bf16 wins
         timed.append(candidates)
         return {candidate: {"fp32": 1.0, "bf16": 0.6}.get(candidate, 1.5) for candidate in candidates}
 
@@ -253,3 +253,18 @@ def test_bf16_history_reaches_the_losses_of_fp32_history(model: VGGModel, proble
         for precision in ("fp32", "bf16")
     ]
     assert final[1] == pytest.approx(final[0], rel=0.1)
+
+
+def test_a_stop_while_the_pass_plan_is_timed_remembers_nothing(model: VGGModel, problem, monkeypatch) -> None:
+    """At a new size the plan's timing takes seconds: a stop asked then is heard before the next pass."""
+    from nst_nodes import kernels
+    from nst_nodes import optimize as optimizing
+
+    content, _ = problem
+    chooser = kernels.KernelChooser(None)
+    monkeypatch.setattr(kernels, "chooser", lambda: chooser)
+    monkeypatch.setattr(optimizing, "native_bf16", lambda device: True)  # so that there are plans to time
+    calls = iter(range(100))
+    plan = optimizing.pass_plan("auto", model, content, ["relu4_1"], squares, lambda: next(calls) >= 2)
+    assert plan == "fp32"  # the first candidate, and no plan remembered (kernels met on the way are)
+    assert not [key for key in chooser.choices if key.startswith("pass:")]
