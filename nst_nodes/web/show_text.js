@@ -3,7 +3,7 @@
 import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 
-const NODES_WITH_TEXT = new Set(["NSTQualityMetrics"]);
+const NODES_WITH_TEXT = new Set(["NSTQualityMetrics", "NSTVideoMetrics"]);
 
 app.registerExtension({
   name: "nst-nodes.ShowText",
