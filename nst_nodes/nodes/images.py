@@ -203,14 +203,7 @@ class SaveImage(Node):
 
     @classmethod
     def validate(cls, filename_prefix: str | None, context: Host | None) -> Validation:
-        """The prefix stays inside the output folder where the host confines paths, and its folder is writable."""
-        if filename_prefix is None:
-            return True
-        try:
-            check_writable(output_stem(host_of(context), filename_prefix).parent, "filename_prefix")
-        except FileRuleError as error:
-            return str(error)
-        return True
+        return prefix_problem(filename_prefix, context)
 
     def save(
         self,
@@ -227,14 +220,31 @@ class SaveImage(Node):
         paths = image_io.save_image(
             image, output_paths(stem, format, overwrite, len(image)), prompt, extra_pnginfo, overwrite
         )
-        folder = os.path.abspath(host.output_folder)
-        images = []
-        for path in paths:
-            parent = os.path.abspath(path.parent)
-            inside = os.path.commonpath([folder, parent]) == folder
-            subfolder = Path(os.path.relpath(parent, folder)).as_posix() if inside else parent
-            images.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"})
-        return {"ui": {"images": images}, "result": ()}
+        return {"ui": {"images": output_files(paths, host.output_folder)}, "result": ()}
+
+
+def prefix_problem(filename_prefix: str | None, context: Host | None) -> Validation:
+    """A save node's prefix stays inside the output folder where the host confines paths, and its folder is
+    writable (for the nodes' VALIDATE_INPUTS)."""
+    if filename_prefix is None:
+        return True
+    try:
+        check_writable(output_stem(host_of(context), filename_prefix).parent, "filename_prefix")
+    except FileRuleError as error:
+        return str(error)
+    return True
+
+
+def output_files(paths: list[Path], output_folder: Path) -> list[dict[str, str]]:
+    """Written files in ComfyUI's ``ui`` shape: name, subfolder of the output folder, type ``output``."""
+    folder = os.path.abspath(output_folder)
+    files = []
+    for path in paths:
+        parent = os.path.abspath(path.parent)
+        inside = os.path.commonpath([folder, parent]) == folder
+        subfolder = Path(os.path.relpath(parent, folder)).as_posix() if inside else parent
+        files.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"})
+    return files
 
 
 class PlotHistory(Node):

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
-from ..files import FileRuleError, check_writable, input_path, output_paths, output_stem
+from ..files import FileRuleError, input_path, output_paths, output_stem
 from ..host import Host, host_of
 from ..types import AUDIO, IMAGE, MASK, NST_FLOW, NST_TEMPORAL, Audio, Flow, Temporal
 from ..video import io as video_io
 from ..video.flow import METHODS, optical_flow, reliable, warp
 from ..video.metrics import flicker, warping_error
 from .base import HIDDEN_CONTEXT, Node, weight
+from .images import output_files, prefix_problem
 from .schema import Choice, Float, Int, Link, Text, Validation
 
 TEMPORAL_MODES = ("off", "chain", "warped", "flow")
@@ -113,14 +114,7 @@ class SaveVideo(Node):
 
     @classmethod
     def validate(cls, filename_prefix: str | None, context: Host | None) -> Validation:
-        """The prefix stays inside the output folder where the host confines paths, and its folder is writable."""
-        if filename_prefix is None:
-            return True
-        try:
-            check_writable(output_stem(host_of(context), filename_prefix).parent, "filename_prefix")
-        except FileRuleError as error:
-            return str(error)
-        return True
+        return prefix_problem(filename_prefix, context)
 
     def save(
         self,
@@ -141,19 +135,7 @@ class SaveVideo(Node):
             target = output_paths(stem, format, overwrite=True)[0]
             video_io.write_clip(target, clip)
             written = [target]
-        folder = host.output_folder.absolute()
-        files = [
-            {
-                "filename": path.name,
-                "subfolder": str(path.absolute().parent.relative_to(folder))
-                if path.absolute().is_relative_to(folder)
-                else str(path.parent),
-                "type": "output",
-            }
-            for path in written
-        ]
-        for item in files:
-            item["subfolder"] = "" if item["subfolder"] == "." else item["subfolder"]
+        files = output_files(written, host.output_folder)
         return {"ui": {"videos": files, "text": [f"{len(frames)} frames at {fps:g} fps -> {target}"]}, "result": ()}
 
 
