@@ -243,3 +243,14 @@ def with_overrides(graph: Graph, overrides: dict[str, Any] | list[str]) -> Graph
             value = {"__value__": value}
         prompt[node_id].setdefault("inputs", {})[input_name] = value
     return load_graph(prompt, name=graph.source)  # the editor workflow no longer describes it: dropped
+
+
+def graph_of(
+    source: Graph | str | Path | dict[str, Any],
+    registry: Registry,
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> Graph:
+    """``source`` as a graph (loaded unless it is one already), with ``overrides`` applied: what the
+    Python API's entry points take."""
+    graph = source if isinstance(source, Graph) else load_graph(source, registry=registry)
+    return with_overrides(graph, overrides) if overrides else graph

@@ -20,7 +20,7 @@ from graphrun.batch.report import DONE, FAILED, NOT_STARTED, BatchReporter, Batc
 from graphrun.cache import DEFAULT_MEMORY_BYTES, Cache
 from graphrun.execute import NodeExecutionError, RunInterrupted
 from graphrun.executors.dask import DaskExecutor, Submission, TaskSettings, WorkerSetup, stop_cluster_on, wait_any
-from graphrun.graph import Graph, load_graph, with_overrides
+from graphrun.graph import Graph, graph_of
 from graphrun.host import Folders, resolve_device
 from graphrun.registry import Registry, default_registry
 from graphrun.reporting import CACHED, PARTIAL
@@ -189,10 +189,7 @@ def run_batch(
     them); ``worker_hook`` runs once in each worker process before its first task."""
     shipped_registry = registry  # None: each worker reads the installed packs itself
     registry = registry or default_registry()
-    if not isinstance(graph, Graph):
-        graph = load_graph(graph, registry=registry)
-    if overrides:
-        graph = with_overrides(graph, overrides)
+    graph = graph_of(graph, registry, overrides)
     folders = folders or Folders()
     folders = Folders(folders.input.resolve(), folders.output.resolve(), folders.confined)
     items = batch_items(list(overs or []), grid)

@@ -8,7 +8,7 @@ from typing import Any
 
 from graphrun.cache import Cache
 from graphrun.execute import Execution
-from graphrun.graph import Graph, load_graph, with_overrides
+from graphrun.graph import Graph, graph_of
 from graphrun.host import Folders, resolve_device
 from graphrun.plan import plan
 from graphrun.registry import Registry, default_registry
@@ -59,10 +59,7 @@ def run(
             "reporter must have the methods node_done, progress and warning (see graphrun.reporting.Reporter)"
         )
     registry = registry or default_registry()
-    if not isinstance(graph, Graph):
-        graph = load_graph(graph, registry=registry)
-    if overrides:
-        graph = with_overrides(graph, overrides)
+    graph = graph_of(graph, registry, overrides)
     folders = folders or Folders()
     the_plan = plan(graph, registry, outputs, recompute)
     execution = Execution(
