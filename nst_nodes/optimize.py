@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -44,10 +45,33 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def native_tf32(device: torch.device) -> bool:
+    """True where TF32 runs on tensor cores: CUDA from compute capability 8 (Ampere); nowhere else."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for a GPU's queued work, so that a timer measures the work and not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def cuda_pass(device: torch.device, tf32: bool) -> Iterator[None]:
+    """On CUDA, for the block: cuDNN's benchmark on (it times its own kernels per shape) and TF32 on or
+    off for matrix products and convolutions (off: fp32 is IEEE fp32, as on a CPU), then the process's
+    settings back. Elsewhere nothing. A pass's backward must run inside the block too: the flags are
+    read when each kernel runs."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32
+    cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32 = True, tf32, tf32
+    try:
+        yield
+    finally:
+        cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 Loss = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -77,7 +101,7 @@ def time_passes(
         if should_stop is not None and should_stop():
             raise PlanStopped
         precision, _, path = candidate.partition(" ")
-        with kernels.every_layer(path or None):
+        with kernels.every_layer(path or None), cuda_pass(image.device, precision == "tf32"):
             x = image.detach().clone().requires_grad_(True)
             synchronize(image.device)
             started = time.perf_counter()
@@ -95,6 +119,29 @@ def time_passes(
     return {candidate: min(values) for candidate, values in times.items()}
 
 
+def plan_candidates(precision: str, image: torch.Tensor) -> list[str]:
+    """The plans :func:`pass_plan` times for ``precision`` at ``image``, the plain fp32 pass first. On a
+    CPU: fp32 on each layer's kernel, on Winograd or oneDNN everywhere (unless ``NST_CONV`` forces one),
+    and for ``auto`` bf16 where native. On CUDA (cuDNN picks the kernels): for ``auto``, TF32 and bf16
+    where the tensor cores run them."""
+    candidates = ["fp32"]
+    if image.device.type == "cpu" and kernels.forced_path() is None:
+        candidates += [f"fp32 {path}" for path in ("winograd", "direct") if path in kernels.candidates(image)]
+    if precision == "auto" and native_tf32(image.device):
+        candidates.append("tf32")
+    if precision == "auto" and native_bf16(image.device):
+        candidates.append("bf16")
+    return candidates
+
+
+def plan_key(candidates: list[str], layers: list[str], image: torch.Tensor) -> str:
+    """Where a pass plan is remembered among the kernel choices: the candidates, the network's depth,
+    the image size and the device (a GPU by its name)."""
+    device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
+    depth = max(LAYER_INDEX[name] for name in layers)
+    return f"pass:{'|'.join(candidates)}:{depth}@{image.shape[-2]}x{image.shape[-1]}:{device}"
+
+
 def pass_plan(
     precision: str,
     model: VGGModel,
@@ -104,26 +151,23 @@ def pass_plan(
     should_stop: Callable[[], bool] | None = None,
 ) -> str:
     """How the network pass runs at this size on this machine, timed once on the first objective
-    met (``loss``) and remembered with the kernel choices: ``fp32`` (each layer on its own fastest
-    kernel), ``fp32 winograd`` or ``fp32 direct`` (one kernel for every layer: layers timed alone
-    miss the cost of switching between NNPACK's and oneDNN's thread pools), or ``bf16`` (``auto``
-    only, where the hardware runs it natively; it ends a little higher at equal steps, so it must
-    buy more steps: docs/performance.md). A stop asked while timing gives ``fp32``, remembered nowhere."""
+    met (``loss``) and remembered with the kernel choices: ``fp32`` (on a CPU each layer on its own
+    fastest kernel; on CUDA IEEE fp32, TF32 off), ``fp32 winograd`` or ``fp32 direct`` (CPU: one kernel
+    for every layer: layers timed alone miss the cost of switching between NNPACK's and oneDNN's
+    thread pools), ``tf32`` (CUDA from Ampere, ``auto`` only) or ``bf16`` (``auto`` only, where the
+    hardware runs it natively; it ends a little higher at equal steps, so it must buy more steps:
+    docs/performance.md). The candidates: :func:`plan_candidates`. A stop asked while timing gives
+    ``fp32``, remembered nowhere."""
     if precision == "bf16":
         return "bf16"
-    candidates = ["fp32"]
-    if image.device.type == "cpu" and kernels.forced_path() is None:
-        candidates += [f"fp32 {path}" for path in ("winograd", "direct") if path in kernels.candidates(image)]
-    if precision == "auto" and native_bf16(image.device):
-        candidates.append("bf16")
+    candidates = plan_candidates(precision, image)
     if len(candidates) == 1:
         return candidates[0]
-    device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
-    depth = max(LAYER_INDEX[name] for name in layers)
-    key = f"pass:{'|'.join(candidates)}:{depth}@{image.shape[-2]}x{image.shape[-1]}:{device}"
     try:
         return kernels.chooser().measured(
-            key, tuple(candidates), lambda: time_passes(model, image, layers, loss, tuple(candidates), 2, should_stop)
+            plan_key(candidates, layers, image),
+            tuple(candidates),
+            lambda: time_passes(model, image, layers, loss, tuple(candidates), 2, should_stop),
         )
     except PlanStopped:
         return candidates[0]
@@ -135,7 +179,8 @@ class OptimizerSettings:
     method: str = "lbfgs"
     lr: float = 1.0
     history_size: int = 50  # L-BFGS pairs kept; 100 costs 2x the memory for the same loss (benchmarks/README)
-    precision: str = "auto"  # of the network pass: auto, fp32 or bf16 (after FP32_START steps in fp32)
+    precision: str = "auto"  # of the network pass: auto (fp32, or tf32/bf16 where faster), fp32 or bf16
+    # (tf32 and bf16 after FP32_START steps in fp32)
     history_precision: str = "bf16"  # of the stored L-BFGS pairs: half the memory, the same losses (README)
 
 
@@ -200,23 +245,25 @@ def optimize(
             else pass_plan(settings.precision, model, image.detach(), layers, loss_parts.total, should_stop)
         )
         precision, _, one_kernel = plan.partition(" ")
-        in_bf16 = False
+        reduced = False  # a bf16 or tf32 plan's passes, after its first FP32_START steps in fp32
 
         def network_features() -> dict[str, torch.Tensor]:
             """The network pass as planned, in bf16 after the first steps (the losses sum in fp32)."""
+            in_bf16 = reduced and precision == "bf16"
             with kernels.every_layer(one_kernel or None):
                 return model.features(image, layers, reduced=torch.bfloat16 if in_bf16 else None)
 
         def evaluate() -> float:
-            """Loss and gradient at the current image."""
+            """Loss and gradient at the current image (on CUDA, TF32 after the first steps of a tf32 plan)."""
             image.grad = None
-            parts = loss_parts(network_features(), image)
-            tensor_sum(parts.values()).backward()
+            with cuda_pass(device, reduced and precision == "tf32"):
+                parts = loss_parts(network_features(), image)
+                tensor_sum(parts.values()).backward()
             return tracker.record(image, parts)
 
         steps, stopped = 0, False
         for step in range(1, settings.steps + 1):
-            in_bf16 = precision == "bf16" and step > FP32_START
+            reduced = step > FP32_START
             optimizer.step(evaluate)
             if settings.method == "adam":
                 with torch.no_grad():
@@ -227,7 +274,7 @@ def optimize(
                 stopped = True
                 break
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
-            with torch.no_grad():
+            with torch.no_grad(), cuda_pass(device, reduced and precision == "tf32"):
                 tracker.record(image, loss_parts(network_features(), image))
     # The tracker's lists are History's: "loss" and one per term kind
     history: History = {"method": settings.method, "steps": steps, "precision": plan, **cast(History, tracker.history)}

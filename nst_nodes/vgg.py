@@ -166,7 +166,10 @@ class VGGModel:
         self.identity = identity
 
     def to(self, device: str | torch.device) -> VGGModel:
-        self.network.to(device)
+        # Outside a host's inference mode: weights moved inside it would be inference tensors, which autograd
+        # cannot save for the image's gradient (only a move to another device makes new tensors).
+        with torch.inference_mode(False):
+            self.network.to(device)
         if torch.device(device).type == "cuda":
             torch.backends.cudnn.benchmark = True  # cuDNN's own choice of kernel per shape
         return self

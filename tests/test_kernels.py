@@ -199,3 +199,30 @@ def test_a_remembered_pass_plan_is_read_back_without_a_warning(
     again = kernels.KernelChooser(file)
     assert again.measured("pass:test@8x8:cpu", plans, lambda: pytest.fail("timed again")) == "fp32 winograd"
     assert not caplog.records
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_a_frozen_convolution_matches_float64_in_value_and_input_gradient(precision: str, device: torch.device) -> None:
+    """The convolution of each pass precision, on ``--device``: fp32 on the kernel chosen here (IEEE fp32 on
+    CUDA), TF32 (CUDA only) and bf16 within their rounding, in the output and in the input's gradient."""
+    from nst_nodes.optimize import cuda_pass, native_bf16
+
+    if precision == "tf32" and device.type != "cuda":
+        pytest.skip("TF32 runs on CUDA only")
+    if precision == "bf16" and device.type == "cuda" and not native_bf16(device):
+        pytest.skip("this GPU has no native bf16 (compute capability below 8)")
+    generator = torch.Generator().manual_seed(7)
+    conv = torch.nn.Conv2d(16, 24, 3, padding=1).requires_grad_(False)
+    x, upstream = torch.randn(1, 16, 20, 28, generator=generator), torch.randn(1, 24, 20, 28, generator=generator)
+    exact_input = x.double().requires_grad_(True)
+    exact = torch.nn.functional.conv2d(exact_input, conv.weight.double(), conv.bias.double(), padding=1)
+    (exact * upstream.double()).sum().backward()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    leaf = x.to(device, dtype).requires_grad_(True)
+    with cuda_pass(device, precision == "tf32"):
+        out = kernels.frozen_conv3x3(leaf, conv.to(device))
+        (out * upstream.to(device, out.dtype)).sum().backward()
+    tolerance = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 3e-2}[precision]
+    for got, want in ((out, exact), (leaf.grad, exact_input.grad)):
+        assert got.dtype == dtype
+        assert ((got.double().cpu() - want).norm() / want.norm()).item() < tolerance

@@ -1,4 +1,4 @@
-"""The optimizer on the project's own 64 px copies of the real sample images."""
+"""The optimizer on the project's own 64 px copies of the real sample images, on ``--device`` (default cpu)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 
 
 @pytest.fixture(scope="module")
-def model() -> VGGModel:
-    return load_vgg19("caffe")
+def model(device: torch.device) -> VGGModel:
+    return load_vgg19("caffe").to(device)
 
 
-def tiny(path: Path, model: VGGModel) -> torch.Tensor:
+def tiny(path: Path, model: VGGModel, device: torch.device) -> torch.Tensor:
     image = load_image(path)
     return model.preprocessing.normalize(
-        resize_image(image, *target_size(image.shape[1], image.shape[2], "long_side", 64))
+        resize_image(image, *target_size(image.shape[1], image.shape[2], "long_side", 64)).to(device)
     )
 
 
@@ -42,9 +42,9 @@ def gatys_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor,
 
 
 @pytest.fixture(scope="module")
-def problem(model: VGGModel, request: pytest.FixtureRequest) -> tuple[torch.Tensor, dict]:
+def problem(model: VGGModel, device: torch.device) -> tuple[torch.Tensor, dict]:
     images = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
-    content, style = tiny(images / "tubingen.jpg", model), tiny(images / "starry_night.jpg", model)
+    content, style = tiny(images / "tubingen.jpg", model, device), tiny(images / "starry_night.jpg", model, device)
     return content, gatys_objective(model, content, style)
 
 
@@ -62,8 +62,10 @@ def test_adam_lowers_the_objective(model: VGGModel, problem) -> None:
     assert history["loss"][-1] < 0.7 * history["loss"][0]
 
 
-def test_noise_start_is_repeatable_with_a_seed(model: VGGModel, problem) -> None:
+def test_noise_start_is_repeatable_with_a_seed(model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch) -> None:
     content, objective = problem
+    if content.device.type == "cuda":  # cuDNN's fastest backward kernels may add in any order
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     settings = OptimizerSettings(steps=3)
     runs = [optimize(model, objective, start_image(model, content, 0.7, seed=5), settings) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
@@ -96,7 +98,7 @@ def test_non_finite_loss_stops_with_a_clear_error(model: VGGModel, problem) -> N
 def test_autograd_works_under_a_hosts_inference_mode(problem) -> None:
     content, _ = problem
     with torch.inference_mode():
-        model = load_vgg19("caffe")
+        model = load_vgg19("caffe").to(content.device)
         style = content.flip(-1)
         objective = gatys_objective(model, content, style)
         _, history = optimize(model, objective, content.clone(), OptimizerSettings(steps=3))
@@ -109,6 +111,8 @@ def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(
     from nst_nodes import optimize as optimizing
 
     content, objective = problem
+    if content.device.type == "cuda" and not optimizing.native_bf16(content.device):
+        pytest.skip("this GPU has no native bf16 (compute capability below 8)")
     monkeypatch.setattr(optimizing, "FP32_START", 0)  # every pass in bf16
     fp32 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0, precision="fp32"))[1]
     bf16 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0, precision="bf16"))[1]
@@ -143,8 +147,10 @@ def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(
 
     monkeypatch.setattr(optimizing, "time_passes", fake)
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: False)
+    monkeypatch.setattr(optimizing, "native_tf32", lambda device: device.type == "cuda")
     assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "fp32"
-    assert "bf16" not in timed[-1] and "fp32 direct" in timed[-1]
+    # a CPU times its kernels, CUDA (cuDNN picks the kernels) TF32
+    assert "bf16" not in timed[-1] and ("fp32 direct" if content.device.type == "cpu" else "tf32") in timed[-1]
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: True)
     assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "bf16"
     assert (
@@ -162,6 +168,8 @@ def test_one_kernel_for_every_layer_is_used_within_its_block(
     from nst_nodes import kernels
 
     content, _ = problem
+    if content.device.type != "cpu":
+        pytest.skip("NST_CONV's kernels are the CPU's: cuDNN runs every convolution on CUDA")
     monkeypatch.delenv("NST_CONV", raising=False)
     used: list[str] = []
     for path in kernels.PATHS:
@@ -179,8 +187,23 @@ def test_timing_the_passes_measures_every_candidate(model: VGGModel, problem) ->
     from nst_nodes.optimize import time_passes
 
     content, _ = problem
-    seconds = time_passes(model, content, ["relu1_1", "relu2_1"], squares, ("fp32", "fp32 direct", "bf16"))
-    assert set(seconds) == {"fp32", "fp32 direct", "bf16"} and all(value > 0 for value in seconds.values())
+    plans = ("fp32", "fp32 direct", "bf16") if content.device.type == "cpu" else ("fp32", "tf32", "bf16")
+    seconds = time_passes(model, content, ["relu1_1", "relu2_1"], squares, plans)
+    assert set(seconds) == set(plans) and all(value > 0 for value in seconds.values())
+
+
+def test_a_tf32_pass_turns_tf32_on_for_its_block_on_cuda_only() -> None:
+    """The flags are only set and read back: no GPU is needed to check them."""
+    from nst_nodes.optimize import cuda_pass
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32
+    for tf32 in (True, False):
+        with cuda_pass(torch.device("cuda"), tf32):
+            assert (cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32) == (True, tf32, tf32)
+        assert (cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32) == before
+    with cuda_pass(torch.device("cpu"), True):
+        assert (cudnn.benchmark, matmul.allow_tf32, cudnn.allow_tf32) == before
 
 
 def test_iterates_stay_in_the_valid_pixel_range(model: VGGModel, problem) -> None:
@@ -202,20 +225,22 @@ def test_iterates_stay_in_the_valid_pixel_range(model: VGGModel, problem) -> Non
         )
 
 
-def quadratic_problem(bounded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def quadratic_problem(
+    bounded: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """An ill-conditioned quadratic (curvatures 1..100) whose minimum lies partly outside [-1, 1]."""
     generator = torch.Generator().manual_seed(0)
     curvature = torch.logspace(0, 2, 200)
     center = 3 * torch.randn(200, generator=generator)
     limit = torch.tensor(1.0 if bounded else float("inf"))
-    return curvature, center, -limit, limit
+    return curvature.to(device), center.to(device), -limit.to(device), limit.to(device)
 
 
 def minimize_quadratic(
-    bounded: bool, steps: int, history_dtype: torch.dtype = torch.float32
+    bounded: bool, steps: int, device: torch.device, history_dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, int]:
-    curvature, center, lower, upper = quadratic_problem(bounded)
-    x = torch.zeros(200, requires_grad=True)
+    curvature, center, lower, upper = quadratic_problem(bounded, device)
+    x = torch.zeros(200, device=device, requires_grad=True)
     optimizer = BoxLBFGS(x, lower, upper, history_size=10, history_dtype=history_dtype)
     evaluations = 0
 
@@ -233,16 +258,18 @@ def minimize_quadratic(
 
 
 @pytest.mark.parametrize("history_dtype", [torch.float32, torch.bfloat16])
-def test_box_lbfgs_finds_the_projected_minimum_of_an_ill_conditioned_quadratic(history_dtype: torch.dtype) -> None:
-    curvature, center, lower, upper = quadratic_problem(bounded=True)
-    x, evaluations = minimize_quadratic(bounded=True, steps=60, history_dtype=history_dtype)
+def test_box_lbfgs_finds_the_projected_minimum_of_an_ill_conditioned_quadratic(
+    history_dtype: torch.dtype, device: torch.device
+) -> None:
+    curvature, center, lower, upper = quadratic_problem(True, device)
+    x, evaluations = minimize_quadratic(True, 60, device, history_dtype)
     assert torch.allclose(x, center.clamp(lower, upper), atol=1e-3)
     assert evaluations < 70  # 60 steps: backtracking stays rare
 
 
-def test_box_lbfgs_beats_gradient_descent_unconstrained() -> None:
-    curvature, center, _, _ = quadratic_problem(bounded=False)
-    x, _ = minimize_quadratic(bounded=False, steps=60)
+def test_box_lbfgs_beats_gradient_descent_unconstrained(device: torch.device) -> None:
+    curvature, center, _, _ = quadratic_problem(False, device)
+    x, _ = minimize_quadratic(False, 60, device)
     assert (x - center).abs().max() < 1e-3  # steepest descent (step 1/100) would still be off by ~3
 
 

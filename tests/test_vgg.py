@@ -102,6 +102,14 @@ def test_model_is_frozen_and_cut_at_the_deepest_requested_layer(monkeypatch: pyt
     assert (out["conv2_1"] < 0).any(), "a requested conv output must not be overwritten by its ReLU"
 
 
+def test_a_model_moved_under_a_hosts_inference_mode_keeps_weights_autograd_can_use() -> None:
+    """ComfyUI runs nodes under torch.inference_mode(); Optimize Image moves the model to the host's device
+    there. A move to the meta device makes new tensors as a move to CUDA does, with no GPU."""
+    with torch.inference_mode():
+        model = load_vgg19("caffe").to("meta")
+    assert not any(parameter.is_inference() for parameter in model.network.parameters())
+
+
 @pytest.mark.parametrize("name", sorted(PREPROCESSINGS))
 def test_normalize_and_denormalize_are_inverses(name: str) -> None:
     preprocessing = PREPROCESSINGS[name]
@@ -119,14 +127,16 @@ def test_caffe_preprocessing_is_bgr_0_255_minus_mean() -> None:
 
 @pytest.mark.parametrize("path", ["winograd", "direct", "channels_last", "auto"])
 def test_every_convolution_path_matches_torchs_autograd_in_loss_and_gradient(
-    path: str, monkeypatch: pytest.MonkeyPatch
+    path: str, monkeypatch: pytest.MonkeyPatch, device: torch.device
 ) -> None:
     from nst_nodes.losses import gram_matrix
 
+    if device.type != "cpu" and path != "auto":
+        pytest.skip("NST_CONV's kernels are the CPU's: cuDNN runs every convolution on CUDA")
     monkeypatch.setenv("NST_CONV", path)
-    model = load_vgg19("caffe")
+    model = load_vgg19("caffe").to(device)
     layers = ["relu1_1", "conv2_1", "relu3_1", "relu4_2", "relu5_1"]
-    x = CAFFE.normalize(torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(1)))
+    x = CAFFE.normalize(torch.rand(1, 40, 56, 3, generator=torch.Generator().manual_seed(1)).to(device))
 
     def plain_features(image: torch.Tensor) -> dict[str, torch.Tensor]:
         found, deepest = {}, max(LAYER_NAMES.index(name) for name in layers)
@@ -147,12 +157,15 @@ def test_every_convolution_path_matches_torchs_autograd_in_loss_and_gradient(
     assert torch.allclose(grad, plain_grad, rtol=1e-3, atol=1e-3 * plain_grad.abs().max().item())
 
 
-def test_a_bf16_pass_is_close_to_fp32_in_loss_and_gradient() -> None:
+def test_a_bf16_pass_is_close_to_fp32_in_loss_and_gradient(device: torch.device) -> None:
     from nst_nodes.losses import gram_matrix
+    from nst_nodes.optimize import native_bf16
 
-    model = load_vgg19("caffe")
+    if device.type == "cuda" and not native_bf16(device):
+        pytest.skip("this GPU has no native bf16 (compute capability below 8)")
+    model = load_vgg19("caffe").to(device)
     layers = ["relu1_1", "relu3_1", "relu4_2", "relu5_1"]
-    x = CAFFE.normalize(torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4)))
+    x = CAFFE.normalize(torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(4)).to(device))
     results = []
     for reduced in (None, torch.bfloat16):
         image = x.clone().requires_grad_(True)
@@ -166,11 +179,12 @@ def test_a_bf16_pass_is_close_to_fp32_in_loss_and_gradient() -> None:
     assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.98
 
 
-def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
+def test_lean_relu_and_max_pool_give_torchs_values_and_gradients(device: torch.device) -> None:
     from nst_nodes import autograd_ops
 
-    x = torch.randn(1, 4, 11, 15, generator=torch.Generator().manual_seed(2))  # odd: pooling drops a row and a column
-    upstream = torch.randn(1, 4, 5, 7, generator=torch.Generator().manual_seed(3))
+    # odd: pooling drops a row and a column
+    x = torch.randn(1, 4, 11, 15, generator=torch.Generator().manual_seed(2)).to(device)
+    upstream = torch.randn(1, 4, 5, 7, generator=torch.Generator().manual_seed(3)).to(device)
     results = []
     for relu, pool in (
         (lambda t: torch.relu(t), lambda t: torch.nn.functional.max_pool2d(t, 2, 2)),
@@ -186,14 +200,14 @@ def test_lean_relu_and_max_pool_give_torchs_values_and_gradients() -> None:
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_lean_gram_gives_autograds_value_and_gradient(weighted: bool) -> None:
+def test_lean_gram_gives_autograds_value_and_gradient(weighted: bool, device: torch.device) -> None:
     """One matrix product for the gradient instead of autograd's two; in bf16 the Gram still sums in fp32."""
     from nst_nodes import autograd_ops
 
     generator = torch.Generator().manual_seed(4)
-    flat = torch.rand(6, 40, generator=generator)
-    weights = torch.rand(40, generator=generator) if weighted else None
-    upstream = torch.randn(6, 6, generator=generator)  # not symmetric: both halves of dG must count
+    flat = torch.rand(6, 40, generator=generator).to(device)
+    weights = torch.rand(40, generator=generator).to(device) if weighted else None
+    upstream = torch.randn(6, 6, generator=generator).to(device)  # not symmetric: both halves of dG must count
     reference = flat.clone().requires_grad_(True)
     expected = ((reference if weights is None else reference * weights) @ reference.t()) * 0.25
     (expected * upstream).sum().backward()

@@ -102,8 +102,8 @@ class OptimizeImage(Node):
             choices=PASS_PRECISIONS,
             default="auto",
             optional=True,
-            tooltip="Of the network pass. auto: bf16 where the hardware has it and it measured faster at this "
-            "size, else fp32",
+            tooltip="Of the network pass. auto: bf16 (or TF32 on a CUDA GPU) where the hardware has it and it "
+            "measured faster at this size, else fp32",
         ),
         Choice(
             "history_precision",

@@ -1,0 +1,176 @@
+"""Fast style transfer: a stylizer trained on graphs/fast.json's objective, against graphs/gatys.json's optimization.
+
+    python benchmarks/fast.py                  # 30 min of training, then the figures (about 45 min on 2 cores)
+    python benchmarks/fast.py --minutes 3 --optimized 1    # a quick look
+
+Trains a stylizer on the shipped photos (nst-samples/photo_*.jpg, the last held aside) for --minutes, then
+prints, on this machine:
+- the training: steps, seconds, crops of --size;
+- apply time per frame at 256², 384x288, 512² and 1024² (median of 5, after one warm-up), and frames per second;
+- Quality Metrics' style and content distances on photos it never saw (tubingen, and frames of
+  ../shared/data/video when there), against the shipped optimization (graphs/gatys.json, 200 steps) on the
+  same photos at the same size, with the optimization's time per photo;
+- warping error and flicker of the stylizer on carphone.mp4's first 24 frames (benchmarks/video.py measures the
+  optimization's modes on the same frames).
+Writes the stylizer, the pictures and results.json to --out.
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: E402  (the imports below follow configure_process, which must run before torch is imported)
+from nst_nodes.tuning import configure_process
+
+TUNING = configure_process()
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from bench import cpu_flags
+
+from graphrun import Folders, load_graph, run
+from nst_nodes.fast.network import build, stylize
+from nst_nodes.fast.store import stylizer_bytes
+from nst_nodes.fast.train import TrainSettings, train_stylizer
+from nst_nodes.image import load_image, resize_image, save_image
+from nst_nodes.metrics import quality
+from nst_nodes.types import Objective
+from nst_nodes.vgg import VGGModel
+from nst_nodes.video.io import read_clip
+from nst_nodes.video.metrics import flicker, warping_error
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "nst_nodes" / "samples"
+SHARED = ROOT.parent / "shared" / "data"
+APPLY_SIZES = ((256, 256), (384, 288), (512, 512), (1024, 1024))
+
+
+def objective_and_set() -> tuple[VGGModel, Objective, torch.Tensor, torch.Tensor]:
+    """graphs/fast.json's model, objective, training set and style picture, computed by its own nodes."""
+    graph = load_graph(ROOT / "graphs" / "fast.json")
+    outputs = run(graph, device="cpu", outputs=["4", "13", "1", "3"])
+    return outputs["4"][0], outputs["13"][0], outputs["1"][0], outputs["3"][0]
+
+
+def unseen_photos(limit: int) -> dict[str, torch.Tensor]:
+    """Photos not in the training set, at 384 px on their long side."""
+    photos = {"tubingen": load_image(SAMPLES / "tubingen.jpg")}
+    bikes = SHARED / "video" / "bikes.mp4"
+    if bikes.is_file():
+        for index in (40, 100, 200):
+            photos[f"bikes_{index}"] = read_clip(str(bikes), index, index + 1).frames
+    resized = {}
+    for name, photo in list(photos.items())[:limit]:
+        height, width = photo.shape[1:3]
+        scale = 384 / max(height, width)
+        resized[name] = resize_image(photo, round(height * scale), round(width * scale))
+    return resized
+
+
+def optimized(photo: torch.Tensor, folder: Path) -> tuple[torch.Tensor, float]:
+    """graphs/gatys.json's result (200 steps) for ``photo``, and its seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_image(photo, [folder / "content.png"], None, None)
+    height, width = photo.shape[1:3]
+    started = time.perf_counter()
+    outputs = run(
+        ROOT / "graphs" / "gatys.json",
+        device="cpu",
+        overrides={"1.image": str(folder / "content.png"), "3.size": max(height, width), "4.size": height * width},
+        outputs=["16"],
+        folders=Folders(output=folder),
+    )
+    return outputs["16"][0], time.perf_counter() - started
+
+
+def apply_times(network: torch.nn.Module) -> dict[str, float]:
+    times = {}
+    with torch.no_grad():
+        for width, height in APPLY_SIZES:
+            frame = torch.rand(1, height, width, 3)
+            stylize(network, frame)
+            runs = []
+            for _ in range(5):
+                started = time.perf_counter()
+                stylize(network, frame)
+                runs.append(time.perf_counter() - started)
+            times[f"{width}x{height}"] = statistics.median(runs)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="training time")
+    parser.add_argument("--size", type=int, default=128, help="side of the training crops")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--optimized", type=int, default=2, help="unseen photos to optimize for the comparison")
+    parser.add_argument("--photos", type=int, default=4, help="unseen photos to measure the stylizer on")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fast")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    model, objective, pictures, style = objective_and_set()
+    probe = train_stylizer(model, objective, pictures, TrainSettings(args.size, 3, args.batch, width=args.width))
+    steps = max(1, int(args.minutes * 60 / (probe["training"]["seconds"] / 3)))
+    settings = TrainSettings(size=args.size, steps=steps, batch=args.batch, width=args.width)
+    print(f"training {steps} steps of {args.batch} crops of {args.size}² (estimated from 3 steps) ...", flush=True)
+    deadline = time.perf_counter() + args.minutes * 60
+    stylizer = train_stylizer(model, objective, pictures, settings, should_stop=lambda: time.perf_counter() > deadline)
+    training = stylizer["training"]
+    (args.out / "stylizer.safetensors").write_bytes(stylizer_bytes(stylizer))
+    print(
+        f"trained: {training['steps']} steps in {training['seconds']:.0f} s, kept step {training['best_step']} "
+        f"(held-aside objective {training['loss']:.4g})"
+    )
+    network = build(stylizer)
+    times = apply_times(network)
+    for size, seconds in times.items():
+        print(f"apply {size:>9}: {seconds * 1000:7.1f} ms per frame, {1 / seconds:6.1f} frames per second")
+
+    rows = []
+    for index, (name, photo) in enumerate(unseen_photos(args.photos).items()):
+        with torch.no_grad():
+            fast = stylize(network, photo).clamp(0, 1)
+        save_image(fast, [args.out / f"{name}_fast.png"], None, None)
+        row = {"photo": name, "fast": quality(fast, photo, style)}
+        if index < args.optimized:
+            result, seconds = optimized(photo, args.out / name)
+            save_image(result, [args.out / f"{name}_optimized.png"], None, None)
+            row |= {"optimized": quality(result, photo, style), "optimized_seconds": seconds}
+        rows.append(row)
+        line = f"{name:>10}: fast style {row['fast']['style']:.4f} content {row['fast']['content']:.4f}"
+        if "optimized" in row:
+            line += (
+                f" | optimized style {row['optimized']['style']:.4f} content {row['optimized']['content']:.4f}"
+                f" in {row['optimized_seconds']:.0f} s: ratios {row['fast']['style'] / row['optimized']['style']:.2f}x"
+                f" style, {row['fast']['content'] / row['optimized']['content']:.2f}x content"
+            )
+        print(line, flush=True)
+
+    clip_path = SHARED / "video" / "carphone.mp4"
+    clip = read_clip(str(clip_path if clip_path.is_file() else SAMPLES / "carphone.mp4"), 0, 24).frames
+    with torch.no_grad():
+        results = torch.cat([stylize(network, frame[None]).clamp(0, 1) for frame in clip])
+    video = {
+        "warping_error": statistics.mean(warping_error(results, clip)),
+        "flicker": statistics.mean(flicker(results, clip)),
+    }
+    print(f"carphone 0:24: warping error {video['warping_error']:.5f}, flicker {video['flicker']:.4f}")
+    summary = {
+        "machine": cpu_flags(),
+        "threads": torch.get_num_threads(),
+        "training": training,
+        "apply_seconds": times,
+        "photos": rows,
+        "video": video,
+    }
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Stylizer files: safetensors only (tensors and a text header, so loading one runs no code, unlike a pickle).
+
+The header's metadata says that the file is one of ours (``format``), its version, the network's shape and
+how it was trained; :func:`read_stylizer` refuses any other file with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import BinaryIO
+
+from ..types import Stylizer, Training
+from .network import build
+
+EXTENSION = ".safetensors"
+FORMAT = "nst-nodes-stylizer"
+VERSION = "1"
+MAX_HEADER_BYTES = 1 << 20  # a stylizer's header is a few kB; safetensors allows 100 MB
+
+
+def stylizer_bytes(stylizer: Stylizer) -> bytes:
+    from safetensors.torch import save
+
+    metadata = {
+        "format": FORMAT,
+        "version": VERSION,
+        "width": str(stylizer["width"]),
+        "blocks": str(stylizer["blocks"]),
+        "training": json.dumps(stylizer["training"]),
+    }
+    weights = {name: value.detach().cpu().contiguous() for name, value in stylizer["weights"].items()}
+    return save(weights, metadata=metadata)
+
+
+def write_stylizer(file: BinaryIO, stylizer: Stylizer) -> None:
+    file.write(stylizer_bytes(stylizer))
+
+
+def _header(file: BinaryIO, path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file, read without its tensors; ValueError if it is no such file."""
+    start = file.read(8)
+    length = int.from_bytes(start, "little") if len(start) == 8 else 0
+    if not 2 <= length <= MAX_HEADER_BYTES:
+        raise ValueError(f"stylizer: {path} is not a safetensors file (a pickle or another format?)")
+    try:
+        header = json.loads(file.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"stylizer: {path} is not a safetensors file (its header is not JSON)") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def read_stylizer(file: BinaryIO, path: Path) -> Stylizer:
+    """A stylizer from an open file; ValueError naming the file and what is wrong with it."""
+    metadata = _header(file, path)
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"stylizer: {path} is a safetensors file but not a stylizer saved by Save Stylizer")
+    if metadata.get("version") != VERSION:
+        raise ValueError(
+            f"stylizer: {path} is of stylizer format version {metadata.get('version')}; this pack reads "
+            f"version {VERSION}: update the pack, or train it again"
+        )
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    file.seek(0)
+    try:
+        weights = load(file.read())
+        training: Training = json.loads(metadata["training"])
+        stylizer: Stylizer = {
+            "width": int(metadata["width"]),
+            "blocks": int(metadata["blocks"]),
+            "weights": weights,
+            "training": training,
+        }
+    except (SafetensorError, KeyError, ValueError) as error:
+        raise ValueError(f"stylizer: {path} is damaged ({error}); save it again") from None
+    build(stylizer)  # its tensors fit the network it names
+    return stylizer

@@ -1,0 +1,197 @@
+"""Fast style transfer: the stylizer network, its training, its files, its nodes and graphs/fast.json."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from graphrun import Cache, Folders, GraphValidationError, run
+from graphrun.host import RunnerHost
+from nst_nodes.fast.network import StylizerNetwork, build, stylize
+from nst_nodes.fast.store import read_stylizer, stylizer_bytes
+from nst_nodes.fast.train import TrainSettings, split_objective, train_stylizer
+from nst_nodes.losses import style_statistics, style_term
+from nst_nodes.nodes import NODE_CLASS_MAPPINGS
+from nst_nodes.types import Objective, Stylizer
+from nst_nodes.vgg import VGGModel, load_vgg19
+
+TINY_FAST = {"1.size": 64, "3.size": 4096, "14.size": 48, "14.steps": 2, "14.batch": 2, "17.size": 40}
+"""graphs/fast.json shrunk: 64 px training photos, 2 steps of 2 crops of 48 px, a 40x30 photo stylized."""
+
+
+@pytest.fixture(scope="module")
+def model() -> VGGModel:
+    return load_vgg19("caffe")
+
+
+def objective_of(model: VGGModel, style: torch.Tensor, weight: float = 1e5) -> Objective:
+    with torch.no_grad():
+        features = model.features(model.preprocessing.normalize(style), ["relu1_1", "relu2_1"])
+    statistics = {layer: style_statistics(value) for layer, value in features.items()}
+    content: Objective = {
+        "model": model.identity,
+        "terms": [
+            {"kind": "content", "weight": 1.0, "targets": {"relu2_1": torch.zeros(1)}, "layer_weights": {"relu2_1": 1}},
+            style_term(statistics, weight),
+            {"kind": "tv", "weight": 1e-3},
+        ],
+    }
+    return content
+
+
+def pictures(count: int = 3, size: int = 40) -> torch.Tensor:
+    return torch.rand((count, size, size + 8, 3), generator=torch.Generator().manual_seed(count))
+
+
+def trained(model: VGGModel, steps: int = 2, seed: int = 0, **kwargs) -> Stylizer:
+    settings = TrainSettings(size=32, steps=steps, batch=2, seed=seed, width=4)
+    return train_stylizer(model, objective_of(model, pictures(1, 48)), pictures(), settings, **kwargs)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("size", [(32, 32), (37, 50), (5, 9)])
+def test_the_stylizer_takes_any_size_and_batch_and_returns_the_same(count: int, size: tuple[int, int]) -> None:
+    images = torch.rand(count, *size, 3)
+    with torch.no_grad():
+        result = stylize(StylizerNetwork(width=4).eval(), images)
+    assert result.shape == images.shape
+
+
+def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(model: VGGModel) -> None:
+    first, again, other = trained(model), trained(model), trained(model, seed=1)
+    assert first["weights"].keys() == again["weights"].keys()
+    assert all(torch.equal(first["weights"][name], again["weights"][name]) for name in first["weights"])
+    assert not all(torch.equal(first["weights"][name], other["weights"][name]) for name in first["weights"])
+    assert first["training"]["steps"] == 2 and first["training"]["model"] == model.identity
+
+
+def test_training_lowers_the_objective_on_the_held_aside_picture(model: VGGModel) -> None:
+    losses: list[float] = []
+    stylizer = trained(model, steps=20, report=lambda step, total, loss, preview: losses.append(loss))
+    assert len(losses) == 20 and losses[-1] < losses[0]
+    assert stylizer["training"]["best_step"] > 1
+
+
+def test_a_stop_keeps_the_best_checkpoint_so_far_and_it_stylizes(model: VGGModel) -> None:
+    steps: list[int] = []
+    previews: list[torch.Tensor] = []
+
+    def report(step: int, total: int, loss: float, preview: torch.Tensor) -> None:
+        steps.append(step)
+        previews.append(preview)
+
+    stylizer = trained(model, steps=50, report=report, should_stop=lambda: len(steps) >= 3)
+    assert steps == [1, 2, 3] and stylizer["training"]["steps"] == 3
+    assert 1 <= stylizer["training"]["best_step"] <= 3
+    assert previews[-1].shape == pictures()[-1:].shape  # the held-aside picture, stylized
+    assert stylize(build(stylizer), pictures(1)).shape == pictures(1).shape
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda terms: terms + [{"kind": "temporal", "weight": 1.0}], "train without Temporal Loss"),
+        (lambda terms: [{**terms[1], "mask": torch.ones(4, 4)}] + terms[:1], "leave the mask out"),
+        (lambda terms: [terms[0], terms[2]], "no style loss"),
+        (lambda terms: terms[1:], "no content loss"),
+    ],
+)
+def test_objectives_that_cannot_train_a_stylizer_are_refused_with_what_to_do(
+    model: VGGModel, change, message: str
+) -> None:
+    objective = objective_of(model, pictures(1, 48))
+    with pytest.raises(ValueError, match=message):
+        split_objective({**objective, "terms": change(objective["terms"])})
+
+
+def test_a_stylizer_file_round_trips_and_runs_no_code(model: VGGModel, tmp_path: Path) -> None:
+    stylizer = trained(model)
+    path = tmp_path / "s.safetensors"
+    path.write_bytes(stylizer_bytes(stylizer))
+    with path.open("rb") as file:
+        loaded = read_stylizer(file, path)
+    assert loaded["training"] == stylizer["training"] and loaded["width"] == 4
+    assert all(torch.equal(loaded["weights"][name], value) for name, value in stylizer["weights"].items())
+
+
+def write_pickle(path: Path) -> None:
+    torch.save({"weights": torch.zeros(3)}, path)
+
+
+def write_foreign(path: Path) -> None:
+    save_file({"weight": torch.zeros(3)}, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (write_pickle, "not a safetensors file"),
+        (write_foreign, "not a stylizer saved by Save Stylizer"),
+        (lambda path: path.write_bytes(b""), "not a safetensors file"),
+    ],
+    ids=["pickle", "foreign", "empty"],
+)
+def test_load_stylizer_refuses_what_is_not_ours_before_the_run(tmp_path: Path, write, message: str) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    write(models / "bad.safetensors")
+    graph = {"1": {"class_type": "NSTLoadStylizer", "inputs": {"stylizer": "bad.safetensors"}}}
+    with pytest.raises(GraphValidationError, match=message):
+        run(graph, device="cpu", folders=Folders(models=models), outputs=["1"])
+
+
+def test_load_stylizer_refuses_other_extensions_and_names_outside_a_confined_models_folder(tmp_path: Path) -> None:
+    node = NODE_CLASS_MAPPINGS["NSTLoadStylizer"]
+    host = RunnerHost("cpu", Folders(tmp_path, tmp_path, True, tmp_path / "models"), threading.Event())
+    (tmp_path / "models").mkdir()
+    write_pickle(tmp_path / "models" / "a.pt")
+    assert "outside the models folder" in node.VALIDATE_INPUTS(stylizer="../x.safetensors", context=host)
+    assert "not a .safetensors file" in node.VALIDATE_INPUTS(stylizer="a.pt", context=host)
+
+
+def test_fast_graph_trains_applies_saves_and_caches_the_training(tmp_path: Path, reporter) -> None:
+    cache = Cache(tmp_path / "cache")
+    folders = Folders(output=tmp_path / "output", models=tmp_path / "models")
+    run("graphs/fast.json", device="cpu", overrides=TINY_FAST, folders=folders, cache=cache, reporter=reporter)
+    assert "14" in reporter.ran and (tmp_path / "output" / "fast.png").is_file()
+    saved = tmp_path / "models" / "nst" / "starry_night.safetensors"
+    with saved.open("rb") as file:
+        assert read_stylizer(file, saved)["training"]["steps"] == 2
+    again = type(reporter)()
+    run("graphs/fast.json", device="cpu", overrides=TINY_FAST, folders=folders, cache=cache, reporter=again)
+    assert again.ran == [] or set(again.ran) <= {"15", "19"}  # output nodes write their files again
+    other_photo = type(reporter)()
+    overrides = {**TINY_FAST, "17.size": 44}
+    run("graphs/fast.json", device="cpu", overrides=overrides, folders=folders, cache=cache, reporter=other_photo)
+    assert "14" not in other_photo.ran and "18" in other_photo.ran
+    other_weight = type(reporter)()
+    overrides = {**TINY_FAST, "11.weight": 1e6}
+    run("graphs/fast.json", device="cpu", overrides=overrides, folders=folders, cache=cache, reporter=other_weight)
+    assert "14" in other_weight.ran
+
+
+def test_apply_stylizer_keeps_a_batch_of_frames_in_order(model: VGGModel) -> None:
+    stylizer = trained(model)
+    frames = pictures(4, 24)
+    (result,) = NODE_CLASS_MAPPINGS["NSTApplyStylizer"]().apply(stylizer, frames)
+    assert result.shape == frames.shape and 0 <= result.min() and result.max() <= 1
+    (second,) = NODE_CLASS_MAPPINGS["NSTApplyStylizer"]().apply(stylizer, frames[1:2])
+    assert torch.allclose(result[1:2], second, atol=1e-5)
+
+
+def test_nst_video_applies_the_stylizer_fast_json_saved_to_every_frame(tmp_path: Path, monkeypatch) -> None:
+    from nst_nodes.app import main
+    from nst_nodes.video.io import read_clip
+
+    monkeypatch.chdir(tmp_path)  # both graphs use the default models folder, ./models
+    root = Path(__file__).resolve().parent.parent
+    sets = [item for key, value in TINY_FAST.items() for item in ("--set", f"{key}={value}")]
+    assert main(["run", str(root / "graphs" / "fast.json"), *sets, "--no-cache"]) == 0
+    clip = root / "nst_nodes" / "samples" / "carphone.mp4"
+    out = tmp_path / "out.mp4"
+    assert main(["video", str(root / "graphs" / "fast_video.json"), str(clip), "-o", str(out), "--frames", "0:5"]) == 0
+    assert read_clip(str(out)).frames.shape == read_clip(str(clip), 0, 5).frames.shape
