@@ -115,10 +115,12 @@ def main() -> None:
     print(f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     model, objective, pictures, style = objective_and_set()
-    probe = train_stylizer(model, objective, pictures, TrainSettings(args.size, 3, args.batch, width=args.width))
-    steps = max(1, int(args.minutes * 60 / (probe["training"]["seconds"] / 3)))
+    stamps: list[float] = []  # a probe of 6 steps: the last 3 time a step (the first ones choose the kernels)
+    probe_settings = TrainSettings(args.size, 6, args.batch, width=args.width)
+    train_stylizer(model, objective, pictures, probe_settings, lambda *_: stamps.append(time.perf_counter()))
+    steps = max(1, int(args.minutes * 60 / ((stamps[-1] - stamps[-4]) / 3)))
     settings = TrainSettings(size=args.size, steps=steps, batch=args.batch, width=args.width)
-    print(f"training {steps} steps of {args.batch} crops of {args.size}² (estimated from 3 steps) ...", flush=True)
+    print(f"training {steps} steps of {args.batch} crops of {args.size}² (as many as fit, timed on 3) ...", flush=True)
     deadline = time.perf_counter() + args.minutes * 60
     stylizer = train_stylizer(model, objective, pictures, settings, should_stop=lambda: time.perf_counter() > deadline)
     training = stylizer["training"]

@@ -67,7 +67,15 @@ def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
         help="where file name prefixes are written (default: ./output)",
     )
     command.add_argument(
-        "--confine", action="store_true", help="refuse paths outside --input-dir / --output-dir, as ComfyUI does"
+        "--models-dir",
+        type=Path,
+        default=Path("models"),
+        help="where trained models are saved and loaded (default: ./models)",
+    )
+    command.add_argument(
+        "--confine",
+        action="store_true",
+        help="refuse paths outside --input-dir / --output-dir / --models-dir, as ComfyUI does",
     )
 
 

@@ -73,7 +73,7 @@ def _report_format_error(error: GraphFormatError, as_json: bool) -> int:
 
 
 def _folders(args: argparse.Namespace) -> Folders:
-    return Folders(args.input_dir, args.output_dir, args.confine)
+    return Folders(args.input_dir, args.output_dir, args.confine, args.models_dir)
 
 
 def _load(args: argparse.Namespace) -> Graph:

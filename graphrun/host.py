@@ -48,7 +48,8 @@ def resolve_device(name: str) -> str:
 
 @dataclass(frozen=True)
 class Folders:
-    """Where relative file names point: inputs are read from ``input``, outputs written under ``output``.
+    """Where relative file names point: inputs are read from ``input``, outputs written under ``output``,
+    trained models saved and loaded in ``models``.
 
     ``confined``: names must stay inside these folders (no absolute paths, no ``..`` out),
     as a server must insist; the CLI's default is plain paths.
@@ -57,10 +58,15 @@ class Folders:
     input: Path = Path(".")
     output: Path = Path("output")
     confined: bool = False
+    models: Path = Path("models")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input", Path(self.input).expanduser())
-        object.__setattr__(self, "output", Path(self.output).expanduser())
+        for name in ("input", "output", "models"):
+            object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+
+    def resolved(self) -> Folders:
+        """The same folders as absolute paths, for processes that start elsewhere."""
+        return Folders(self.input.resolve(), self.output.resolve(), self.confined, self.models.resolve())
 
 
 class RunnerHost:
@@ -82,6 +88,10 @@ class RunnerHost:
     @property
     def output_folder(self) -> Path:
         return self.folders.output
+
+    @property
+    def models_folder(self) -> Path:
+        return self.folders.models
 
     @property
     def confined(self) -> bool:

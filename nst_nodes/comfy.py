@@ -19,6 +19,7 @@ from typing import Any
 
 from .files import SAMPLES_FOLDER, SAMPLES_PREFIX
 
+STYLIZERS = "nst_stylizers"  # ComfyUI's models/nst_stylizers/, registered with folder_paths
 PREVIEW_SECONDS = 1.0  # at most one preview a second: encoding and sending one costs about a step at 128 px
 
 
@@ -47,6 +48,14 @@ class ComfyHost:
         import folder_paths
 
         return Path(folder_paths.get_output_directory())
+
+    @property
+    def models_folder(self) -> Path:
+        """models/nst_stylizers (or the first folder extra_model_paths.yaml gives ``nst_stylizers``)."""
+        import folder_paths
+
+        register_models_folder()
+        return Path(folder_paths.get_folder_paths(STYLIZERS)[0])
 
     def progress(self, step: int, total: int, preview: Callable[[], Any] | None = None, **info: Any) -> None:
         """ComfyUI's progress bar on the node, with the current image as KSampler shows its previews."""
@@ -104,3 +113,12 @@ def comfy_host() -> ComfyHost:
     host = ComfyHost()
     copy_samples(host.input_folder)
     return host
+
+
+def register_models_folder() -> None:
+    """Make models/nst_stylizers a model folder of ComfyUI's, unless its extra_model_paths.yaml did."""
+    import folder_paths
+
+    if STYLIZERS not in folder_paths.folder_names_and_paths:
+        folder = str(Path(folder_paths.models_dir) / STYLIZERS)
+        folder_paths.folder_names_and_paths[STYLIZERS] = ([folder], {".safetensors"})

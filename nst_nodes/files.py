@@ -13,6 +13,7 @@ the copies shipped in ``nst_nodes/samples``, so the shipped graphs run from any 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -80,6 +81,22 @@ def input_path(host: Host, name: object, what: str = "image") -> Path:
     return path
 
 
+def input_pictures(host: Host, pattern: object, what: str) -> list[Path]:
+    """The pictures of a folder or a glob of the input folder, sorted by name; ``nst-samples/<glob>`` falls
+    back to the pack's samples, like a single name."""
+    pattern = _clean(pattern, what)
+    pictures = _pictures(_in_folder(host, host.input_folder, pattern, what, "input"))
+    parts = PurePosixPath(pattern.replace("\\", "/")).parts
+    if not pictures and len(parts) == 2 and parts[0] == SAMPLES_PREFIX:
+        pictures = _pictures(SAMPLES_FOLDER / parts[1])
+    return pictures
+
+
+def _pictures(source: Path) -> list[Path]:
+    candidates = source.iterdir() if source.is_dir() else map(Path, glob.glob(str(source)))
+    return sorted(path for path in candidates if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
+
+
 def open_regular(path: Path, what: str = "image") -> BinaryIO:
     """Open a file for reading if it is a regular file; a clear :class:`FileRuleError` otherwise."""
     try:
@@ -107,10 +124,24 @@ def file_sha256(path: Path, what: str = "file") -> str:
 
 def output_stem(host: Host, prefix: object) -> Path:
     """Folder and name stem for ``prefix`` (``nst/result`` -> <output folder>/nst/result)."""
+    return _stem(host.output_folder, host, prefix, "output")
+
+
+def models_stem(host: Host, prefix: object) -> Path:
+    """The same in the models folder (``nst/starry`` -> <models folder>/nst/starry)."""
+    return _stem(host.models_folder, host, prefix, "models")
+
+
+def model_path(host: Host, name: object, what: str) -> Path:
+    """A file of the models folder (not yet opened: see :func:`open_regular`)."""
+    return _in_folder(host, host.models_folder, _clean(name, what), what, "models")
+
+
+def _stem(folder: Path, host: Host, prefix: object, kind: str) -> Path:
     prefix = _clean(prefix, "filename_prefix")
     if prefix.endswith(("/", "\\")) or PurePosixPath(prefix.replace("\\", "/")).name in ("", ".", ".."):
         raise FileRuleError(f"filename_prefix: {prefix!r} must end in a file name, e.g. 'nst/result'")
-    stem = _in_folder(host, host.output_folder, prefix, "filename_prefix", "output")
+    stem = _in_folder(host, folder, prefix, "filename_prefix", kind)
     if len(os.fsencode(stem.name)) > NAME_BYTES:
         raise FileRuleError(
             f"filename_prefix: the file name {stem.name[:40]!r}... is too long; "
@@ -197,13 +228,16 @@ def _claim(path: Path) -> Path:
 
 def image_names(folder: Path) -> list[str]:
     """Image files under ``folder`` as ``sub/name.png`` names, sorted (what ComfyUI's picker offers)."""
+    return file_names(folder, IMAGE_EXTENSIONS)
+
+
+def file_names(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+    """Files under ``folder`` with one of ``extensions``, as sorted ``sub/name.ext`` names (hidden ones left out)."""
     names: list[str] = []
     for root, folders, files in os.walk(folder):
         folders[:] = sorted(f for f in folders if not f.startswith("."))
         relative = Path(root).relative_to(folder)
-        names += [
-            (relative / f).as_posix() for f in files if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-        ]
+        names += [(relative / f).as_posix() for f in files if f.lower().endswith(extensions) and not f.startswith(".")]
         if len(names) >= MAX_LISTED:
             break
     return sorted(names)[:MAX_LISTED]

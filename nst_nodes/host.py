@@ -34,6 +34,10 @@ class Host(Protocol):
         """File name prefixes are written under here."""
 
     @property
+    def models_folder(self) -> Path:
+        """Trained models (stylizers) are saved and loaded here."""
+
+    @property
     def confined(self) -> bool:
         """True: paths must stay inside the two folders (a server's rule); False: plain paths."""
 
@@ -69,6 +73,10 @@ class LocalHost:
     @property
     def output_folder(self) -> Path:
         return Path("output")
+
+    @property
+    def models_folder(self) -> Path:
+        return Path("models")
 
     def progress(self, step: int, total: int, preview: Callable[[], Any] | None = None, **info: Any) -> None:
         return None

@@ -23,6 +23,7 @@ NST_LOSS = "NST_LOSS"
 NST_HISTORY = "NST_HISTORY"
 NST_FLOW = "NST_FLOW"
 NST_TEMPORAL = "NST_TEMPORAL"
+NST_STYLIZER = "NST_STYLIZER"
 
 
 class Audio(TypedDict):
@@ -140,13 +141,34 @@ class History(TypedDict, total=False):
 
     method: str
     steps: int  # optimizer steps taken
-    precision: str  # the network pass as run (optimize.pass_plan): fp32 [kernel], or bf16 after the first steps
+    precision: str  # the network pass as run (optimize.pass_plan): fp32 [kernel], or bf16 or tf32 after the first steps
     loss: list[float]
     content: list[float]
     style: list[float]
     tv: list[float]
     temporal: list[float]
     frames: list[int]  # a batch of frames: the evaluations of each frame, in order
+
+
+class Training(TypedDict):
+    """How a stylizer was trained (Train Stylizer), kept with it and in its file."""
+
+    model: str  # identity of the network the objective was built with
+    steps: int  # the steps taken: fewer than asked when a stop cut the training short
+    best_step: int  # the checkpoint kept: the lowest objective on the held-aside picture
+    loss: float  # that objective
+    size: int  # side of the square training crops
+    batch: int
+    seconds: float
+
+
+class Stylizer(TypedDict):
+    """NST_STYLIZER: a feed-forward network that stylizes a picture in one pass (nst_nodes.fast)."""
+
+    width: int  # channels of its first layer: 32 is Johnson et al.'s network
+    blocks: int  # residual blocks
+    weights: dict[str, torch.Tensor]  # its state dict
+    training: Training
 
 
 VALUE_TYPES: dict[str, Any] = {
@@ -160,4 +182,5 @@ VALUE_TYPES: dict[str, Any] = {
     AUDIO: Audio | None,
     NST_FLOW: Flow,
     NST_TEMPORAL: Temporal,
+    NST_STYLIZER: Stylizer,
 }

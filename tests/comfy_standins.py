@@ -59,6 +59,9 @@ class ComfyStandIns:
         folder_paths = types.ModuleType("folder_paths")
         folder_paths.get_input_directory = lambda: str(self.input)
         folder_paths.get_output_directory = lambda: str(self.output)
+        folder_paths.models_dir = str(self.output.parent / "models")
+        folder_paths.folder_names_and_paths = {}
+        folder_paths.get_folder_paths = lambda name: list(folder_paths.folder_names_and_paths[name][0])
         return {
             "comfy": comfy,
             "comfy.utils": utils,

@@ -6,9 +6,12 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "nst_nodes" / "samples"
@@ -16,6 +19,43 @@ GRAPHS = ROOT / "graphs"
 sys.path.insert(0, str(Path(__file__).parent))
 # Kernel choices timed during the tests stay out of the user's cache (worker processes inherit this).
 os.environ.setdefault("NST_KERNELS_FILE", str(Path(tempfile.mkdtemp(prefix="nst-kernels-")) / "kernels.json"))
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the numerical tests (those that take the device fixture, marked on_device) run: cpu "
+        "(default) or cuda; select them alone with -m on_device",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "on_device: the test runs on --device (it takes the device fixture)")
+    if config.getoption("--device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise pytest.UsageError(f"--device cuda: torch {torch.__version__} ({build}) sees no CUDA device")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.on_device)
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The device of ``--device``: the numerical tests take it and run there (cpu unless asked)."""
+    import torch
+
+    return torch.device(request.config.getoption("--device"))
 
 
 def small_overrides(name: str = "gatys", shrink: int = 6, steps: int = 3) -> dict[str, int]:
@@ -30,6 +70,20 @@ def small_overrides(name: str = "gatys", shrink: int = 6, steps: int = 3) -> dic
         elif node["class_type"] == "NSTOptimize":
             overrides[f"{node_id}.steps"] = steps
     return overrides
+
+
+def save_untrained_stylizer(models: Path) -> Path:
+    """An untrained stylizer where graphs/fast.json saves its own (``nst/starry_night.safetensors`` in the
+    models folder), for the graphs and workflows that load that one."""
+    from nst_nodes.fast.network import StylizerNetwork
+    from nst_nodes.fast.store import stylizer_bytes
+
+    saved = models / "nst" / "starry_night.safetensors"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    training = {"model": "", "steps": 0, "best_step": 0, "loss": 0.0, "size": 32, "batch": 1, "seconds": 0.0}
+    stylizer = {"width": 4, "blocks": 1, "weights": StylizerNetwork(4, 1).state_dict(), "training": training}
+    saved.write_bytes(stylizer_bytes(stylizer))  # type: ignore[arg-type]
+    return saved
 
 
 def small_graph(name: str = "gatys", shrink: int = 6, steps: int = 3) -> dict[str, Any]:

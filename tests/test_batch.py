@@ -420,6 +420,7 @@ def test_the_dask_executor_drives_an_execution_on_its_own(tmp_path: Path, cluste
         input=".",
         output=str(tmp_path),
         confined=False,
+        models=str(tmp_path),
         threads=None,
         run_id="test",
     )

@@ -120,6 +120,7 @@ def test_listing_the_nodes_in_comfyui_points_them_at_its_folders_and_brings_the_
     assert (comfy.input / "nst-samples-carphone.mp4").is_file()  # where ComfyUI's own Load Video looks
     assert choices == [
         "mine.png",
+        *[f"nst-samples/{path.name}" for path in sorted(SAMPLES_FOLDER.glob("photo_*.jpg"))],
         "nst-samples/shipwreck.jpg",
         "nst-samples/starry_night.jpg",
         "nst-samples/tubingen.jpg",

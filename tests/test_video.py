@@ -248,3 +248,15 @@ def test_joined_segments_fade_from_one_into_the_next_over_the_overlap() -> None:
     joined = join([first, second], spans)
     assert joined.shape[0] == 9
     assert [round(float(frame.mean()), 2) for frame in joined] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+
+
+def test_after_a_stop_the_frames_finished_from_the_start_make_one_clip() -> None:
+    from nst_nodes.video.segments import finished_prefix
+
+    spans = [(0, 24), (20, 48)]
+    whole, second = torch.zeros(24, 2, 2, 3), torch.ones(28, 2, 2, 3)
+    assert finished_prefix([whole, second[:10]], spans)[1] == [(0, 24), (20, 30)]  # 30 frames from the start
+    assert join(*finished_prefix([whole, second[:10]], spans)).shape[0] == 30
+    assert finished_prefix([whole, second[:4]], spans)[1] == [(0, 24)]  # only the overlap: nothing new
+    assert finished_prefix([whole[:7], second], spans)[1] == [(0, 7)]  # a gap after frame 7: the rest waits
+    assert finished_prefix([torch.zeros(0), second], spans) == ([], [])

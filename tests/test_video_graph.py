@@ -83,6 +83,19 @@ def test_a_clip_too_large_is_refused_with_a_size_that_fits(
     assert "24 frames of 176x144" in capsys.readouterr().err
 
 
+def test_a_format_whose_encoder_ffmpeg_lacks_is_refused_before_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nst_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    monkeypatch.setitem(io.ENCODERS, ".webm", "no-such-encoder")  # as a PyAV built without libvpx would lack it
+    assert main(["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "out.webm"), *TINY]) == 2
+    assert "this FFmpeg has no 'no-such-encoder' encoder; write mp4" in capsys.readouterr().err
+    assert not (tmp_path / "out.webm").exists()
+    problem = NODE_CLASS_MAPPINGS["NSTSaveVideo"].VALIDATE_INPUTS(filename_prefix="v", format="webm", context=None)
+    assert problem.startswith("format: webm: this FFmpeg has no 'no-such-encoder' encoder")
+
+
 def test_an_output_outside_the_folder_is_refused_when_confined(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -156,3 +169,27 @@ def test_the_video_workflow_converts_and_validates_with_comfyuis_core_video_node
     assert temporal["class_type"] == "NSTTemporalLoss" and temporal["inputs"]["mode"] == "flow"
     resize = next(entry for entry in graph.prompt.values() if entry["class_type"] == "NSTResizeImage")
     assert resize["inputs"]["multiple_of"] % 2 == 0  # core Save Video's H.264 (4:2:0) fails on an odd side
+
+
+def test_the_fast_video_workflow_uses_comfyuis_core_video_nodes_around_apply_stylizer(tmp_path: Path) -> None:
+    import json
+
+    import comfy_core_video
+    from conftest import save_untrained_stylizer
+
+    from graphrun import Folders, load_graph, validate
+
+    registry = comfy_core_video.registry()
+    graph = load_graph(json.loads((ROOT / "example_workflows" / "fast_video.json").read_text()), registry=registry)
+    classes = {entry["class_type"] for entry in graph.prompt.values()}
+    assert classes == {
+        "LoadVideo",
+        "GetVideoComponents",
+        "CreateVideo",
+        "SaveVideo",
+        "NSTLoadStylizer",
+        "NSTApplyStylizer",
+    }
+    assert "stylizer: file not found" in str(validate(graph, registry, folders=Folders(models=tmp_path)))
+    save_untrained_stylizer(tmp_path)
+    assert validate(graph, registry, folders=Folders(models=tmp_path)) == []

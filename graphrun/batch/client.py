@@ -190,8 +190,7 @@ def run_batch(
     shipped_registry = registry  # None: each worker reads the installed packs itself
     registry = registry or default_registry()
     graph = graph_of(graph, registry, overrides)
-    folders = folders or Folders()
-    folders = Folders(folders.input.resolve(), folders.output.resolve(), folders.confined)
+    folders = (folders or Folders()).resolved()
     items = batch_items(list(overs or []), grid)
     reporter = reporter or BatchReporter()
     cache = Cache(cache_dir, memory_bytes=memory_bytes)
@@ -211,6 +210,7 @@ def run_batch(
             input=str(folders.input),
             output=str(folders.output),
             confined=folders.confined,
+            models=str(folders.models),
             threads=threads,
             run_id=uuid.uuid4().hex,
         )

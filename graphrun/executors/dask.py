@@ -90,6 +90,7 @@ class TaskSettings:
     input: str
     output: str
     confined: bool
+    models: str
     threads: int | None
     run_id: str
 
@@ -178,7 +179,7 @@ def run_task(task_json: str, *inputs: dict[str, Any]) -> dict[str, Any]:
         plan=plan(graph, setup.registry, [node_id]),
         cache=setup.cache(settings.cache, settings.memory),
         device=resolve_device(settings.device),
-        folders=Folders(Path(settings.input), Path(settings.output), settings.confined),
+        folders=Folders(Path(settings.input), Path(settings.output), settings.confined, Path(settings.models)),
         stop=stop,
         reporter=reporter,
         keys=task["keys"],

@@ -7,7 +7,8 @@ folders, progress and stop.
 """
 
 from .color import Luminance, MatchColors, OriginalColors
-from .images import LoadImage, LoadMask, PlotHistory, ResizeImage, ResizeToMatch, SaveImage
+from .fast import ApplyStylizer, LoadStylizer, SaveStylizer, TrainStylizer
+from .images import LoadImage, LoadImageSet, LoadMask, PlotHistory, ResizeImage, ResizeToMatch, SaveImage
 from .metrics import QualityMetrics
 from .network import DenormalizeImage, GramMatrices, NormalizeImage, StyleStatistics, VGG19Model, VGGFeatures
 from .objective import CombineLosses, ContentLoss, StyleLoss, TVLoss
@@ -41,6 +42,11 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "NSTWarp": Warp,
     "NSTTemporalLoss": TemporalLoss,
     "NSTVideoMetrics": VideoMetrics,
+    "NSTLoadImageSet": LoadImageSet,
+    "NSTTrainStylizer": TrainStylizer,
+    "NSTApplyStylizer": ApplyStylizer,
+    "NSTSaveStylizer": SaveStylizer,
+    "NSTLoadStylizer": LoadStylizer,
     "NSTGramMatrices": GramMatrices,  # the former id of NSTStyleStatistics
 }
 
@@ -71,5 +77,10 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "NSTWarp": "Warp by Flow",
     "NSTTemporalLoss": "Temporal Loss",
     "NSTVideoMetrics": "Video Metrics",
+    "NSTLoadImageSet": "Load Image Set",
+    "NSTTrainStylizer": "Train Stylizer",
+    "NSTApplyStylizer": "Apply Stylizer",
+    "NSTSaveStylizer": "Save Stylizer",
+    "NSTLoadStylizer": "Load Stylizer",
     "NSTGramMatrices": "Style Statistics",
 }

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 
 from .. import image as image_io
-from ..files import FileRuleError, check_writable, file_sha256, input_path, output_paths, output_stem
+from ..files import FileRuleError, check_writable, file_sha256, input_path, input_pictures, output_paths, output_stem
 from ..host import Host, host_of
 from ..limits import MAX_SIDE, check_pixels, max_image_pixels
 from ..plot import plot_history
 from ..types import IMAGE, MASK, NST_HISTORY, History
+from ..video.io import ClipError, check_clip_size
 from .base import HIDDEN_CONTEXT, Node
 from .schema import Boolean, Choice, Float, ImageFile, Int, Link, Text, Validation
 
@@ -21,6 +22,8 @@ RESIZE_MODES = ("long_side", "pixels")
 SAVE_FORMATS = ("png", "jpg")
 DEFAULT_IMAGE = "nst-samples/tubingen.jpg"
 DEFAULT_MASK = "nst-samples/tubingen_sky.png"
+DEFAULT_SET = "nst-samples/photo_*.jpg"
+MAX_SET = 1000
 
 
 def image_file(default: str) -> ImageFile:
@@ -178,6 +181,72 @@ class ResizeToMatch(ResizeNode):
         )
         check_pixels(width, height, "scale")
         return (image_io.resize_image(image, height, width),)
+
+
+class LoadImageSet(Node):
+    DESCRIPTION = (
+        "The pictures of a folder or glob as one IMAGE batch (a training set for Train Stylizer): each scaled so "
+        "that its short side is 'size', then cut square around its centre."
+    )
+    FUNCTION = "load"
+    RETURN_TYPES = (IMAGE,)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The pictures, [N, size, size, 3], in the order of their names.",)
+
+    INPUTS = (
+        Text(
+            "images",
+            default=DEFAULT_SET,
+            tooltip="A folder or a glob of pictures, relative to the input folder; nst-samples/ holds the pack's.",
+        ),
+        Int("size", default=288, min=64, max=MAX_SIDE, tooltip="Side of the square pictures."),
+    )
+    HIDDEN = HIDDEN_CONTEXT
+
+    @classmethod
+    def validate(cls, images: str | None, size: int | None, context: Host | None) -> Validation:
+        """Pictures are there (inside the input folder where the host confines paths), not too many, and each one
+        can be read."""
+        if images is None:
+            return True
+        try:
+            paths = cls.pictures(images, context)
+            check_clip_size(len(paths), size or 1, size or 1, images)
+            for path in paths:
+                image_io.probe_image(path)
+        except (FileRuleError, image_io.ImageFileError, ClipError, ValueError) as error:
+            return str(error)
+        return True
+
+    @staticmethod
+    def pictures(images: str, context: Host | None) -> list[Path]:
+        paths = input_pictures(host_of(context), images, "images")
+        if not paths:
+            raise FileRuleError(f"images: no pictures in {images!r}; name a folder or a glob such as 'photos/*.jpg'")
+        if len(paths) > MAX_SET:
+            raise FileRuleError(f"images: {len(paths)} pictures in {images!r}; at most {MAX_SET} make a set")
+        return paths
+
+    @classmethod
+    def IS_CHANGED(cls, images: str, context: Host | None = None, **_: Any) -> str:
+        """The pictures' content hashes: adding, editing or removing one changes the set."""
+        try:
+            return repr([(path.name, file_sha256(path)) for path in cls.pictures(images, context)])
+        except (OSError, ValueError) as error:
+            return f"unreadable: {error}"
+
+    def load(self, images: str, size: int, context: Host | None = None) -> tuple[torch.Tensor]:
+        return (torch.cat([square(image_io.load_image(path), size) for path in self.pictures(images, context)]),)
+
+
+def square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``[1, H, W, 3]`` scaled so its short side is ``size``, then its centre ``size``²."""
+    height, width = image.shape[1:3]
+    scale = size / min(height, width)
+    height, width = max(size, round(height * scale)), max(size, round(width * scale))
+    image = image_io.resize_image(image, height, width)
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[:, top : top + size, left : left + size].contiguous()
 
 
 class SaveImage(Node):

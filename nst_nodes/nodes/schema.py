@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
-from ..files import image_names
+from ..files import file_names, image_names
 from ..host import host_of
 
 Validation = bool | str
@@ -161,6 +161,21 @@ class ImageFile(Input):
         kind: Any = image_names(host.input_folder) if host.confined else "STRING"
         tooltip = self.tooltip if host.confined else self.path_tooltip
         return kind, {"default": self.default, "image_upload": True, "tooltip": tooltip}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFile(Input):
+    """A file of the models folder with ``extension``: under a server the list of those there; elsewhere a path.
+    The node checks the file itself."""
+
+    extension: str
+    path_tooltip: str  # the tooltip where it is a path
+
+    def declaration(self) -> tuple[Any, dict[str, Any]]:
+        host = host_of(None)
+        if host.confined:
+            return file_names(host.models_folder, (self.extension,)), {"tooltip": self.tooltip}
+        return "STRING", {"default": "", "tooltip": self.path_tooltip}
 
 
 def input_types(inputs: tuple[Input, ...], hidden: dict[str, str]) -> dict[str, Any]:

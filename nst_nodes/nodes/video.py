@@ -113,7 +113,13 @@ class SaveVideo(Node):
     HIDDEN = HIDDEN_CONTEXT
 
     @classmethod
-    def validate(cls, filename_prefix: str | None, context: Host | None) -> Validation:
+    def validate(cls, filename_prefix: str | None, format: str | None, context: Host | None) -> Validation:
+        """The prefix stays inside the output folder and can be written; FFmpeg has the format's encoders."""
+        if format not in (None, FRAMES):
+            try:
+                video_io.check_encoder(f".{format}")
+            except video_io.ClipError as error:
+                return f"format: {error}"
         return prefix_problem(filename_prefix, context)
 
     def save(

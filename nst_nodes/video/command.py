@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .io import ENCODERS, ClipError, probe
+from .io import ENCODERS, ClipError, check_encoder, probe
 
 LOADER, SAVER, OPTIMIZER, TEMPORAL = "NSTLoadVideo", "NSTSaveVideo", "NSTOptimize", "NSTTemporalLoss"
 TEMPORAL_MODES = ("off", "chain", "warped", "flow")
@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument(
+        "--models-dir", type=Path, default=Path("models"), help="where Load Stylizer looks (default: ./models)"
+    )
+    parser.add_argument(
         "--confine",
         action="store_true",
         help="refuse a clip or an output outside the current folder (as a server would)",
@@ -133,6 +136,8 @@ def _format(output: Path) -> str:
     suffix = output.suffix.lower()
     if suffix and suffix not in ENCODERS:
         raise ValueError(f"-o {output}: write {', '.join(ENCODERS)} or a folder of frames, not {suffix}")
+    if suffix:
+        check_encoder(suffix)
     return suffix[1:] if suffix else "png frames"
 
 
@@ -156,7 +161,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     output_dir = places(args)[1]
-    common = ["--output-dir", str(output_dir), "--device", args.device]
+    common = ["--output-dir", str(output_dir), "--models-dir", str(args.models_dir), "--device", args.device]
     common += ["--no-cache"] if args.no_cache else ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
     common += ["--confine"] if args.confine else []
     started = time.perf_counter()

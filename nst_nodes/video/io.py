@@ -243,6 +243,24 @@ def write_frames(folder: Path, frames: torch.Tensor) -> list[Path]:
     return paths
 
 
+def check_encoder(suffix: str) -> None:
+    """Refuse, before any work, a video format whose encoders this FFmpeg build lacks (PyAV's wheels carry
+    them all; a PyAV built against a system FFmpeg may not)."""
+    import av
+
+    sound = {".webm": "libopus", ".gif": None}.get(suffix, "aac")
+    for name in (ENCODERS[suffix], sound):
+        if name is None:
+            continue
+        try:
+            av.codec.Codec(name, "w")
+        except av.codec.codec.UnknownCodecError:
+            others = [other[1:] for other in ENCODERS if other != suffix]
+            raise ClipError(
+                f"{suffix[1:]}: this FFmpeg has no '{name}' encoder; write {', '.join(others)} or PNG frames"
+            ) from None
+
+
 def write_output(target: Path, clip: Clip) -> list[Path]:
     """A video file for a video suffix (see :func:`write_clip`), else a folder of frames: what was written."""
     if target.suffix.lower() in ENCODERS:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .io import DEFAULT_FPS, Clip, read_audio, read_clip, write_output
+from .io import DEFAULT_FPS, Clip, ClipError, read_audio, read_clip, write_output
 
 WORK_FOLDER = ".nst-video-segments"
 
@@ -57,7 +57,8 @@ def run_segments(
     overlap: int,
 ) -> int:
     """Run the segments as a batch (``--workers`` local processes, or the cluster at ``--scheduler``), then
-    join them into ``args.output``. A stopped or failed batch leaves the segments done in the work folder."""
+    join them into ``args.output``. After a stop (or a failure) the frames finished from the start are written
+    there as a shorter clip, and every segment's frames stay in the work folder."""
     from ..app import main as nst
 
     start = args.frames[0]
@@ -86,24 +87,58 @@ def run_segments(
     command += ["--scheduler", args.scheduler] if args.scheduler else ["--workers", str(len(spans))]
     print(f"{len(spans)} segments: {', '.join(f'{first}:{stop}' for first, stop in spans)}", file=sys.stderr)
     code = nst(command)
-    if code != 0:
-        print(f"the segments done are in {work}", file=sys.stderr)
-        return code
-    segments = [read_clip(str(work / f"segment_{index}")).frames for index in range(len(spans))]
-    for index, (frames, (first, stop)) in enumerate(zip(segments, spans, strict=True)):
-        if len(frames) != stop - first:
-            print(
-                f"error: segment {index} has {len(frames)} frames, not {stop - first}; they are in {work}",
-                file=sys.stderr,
-            )
-            return 1
+    segments = [_segment(work / f"segment_{index}") for index in range(len(spans))]
+    if code == 0:
+        for index, (frames, (first, stop)) in enumerate(zip(segments, spans, strict=True)):
+            if len(frames) != stop - first:
+                print(
+                    f"error: segment {index} has {len(frames)} frames, not {stop - first}; they are in {work}",
+                    file=sys.stderr,
+                )
+                return 1
+    finished, finished_spans = finished_prefix(segments, spans)
+    if not finished:
+        print(f"no frame was finished; the segments' work is in {work}", file=sys.stderr)
+        return code or 1
+    done = finished_spans[-1][1] - start
     source = Path(args.input)
     fps, audio = DEFAULT_FPS, None
     if source.is_file():
         probe = read_clip(str(source), start, start + 1)
         fps = probe.fps
         if probe.audio is not None:
-            audio = read_audio(source, Fraction(start) / fps, Fraction(start + count) / fps)
-    write_output(args.output, Clip(join(segments, spans), fps, audio))
+            audio = read_audio(source, Fraction(start) / fps, Fraction(start + done) / fps)
+    write_output(args.output, Clip(join(finished, finished_spans), fps, audio))
+    if code != 0:
+        print(
+            f"the first {done} of {count} frames are in {args.output}; the segments done are in {work}", file=sys.stderr
+        )
+        return code
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _segment(folder: Path) -> torch.Tensor:
+    """A segment's frames as written so far (none: an empty batch)."""
+    try:
+        return read_clip(str(folder)).frames
+    except ClipError:
+        return torch.zeros(0)
+
+
+def finished_prefix(
+    segments: list[torch.Tensor], spans: list[tuple[int, int]]
+) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """The segments that make one unbroken clip from the start, after a stop: the complete ones up to the
+    first that is not, and that one's frames if they reach past the overlap; with each one's span as done."""
+    kept: list[torch.Tensor] = []
+    kept_spans: list[tuple[int, int]] = []
+    for frames, (first, stop) in zip(segments, spans, strict=True):
+        reached = first + len(frames)
+        if reached <= (kept_spans[-1][1] if kept_spans else first):
+            break
+        kept.append(frames)
+        kept_spans.append((first, reached))
+        if reached < stop:
+            break
+    return kept, kept_spans
