@@ -1,0 +1,94 @@
+"""Memory of an optimization per megapixel: the measured peak against the estimate that refuses a size.
+
+    python benchmarks/memory.py                     # 1, 2 and 4 megapixels (1024², 1448², 2048²), 3 steps each
+    python benchmarks/memory.py --sides 512 1024    # other sizes
+
+Each size runs in its own child process (so that its peak RSS is its own): the Caffe VGG19, the
+shipped pair squared to the size, graphs/gatys.json's objective, then Optimize Image's settings
+(L-BFGS, history in bf16) with a history of 2 pairs, which 3 steps fill, so that the peak includes a
+full history. Prints per size: the peak RSS, the process's RSS before the optimization (torch, the
+model, the targets), the peak's growth over it, Optimize Image's estimate of that growth
+(``optimization_bytes``), their ratio, and seconds per step. NST_CONV=direct (torch's own convolution)
+skips timing the kernels at sizes where timing alone takes minutes.
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: E402  (the imports below follow configure_process, which must run before torch is imported)
+import os
+
+os.environ.setdefault("NST_CONV", "direct")
+from nst_nodes.tuning import configure_process
+
+TUNING = configure_process()
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+from bench import cpu_flags, max_rss_mib, objective_for, sample_pair
+
+from nst_nodes.losses import term_layers
+from nst_nodes.nodes.optimizer import optimization_bytes
+from nst_nodes.optimize import OptimizerSettings, optimize
+from nst_nodes.vgg import load_vgg19
+
+HISTORY = 2
+STEPS = 3
+
+
+def worker(side: int) -> dict:
+    model = load_vgg19("caffe")
+    content, style = sample_pair(side)
+    objective = objective_for(model, content, style)
+    start = model.preprocessing.normalize(content)
+    settings = OptimizerSettings(steps=STEPS, history_size=HISTORY)
+    estimate = optimization_bytes(start, term_layers(objective), settings)
+    before = max_rss_mib()
+    started = time.perf_counter()
+    _, history = optimize(model, objective, start, settings)
+    return {
+        "side": side,
+        "megapixels": side * side / 1e6,
+        "rss_before_mib": before,
+        "peak_mib": max_rss_mib(),
+        "estimate_mib": estimate / 2**20,
+        "seconds_per_step": (time.perf_counter() - started) / history["steps"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sides", type=int, nargs="+", default=[1024, 1448, 2048])
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker)))
+        return
+    print(
+        f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"NST_TUNING={os.environ.get('NST_TUNING', 'speed')}, NST_CONV={os.environ['NST_CONV']}"
+    )
+    print(" size      MP  before MiB  peak MiB  growth MiB  estimate MiB  estimate/growth  s/step")
+    for side in args.sides:
+        child = subprocess.run(
+            [sys.executable, __file__, "--worker", str(side)], capture_output=True, text=True, check=False
+        )
+        if child.returncode != 0:
+            print(f"{side}x{side}: failed: {child.stderr.strip().splitlines()[-1:]}")
+            continue
+        row = json.loads(child.stdout.strip().splitlines()[-1])
+        growth = row["peak_mib"] - row["rss_before_mib"]
+        print(
+            f"{side:5d} {row['megapixels']:6.2f} {row['rss_before_mib']:11.0f} {row['peak_mib']:9.0f} "
+            f"{growth:11.0f} {row['estimate_mib']:13.0f} {row['estimate_mib'] / growth:16.2f} "
+            f"{row['seconds_per_step']:7.1f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
