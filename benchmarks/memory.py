@@ -6,10 +6,10 @@
 Each size runs in its own child process (so that its peak RSS is its own): the Caffe VGG19, the
 shipped pair squared to the size, graphs/gatys.json's objective, then Optimize Image's settings
 (L-BFGS, history in bf16) with a history of 2 pairs, which 3 steps fill, so that the peak includes a
-full history. Prints per size: the peak RSS, the process's RSS before the optimization (torch, the
-model, the targets), the peak's growth over it, Optimize Image's estimate of that growth
-(``optimization_bytes``), their ratio, and seconds per step. NST_CONV=direct (torch's own convolution)
-skips timing the kernels at sizes where timing alone takes minutes.
+full history. Prints per size: the process's RSS with torch and the model loaded, its peak RSS
+(Linux's VmHWM: the pictures, the targets, the optimization), the growth,
+Optimize Image's estimate of that growth (``optimization_bytes``), their ratio, and seconds per step.
+NST_CONV=direct (torch's own convolution) skips timing the kernels at sizes where timing takes minutes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import sys
 import time
 
 import torch
-from bench import cpu_flags, max_rss_mib, objective_for, sample_pair
+from bench import cpu_flags, objective_for, sample_pair
 
 from nst_nodes.losses import term_layers
 from nst_nodes.nodes.optimizer import optimization_bytes
@@ -40,21 +40,29 @@ HISTORY = 2
 STEPS = 3
 
 
+def status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: the peak)."""
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def worker(side: int) -> dict:
     model = load_vgg19("caffe")
+    before = status_mib("VmRSS")  # torch and the model: what the process holds before any picture
     content, style = sample_pair(side)
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=STEPS, history_size=HISTORY)
     estimate = optimization_bytes(start, term_layers(objective), settings)
-    before = max_rss_mib()
     started = time.perf_counter()
     _, history = optimize(model, objective, start, settings)
     return {
         "side": side,
         "megapixels": side * side / 1e6,
         "rss_before_mib": before,
-        "peak_mib": max_rss_mib(),
+        "peak_mib": status_mib("VmHWM"),
         "estimate_mib": estimate / 2**20,
         "seconds_per_step": (time.perf_counter() - started) / history["steps"],
     }
