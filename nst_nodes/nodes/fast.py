@@ -42,7 +42,8 @@ class TrainStylizer(Node):
     DESCRIPTION = (
         "Train a feed-forward stylizer (Johnson et al. 2016) on the objective the optimizer would minimize: its "
         "style and smoothness terms as they are, its content terms against each training picture itself. Then "
-        "Apply Stylizer stylizes any picture in one pass. Cached: it trains again only when its inputs change."
+        "Apply Stylizer stylizes any picture in one pass. Cached like any node (by nst run on disk, across runs), "
+        "so it trains again only when its inputs change; keep it with Save Stylizer."
     )
     FUNCTION = "train"
     RETURN_TYPES = (NST_STYLIZER,)
@@ -58,8 +59,14 @@ class TrainStylizer(Node):
             tooltip="Training pictures (Load Image Set, or a clip's frames); of two or more, the last is held "
             "aside: the previews show it and it picks the checkpoint kept.",
         ),
-        Int("size", default=256, min=32, max=2048, tooltip="Side of the square random crops trained on."),
-        Int("steps", default=1000, min=1, max=1_000_000, tooltip="Training steps (one batch of crops each)."),
+        Int(
+            "size",
+            default=128,
+            min=32,
+            max=2048,
+            tooltip="Side of the square random crops trained on; 256 is Johnson et al.'s, for a GPU.",
+        ),
+        Int("steps", default=600, min=1, max=1_000_000, tooltip="Training steps (one batch of crops each)."),
         Int("batch", default=4, min=1, max=64, tooltip="Crops per step."),
         Float("lr", default=1e-3, min=1e-6, max=1.0, step=1e-5, tooltip="Adam's learning rate."),
         Int(

@@ -1,9 +1,9 @@
-// Shows what a node of this pack returns as ui.text (the Quality Metrics figures) on the node itself:
+// Shows what a node of this pack returns as ui.text (the metrics, the name of a saved stylizer) on the node itself:
 // the editor displays images by itself, text only where an extension asks for it.
 import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 
-const NODES_WITH_TEXT = new Set(["NSTQualityMetrics", "NSTVideoMetrics"]);
+const NODES_WITH_TEXT = new Set(["NSTQualityMetrics", "NSTVideoMetrics", "NSTSaveStylizer"]);
 
 app.registerExtension({
   name: "nst-nodes.ShowText",
