@@ -240,7 +240,8 @@ def worker_step(side: int, steps: int, precision: str, conv: str, device: torch.
     started = clock(device)
     _, history = optimize(model, objective, start, OptimizerSettings(steps=steps, precision=precision))
     # Per evaluation (forward + backward + optimizer work): L-BFGS backtracks in its first steps.
-    per_step = (clock(device) - started) / len(history["loss"])
+    elapsed = clock(device) - started
+    per_step = elapsed / len(history["loss"])
     split = {name: sorted(values)[1] for name, values in phases.items()}
     split["optimizer"] = max(0.0, per_step - sum(split.values()))
     return {
@@ -252,6 +253,8 @@ def worker_step(side: int, steps: int, precision: str, conv: str, device: torch.
         "plan": history["precision"],
         "plan_seconds": plan_seconds(precision, start, layers),
         "seconds_per_step": per_step,
+        "evaluations_per_step": len(history["loss"]) / history["steps"],
+        "seconds_per_optimizer_step": elapsed / history["steps"],
         "split": split,
         "start_loss": history["loss"][0],
         "final_loss": history["loss"][-1],
@@ -608,11 +611,13 @@ def print_table(results: dict) -> None:
         print(f"3x3 conv peak (default torch path): {results['conv_peak_gflops']:.0f} GFLOP/s")
     print(
         "\nseconds per L-BFGS evaluation (= step, but for backtracks), Gatys objective (content relu4_2 + 5 style "
-        "layers); default = precision auto, each layer's kernel, as Optimize Image runs after its first steps"
+        "layers); default = precision auto, each layer's kernel, as Optimize Image runs after its first steps; "
+        "evals/step: evaluations per optimizer step (backtracks add some), s/opt step: seconds per optimizer step"
     )
     print(
         f"{'size':>9} {'run':>15} {'plan':>14} {'step s':>7} {'fwd':>6} {'loss':>6} {'bwd':>6} {'optim':>6} "
-        f"{'GFLOP':>6} {'of peak':>8} {'GPU MiB' if on_gpu(results) else 'RSS MiB':>8}"
+        f"{'GFLOP':>6} {'of peak':>8} {'GPU MiB' if on_gpu(results) else 'RSS MiB':>8} {'evals/step':>10} "
+        f"{'s/opt step':>10}"
     )
     for row in results["steps"]:
         split = row["split"]
@@ -620,7 +625,8 @@ def print_table(results: dict) -> None:
         print(
             f"{row['side']:>4}x{row['side']:<4} {row_name(row):>15} {plan:>14} {row['seconds_per_step']:>7.3f} "
             f"{split['forward']:>6.3f} {split['loss']:>6.3f} {split['backward']:>6.3f} {split['optimizer']:>6.3f} "
-            f"{row['gflop']:>6.1f} {row['fraction_of_conv_peak']:>8.0%} {peak_mib(results, row):>8.0f}"
+            f"{row['gflop']:>6.1f} {row['fraction_of_conv_peak']:>8.0%} {peak_mib(results, row):>8.0f} "
+            f"{row['evaluations_per_step']:>10.2f} {row['seconds_per_optimizer_step']:>10.3f}"
         )
 
     def row(side: int, name: str) -> dict:
