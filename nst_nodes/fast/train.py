@@ -11,6 +11,7 @@ what picks the checkpoint that is kept (the lowest objective on it), also when a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,7 +195,7 @@ class _Checkpoint:
             stylized = stylize(network, held)
             loss = float(loss_of(stylized.permute(0, 3, 1, 2), held.permute(0, 3, 1, 2)))
         network.train()
-        if not torch.isfinite(torch.tensor(loss)):
+        if not math.isfinite(loss):
             raise FloatingPointError(
                 f"the training loss became {loss} at step {step}; lower the learning rate or the loss weights"
             )

@@ -10,7 +10,7 @@ import torch
 
 from ..host import Host, host_of
 from ..vgg import LAYER_NAMES
-from .schema import Float, Input, input_types, validate_inputs
+from .schema import Float, Input, Int, input_types, validate_inputs
 
 CATEGORY = "style transfer"
 HIDDEN_CONTEXT = {"context": "GRAPHRUN_HOST"}  # the engine's host (graphrun.spec.HOST_INPUT); ComfyUI passes nothing
@@ -44,6 +44,13 @@ class Node:
 def weight(default: float, tooltip: str) -> Float:
     """The weight of a loss term: any finite number from 0 up, kept intact by the editor down to 1e-5."""
     return Float("weight", default=default, min=0.0, max=MAX_WEIGHT, step=WEIGHT_STEP, tooltip=tooltip)
+
+
+def seed_input(tooltip: str, optional: bool = False) -> Int:
+    """A seed: any non-negative 64-bit number, kept by the editor between runs so that a rerun is cached."""
+    return Int(
+        "seed", default=0, min=0, max=2**63 - 1, control_after_generate=False, optional=optional, tooltip=tooltip
+    )
 
 
 def parse_layers(text: str) -> list[str]:

@@ -11,7 +11,6 @@ from ..fast.store import EXTENSION, read_stylizer, write_stylizer
 from ..fast.train import TrainSettings, check_pictures, split_objective, train_stylizer
 from ..files import (
     FileRuleError,
-    check_writable,
     file_sha256,
     model_path,
     models_stem,
@@ -25,7 +24,8 @@ from ..limits import check_memory, network_bytes
 from ..losses import term_layers
 from ..types import IMAGE, NST_LOSS, NST_MODEL, NST_STYLIZER, Objective, Stylizer
 from ..vgg import VGGModel
-from .base import HIDDEN_CONTEXT, Node, require_same_model
+from .base import HIDDEN_CONTEXT, Node, require_same_model, seed_input
+from .images import prefix_problem
 from .network import check_large_enough, deepest_layer
 from .schema import Boolean, Float, Int, Link, ModelFile, Text, Validation
 
@@ -69,14 +69,7 @@ class TrainStylizer(Node):
         Int("steps", default=600, min=1, max=1_000_000, tooltip="Training steps (one batch of crops each)."),
         Int("batch", default=4, min=1, max=64, tooltip="Crops per step."),
         Float("lr", default=1e-3, min=1e-6, max=1.0, step=1e-5, tooltip="Adam's learning rate."),
-        Int(
-            "seed",
-            default=0,
-            min=0,
-            max=2**63 - 1,
-            control_after_generate=False,
-            tooltip="Of the network's start and the crops: the same seed trains the same network on a CPU.",
-        ),
+        seed_input("Of the network's start and the crops: the same seed trains the same network on a CPU."),
         Int(
             "width",
             default=16,
@@ -169,13 +162,7 @@ class SaveStylizer(Node):
 
     @classmethod
     def validate(cls, filename_prefix: str | None, context: Host | None) -> Validation:
-        if filename_prefix is None:
-            return True
-        try:
-            check_writable(models_stem(host_of(context), filename_prefix).parent, "filename_prefix")
-        except FileRuleError as error:
-            return str(error)
-        return True
+        return prefix_problem(filename_prefix, context, models_stem)
 
     def save(
         self, stylizer: Stylizer, filename_prefix: str, overwrite: bool = True, context: Host | None = None

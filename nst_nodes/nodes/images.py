@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -292,13 +293,15 @@ class SaveImage(Node):
         return {"ui": {"images": output_files(paths, host.output_folder)}, "result": ()}
 
 
-def prefix_problem(filename_prefix: str | None, context: Host | None) -> Validation:
-    """A save node's prefix stays inside the output folder where the host confines paths, and its folder is
-    writable (for the nodes' VALIDATE_INPUTS)."""
+def prefix_problem(
+    filename_prefix: str | None, context: Host | None, stem: Callable[[Host, object], Path] = output_stem
+) -> Validation:
+    """A save node's prefix stays inside its folder (``stem``'s: the output folder, or the models folder) where
+    the host confines paths, and that folder is writable (for the nodes' VALIDATE_INPUTS)."""
     if filename_prefix is None:
         return True
     try:
-        check_writable(output_stem(host_of(context), filename_prefix).parent, "filename_prefix")
+        check_writable(stem(host_of(context), filename_prefix).parent, "filename_prefix")
     except FileRuleError as error:
         return str(error)
     return True

@@ -22,7 +22,7 @@ from ..types import (
 )
 from ..vgg import VGGModel
 from ..video.frames import optimize_frames
-from .base import HIDDEN_CONTEXT, Node, require_same_model
+from .base import HIDDEN_CONTEXT, Node, require_same_model, seed_input
 from .network import check_large_enough, deepest_layer
 from .schema import Choice, Float, Int, Link
 
@@ -87,15 +87,7 @@ class OptimizeImage(Node):
             optional=True,
             tooltip="Start from (1-noise)*init + noise*random image; 1: pure noise.",
         ),
-        Int(
-            "seed",
-            default=0,
-            min=0,
-            max=2**63 - 1,
-            control_after_generate=False,
-            optional=True,
-            tooltip="Seed of the start noise (used only when noise > 0); fixed, so reruns are cached.",
-        ),
+        seed_input("Seed of the start noise (used only when noise > 0); fixed, so reruns are cached.", optional=True),
         Int("history_size", default=50, min=1, max=1000, optional=True, tooltip="L-BFGS memory: curvature pairs kept."),
         Choice(
             "precision",
