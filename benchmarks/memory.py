@@ -55,7 +55,7 @@ def worker(side: int) -> dict:
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=STEPS, history_size=HISTORY)
-    estimate = optimization_bytes(start, term_layers(objective), settings)
+    estimate = optimization_bytes(start, term_layers(objective), settings, "cpu")
     started = time.perf_counter()
     _, history = optimize(model, objective, start, settings)
     return {

@@ -34,6 +34,7 @@ from nst_nodes.nodes.video import OpticalFlow, TemporalLoss
 from nst_nodes.optimize import OptimizerSettings
 from nst_nodes.types import Objective
 from nst_nodes.vgg import load_vgg19
+from nst_nodes.video.command import OVERLAP
 from nst_nodes.video.flow import is_cut
 from nst_nodes.video.frames import optimize_frames
 from nst_nodes.video.io import Clip, read_clip, write_clip, write_frames
@@ -58,6 +59,9 @@ def main() -> None:
         "--segments",
         action="store_true",
         help="instead: `nst video` in one process and in 2 segments on 2 workers (time, seams)",
+    )
+    parser.add_argument(
+        "--overlaps", type=int, nargs="+", default=[OVERLAP], help="with --segments: the overlaps to run"
     )
     args = parser.parse_args()
     if args.segments:
@@ -152,10 +156,10 @@ def main() -> None:
 
 
 def compare_segments(args: argparse.Namespace) -> None:
-    """graphs/video.json with --temporal flow, whole in one process and in 2 segments on 2 local workers:
-    wall time, and the warping error at the seam (the frames the segments share) against the rest."""
+    """graphs/video.json with --temporal flow, whole in one process and in 2 segments on 2 local workers (for
+    each ``--overlaps``): wall time, and the warping error at the seam (the frames the segments share) against
+    the rest."""
     from nst_nodes.app import main as nst
-    from nst_nodes.video.command import OVERLAP
     from nst_nodes.video.segments import plan
 
     start, stop = (int(part) for part in args.frames.split(":"))
@@ -164,9 +168,13 @@ def compare_segments(args: argparse.Namespace) -> None:
         f"machine: {', '.join(cpu_flags())}; {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}, "
         f"{args.steps} steps each, temporal flow"
     )
-    outputs = {}
-    for name, extra in (("one process", []), ("2 segments, 2 workers", ["--workers", "2"])):
-        output = args.out / f"{Path(args.clip).stem}_{'segments' if extra else 'whole'}.mp4"
+    runs = [("one process", [])] + [
+        (f"2 segments, 2 workers, overlap {overlap}", ["--workers", "2", "--overlap", str(overlap)])
+        for overlap in args.overlaps
+    ]
+    whole: tuple[torch.Tensor, float] | None = None
+    for name, extra in runs:
+        output = args.out / f"{Path(args.clip).stem}_{f'overlap{extra[-1]}' if extra else 'whole'}.mp4"
         started = time.perf_counter()
         code = nst(
             [
@@ -190,21 +198,23 @@ def compare_segments(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - started
         if code != 0:
             raise SystemExit(f"{name}: nst video exited {code}")
-        outputs[name] = (read_clip(str(output)).frames, seconds)
+        result = read_clip(str(output)).frames
+        errors = warping_error(result, frames)
         print(f"{name}: {seconds:.1f} s, {3600 * len(frames) / seconds:.0f} frames per hour", flush=True)
-    whole, segmented = outputs["one process"], outputs["2 segments, 2 workers"]
-    print(f"speed-up with 2 workers: {whole[1] / segmented[1]:.2f}x")
-    spans = plan(start, stop, 2, OVERLAP)
-    seam = set(range(spans[1][0] - start, spans[0][1] - start + 1))  # pairs (i-1, i) touching the shared frames
-    errors = warping_error(segmented[0], frames)
-    at_seam = [error for index, error in enumerate(errors, start=1) if index in seam]
-    inside = [error for index, error in enumerate(errors, start=1) if index not in seam]
-    seam_mean, inside_mean = sum(at_seam) / len(at_seam), sum(inside) / len(inside)
-    print(
-        f"warping error at the seam {seam_mean:.5f} (frames {min(seam)}..{max(seam)}), inside the segments "
-        f"{inside_mean:.5f}: {seam_mean / inside_mean:.2f}x; the whole clip in one process "
-        f"{sum(warping_error(whole[0], frames)) / len(errors):.5f}"
-    )
+        if whole is None:
+            whole = result, seconds
+            print(f"  warping error {sum(errors) / len(errors):.5f}")
+            continue
+        spans = plan(start, stop, 2, int(extra[-1]))
+        seam = set(range(spans[1][0] - start, spans[0][1] - start + 1))  # pairs (i-1, i) touching the shared frames
+        at_seam = [error for index, error in enumerate(errors, start=1) if index in seam]
+        inside = [error for index, error in enumerate(errors, start=1) if index not in seam]
+        seam_mean, inside_mean = sum(at_seam) / len(at_seam), sum(inside) / len(inside)
+        print(
+            f"  speed-up {whole[1] / seconds:.2f}x; warping error at the seam {seam_mean:.5f} (frames "
+            f"{min(seam)}..{max(seam)}), inside the segments {inside_mean:.5f}: {seam_mean / inside_mean:.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -14,14 +14,18 @@ import math
 import os
 from pathlib import Path
 
+from . import tuning
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS, LAYER_INDEX, LAYER_NAMES
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_SIDE = 16384
 """The longest side an image may be resized (or kernels calibrated) to."""
-SAVED_PER_ACTIVATION = 3.0
-"""Bytes kept per activation element and float byte, forward and backward together, measured: at
-512x512 the lean CPU path holds about 2x the conv outputs, a plain GPU path about 3x."""
+ALIVE_PER_ACTIVATION = 2.0
+"""Bytes alive per activation element and float byte, forward and backward together: the lean CPU path
+holds about twice the conv outputs (measured where freed tensors go back to the OS: NST_TUNING=memory)."""
+POOLED_PER_ACTIVATION = 3.0
+"""The same for tensors an allocator keeps pooled after use: glibc's heap below its mmap threshold (its
+fragmentation), CUDA's caching allocator (docs/performance.md#memory)."""
 
 
 def environment_int(name: str, default: int, minimum: int = 1) -> int:
@@ -74,12 +78,20 @@ def smallest_side(deepest: str) -> int:
     return 2**pools
 
 
-def network_bytes(height: int, width: int, deepest: str, with_gradient: bool, float_bytes: int = 4) -> int:
-    """Estimated memory of one network pass to ``deepest`` (and back, ``with_gradient``)."""
-    sizes = [c * h * w for c, h, w in _layer_shapes(height, width, deepest)]
-    if with_gradient:
-        return int(SAVED_PER_ACTIVATION * sum(sizes) * float_bytes)
-    return int((2 * max(sizes, default=0) + sum(sizes) // 4) * float_bytes)
+def network_bytes(
+    height: int, width: int, deepest: str, with_gradient: bool, device: str = "cpu", float_bytes: int = 4
+) -> int:
+    """Estimated memory of one network pass to ``deepest`` (and back, ``with_gradient``) on ``device``."""
+    sizes = [c * h * w * float_bytes for c, h, w in _layer_shapes(height, width, deepest)]
+    if not with_gradient:
+        return 2 * max(sizes, default=0) + sum(sizes) // 4
+    mapped_from = tuning.mmap_threshold() if device == "cpu" else None
+    return int(
+        sum(
+            size * (ALIVE_PER_ACTIVATION if mapped_from is not None and size >= mapped_from else POOLED_PER_ACTIVATION)
+            for size in sizes
+        )
+    )
 
 
 def available_bytes(device: str) -> int | None:
@@ -120,7 +132,7 @@ def check_memory(
         return
     scale, purpose = math.sqrt(available / needed), ""
     if deepest is not None:  # the image is usually optimized next, which needs more
-        scale = math.sqrt(available / network_bytes(height, width, deepest, with_gradient=True))
+        scale = math.sqrt(available / network_bytes(height, width, deepest, True, device))
         purpose = ", also for optimizing it"
     raise MemoryError(
         f"{what}: {description} at {width}x{height} needs about {needed / 2**30:.1f} GiB but {device} has "

@@ -32,6 +32,9 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLDS = {"speed": 1 << 30, "memory": 128 << 10}  # 1 GiB is glibc's maximum on 64-bit
 TRIM_THRESHOLD = 1 << 30
+GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
+"""Where glibc's own (dynamic) mmap threshold stops rising on 64-bit: larger blocks always get a mapping."""
+_mmap_threshold: int | None = None  # what configure_process set with mallopt
 
 
 def configure_process(mode: str | None = None) -> list[str]:
@@ -54,7 +57,22 @@ def configure_process(mode: str | None = None) -> list[str]:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             threshold = MMAP_THRESHOLDS[mode]
             if libc.mallopt(M_MMAP_THRESHOLD, threshold) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+                global _mmap_threshold
+                _mmap_threshold = threshold
                 applied.append(f"mallopt(mmap threshold {threshold >> 10} KiB, trim threshold 1 GiB)")
         except (OSError, AttributeError):
             pass
     return applied
+
+
+def mmap_threshold() -> int | None:
+    """Bytes from which this process's allocator gives a block its own mapping, handed back to the OS when
+    freed (smaller blocks stay in the heap, which fragments); None where the allocator is not glibc's."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if _mmap_threshold is not None:
+        return _mmap_threshold
+    try:
+        return int(os.environ["MALLOC_MMAP_THRESHOLD_"])
+    except (KeyError, ValueError):
+        return GLIBC_MMAP_THRESHOLD_MAX

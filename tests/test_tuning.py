@@ -14,10 +14,15 @@ from nst_nodes.tuning import configure_process
 
 def tuned_child(mode: str) -> dict:
     code = (
-        f"import json, os; from nst_nodes.tuning import configure_process; applied = configure_process({mode!r}); "
-        "print(json.dumps({'applied': applied, 'thp': os.environ.get('THP_MEM_ALLOC_ENABLE')}))"
+        f"import json, os; from nst_nodes.tuning import configure_process, mmap_threshold; "
+        f"applied = configure_process({mode!r}); print(json.dumps({{'applied': applied, "
+        "'thp': os.environ.get('THP_MEM_ALLOC_ENABLE'), 'mapped_from': mmap_threshold()}))"
     )
-    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")}
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_")
+    }
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
     return json.loads(output.stdout)
 
@@ -27,7 +32,21 @@ def test_memory_mode_maps_tensors_to_huge_pages_and_speed_mode_keeps_them_in_the
     assert memory["thp"] == "1" and any("128 KiB" in entry for entry in memory["applied"])
     assert speed["thp"] is None and any("1048576 KiB" in entry for entry in speed["applied"])
     assert "OMP_WAIT_POLICY=PASSIVE" in memory["applied"] and "OMP_WAIT_POLICY=PASSIVE" in speed["applied"]
-    assert off == {"applied": [], "thp": None}
+    assert off == {"applied": [], "thp": None, "mapped_from": 32 << 20}  # glibc's own threshold stops there
+    assert (memory["mapped_from"], speed["mapped_from"]) == (128 << 10, 1 << 30)
+
+
+def test_the_memory_estimate_counts_pooled_tensors_above_mapped_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tensor the heap keeps after use costs more than one handed back to the OS (docs/performance.md#memory)."""
+    from nst_nodes import limits, tuning
+
+    conv1_1 = 64 * 512 * 512 * 4  # bytes of the first conv's output at 512x512
+    monkeypatch.setattr(tuning, "_mmap_threshold", 1 << 30)
+    pooled = limits.network_bytes(512, 512, "conv1_1", True)
+    assert pooled == limits.network_bytes(512, 512, "conv1_1", True, "cuda:0") == 3 * conv1_1
+    monkeypatch.setattr(tuning, "_mmap_threshold", conv1_1)
+    assert limits.network_bytes(512, 512, "conv1_1", True) == 2 * conv1_1
+    assert limits.network_bytes(512, 512, "conv1_1", True, "cuda:0") == 3 * conv1_1
 
 
 def test_unknown_mode_is_refused() -> None:

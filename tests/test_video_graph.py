@@ -142,6 +142,7 @@ def test_a_stop_mid_clip_keeps_the_frames_done_in_a_playable_video(tmp_path: Pat
 def test_nst_video_in_segments_on_two_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ["--frames", "0:16", "--size", "48", "--steps", "2", "--cache-dir", str(tmp_path / "cache")]
     command = ["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "out.mp4"), *arguments, "--workers", "2"]
+    command += ["--overlap", "4"]
     assert main(command) == 0
     err = capsys.readouterr().err
     assert "2 segments: 0:8, 4:16" in err and "2 items: 2 done" in err

@@ -101,7 +101,7 @@ class TrainStylizer(Node):
         layers = term_layers(objective)
         check_large_enough("images", images[:, :size, :size].permute(0, 3, 1, 2), layers)
         needed = batch * (
-            network_bytes(size, size, deepest_layer(layers), with_gradient=True)
+            network_bytes(size, size, deepest_layer(layers), True, host.device)
             + stylizer_bytes(width, size, size, with_gradient=True)
         )
         check_memory("batch", "training", needed, host.device, size, size)

@@ -30,12 +30,12 @@ VECTORS_PER_STEP = 12
 """Image-sized float32 vectors the optimizer holds besides its history (iterate, gradients, direction, best...)."""
 
 
-def optimization_bytes(pixels: torch.Tensor, layers: list[str], settings: OptimizerSettings) -> int:
+def optimization_bytes(pixels: torch.Tensor, layers: list[str], settings: OptimizerSettings, device: str) -> int:
     height, width = pixels.shape[-2:]
     deepest = deepest_layer(layers) if layers else "conv1_1"
     image = 3 * height * width
     history = 2 * settings.history_size * image * DTYPES[settings.history_precision].itemsize
-    return network_bytes(height, width, deepest, with_gradient=True) + history + VECTORS_PER_STEP * image * 4
+    return network_bytes(height, width, deepest, True, device) + history + VECTORS_PER_STEP * image * 4
 
 
 class OptimizeImage(Node):
@@ -146,7 +146,7 @@ class OptimizeImage(Node):
         check_memory(
             "init",
             "optimizing",
-            optimization_bytes(init["pixels"][:1], layers, settings) + clip_bytes,
+            optimization_bytes(init["pixels"][:1], layers, settings, host.device) + clip_bytes,
             host.device,
             height,
             width,

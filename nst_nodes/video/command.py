@@ -25,8 +25,9 @@ from .io import ENCODERS, ClipError, check_encoder, probe
 
 LOADER, SAVER, OPTIMIZER, TEMPORAL = "NSTLoadVideo", "NSTSaveVideo", "NSTOptimize", "NSTTemporalLoss"
 TEMPORAL_MODES = ("off", "chain", "warped", "flow")
-OVERLAP = 4
-"""Frames two neighbouring segments share: the later one warms up on them, then they are cross-faded."""
+OVERLAP = 8
+"""Frames two neighbouring segments share by default: the later one warms up on them, then they are cross-faded
+(a longer fade changes each frame less: docs/video.md#in-parallel-segments-on-dask)."""
 
 
 def _frames(text: str) -> tuple[int, int | None]:
@@ -76,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=None, help="segments in parallel on this many local workers")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="segments on the Dask cluster at this scheduler")
+    parser.add_argument(
+        "--overlap", type=int, default=OVERLAP, help=f"frames neighbouring segments share (default {OVERLAP})"
+    )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--device", default="auto")
@@ -168,9 +172,7 @@ def main(argv: list[str]) -> int:
     if args.workers or args.scheduler:
         from .segments import run_segments
 
-        code = run_segments(
-            args, prompt, settings, common, count, _nodes(prompt, LOADER)[0], _nodes(prompt, SAVER)[0], OVERLAP
-        )
+        code = run_segments(args, prompt, settings, common, count, _nodes(prompt, LOADER)[0], _nodes(prompt, SAVER)[0])
     else:
         code = nst(["run", str(args.graph), *[item for value in settings for item in ("--set", value)], *common])
     seconds = time.perf_counter() - started

@@ -1,8 +1,8 @@
 """A clip in parallel: cut into overlapping segments that run as one ``nst batch`` on Dask (each segment
 chained inside, frame after frame), then joined, the overlaps cross-faded so that no seam shows a jump.
 
-Segment ``i > 0`` starts :data:`~nst_nodes.video.command.OVERLAP` frames before its own share of the
-clip: those frames let it settle, and over them the result fades from the segment before into it.
+Segment ``i > 0`` starts ``--overlap`` frames before its own share of the clip: those frames let it settle,
+and over them the result fades from the segment before into it.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ def run_segments(
     count: int,
     load: str,
     save: str,
-    overlap: int,
 ) -> int:
     """Run the segments as a batch (``--workers`` local processes, or the cluster at ``--scheduler``), then
     join them into ``args.output``. After a stop (or a failure) the frames finished from the start are written
@@ -62,7 +61,7 @@ def run_segments(
     from ..app import main as nst
 
     start = args.frames[0]
-    spans = plan(start, start + count, args.workers or 2, overlap)
+    spans = plan(start, start + count, args.workers or 2, args.overlap)
     output_dir = Path(common[common.index("--output-dir") + 1])
     work = output_dir / WORK_FOLDER / args.output.stem
     kept = [
