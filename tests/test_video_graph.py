@@ -194,3 +194,13 @@ def test_the_fast_video_workflow_uses_comfyuis_core_video_nodes_around_apply_sty
     assert "stylizer: file not found" in str(validate(graph, registry, folders=Folders(models=tmp_path)))
     save_untrained_stylizer(tmp_path)
     assert validate(graph, registry, folders=Folders(models=tmp_path)) == []
+
+
+@pytest.mark.parametrize("option", ["--overlap", "--workers"])
+def test_segments_need_at_least_one_frame_of_overlap_and_one_worker(
+    tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "out.mp4"), option, "0"])
+    assert refused.value.code == 2
+    assert f"{option}: '0' is not a whole number of at least 1" in capsys.readouterr().err

@@ -42,6 +42,16 @@ def _frames(text: str) -> tuple[int, int | None]:
     return first, last
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nst video", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,10 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID.INPUT=VALUE",
         help="replace any other constant input",
     )
-    parser.add_argument("--workers", type=int, default=None, help="segments in parallel on this many local workers")
+    parser.add_argument(
+        "--workers", type=_at_least_one, default=None, help="segments in parallel on this many local workers"
+    )
     parser.add_argument("--scheduler", metavar="ADDRESS", help="segments on the Dask cluster at this scheduler")
     parser.add_argument(
-        "--overlap", type=int, default=OVERLAP, help=f"frames neighbouring segments share (default {OVERLAP})"
+        "--overlap", type=_at_least_one, default=OVERLAP, help=f"frames neighbouring segments share (default {OVERLAP})"
     )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--no-cache", action="store_true")
