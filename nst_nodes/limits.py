@@ -78,11 +78,9 @@ def smallest_side(deepest: str) -> int:
     return 2**pools
 
 
-def network_bytes(
-    height: int, width: int, deepest: str, with_gradient: bool, device: str = "cpu", float_bytes: int = 4
-) -> int:
-    """Estimated memory of one network pass to ``deepest`` (and back, ``with_gradient``) on ``device``."""
-    sizes = [c * h * w * float_bytes for c, h, w in _layer_shapes(height, width, deepest)]
+def network_bytes(height: int, width: int, deepest: str, with_gradient: bool, device: str = "cpu") -> int:
+    """Estimated memory of one fp32 network pass to ``deepest`` (and back, ``with_gradient``) on ``device``."""
+    sizes = [c * h * w * 4 for c, h, w in _layer_shapes(height, width, deepest)]
     if not with_gradient:
         return 2 * max(sizes, default=0) + sum(sizes) // 4
     mapped_from = tuning.mmap_threshold() if device == "cpu" else None
