@@ -126,8 +126,8 @@ def main() -> None:
     training = stylizer["training"]
     (args.out / "stylizer.safetensors").write_bytes(stylizer_bytes(stylizer))
     print(
-        f"trained: {training['steps']} steps in {training['seconds']:.0f} s, kept step {training['best_step']} "
-        f"(held-aside objective {training['loss']:.4g})"
+        f"trained: {training['steps']} steps in {training['seconds']:.0f} s ({training['precision']} passes), "
+        f"kept step {training['best_step']} (held-aside objective {training['loss']:.4g})"
     )
     network = build(stylizer)
     times = apply_times(network)

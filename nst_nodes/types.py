@@ -159,6 +159,7 @@ class Training(TypedDict):
     loss: float  # that objective
     size: int  # side of the square training crops
     batch: int
+    precision: str  # the loss network's pass plan (nst_nodes.optimize.pass_plan): fp32, or bf16 where faster
     seconds: float
 
 

@@ -80,7 +80,16 @@ def save_untrained_stylizer(models: Path) -> Path:
 
     saved = models / "nst" / "starry_night.safetensors"
     saved.parent.mkdir(parents=True, exist_ok=True)
-    training = {"model": "", "steps": 0, "best_step": 0, "loss": 0.0, "size": 32, "batch": 1, "seconds": 0.0}
+    training = {
+        "model": "",
+        "steps": 0,
+        "best_step": 0,
+        "loss": 0.0,
+        "size": 32,
+        "batch": 1,
+        "precision": "fp32",
+        "seconds": 0.0,
+    }
     stylizer = {"width": 4, "blocks": 1, "weights": StylizerNetwork(4, 1).state_dict(), "training": training}
     saved.write_bytes(stylizer_bytes(stylizer))  # type: ignore[arg-type]
     return saved

@@ -76,6 +76,20 @@ def test_training_lowers_the_objective_on_the_held_aside_picture(model: VGGModel
     assert longer["training"]["loss"] < trained(model, steps=1)["training"]["loss"]  # one step: nearly the identity
 
 
+def test_training_runs_the_loss_network_on_the_pass_plan_and_records_it(
+    model: VGGModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 passes (chosen where the hardware runs them faster) train too; the plan is kept with the stylizer."""
+    from nst_nodes.fast import train
+
+    monkeypatch.setattr(train, "pass_plan", lambda *args: "bf16")
+    reduced = trained(model, steps=20)
+    assert reduced["training"]["precision"] == "bf16"
+    assert reduced["training"]["loss"] < trained(model, steps=1)["training"]["loss"]
+    monkeypatch.setattr(train, "pass_plan", lambda *args: "fp32")
+    assert trained(model, steps=2)["training"]["precision"] == "fp32"
+
+
 def test_a_stop_keeps_the_best_checkpoint_so_far_and_it_stylizes(model: VGGModel) -> None:
     steps: list[int] = []
     previews: list[torch.Tensor] = []

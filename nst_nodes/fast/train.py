@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import kernels
 from ..losses import ObjectiveFunction, content_loss, tensor_sum, term_layers
+from ..optimize import pass_plan
 from ..types import FeatureTerm, Objective, Stylizer, Term
 from ..vgg import VGGModel
 from .network import RESIDUAL_BLOCKS, StylizerNetwork, stylize
@@ -90,7 +92,9 @@ def check_pictures(images: torch.Tensor, size: int) -> None:
 
 
 class _Loss:
-    """The objective of a batch of stylized pictures against their own content: the mean over the batch."""
+    """The objective of a batch of stylized pictures against their own content: the mean over the batch. The
+    network passes run on a pass plan (:func:`~nst_nodes.optimize.pass_plan`): fp32 until :meth:`plan` is
+    called."""
 
     def __init__(self, model: VGGModel, objective: Objective, device: torch.device) -> None:
         self.model = model
@@ -98,21 +102,40 @@ class _Loss:
         self.others = ObjectiveFunction(others, device)
         self.layers = term_layers(objective)
         self.content_layers = sorted({layer for term in self.content for layer in term["targets"]})
+        self.reduced: torch.dtype | None = None
+        self.kernel: str | None = None
+
+    def plan(self, pictures: torch.Tensor, should_stop: Callable[[], bool]) -> str:
+        """Time the pass plans on one crop of IMAGE ``pictures`` (once per machine and size) and use the
+        fastest: bf16 where the hardware runs it natively and it is faster, one kernel everywhere, or fp32."""
+        size = min(pictures.shape[1:3])
+        sample = self.model.preprocessing.normalize(pictures[:1, :size, :size])
+        plan = pass_plan("auto", self.model, sample, self.layers, self.others.total, should_stop)
+        precision, _, kernel = plan.partition(" ")
+        self.reduced = torch.bfloat16 if precision == "bf16" else None
+        self.kernel = kernel or None
+        return plan
 
     def __call__(self, stylized: torch.Tensor, pictures: torch.Tensor) -> torch.Tensor:
         """``stylized``, ``pictures``: ``[B, 3, H, W]`` RGB 0..1."""
         normalize = self.model.preprocessing.normalize
         x = normalize(stylized.permute(0, 2, 3, 1))
-        features = self.model.features(x, self.layers)
-        with torch.no_grad():
-            targets = self.model.features(normalize(pictures.permute(0, 2, 3, 1)), self.content_layers)
+        with kernels.every_layer(self.kernel):
+            features = self.model.features(x, self.layers, reduced=self.reduced)
+            with torch.no_grad():
+                pictures_in = normalize(pictures.permute(0, 2, 3, 1))
+                targets = self.model.features(pictures_in, self.content_layers, reduced=self.reduced)
+        targets = {layer: value.float() for layer, value in targets.items()}
         losses = []
         for item in range(len(x)):
             own = {layer: value[item : item + 1] for layer, value in features.items()}
+            own_content = {layer: own[layer].float() for layer in self.content_layers}
             content = [
                 term["weight"]
                 * content_loss(
-                    own, {layer: targets[layer][item : item + 1] for layer in term["targets"]}, term["layer_weights"]
+                    own_content,
+                    {layer: targets[layer][item : item + 1] for layer in term["targets"]},
+                    term["layer_weights"],
                 )
                 for term in self.content
             ]
@@ -140,6 +163,7 @@ def train_stylizer(
     with torch.inference_mode(False), torch.enable_grad():
         held, training = held.clone(), training.clone()  # a host's inference-mode tensors, made normal
         loss_of = _Loss(model, objective, device)
+        plan = loss_of.plan(training, should_stop)
         generator = torch.Generator().manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
@@ -174,6 +198,7 @@ def train_stylizer(
             "loss": best.loss,
             "size": settings.size,
             "batch": settings.batch,
+            "precision": plan,
             "seconds": round(time.perf_counter() - started, 1),
         },
     }
