@@ -105,10 +105,10 @@ class _Loss:
         self.reduced: torch.dtype | None = None
         self.kernel: str | None = None
 
-    def plan(self, pictures: torch.Tensor, should_stop: Callable[[], bool]) -> str:
-        """Time the pass plans on one crop of IMAGE ``pictures`` (once per machine and size) and use the
-        fastest: bf16 where the hardware runs it natively and it is faster, one kernel everywhere, or fp32."""
-        size = min(pictures.shape[1:3])
+    def plan(self, pictures: torch.Tensor, size: int, should_stop: Callable[[], bool]) -> str:
+        """Time the pass plans on one ``size``² crop of IMAGE ``pictures`` (once per machine and crop size) and
+        use the fastest: bf16 where the hardware runs it natively and it is faster, one kernel everywhere, or
+        fp32."""
         sample = self.model.preprocessing.normalize(pictures[:1, :size, :size])
         plan = pass_plan("auto", self.model, sample, self.layers, self.others.total, should_stop)
         precision, _, kernel = plan.partition(" ")
@@ -163,7 +163,7 @@ def train_stylizer(
     with torch.inference_mode(False), torch.enable_grad():
         held, training = held.clone(), training.clone()  # a host's inference-mode tensors, made normal
         loss_of = _Loss(model, objective, device)
-        plan = loss_of.plan(training, should_stop)
+        plan = loss_of.plan(training, settings.size, should_stop)
         generator = torch.Generator().manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
