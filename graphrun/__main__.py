@@ -1,5 +1,5 @@
 import sys
 
-from graphrun.cli import main
+from graphrun.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import traceback
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,23 @@ def pack_commands() -> dict[str, Any]:
     from importlib import metadata
 
     return {entry.name: entry for entry in metadata.entry_points(group=COMMAND_GROUP)}
+
+
+def console(app: App | None = None) -> int:
+    """The console script: :func:`main`, then a Ctrl-C or SIGTERM while the process winds up (the
+    interpreter's exit runs finalizers, torch's among them) ends it at once with the signal's exit
+    code, where Python would print a traceback."""
+    code = main(app=app)
+    with suppress(OSError, ValueError):  # a reader that left, a closed stream: nothing more to say
+        sys.stdout.flush()
+        sys.stderr.flush()
+    for number, exit_code in EXIT_CODES.items():
+        signal.signal(number, partial(_exit_at_once, exit_code))
+    return code
+
+
+def _exit_at_once(code: int, number: int, frame: Any) -> None:
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None, app: App | None = None) -> int:

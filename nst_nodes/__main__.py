@@ -1,5 +1,5 @@
 import sys
 
-from .app import main
+from .app import console
 
-sys.exit(main())
+sys.exit(console())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from graphrun import App
+from graphrun.cli import console as engine_console
 from graphrun.cli import main as engine_main
 
 from .files import cache_root
@@ -28,5 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     return engine_main(argv, APP)
 
 
+def console() -> int:
+    """The ``nst`` script (:func:`graphrun.cli.console`)."""
+    return engine_console(APP)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -288,7 +288,7 @@ def test_nst_batch_on_a_dask_scheduler_matches_single_runs(tmp_path: Path, photo
 def test_a_killed_batch_resumes_without_recomputing(tmp_path: Path, photos: Path) -> None:
     graph = tiny_gatys(tmp_path)
     graph_data = json.loads(graph.read_text())
-    graph_data["15"]["inputs"]["steps"] = 6
+    graph_data["15"]["inputs"]["steps"] = 20  # the other items still run when the kill comes, on a fast machine too
     graph.write_text(json.dumps(graph_data))
     command = [
         NST,
@@ -335,10 +335,11 @@ def test_a_killed_batch_resumes_without_recomputing(tmp_path: Path, photos: Path
         folders=Folders(photos, tmp_path / "out"),
         device="cpu",
     )
-    resumed = {f"{item.item.stem}{item.item.index}": item.outcome for item in result.items}
-    assert all(resumed[name] == "cached" for name in done_before) and len(done_before) < 3
-    optimized = [node for node in result.nodes if node.class_type == "NSTOptimize" and node.outcome == "ran"]
-    assert len(optimized) <= 3 - len(done_before)
+    names = {str(item.item.index): f"{item.item.stem}{item.item.index}" for item in result.items}
+    ran = {(names[node.node_id.split("/")[0]], node.class_type) for node in result.nodes if node.outcome == "ran"}
+    # A kill between a save's file and its cache entry leaves that save to run again, never the optimization.
+    assert not {(name, kind) for name, kind in ran if name in done_before and kind != "NSTSaveImage"}, ran
+    assert len(done_before) < 3 and len({name for name, kind in ran if kind == "NSTOptimize"}) <= 3 - len(done_before)
     assert len(list((tmp_path / "out").glob("result_*.png"))) == 3
 
 

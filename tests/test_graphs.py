@@ -311,6 +311,20 @@ def test_a_second_signal_aborts_at_once() -> None:
             stop.handle(signal.SIGINT, None)
 
 
+def test_a_signal_while_the_process_winds_up_ends_it_without_a_traceback() -> None:
+    """A second Ctrl-C that lands after the command finished, while the interpreter exits (as on a fast machine)."""
+    script = (
+        "import atexit, os, signal, sys, time\n"
+        "from nst_nodes.app import console\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        "sys.argv = ['nst', 'validate', 'graphs/gatys.json']\n"
+        "sys.exit(console())\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 130 and "valid" in finished.stdout, finished
+    assert "Traceback" not in finished.stderr and "Exception ignored" not in finished.stderr, finished.stderr
+
+
 def test_no_traceback_reaches_the_user(tmp_path: Path, capsys, monkeypatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("something nobody foresaw")
