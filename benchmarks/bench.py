@@ -633,7 +633,10 @@ def main() -> None:
             results["time_to_quality"] = [time_to_quality(side, quality_steps, work, device) for side in sides]
             save()
             results["shipped_graph"] = shipped_graph_steps(
-                8 if args.dry_run else 45, work, device, {"3.size": 96, "4.size": 96 * 72} if args.dry_run else {}
+                8 if args.dry_run else 25 if args.quick else 45,
+                work,
+                device,
+                {"3.size": 96, "4.size": 96 * 72} if args.dry_run else {},
             )
             save()
         else:

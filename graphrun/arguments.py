@@ -31,6 +31,17 @@ def _byte_size(text: str) -> int:
 PREVIEW_FORMATS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (workers, threads, frames)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _preview_path(text: str) -> Path:
     path = Path(text).expanduser()
     if path.suffix.lower() not in PREVIEW_FORMATS or path.is_dir():
@@ -162,11 +173,14 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
         help="join this Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of starting workers",
     )
     batch_command.add_argument(
-        "--workers", type=int, default=1, help="local worker processes (default 1); each runs one node at a time"
+        "--workers",
+        type=at_least_one,
+        default=1,
+        help="local worker processes (default 1); each runs one node at a time",
     )
     batch_command.add_argument(
         "--threads",
-        type=int,
+        type=at_least_one,
         default=None,
         help="torch threads per running node (default: the cores shared between the workers)",
     )

@@ -184,9 +184,6 @@ def _run(args: argparse.Namespace, app: App) -> int:
 def _batch(args: argparse.Namespace, app: App) -> int:
     from graphrun.batch import BatchError, batch_items, parse_chain, parse_over, run_batch
 
-    if args.workers < 1 or (args.threads is not None and args.threads < 1):
-        print("error: --workers and --threads must be at least 1", file=sys.stderr)
-        return EXIT_INVALID
     try:
         overs = [parse_over(text, args.input_dir) for text in args.over]
         chain = parse_chain(args.chain) if args.chain else None

@@ -433,3 +433,15 @@ def test_the_dask_executor_drives_an_execution_on_its_own(tmp_path: Path, cluste
         assert decode_result(entry["entry"], execution.keys["3"]).outputs == (4,)
         assert entry["ran"] and not entry["partial"]
         assert submission.futures["4"].result()["ran"]
+
+
+@pytest.mark.parametrize("option", ["--workers", "--threads"])
+def test_nst_batch_refuses_no_workers_or_threads(
+    tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nst_nodes.app import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["batch", str(tiny_gatys(tmp_path)), "--over", "1.image=frame_*.png", option, "0"])
+    assert refused.value.code == 2
+    assert f"{option}: '0' is not a whole number of at least 1" in capsys.readouterr().err

@@ -196,8 +196,8 @@ def test_the_fast_video_workflow_uses_comfyuis_core_video_nodes_around_apply_sty
     assert validate(graph, registry, folders=Folders(models=tmp_path)) == []
 
 
-@pytest.mark.parametrize("option", ["--overlap", "--workers"])
-def test_segments_need_at_least_one_frame_of_overlap_and_one_worker(
+@pytest.mark.parametrize("option", ["--overlap", "--workers", "--size", "--steps"])
+def test_counts_of_the_video_command_must_be_at_least_one(
     tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as refused:

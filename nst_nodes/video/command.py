@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from graphrun.arguments import at_least_one
+
 from .io import ENCODERS, ClipError, check_encoder, probe
 
 LOADER, SAVER, OPTIMIZER, TEMPORAL = "NSTLoadVideo", "NSTSaveVideo", "NSTOptimize", "NSTTemporalLoss"
@@ -42,16 +44,6 @@ def _frames(text: str) -> tuple[int, int | None]:
     return first, last
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nst video", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="START:STOP",
         help="the frames to take (STOP exclusive; default all)",
     )
-    parser.add_argument("--size", type=int, default=None, help="long side of the frames in pixels (default: as is)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per frame (default: the graph's)")
+    parser.add_argument(
+        "--size", type=at_least_one, default=None, help="long side of the frames in pixels (default: as is)"
+    )
+    parser.add_argument(
+        "--steps", type=at_least_one, default=None, help="optimizer steps per frame (default: the graph's)"
+    )
     parser.add_argument(
         "--temporal",
         choices=TEMPORAL_MODES,
@@ -86,11 +82,11 @@ def _parser() -> argparse.ArgumentParser:
         help="replace any other constant input",
     )
     parser.add_argument(
-        "--workers", type=_at_least_one, default=None, help="segments in parallel on this many local workers"
+        "--workers", type=at_least_one, default=None, help="segments in parallel on this many local workers"
     )
     parser.add_argument("--scheduler", metavar="ADDRESS", help="segments on the Dask cluster at this scheduler")
     parser.add_argument(
-        "--overlap", type=_at_least_one, default=OVERLAP, help=f"frames neighbouring segments share (default {OVERLAP})"
+        "--overlap", type=at_least_one, default=OVERLAP, help=f"frames neighbouring segments share (default {OVERLAP})"
     )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--no-cache", action="store_true")
