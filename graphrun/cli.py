@@ -272,9 +272,10 @@ def console(app: App | None = None) -> int:
     interpreter's exit runs finalizers, torch's among them) ends it at once with the signal's exit
     code, where Python would print a traceback."""
     code = main(app=app)
-    with suppress(OSError, ValueError):  # a reader that left, a closed stream: nothing more to say
-        sys.stdout.flush()
-        sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None where the console was closed before the start
+        with suppress(OSError, ValueError):  # a reader that left, a closed stream: nothing more to say
+            if stream is not None:
+                stream.flush()
     for number, exit_code in EXIT_CODES.items():
         signal.signal(number, partial(_exit_at_once, exit_code))
     return code
