@@ -163,12 +163,12 @@ def test_more_local_workers_than_cores_are_refused(tmp_path: Path) -> None:
 # --- the real network, end to end --------------------------------------------------------------
 
 
-def tiny_gatys(tmp_path: Path) -> Path:
-    """gatys.json at 48 px with 2 steps, every output named after the item."""
+def tiny_gatys(tmp_path: Path, steps: int = 2) -> Path:
+    """gatys.json at 48 px with ``steps`` steps, every output named after the item."""
     graph = json.loads((ROOT / "graphs" / "gatys.json").read_text())
     graph["3"]["inputs"]["size"] = 48
     graph["4"]["inputs"]["size"] = 48 * 36
-    graph["15"]["inputs"]["steps"] = 2
+    graph["15"]["inputs"]["steps"] = steps
     graph["17"]["inputs"]["filename_prefix"] = "result_{stem}{index}"
     graph["19"]["inputs"]["filename_prefix"] = "history_{stem}{index}"
     path = tmp_path / "tiny.json"
@@ -184,6 +184,28 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for index, left in enumerate((0, 48, 96)):
         photo.crop((left, 0, left + 96, 72)).save(folder / f"frame_{index}.png")
     return folder
+
+
+def batch_on_one_worker(graph: Path, photos: Path, output: Path, *options: str) -> list[str]:
+    """The `nst batch` command over the three photos, on one worker with one thread."""
+    return [
+        NST,
+        "batch",
+        str(graph),
+        "--over",
+        "1.image=frame_*.png",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--input-dir",
+        str(photos),
+        "--output-dir",
+        str(output),
+        "--device",
+        "cpu",
+        *options,
+    ]
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -286,29 +308,8 @@ def test_nst_batch_on_a_dask_scheduler_matches_single_runs(tmp_path: Path, photo
 
 
 def test_a_killed_batch_resumes_without_recomputing(tmp_path: Path, photos: Path) -> None:
-    graph = tiny_gatys(tmp_path)
-    graph_data = json.loads(graph.read_text())
-    graph_data["15"]["inputs"]["steps"] = 20  # the other items still run when the kill comes, on a fast machine too
-    graph.write_text(json.dumps(graph_data))
-    command = [
-        NST,
-        "batch",
-        str(graph),
-        "--over",
-        "1.image=frame_*.png",
-        "--workers",
-        "1",
-        "--threads",
-        "1",
-        "--input-dir",
-        str(photos),
-        "--output-dir",
-        str(tmp_path / "out"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--device",
-        "cpu",
-    ]
+    graph = tiny_gatys(tmp_path, steps=20)  # the other items still run when the kill comes, on a fast machine too
+    command = batch_on_one_worker(graph, photos, tmp_path / "out", "--cache-dir", str(tmp_path / "cache"))
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def finished() -> set[str]:  # items with both of their files written
@@ -344,29 +345,9 @@ def test_a_killed_batch_resumes_without_recomputing(tmp_path: Path, photos: Path
 
 
 def test_nst_batch_stopped_by_two_signals_reports_every_item_without_a_traceback(tmp_path: Path, photos: Path) -> None:
-    graph = tiny_gatys(tmp_path)
-    graph_data = json.loads(graph.read_text())
-    graph_data["15"]["inputs"]["steps"] = 2000
-    graph.write_text(json.dumps(graph_data))
+    graph = tiny_gatys(tmp_path, steps=2000)
     process = subprocess.Popen(
-        [
-            NST,
-            "batch",
-            str(graph),
-            "--over",
-            "1.image=frame_*.png",
-            "--workers",
-            "1",
-            "--threads",
-            "1",
-            "--input-dir",
-            str(photos),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--no-cache",
-            "--device",
-            "cpu",
-        ],
+        batch_on_one_worker(graph, photos, tmp_path / "out", "--no-cache"),
         stderr=subprocess.PIPE,
         text=True,
     )
