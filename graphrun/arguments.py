@@ -42,6 +42,17 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _preview_path(text: str) -> Path:
     path = Path(text).expanduser()
     if path.suffix.lower() not in PREVIEW_FORMATS or path.is_dir():
@@ -130,7 +141,7 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
     )
     run_command.add_argument(
         "--preview-every",
-        type=float,
+        type=_seconds,
         default=1.0,
         metavar="SECONDS",
         help="at most one preview per this many seconds (default 1)",

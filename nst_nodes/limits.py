@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import tuning
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS, LAYER_INDEX, LAYER_NAMES
+
+if TYPE_CHECKING:
+    from .optimize import OptimizerSettings
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_SIDE = 16384
@@ -116,13 +121,43 @@ def memory_check_on() -> bool:
     return switch == "1"
 
 
+OPTIMIZED_DEEPEST = "relu5_1"
+"""Where an optimization after a network pass usually reaches (Gatys' style layers; the content pass stops earlier)."""
+VECTORS_PER_STEP = 12
+"""Image-sized float32 vectors the optimizer holds besides its history (iterate, gradients, direction, best...)."""
+
+
+def optimization_bytes(
+    height: int, width: int, deepest: str, device: str, settings: OptimizerSettings | None = None
+) -> int:
+    """Optimizing a ``height`` x ``width`` image (``settings``: Optimize Image's defaults): the network pass
+    with its gradient, the L-BFGS history and the optimizer's image-sized vectors."""
+    from .optimize import DTYPES, OptimizerSettings
+
+    settings = settings or OptimizerSettings()
+    image = 3 * height * width
+    history = 2 * settings.history_size * image * DTYPES[settings.history_precision].itemsize
+    return network_bytes(height, width, deepest, True, device) + history + VECTORS_PER_STEP * image * 4
+
+
+def fitting_scale(bytes_at: Callable[[int, int], int], height: int, width: int, available: int) -> float:
+    """The largest scale (found by bisection: the weights and buffers do not scale with the image) at which
+    ``bytes_at(height·scale, width·scale)`` fits in ``available``."""
+    low, high = 0.0, 1.0
+    for _ in range(20):
+        middle = (low + high) / 2
+        fits = bytes_at(int(height * middle), int(width * middle)) <= available
+        low, high = (middle, high) if fits else (low, middle)
+    return low
+
+
 def check_memory(
     what: str, description: str, needed: int, device: str, height: int, width: int, deepest: str | None = None
 ) -> None:
     """Refuse work that cannot fit, naming the input, the estimate, what is available and a size that fits.
 
-    With ``deepest``, a network pass that fits is also measured against optimizing at that size,
-    so that the size suggested is one the whole graph can use."""
+    With ``deepest`` (a network pass's), the size suggested is one that can also be optimized to
+    :data:`OPTIMIZED_DEEPEST` or ``deepest`` with Optimize Image's defaults, the pass's usual next step."""
     if not memory_check_on():
         return
     available = available_bytes(device)
@@ -130,7 +165,8 @@ def check_memory(
         return
     scale, purpose = math.sqrt(available / needed), ""
     if deepest is not None:  # the image is usually optimized next, which needs more
-        scale = math.sqrt(available / network_bytes(height, width, deepest, True, device))
+        reached = max(deepest, OPTIMIZED_DEEPEST, key=LAYER_INDEX.__getitem__)
+        scale = fitting_scale(lambda h, w: optimization_bytes(h, w, reached, device), height, width, available)
         purpose = ", also for optimizing it"
     raise MemoryError(
         f"{what}: {description} at {width}x{height} needs about {needed / 2**30:.1f} GiB but {device} has "

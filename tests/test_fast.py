@@ -132,6 +132,39 @@ def test_a_stylizer_file_round_trips_and_runs_no_code(model: VGGModel, tmp_path:
     assert all(torch.equal(loaded["weights"][name], value) for name, value in stylizer["weights"].items())
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"blocks": 100_000}, "cannot be what its"),
+        ({"width": 100_000}, "cannot be what its"),
+        ({"blocks": 4}, "do not fit a width-4 network with 4 residual blocks"),
+        ({"blocks": -1}, "cannot be what its"),
+        ({"nan": True}, "NaN or infinite"),
+    ],
+    ids=["blocks", "width", "one-block-short", "negative", "nan"],
+)
+def test_a_crafted_stylizer_file_is_refused_before_its_network_is_built(
+    model: VGGModel, tmp_path: Path, change: dict, message: str
+) -> None:
+    """A genuine file with its header's shape changed (100 000 blocks took 24 GB before) or its weights poisoned."""
+    stylizer = trained(model, steps=1)
+    if change.pop("nan", False):
+        first = next(iter(stylizer["weights"]))
+        stylizer["weights"][first] = stylizer["weights"][first].clone().fill_(float("nan"))
+    path = tmp_path / "crafted.safetensors"
+    path.write_bytes(stylizer_bytes({**stylizer, **change}))
+    with path.open("rb") as file, pytest.raises(ValueError, match=message):
+        read_stylizer(file, path)
+
+
+def test_save_stylizer_outside_the_models_folder_names_where_it_wrote(model: VGGModel, tmp_path: Path) -> None:
+    node = NODE_CLASS_MAPPINGS["NSTSaveStylizer"]()
+    host = RunnerHost("cpu", Folders(tmp_path, tmp_path, False, tmp_path / "models"), threading.Event())
+    saved = tmp_path / "elsewhere" / "s.safetensors"
+    shown = node.save(trained(model, steps=1), str(tmp_path / "elsewhere" / "s"), context=host)["ui"]["text"]
+    assert shown == [str(saved)] and saved.is_file()
+
+
 def write_pickle(path: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, path)
 

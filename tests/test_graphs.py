@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from graphrun import (
     validate,
 )
 from nst_nodes.app import main
+from nst_nodes.limits import optimization_bytes
 
 GRAPHS = sorted((Path(__file__).resolve().parent.parent / "graphs").glob("*.json"))
 
@@ -154,6 +156,11 @@ def test_work_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path: P
     )
     assert "would fit, also for optimizing it), or set NST_MEMORY_CHECK=0" in message
     assert "but cpu has 0.2 GiB available; use a smaller size (about" in message
+    width, height = map(int, re.search(r"about (\d+)x(\d+) would fit", message).groups())  # type: ignore[union-attr]
+    fits = [
+        optimization_bytes(h, w, "relu5_1", "cpu") <= 200 << 20 for h, w in ((height, width), (height + 8, width + 8))
+    ]
+    assert fits == [True, False]  # the size suggested can be optimized too, and it is about the largest that can
 
 
 def cli_sets(overrides: dict[str, object]) -> list[str]:
@@ -452,3 +459,10 @@ def test_calibrate_refuses_sizes_the_nodes_refuse(capsys) -> None:
         with pytest.raises(SystemExit) as exit:
             main(["calibrate", "--sizes", size])
         assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds", ["-1", "nan", "inf", "soon"])
+def test_preview_every_takes_a_number_of_seconds(seconds: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "graphs/gatys.json", "--preview-every", seconds])
+    assert refused.value.code == 2 and f"'{seconds}' is not a number of seconds" in capsys.readouterr().err

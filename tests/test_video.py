@@ -260,3 +260,14 @@ def test_after_a_stop_the_frames_finished_from_the_start_make_one_clip() -> None
     assert finished_prefix([whole, second[:4]], spans)[1] == [(0, 24)]  # only the overlap: nothing new
     assert finished_prefix([whole[:7], second], spans)[1] == [(0, 7)]  # a gap after frame 7: the rest waits
     assert finished_prefix([torch.zeros(0), second], spans) == ([], [])
+
+
+def test_video_metrics_of_one_frame_say_so_instead_of_failing_after_the_work() -> None:
+    from nst_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    node = NODE_CLASS_MAPPINGS["NSTVideoMetrics"]()
+    one, three = torch.rand(1, 8, 8, 3), torch.rand(3, 8, 8, 3)  # a one-frame clip; a run stopped after one frame
+    assert node.measure(one, one)["result"] == ("one frame: no change from frame to frame to measure",)
+    assert node.measure(one, three)["result"] == node.measure(one, one)["result"]
+    with pytest.raises(ValueError, match="must be of one size"):
+        node.measure(three, torch.rand(3, 8, 9, 3))

@@ -204,3 +204,16 @@ def test_counts_of_the_video_command_must_be_at_least_one(
         main(["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "out.mp4"), option, "0"])
     assert refused.value.code == 2
     assert f"{option}: '0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_nst_video_refuses_to_write_over_its_own_clip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(CLIP.read_bytes())
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (32, 24)).save(frames / "frame_00000.png")
+    Image.new("RGB", (32, 24)).save(frames / "frame_00001.png")
+    for source, output in ((clip, clip), (frames, frames), (frames / "*.png", frames)):
+        assert main(["video", "graphs/video.json", str(source), "-o", str(output), "--size", "32", "--steps", "1"]) == 2
+        assert "the clip is read from there; write the result somewhere else" in capsys.readouterr().err
+    assert clip.read_bytes() == CLIP.read_bytes() and len(list(frames.iterdir())) == 2

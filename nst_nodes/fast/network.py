@@ -79,16 +79,28 @@ class StylizerNetwork(nn.Module):
 
 
 def build(stylizer: Stylizer) -> StylizerNetwork:
-    """The network a STYLIZER value describes, with its weights; a ValueError says what does not fit."""
-    network = StylizerNetwork(stylizer["width"], stylizer["blocks"])
-    try:
-        network.load_state_dict(stylizer["weights"], strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
+    """The network a STYLIZER value describes, with its weights; a ValueError says what does not fit.
+
+    The shape a file names is checked against its tensors before anything is allocated (on the meta
+    device), so that a crafted width or block count cannot exhaust the memory."""
+    width, blocks, weights = stylizer["width"], stylizer["blocks"], stylizer["weights"]
+    largest = max((max(value.shape, default=1) for value in weights.values()), default=0)
+    if not (1 <= blocks <= len(weights) and 1 <= width <= largest):
         raise ValueError(
-            f"stylizer: its weights do not fit a width-{stylizer['width']} network ({first}); "
+            f"stylizer: a width-{width} network with {blocks} residual blocks cannot be what its "
+            f"{len(weights)} tensors hold; it was not made by Train Stylizer"
+        )
+    with torch.device("meta"):
+        expected = {name: value.shape for name, value in StylizerNetwork(width, blocks).state_dict().items()}
+    if expected != {name: value.shape for name, value in weights.items()}:
+        raise ValueError(
+            f"stylizer: its tensors do not fit a width-{width} network with {blocks} residual blocks; "
             "it was not made by Train Stylizer"
-        ) from None
+        )
+    if not all(bool(torch.isfinite(value).all()) for value in weights.values()):
+        raise ValueError("stylizer: its weights hold NaN or infinite values (a diverged training?); train it again")
+    network = StylizerNetwork(width, blocks)
+    network.load_state_dict(weights, strict=True)
     return network.eval().requires_grad_(False)
 
 

@@ -171,7 +171,8 @@ class SaveStylizer(Node):
         stem = models_stem(host, filename_prefix)
         target = output_paths(stem, EXTENSION.removeprefix("."), overwrite)[0]
         path = write_atomically(target, lambda file: write_stylizer(file, stylizer), overwrite)
-        return {"ui": {"text": [str(path.relative_to(host.models_folder))]}, "result": ()}
+        shown = path.relative_to(host.models_folder) if path.is_relative_to(host.models_folder) else path
+        return {"ui": {"text": [str(shown)]}, "result": ()}
 
 
 class LoadStylizer(Node):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from .. import limits
 from ..host import Host, host_of
 from ..image import to_picture
-from ..limits import check_memory, network_bytes
+from ..limits import check_memory
 from ..losses import check_mask_fits, check_mask_selects, term_layers
-from ..optimize import DTYPES, METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, start_image
+from ..optimize import METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, start_image
 from ..types import (
     NST_HISTORY,
     NST_LOSS,
@@ -26,16 +27,10 @@ from .base import HIDDEN_CONTEXT, Node, require_same_model, seed_input
 from .network import check_large_enough, deepest_layer
 from .schema import Choice, Float, Int, Link
 
-VECTORS_PER_STEP = 12
-"""Image-sized float32 vectors the optimizer holds besides its history (iterate, gradients, direction, best...)."""
-
 
 def optimization_bytes(pixels: torch.Tensor, layers: list[str], settings: OptimizerSettings, device: str) -> int:
     height, width = pixels.shape[-2:]
-    deepest = deepest_layer(layers) if layers else "conv1_1"
-    image = 3 * height * width
-    history = 2 * settings.history_size * image * DTYPES[settings.history_precision].itemsize
-    return network_bytes(height, width, deepest, True, device) + history + VECTORS_PER_STEP * image * 4
+    return limits.optimization_bytes(height, width, deepest_layer(layers) if layers else "conv1_1", device, settings)
 
 
 class OptimizeImage(Node):

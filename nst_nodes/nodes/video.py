@@ -247,10 +247,11 @@ class VideoMetrics(Node):
 
     def measure(self, result: torch.Tensor, frames: torch.Tensor) -> dict[str, Any]:
         count = min(len(result), len(frames))  # a stopped run: the frames done
-        if count < 2 or result.shape[1:] != frames.shape[1:]:
-            raise ValueError(
-                f"result: {list(result.shape)} and frames: {list(frames.shape)} must be two or more frames of one size"
-            )
+        if result.shape[1:] != frames.shape[1:]:
+            raise ValueError(f"result: {list(result.shape)} and frames: {list(frames.shape)} must be of one size")
+        if count < 2:  # a one-frame clip, or a run stopped after its first frame
+            text = "one frame: no change from frame to frame to measure"
+            return {"ui": {"text": [text]}, "result": (text,)}
         errors, flickers = warping_error(result[:count], frames[:count]), flicker(result[:count], frames[:count])
         text = (
             f"warping error {sum(errors) / len(errors):.5f} (max {max(errors):.5f}), "

@@ -23,7 +23,7 @@ from typing import Any
 
 from graphrun.arguments import at_least_one
 
-from .io import ENCODERS, ClipError, check_encoder, probe
+from .io import ENCODERS, ClipError, check_encoder, probe, read_frames_names
 
 LOADER, SAVER, OPTIMIZER, TEMPORAL = "NSTLoadVideo", "NSTSaveVideo", "NSTOptimize", "NSTTemporalLoss"
 TEMPORAL_MODES = ("off", "chain", "warped", "flow")
@@ -153,6 +153,15 @@ def _format(output: Path) -> str:
     return suffix[1:] if suffix else "png frames"
 
 
+def overwrites_input(clip: str, output: Path) -> bool:
+    """Whether the result would land on what it is made from: the clip's own file, or the folder its
+    frames are read from (a folder of frames is written as ``frame_*.png``, replacing those there)."""
+    target = output.resolve()
+    if Path(clip).is_file():
+        return Path(clip).resolve() == target
+    return any(Path(name).resolve().parent == target for name in read_frames_names(clip))
+
+
 def main(argv: list[str]) -> int:
     from ..app import main as nst
 
@@ -163,6 +172,8 @@ def main(argv: list[str]) -> int:
         count = probe(
             args.input, args.frames[0], args.frames[1], long_side=args.size
         )  # refuses a clip that is not one, or too large
+        if overwrites_input(args.input, args.output):
+            raise ValueError(f"-o {args.output}: the clip is read from there; write the result somewhere else")
     except (OSError, ValueError, ClipError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
