@@ -217,3 +217,11 @@ def test_nst_video_refuses_to_write_over_its_own_clip(tmp_path: Path, capsys: py
         assert main(["video", "graphs/video.json", str(source), "-o", str(output), "--size", "32", "--steps", "1"]) == 2
         assert "the clip is read from there; write the result somewhere else" in capsys.readouterr().err
     assert clip.read_bytes() == CLIP.read_bytes() and len(list(frames.iterdir())) == 2
+
+
+def test_nst_video_refuses_steps_for_a_graph_that_does_not_optimize(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = str(tmp_path / "out.mp4")
+    assert main(["video", "graphs/fast_video.json", str(CLIP), "-o", output, "--steps", "3"]) == 2
+    assert "--steps needs an NSTOptimize node in the graph" in capsys.readouterr().err

@@ -135,7 +135,10 @@ def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: 
     if args.size is not None:
         settings.append(f"{load}.long_side={args.size}")
     if args.steps is not None:
-        settings += [f"{node}.steps={args.steps}" for node in _nodes(prompt, OPTIMIZER)]
+        optimizers = _nodes(prompt, OPTIMIZER)
+        if not optimizers:
+            raise ValueError(f"{args.graph}: --steps needs an {OPTIMIZER} node in the graph (a stylizer takes none)")
+        settings += [f"{node}.steps={args.steps}" for node in optimizers]
     if args.temporal is not None:
         temporal = _nodes(prompt, TEMPORAL)
         if not temporal:
