@@ -15,6 +15,8 @@ import re
 
 import torch
 
+from graphrun.arguments import at_least_one
+
 from . import kernels
 from .limits import MAX_SIDE, check_pixels
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS
@@ -52,14 +54,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=at_least_one,
         default=None,
         help="torch threads to calibrate for (default torch's; a batch worker uses its --threads)",
     )
     args = parser.parse_args(argv)
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     for width, height in args.sizes:  # the nodes' limits, before minutes of timing
         if max(width, height) > MAX_SIDE:

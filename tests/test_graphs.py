@@ -466,3 +466,9 @@ def test_preview_every_takes_a_number_of_seconds(seconds: str, capsys: pytest.Ca
     with pytest.raises(SystemExit) as refused:
         main(["run", "graphs/gatys.json", "--preview-every", seconds])
     assert refused.value.code == 2 and f"'{seconds}' is not a number of seconds" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_no_threads(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["calibrate", "--threads", "0"])
+    assert refused.value.code == 2 and "--threads: '0' is not a whole number of at least 1" in capsys.readouterr().err
