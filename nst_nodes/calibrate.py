@@ -21,7 +21,7 @@ from . import kernels
 from .limits import MAX_SIDE, check_pixels
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS
 
-SHORT = {"winograd": "wino", "direct": "direct", "channels_last": "cl"}
+SHORT = {"winograd": "wino", "winograd_f4": "f4", "direct": "direct", "channels_last": "cl"}
 
 
 def conv_shapes(height: int, width: int) -> list[tuple[str, kernels.Shape]]:
@@ -82,9 +82,10 @@ def main(argv: list[str]) -> int:
     )
     print(
         "winner per layer and direction, and each candidate's milliseconds at the layer's shape, or at most "
-        f"{kernels.MAX_CALIBRATION_PIXELS} pixels of it (wino = NNPACK Winograd, cl = channels_last)"
+        f"{kernels.MAX_CALIBRATION_PIXELS} pixels of it (wino = NNPACK Winograd, "
+        "f4 = Winograd F(4x4) on kernels transformed once, cl = channels_last)"
     )
-    print(f"{'layer':<9}{'shape':>16}  {'forward':<44}{'input gradient'}")
+    print(f"{'layer':<9}{'shape':>16}  {'forward':<52}{'input gradient'}")
     for width, height in args.sizes:
         for layer, shape in conv_shapes(height, width):
             paths = kernels.candidates_for(shape)
@@ -96,5 +97,5 @@ def main(argv: list[str]) -> int:
                 cells.append(f"{SHORT[path]:<7}({others})")
             channels_in, channels_out, height, width = shape
             real = f"{channels_in}>{channels_out}@{width}x{height}"
-            print(f"{layer:<9}{real:>16}  {cells[0]:<44}{cells[1]}")
+            print(f"{layer:<9}{real:>16}  {cells[0]:<52}{cells[1]}")
     return 0

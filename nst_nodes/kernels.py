@@ -9,7 +9,7 @@ backward pass is itself a 3x3 convolution, of the output gradient with the flipp
 kernel, and gets its own choice). The winners are kept per machine (CPU model and flags,
 threads, torch version) in ``kernels.json`` next to the node cache, like
 ``torch.backends.cudnn.benchmark`` but across processes. ``nst calibrate`` redoes it;
-``NST_CONV=winograd|direct|channels_last`` forces one path.
+``NST_CONV=winograd|winograd_f4|direct|channels_last`` forces one path.
 
 The file follows the node cache's rules: what cannot be used (unreadable, over 1 MiB, not JSON,
 an entry of the wrong type) is a miss, reported in one warning line and rewritten; it is
@@ -50,7 +50,7 @@ try:
 except ImportError:  # Windows: no lock; the merge still keeps most of what others wrote
     fcntl = None  # type: ignore[assignment]  # no such module there: every use checks for None
 
-PATHS = ("winograd", "direct", "channels_last")
+PATHS = ("winograd", "winograd_f4", "direct", "channels_last")
 CHOICES = ("auto", *PATHS)
 MAX_CALIBRATION_PIXELS = 256 * 256
 """Shapes are timed on at most this many pixels (the same channels): time grows linearly with the
@@ -74,30 +74,59 @@ def input_gradient(shape: Shape) -> Shape:
     return channels_out, channels_in, height, width
 
 
-def _direct(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return F.conv2d(x, weight, bias, padding=1)
+def packing_available() -> bool:
+    """True where oneDNN can take a convolution's weights reordered once (the ops ``torch.compile``'s
+    freezing uses), rather than reorder the frozen weights again at every call."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    )
+
+
+def _packed(weight: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``weight`` in oneDNN's own layout for inputs of ``size`` (kept as is where packing is not built in)."""
+    if not packing_available():
+        return weight
+    return torch.ops.mkldnn._reorder_convolution_weight(weight, [1, 1], [1, 1], [1, 1], 1, list(size))
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if not weight.is_mkldnn:
+        return F.conv2d(x, weight, bias, padding=1)
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "none", [], "")
 
 
 def _channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    out = F.conv2d(
-        x.contiguous(memory_format=torch.channels_last),
-        weight.contiguous(memory_format=torch.channels_last),
-        bias,
-        padding=1,
-    )
-    return out.contiguous()
+    if not weight.is_mkldnn:
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    return _onednn(x.contiguous(memory_format=torch.channels_last), weight, bias)
 
 
-KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
-    "winograd": winograd.convolve,
-    "direct": _direct,
-    "channels_last": _channels_last,
+def _unchanged(weight: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    return weight.contiguous()
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One way to run a 3x3 convolution: ``prepare`` makes the frozen weight into what ``run`` takes,
+    once per weight and input size (:func:`prepared_weight`); ``run(x, prepared, bias)`` convolves."""
+
+    prepare: Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor]
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+KERNELS: dict[str, Kernel] = {
+    "winograd": Kernel(_unchanged, winograd.convolve),
+    "winograd_f4": Kernel(lambda weight, size: winograd.transform_weight(weight), winograd.convolve_pretransformed),
+    "direct": Kernel(_packed, _onednn),  # oneDNN on the input as it comes (its output is channels-last)
+    "channels_last": Kernel(_packed, _channels_last),
 }
 
 
 def candidates(x: torch.Tensor) -> tuple[str, ...]:
-    """The paths that can run a convolution of ``x`` here (Winograd: NNPACK, fp32, CPU, not tiny)."""
-    return PATHS if winograd.available(x) else ("direct", "channels_last")
+    """The paths that can run a float32 CPU convolution of ``x`` here (NNPACK's Winograd: not tiny)."""
+    return PATHS if winograd.available(x) else ("winograd_f4", "direct", "channels_last")
 
 
 def candidates_for(shape: Shape) -> tuple[str, ...]:
@@ -175,13 +204,14 @@ def time_paths(shape: Shape, paths: tuple[str, ...], rounds: int = 3, budget: fl
     weight = torch.randn(channels_out, channels_in, 3, 3) * 0.01
     best = {path: float("inf") for path in paths}
     with torch.no_grad():
+        prepared = {path: KERNELS[path].prepare(weight, tuple(x.shape)) for path in paths}  # once per use, not timed
         for path in paths:
-            KERNELS[path](x, weight, None)
+            KERNELS[path].run(x, prepared[path], None)
         spent, done = 0.0, 0
         while done < rounds or (spent < budget and done < 20):
             for path in paths:
                 started = time.perf_counter()
-                KERNELS[path](x, weight, None)
+                KERNELS[path].run(x, prepared[path], None)
                 seconds = time.perf_counter() - started
                 best[path] = min(best[path], seconds)
                 spent += seconds
@@ -364,7 +394,7 @@ def chooser() -> KernelChooser:
 
 
 class _ConvContext(FunctionContext, Protocol):
-    backward_path: str
+    backward: tuple[str, torch.Tensor]
 
 
 class _FrozenConv3x3(torch.autograd.Function):
@@ -372,20 +402,39 @@ class _FrozenConv3x3(torch.autograd.Function):
     def forward(
         ctx: _ConvContext,
         x: torch.Tensor,
-        weight: torch.Tensor,
+        forward: tuple[str, torch.Tensor],
+        backward: tuple[str, torch.Tensor],
         bias: torch.Tensor | None,
-        forward_path: str,
-        backward_path: str,
     ) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        ctx.backward_path = backward_path
-        return KERNELS[forward_path](x, weight, bias)
+        ctx.backward = backward
+        path, weight = forward
+        return KERNELS[path].run(x, weight, bias)
 
     @staticmethod
-    def backward(ctx: _ConvContext, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
-        (weight,) = ctx.saved_tensors
-        transposed = weight.transpose(0, 1).flip(2, 3).contiguous()  # a few MB, made when needed
-        return KERNELS[ctx.backward_path](grad, transposed, None), None, None, None, None
+    def backward(ctx: _ConvContext, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        path, transposed = ctx.backward
+        return KERNELS[path].run(grad, transposed, None), None, None, None
+
+
+_prepared: weakref.WeakKeyDictionary[nn.Conv2d, dict[tuple[str, bool], tuple[tuple[object, ...], torch.Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def prepared_weight(conv: nn.Conv2d, path: str, gradient: bool, size: tuple[int, ...]) -> torch.Tensor:
+    """``conv``'s weight as ``path`` runs it for inputs of ``size`` (``gradient``: the flipped, transposed
+    kernel of the input gradient), made once and kept while the weight and the size stay the same: the
+    weights are frozen, so reordering or transposing them at every pass (up to 9 MB a layer) is waste."""
+    weight = conv.weight
+    key = (path, gradient)
+    identity = (weight.data_ptr(), weight._version, tuple(size))
+    entries = _prepared.setdefault(conv, {})
+    if key not in entries or entries[key][0] != identity:
+        frozen = weight.detach()
+        if gradient:
+            frozen = frozen.transpose(0, 1).flip(2, 3)
+        entries[key] = (identity, KERNELS[path].prepare(frozen.contiguous(), tuple(size)))
+    return entries[key][1]
 
 
 _cast_weights: weakref.WeakKeyDictionary[
@@ -414,11 +463,14 @@ def frozen_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         return F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=1)
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return conv(x)
-    weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+    bias = None if conv.bias is None else conv.bias.detach()
     picker, paths = chooser(), candidates(x)
-    shape = (weight.shape[1], weight.shape[0], x.shape[-2], x.shape[-1])
+    shape = (conv.weight.shape[1], conv.weight.shape[0], x.shape[-2], x.shape[-1])
     forward_path = picker.choose(shape, paths)
+    forward = prepared_weight(conv, forward_path, False, tuple(x.shape))
     if not x.requires_grad:
-        return KERNELS[forward_path](x, weight, bias)
+        return KERNELS[forward_path].run(x, forward, bias)
     backward_path = picker.choose(input_gradient(shape), paths)
-    return _FrozenConv3x3.apply(x, weight, bias, forward_path, backward_path)
+    output_size = (x.shape[0], conv.weight.shape[0], *x.shape[2:])
+    backward = prepared_weight(conv, backward_path, True, output_size)
+    return _FrozenConv3x3.apply(x, (forward_path, forward), (backward_path, backward), bias)

@@ -172,12 +172,9 @@ def test_one_kernel_for_every_layer_is_used_within_its_block(
         pytest.skip("NST_CONV's kernels are the CPU's: cuDNN runs every convolution on CUDA")
     monkeypatch.delenv("NST_CONV", raising=False)
     used: list[str] = []
-    for path in kernels.PATHS:
-        monkeypatch.setitem(
-            kernels.KERNELS,
-            path,
-            lambda x, w, b, path=path, run=kernels.KERNELS[path]: used.append(path) or run(x, w, b),
-        )
+    for path, kernel in kernels.KERNELS.items():
+        counted = kernels.Kernel(kernel.prepare, lambda x, w, b, path=path, run=kernel.run: used.append(path) or run(x, w, b))
+        monkeypatch.setitem(kernels.KERNELS, path, counted)
     with kernels.every_layer("direct"):
         model.features(content, ["relu3_1"])
     assert set(used) == {"direct"}
