@@ -137,7 +137,27 @@ def optimization_bytes(
     settings = settings or OptimizerSettings()
     image = 3 * height * width
     history = 2 * settings.history_size * image * DTYPES[settings.history_precision].itemsize
-    return network_bytes(height, width, deepest, True, device) + history + VECTORS_PER_STEP * image * 4
+    network = network_bytes(height, width, deepest, True, device) + prepared_weight_bytes(deepest, device)
+    return network + history + VECTORS_PER_STEP * image * 4
+
+
+PREPARED_PER_WEIGHT = 8
+"""Bytes of prepared weights (kernels.prepared_weight) per byte of a convolution's weights, at most: the
+Winograd F(4x4) path keeps each kernel as a 6x6 tile (4x) for each direction."""
+
+
+def prepared_weight_bytes(deepest: str, device: str) -> int:
+    """The most memory the CPU's kernels keep for the weights of the layers up to ``deepest`` (0 on CUDA)."""
+    if device.startswith("cuda"):
+        return 0
+    weights, channels = 0, 3
+    for block, (convs, width) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True), start=1):
+        for conv in range(1, convs + 1):
+            if LAYER_INDEX[f"conv{block}_{conv}"] > LAYER_INDEX[deepest]:
+                return weights * PREPARED_PER_WEIGHT
+            weights += channels * width * 9 * 4
+            channels = width
+    return weights * PREPARED_PER_WEIGHT
 
 
 def fitting_scale(bytes_at: Callable[[int, int], int], height: int, width: int, available: int) -> float:

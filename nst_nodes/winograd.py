@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 MIN_PIXELS = 32 * 32
 """Below this many pixels per channel NNPACK's transforms cost more than they save (measured)."""
@@ -77,20 +78,17 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     """``[K, C, 3, 3]`` -> ``[36, C, K]``: each kernel as a 6x6 tile, one ``C x K`` matrix per tile
     position (computed in float64, 4x the weight's memory)."""
     tiles = _KERNEL @ weight.double() @ _KERNEL.t()  # [K, C, 6, 6]
-    return (
-        tiles.permute(2, 3, 1, 0).reshape(TILE * TILE, weight.shape[1], weight.shape[0]).to(weight.dtype).contiguous()
-    )
+    by_position = tiles.permute(2, 3, 1, 0).reshape(TILE * TILE, weight.shape[1], weight.shape[0])
+    return by_position.to(weight.dtype).contiguous()
 
 
 def convolve_pretransformed(x: torch.Tensor, transformed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Same-size 3x3 convolution of ``x`` ``[N, C, H, W]`` with a kernel from :func:`transform_weight`;
-    the result is channels-last."""
+    """Same-size 3x3 convolution of ``x`` ``[N, C, H, W]`` with a kernel from :func:`transform_weight`."""
     batch, channels, height, width = x.shape
     outputs = transformed.shape[2]
     rows, columns = -(-height // OUT), -(-width // OUT)
-    padded = x.new_zeros(batch, OUT * rows + 2, OUT * columns + 2, channels)  # one pixel of zeros around
-    padded[:, 1 : height + 1, 1 : width + 1] = x.permute(0, 2, 3, 1)
-    step_n, step_y, step_x, step_c = padded.stride()
+    padded = F.pad(x, (1, OUT * columns + 1 - width, 1, OUT * rows + 1 - height))  # zeros around, to whole tiles
+    step_n, step_c, step_y, step_x = padded.stride()
     tiles = padded.as_strided(  # overlapping 6x6 tiles every 4 pixels: [6, 6, N, rows, columns, C]
         (TILE, TILE, batch, rows, columns, channels),
         (step_y, step_x, step_n, OUT * step_y, OUT * step_x, step_c),
@@ -98,14 +96,12 @@ def convolve_pretransformed(x: torch.Tensor, transformed: torch.Tensor, bias: to
     transformed_input = (_INPUT.to(x.dtype) @ tiles).view(TILE * TILE, -1, channels)
     products = torch.bmm(transformed_input, transformed)  # [36, tiles, K]
     out = (_OUTPUT.to(x.dtype) @ products.view(TILE * TILE, -1)).view(OUT, OUT, batch, rows, columns, outputs)
-    if bias is not None:
-        out += bias
-    # A new channels-last tensor, not a view: autograd forbids modifying a custom Function's view in place.
-    size = (batch, outputs, OUT * rows, OUT * columns)
-    result = torch.empty(size, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    result.permute(0, 2, 3, 1).view(batch, rows, OUT, columns, OUT, outputs).copy_(out.permute(2, 3, 0, 4, 1, 5))
+    result = x.new_empty((batch, outputs, OUT * rows, OUT * columns))
+    result.view(batch, outputs, rows, OUT, columns, OUT).copy_(out.permute(2, 5, 3, 0, 4, 1))
     if OUT * rows != height or OUT * columns != width:
-        result = result[:, :, :height, :width].contiguous(memory_format=torch.channels_last)
+        result = result[:, :, :height, :width].contiguous()
+    if bias is not None:
+        result += bias.view(-1, 1, 1)
     return result
 
 

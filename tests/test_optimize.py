@@ -123,7 +123,10 @@ def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(
         optimize(model, objective, content, OptimizerSettings(steps=12, precision=precision))[1]["loss"][-1]
         for precision in ("fp32", "bf16")
     ]
-    assert lbfgs[1] == pytest.approx(lbfgs[0], rel=0.1)
+    # Not closer: the first L-BFGS steps overshoot to 60x the start here, so which kernel each layer got
+    # (timed in this session) moves the 12th step's loss by 10-15% in either precision; a stalled bf16
+    # run stays at 8x fp32's.
+    assert lbfgs[1] == pytest.approx(lbfgs[0], rel=0.25)
 
 
 def squares(features: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
@@ -173,7 +176,9 @@ def test_one_kernel_for_every_layer_is_used_within_its_block(
     monkeypatch.delenv("NST_CONV", raising=False)
     used: list[str] = []
     for path, kernel in kernels.KERNELS.items():
-        counted = kernels.Kernel(kernel.prepare, lambda x, w, b, path=path, run=kernel.run: used.append(path) or run(x, w, b))
+        counted = kernels.Kernel(
+            kernel.prepare, lambda x, w, b, path=path, run=kernel.run: used.append(path) or run(x, w, b)
+        )
         monkeypatch.setitem(kernels.KERNELS, path, counted)
     with kernels.every_layer("direct"):
         model.features(content, ["relu3_1"])
