@@ -425,6 +425,12 @@ _prepared: weakref.WeakKeyDictionary[nn.Conv2d, dict[tuple[str, bool], tuple[tup
 )
 
 
+def forget_prepared_weights() -> None:
+    """Drop every prepared weight: after timing the pass plans, which prepare each candidate's, the
+    passes that follow prepare only what their plan runs (up to 8x the weights otherwise stay alive)."""
+    _prepared.clear()
+
+
 def prepared_weight(conv: nn.Conv2d, path: str, gradient: bool, size: tuple[int, ...]) -> torch.Tensor:
     """``conv``'s weight as ``path`` runs it for inputs of ``size`` (``gradient``: the flipped, transposed
     kernel of the input gradient), made once and kept while the weight and the size stay the same: the

@@ -113,9 +113,12 @@ def time_passes(
         for candidate in candidates:
             one_pass(candidate)  # warms up (and calibrates the kernels)
         times: dict[str, list[float]] = {candidate: [] for candidate in candidates}
-        for _ in range(repeats):
-            for candidate in candidates:
-                times[candidate].append(one_pass(candidate))
+        try:
+            for _ in range(repeats):
+                for candidate in candidates:
+                    times[candidate].append(one_pass(candidate))
+        finally:
+            kernels.forget_prepared_weights()
     return {candidate: min(values) for candidate, values in times.items()}
 
 

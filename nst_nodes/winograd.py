@@ -76,8 +76,9 @@ TILE, OUT = 6, 4
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     """``[K, C, 3, 3]`` -> ``[36, C, K]``: each kernel as a 6x6 tile, one ``C x K`` matrix per tile
-    position (computed in float64, 4x the weight's memory)."""
-    tiles = _KERNEL @ weight.double() @ _KERNEL.t()  # [K, C, 6, 6]
+    position (4x the weight's memory)."""
+    kernel = _KERNEL.to(weight.dtype)
+    tiles = kernel @ weight @ kernel.t()  # [K, C, 6, 6]
     by_position = tiles.permute(2, 3, 1, 0).reshape(TILE * TILE, weight.shape[1], weight.shape[0])
     return by_position.to(weight.dtype).contiguous()
 

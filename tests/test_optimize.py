@@ -186,12 +186,14 @@ def test_one_kernel_for_every_layer_is_used_within_its_block(
 
 
 def test_timing_the_passes_measures_every_candidate(model: VGGModel, problem) -> None:
+    from nst_nodes import kernels
     from nst_nodes.optimize import time_passes
 
     content, _ = problem
     plans = ("fp32", "fp32 direct", "bf16") if content.device.type == "cpu" else ("fp32", "tf32", "bf16")
     seconds = time_passes(model, content, ["relu1_1", "relu2_1"], squares, plans)
     assert set(seconds) == set(plans) and all(value > 0 for value in seconds.values())
+    assert not kernels._prepared  # each plan's prepared weights are dropped: the chosen plan prepares its own
 
 
 def test_a_tf32_pass_turns_tf32_on_for_its_block_on_cuda_only() -> None:
