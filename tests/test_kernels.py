@@ -231,13 +231,13 @@ def test_a_frozen_convolution_matches_float64_in_value_and_input_gradient(precis
 @pytest.mark.parametrize("path", kernels.PATHS)
 def test_every_kernel_matches_float64_at_any_size_and_follows_a_changed_weight(path: str) -> None:
     """Each path runs on weights prepared once (reordered, transposed): a new input size or new weights
-    must prepare them again, not reuse the old ones."""
+    must prepare them again, not reuse the old ones. Batches and images smaller than a tile too."""
     generator = torch.Generator().manual_seed(3)
     conv = torch.nn.Conv2d(16, 24, 3, padding=1).requires_grad_(False)
-    for height, width, scale in ((40, 36, 1.0), (33, 50, 1.0), (33, 50, -2.0)):
+    for batch, height, width, scale in ((1, 40, 36, 1.0), (1, 33, 50, 1.0), (1, 33, 50, -2.0), (2, 1, 3, 1.0)):
         conv.weight.mul_(scale)
-        x = torch.randn(1, 16, height, width, generator=generator)
-        upstream = torch.randn(1, 24, height, width, generator=generator)
+        x = torch.randn(batch, 16, height, width, generator=generator)
+        upstream = torch.randn(batch, 24, height, width, generator=generator)
         exact_input = x.double().requires_grad_(True)
         exact = torch.nn.functional.conv2d(exact_input, conv.weight.double(), conv.bias.double(), padding=1)
         (exact * upstream.double()).sum().backward()
@@ -246,4 +246,4 @@ def test_every_kernel_matches_float64_at_any_size_and_follows_a_changed_weight(p
             out = kernels.frozen_conv3x3(leaf, conv)
         (out * upstream).sum().backward()
         for got, want in ((out, exact), (leaf.grad, exact_input.grad)):
-            assert ((got.double() - want).norm() / want.norm()).item() < 1e-4, (path, height, width, scale)
+            assert ((got.double() - want).norm() / want.norm()).item() < 1e-4, (path, batch, height, width, scale)
