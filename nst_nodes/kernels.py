@@ -108,7 +108,15 @@ def _channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def _unchanged(weight: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    return weight.contiguous()
+    return weight
+
+
+def _in_bfloat16(weight: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    return weight.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+
+def _reduced(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=1)
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,9 @@ KERNELS: dict[str, Kernel] = {
     "winograd_f4": Kernel(lambda weight, size: winograd.transform_weight(weight), winograd.convolve_pretransformed),
     "direct": Kernel(_packed, _onednn),
     "channels_last": Kernel(_packed, _channels_last),
+    # Not timed per layer: the bf16 pass's (a pass plan), oneDNN channels-last on weights cast once
+    # rather than at every pass, as autocast does for frozen weights.
+    "bf16": Kernel(_in_bfloat16, _reduced),
 }
 
 
@@ -447,30 +458,14 @@ def prepared_weight(conv: nn.Conv2d, path: str, gradient: bool, size: tuple[int,
     return entries[key][1]
 
 
-_cast_weights: weakref.WeakKeyDictionary[
-    nn.Conv2d, dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor | None]]
-] = weakref.WeakKeyDictionary()
-
-
-def _weights_in(conv: nn.Conv2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The conv's weights in ``dtype`` (channels-last), cast once per model rather than every pass
-    as autocast does for frozen weights."""
-    casts = _cast_weights.setdefault(conv, {})
-    key = (dtype, conv.weight.device)
-    if key not in casts:
-        weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-        casts[key] = (weight, None if conv.bias is None else conv.bias.detach().to(dtype))
-    return casts[key]
-
-
 def frozen_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(x)`` for a frozen 3x3/stride 1/pad 1 convolution, differentiable in ``x`` only.
 
     float32 on the CPU: each direction on the path :func:`chooser` picked for it. bfloat16 (a
     reduced-precision pass): oneDNN, channels-last, weights cast once. Elsewhere: ``conv(x)``."""
     if x.dtype == torch.bfloat16 and not torch.is_autocast_enabled(x.device.type):
-        weight, bias = _weights_in(conv, x.dtype)
-        return F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=1)
+        bias = None if conv.bias is None else conv.bias.detach().to(x.dtype)
+        return KERNELS["bf16"].run(x, prepared_weight(conv, "bf16", False, tuple(x.shape)), bias)
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
         return conv(x)
     bias = None if conv.bias is None else conv.bias.detach()

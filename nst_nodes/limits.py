@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -150,13 +151,8 @@ def prepared_weight_bytes(deepest: str, device: str) -> int:
     """The most memory the CPU's kernels keep for the weights of the layers up to ``deepest`` (0 on CUDA)."""
     if device.startswith("cuda"):
         return 0
-    weights, channels = 0, 3
-    for block, (convs, width) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True), start=1):
-        for conv in range(1, convs + 1):
-            if LAYER_INDEX[f"conv{block}_{conv}"] > LAYER_INDEX[deepest]:
-                return weights * PREPARED_PER_WEIGHT
-            weights += channels * width * 9 * 4
-            channels = width
+    channels = [3] + [out for out, _, _ in _layer_shapes(1, 1, deepest)]  # each conv's input, then output
+    weights = sum(inputs * outputs * 9 * 4 for inputs, outputs in itertools.pairwise(channels))
     return weights * PREPARED_PER_WEIGHT
 
 

@@ -49,6 +49,16 @@ def test_the_memory_estimate_counts_pooled_tensors_above_mapped_ones(monkeypatch
     assert limits.network_bytes(512, 512, "conv1_1", True, "cuda:0") == 3 * conv1_1
 
 
+def test_the_memory_estimate_counts_the_prepared_weights_of_the_cpu_kernels_only() -> None:
+    """8x the fp32 weights of the convolutions up to the deepest layer (F(4x4) tiles, both directions)."""
+    from nst_nodes import limits
+
+    first, second = 3 * 64 * 9 * 4, 64 * 64 * 9 * 4
+    assert limits.prepared_weight_bytes("relu1_1", "cpu") == 8 * first
+    assert limits.prepared_weight_bytes("relu1_2", "cpu") == 8 * (first + second)
+    assert limits.prepared_weight_bytes("relu5_1", "cuda:0") == 0
+
+
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="NST_TUNING or --tuning: the mode must be one of"):
         configure_process("fastest")
