@@ -44,7 +44,7 @@ def available(x: torch.Tensor) -> bool:
 
 def _kron(matrix: list[list[float]]) -> torch.Tensor:
     """``m ⊗ m``: the 2-D transform ``m · tile · mᵀ`` of flattened tiles as one matrix."""
-    rows = torch.tensor(matrix, dtype=torch.float64)
+    rows = torch.tensor(matrix, dtype=torch.float32)  # the convolutions' dtype: no cast at each call
     return torch.kron(rows, rows)
 
 
@@ -68,7 +68,6 @@ _KERNEL = torch.tensor(
         [1 / 24, -1 / 12, 1 / 6],
         [0, 0, 1],
     ],
-    dtype=torch.float64,
 )
 _OUTPUT = _kron([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
 TILE, OUT = 6, 4
@@ -80,7 +79,7 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     kernel = _KERNEL.to(weight.dtype)
     tiles = kernel @ weight @ kernel.t()  # [K, C, 6, 6]
     by_position = tiles.permute(2, 3, 1, 0).reshape(TILE * TILE, weight.shape[1], weight.shape[0])
-    return by_position.to(weight.dtype).contiguous()
+    return by_position.contiguous()
 
 
 def convolve_pretransformed(x: torch.Tensor, transformed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
