@@ -9,7 +9,9 @@ backward pass is itself a 3x3 convolution, of the output gradient with the flipp
 kernel, and gets its own choice). The winners are kept per machine (CPU model and flags,
 threads, torch version) in ``kernels.json`` next to the node cache, like
 ``torch.backends.cudnn.benchmark`` but across processes. ``nst calibrate`` redoes it;
-``NST_CONV=winograd|winograd_f4|direct|channels_last`` forces one path.
+``NST_CONV=winograd|winograd_f4|direct|channels_last`` forces one path. Under
+``NST_TUNING=memory`` the paths that keep several times the weights prepared are left out, and
+the choices are kept apart from the other modes' (the machine's description names its paths).
 
 The file follows the node cache's rules: what cannot be used (unreadable, over 1 MiB, not JSON,
 an entry of the wrong type) is a miss, reported in one warning line and rewritten; it is
@@ -41,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
+from . import tuning, winograd
 from .autograd_ops import FunctionContext
 from .files import FileRuleError, cache_root, open_regular, write_atomically
 
@@ -52,6 +54,9 @@ except ImportError:  # Windows: no lock; the merge still keeps most of what othe
 
 PATHS = ("winograd", "winograd_f4", "direct", "channels_last")
 CHOICES = ("auto", *PATHS)
+MEMORY_HUNGRY = ("winograd_f4",)
+"""Paths whose prepared weights are several times the weights (F(4x4): each kernel as a 6x6 tile, 4x per
+direction, 395 MiB to relu5_1): not chosen under ``NST_TUNING=memory``."""
 MAX_CALIBRATION_PIXELS = 256 * 256
 """Shapes are timed on at most this many pixels (the same channels): time grows linearly with the
 pixels from well below this size, so a 1024² layer needs no 1024² calibration."""
@@ -139,9 +144,14 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
+def usable_paths() -> tuple[str, ...]:
+    """The paths this process chooses from: all of them, less :data:`MEMORY_HUNGRY` under ``NST_TUNING=memory``."""
+    return tuple(path for path in PATHS if tuning.mode() != "memory" or path not in MEMORY_HUNGRY)
+
+
 def candidates(x: torch.Tensor) -> tuple[str, ...]:
     """The paths that can run a float32 CPU convolution of ``x`` here (NNPACK's Winograd: not tiny)."""
-    return PATHS if winograd.available(x) else ("winograd_f4", "direct", "channels_last")
+    return tuple(path for path in usable_paths() if path != "winograd" or winograd.available(x))
 
 
 def candidates_for(shape: Shape) -> tuple[str, ...]:
@@ -150,7 +160,7 @@ def candidates_for(shape: Shape) -> tuple[str, ...]:
 
 
 def machine() -> dict[str, str]:
-    """What decides which kernel wins: the CPU, its vector extensions, the threads, torch."""
+    """What decides which kernel wins: the CPU, its vector extensions, the threads, torch, the paths to choose from."""
     model, flags = platform.processor() or platform.machine(), []
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -160,7 +170,13 @@ def machine() -> dict[str, str]:
         flags = [flag for flag in FLAGS if listed and flag in listed.group(1).split()]
     except OSError:
         pass
-    return {"cpu": model, "flags": " ".join(flags), "threads": str(torch.get_num_threads()), "torch": torch.__version__}
+    return {
+        "cpu": model,
+        "flags": " ".join(flags),
+        "threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "paths": " ".join(usable_paths()),
+    }
 
 
 def machine_key(description: dict[str, str]) -> str:
@@ -403,6 +419,7 @@ def chooser() -> KernelChooser:
         _chooser is None
         or _chooser.file != calibration_file()
         or _chooser.description["threads"] != str(torch.get_num_threads())
+        or _chooser.description["paths"] != " ".join(usable_paths())
     ):
         _chooser = KernelChooser(calibration_file())
     return _chooser

@@ -142,9 +142,10 @@ def optimization_bytes(
     return network + history + VECTORS_PER_STEP * image * 4
 
 
-PREPARED_PER_WEIGHT = 8
-"""Bytes of prepared weights (kernels.prepared_weight) per byte of a convolution's weights, at most: the
-Winograd F(4x4) path keeps each kernel as a 6x6 tile (4x) for each direction."""
+PREPARED_PER_WEIGHT = {"memory": 2, "speed": 8, "off": 8}
+"""Bytes of prepared weights (kernels.prepared_weight) per byte of a convolution's weights, at most, per tuning
+mode: the Winograd F(4x4) path keeps each kernel as a 6x6 tile (4x) for each direction; the paths that
+``NST_TUNING=memory`` leaves keep at most a reordered copy (1x) per direction."""
 
 
 def prepared_weight_bytes(deepest: str, device: str) -> int:
@@ -153,7 +154,7 @@ def prepared_weight_bytes(deepest: str, device: str) -> int:
         return 0
     channels = [3] + [out for out, _, _ in _layer_shapes(1, 1, deepest)]  # each conv's input, then output
     weights = sum(inputs * outputs * 9 * 4 for inputs, outputs in itertools.pairwise(channels))
-    return weights * PREPARED_PER_WEIGHT
+    return weights * PREPARED_PER_WEIGHT[tuning.mode()]
 
 
 def fitting_scale(bytes_at: Callable[[int, int], int], height: int, width: int, available: int) -> float:

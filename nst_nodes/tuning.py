@@ -9,7 +9,8 @@ Two modes, because glibc's allocator trades memory against speed here:
 - ``memory``: every tensor of 128 KiB or more gets its own mapping, backed by transparent
   huge pages (PyTorch's ``THP_MEM_ALLOC_ENABLE``), and goes back to the OS when freed, so
   peak RSS is what is really alive (about 1.15 GiB at 512x512), for 30-40% more time
-  per step (page faults and zeroing).
+  per step (page faults and zeroing). The convolution kernels that keep several times
+  the weights prepared are not chosen either (kernels.py).
 
 Both set ``OMP_WAIT_POLICY=PASSIVE``: OpenMP workers sleep instead of spinning between
 parallel regions, so they do not steal the two cores from NNPACK's own thread pool
@@ -35,6 +36,7 @@ TRIM_THRESHOLD = 1 << 30
 GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 """Where glibc's own (dynamic) mmap threshold stops rising on 64-bit: larger blocks always get a mapping."""
 _mmap_threshold: int | None = None  # what configure_process set with mallopt
+_mode: str | None = None  # what configure_process applied
 
 
 def configure_process(mode: str | None = None) -> list[str]:
@@ -42,6 +44,8 @@ def configure_process(mode: str | None = None) -> list[str]:
     mode = mode or os.environ.get("NST_TUNING", "speed")
     if mode not in MODES:
         raise ValueError(f"NST_TUNING or --tuning: the mode must be one of {', '.join(MODES)}, not {mode!r}")
+    global _mode
+    _mode = mode
     if mode == "off":
         return []
     applied = []
@@ -63,6 +67,15 @@ def configure_process(mode: str | None = None) -> list[str]:
         except (OSError, AttributeError):
             pass
     return applied
+
+
+def mode() -> str:
+    """The mode :func:`configure_process` applied; where it was not called (under ComfyUI, in a library),
+    ``NST_TUNING``'s if it names one, else ``speed``."""
+    if _mode is not None:
+        return _mode
+    value = os.environ.get("NST_TUNING", "speed")
+    return value if value in MODES else "speed"
 
 
 def mmap_threshold() -> int | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nst_nodes import kernels
+from nst_nodes import kernels, tuning
 
 SHAPE = (64, 128, 32, 48)
 
@@ -247,3 +247,23 @@ def test_every_kernel_matches_float64_at_any_size_and_follows_a_changed_weight(p
         (out * upstream).sum().backward()
         for got, want in ((out, exact), (leaf.grad, exact_input.grad)):
             assert ((got.double() - want).norm() / want.norm()).item() < 1e-4, (path, batch, height, width, scale)
+
+
+def test_memory_mode_leaves_out_the_kernels_that_keep_several_times_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NST_TUNING=memory: no F(4x4) kernels (4x the weights per direction), and its choices, made among
+    fewer paths, are kept apart from the speed mode's in the file."""
+    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    monkeypatch.delenv("NST_CONV", raising=False)
+    monkeypatch.setattr(tuning, "_mode", "speed")
+    x = torch.randn(1, 64, 32, 32)
+    assert "winograd_f4" in kernels.candidates(x)
+    speed = kernels.chooser().key
+    monkeypatch.setattr(tuning, "_mode", "memory")
+    assert "winograd_f4" not in kernels.candidates(x) and "direct" in kernels.candidates(x)
+    assert kernels.chooser().key != speed
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).requires_grad_(False)
+    kernels.frozen_conv3x3(x.requires_grad_(True), conv).sum().backward()
+    prepared = {path for path, _ in kernels._prepared[conv]}
+    assert len(prepared) >= 1 and "winograd_f4" not in prepared

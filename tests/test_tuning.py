@@ -49,14 +49,33 @@ def test_the_memory_estimate_counts_pooled_tensors_above_mapped_ones(monkeypatch
     assert limits.network_bytes(512, 512, "conv1_1", True, "cuda:0") == 3 * conv1_1
 
 
-def test_the_memory_estimate_counts_the_prepared_weights_of_the_cpu_kernels_only() -> None:
-    """8x the fp32 weights of the convolutions up to the deepest layer (F(4x4) tiles, both directions)."""
-    from nst_nodes import limits
+def test_the_memory_estimate_counts_the_prepared_weights_of_the_cpu_kernels_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """8x the fp32 weights of the convolutions up to the deepest layer (F(4x4) tiles, both directions);
+    2x in memory mode, which leaves F(4x4) out (a reordered copy per direction)."""
+    from nst_nodes import limits, tuning
 
     first, second = 3 * 64 * 9 * 4, 64 * 64 * 9 * 4
+    monkeypatch.setattr(tuning, "_mode", "speed")
     assert limits.prepared_weight_bytes("relu1_1", "cpu") == 8 * first
     assert limits.prepared_weight_bytes("relu1_2", "cpu") == 8 * (first + second)
     assert limits.prepared_weight_bytes("relu5_1", "cuda:0") == 0
+    monkeypatch.setattr(tuning, "_mode", "memory")
+    assert limits.prepared_weight_bytes("relu1_2", "cpu") == 2 * (first + second)
+
+
+def test_the_mode_is_the_one_applied_else_nst_tunings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ComfyUI nothing calls configure_process: NST_TUNING still picks the kernels' mode."""
+    from nst_nodes import tuning
+
+    monkeypatch.setattr(tuning, "_mode", None)
+    monkeypatch.setenv("NST_TUNING", "memory")
+    assert tuning.mode() == "memory"
+    monkeypatch.setenv("NST_TUNING", "fastest")
+    assert tuning.mode() == "speed"
+    monkeypatch.setattr(tuning, "_mode", "off")
+    assert tuning.mode() == "off"
 
 
 def test_unknown_mode_is_refused() -> None:
