@@ -15,7 +15,9 @@ the choices are kept apart from the other modes' (the machine's description name
 
 The file follows the node cache's rules: what cannot be used (unreadable, over 1 MiB, not JSON,
 an entry of the wrong type) is a miss, reported in one warning line and rewritten; it is
-written whole through a temporary file, and keeps the choices of the newest few machines.
+written whole through a temporary file, and keeps the choices of the newest few machines. A file
+that ``NST_KERNELS_FILE`` names and that is not a choices file (another program's, a typo's) is
+never rewritten: the choices are then kept in memory.
 
 Only float32 on the CPU is calibrated; CUDA has cuDNN's own benchmark, and under bf16
 autocast oneDNN's direct kernels are the only ones.
@@ -282,11 +284,21 @@ def newest_machines(document: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(document.items(), key=saved, reverse=True)[:MACHINES_KEPT])
 
 
-class KernelChooser:
-    """Winners per convolution shape for this machine, timed on first use and kept in a JSON file."""
+def is_choices_document(document: object) -> bool:
+    """Whether a JSON document is a kernel choices file's (machine entries that hold choices)."""
+    return isinstance(document, dict) and all(
+        isinstance(entry, dict) and "choices" in entry for entry in document.values()
+    )
 
-    def __init__(self, file: Path | None = None) -> None:
+
+class KernelChooser:
+    """Winners per convolution shape for this machine, timed on first use and kept in a JSON file.
+    ``owned``: the file is the pack's own (a damaged one is rewritten); otherwise one that is not a choices
+    file is left as it is."""
+
+    def __init__(self, file: Path | None = None, owned: bool = True) -> None:
         self.file = file
+        self.owned = owned
         self.description = machine()
         self.key = machine_key(self.description)
         self.choices: dict[str, Choice] = {}
@@ -301,8 +313,15 @@ class KernelChooser:
             self.warned = True
             logger.warning("nst-nodes: kernel choices file %s %s", self.file, problem)
 
-    def _read(self) -> dict[str, Any]:
-        """The file's document; {} when there is none, and (warned) when it cannot be used."""
+    def _unusable(self, problem: str) -> None:
+        """Warn that the file cannot be used, and what follows."""
+        if self.owned:
+            self._warn(f"{problem}; kernels are timed again and the file rewritten")
+        else:
+            self._warn(f"{problem}; it is left as it is and the kernel choices are kept in memory")
+
+    def _read(self) -> dict[str, Any] | None:
+        """The file's document; {} when there is none, None (warned) when it cannot be used."""
         assert self.file is not None
         if not os.path.lexists(self.file):
             return {}
@@ -311,19 +330,17 @@ class KernelChooser:
                 text = file.read(MAX_FILE_BYTES + 1)
         except (FileRuleError, OSError) as error:
             self._warn(f"cannot be read ({error}); kernels are timed again")
-            return {}
+            return None
         if len(text) > MAX_FILE_BYTES:
-            self._warn(
-                f"is over {MAX_FILE_BYTES >> 20} MiB; it is ignored, kernels are timed again and the file rewritten"
-            )
-            return {}
+            self._unusable(f"is over {MAX_FILE_BYTES >> 20} MiB")
+            return None
         try:
             document = json.loads(text)
         except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
             document = None
-        if not isinstance(document, dict):
-            self._warn("is damaged (not a JSON object); kernels are timed again and the file rewritten")
-            return {}
+        if not isinstance(document, dict) or not (self.owned or is_choices_document(document)):
+            self._unusable("is not a kernel choices file (a JSON object of machines' choices)")
+            return None
         return document
 
     def _stored(self, document: dict[str, Any]) -> dict[str, Choice]:
@@ -340,7 +357,7 @@ class KernelChooser:
     def _load(self) -> None:
         self.loaded = True
         if self.file is not None:
-            self.choices.update(self._stored(self._read()))
+            self.choices.update(self._stored(self._read() or {}))
 
     def _save(self) -> None:
         """Merge this machine's choices into the file: under a lock, re-read, add ours, replace
@@ -348,7 +365,7 @@ class KernelChooser:
         stored a choice first, its choice wins and is adopted here, so that every process runs the
         same kernels and gives the same pixels (two workers timing one shape at the same time can
         disagree). A place that cannot be written keeps the choices in memory."""
-        if self.file is None:
+        if self.file is None or not (self.owned or self._read() is not None):
             return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -356,6 +373,10 @@ class KernelChooser:
                 if fcntl is not None:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                 everything = self._read()
+                if everything is None:
+                    if not self.owned:
+                        return
+                    everything = {}
                 stored = {} if self.forgotten else self._stored(everything)
                 self.forgotten = False
                 for shape, choice in self.choices.items():
@@ -421,7 +442,7 @@ def chooser() -> KernelChooser:
         or _chooser.description["threads"] != str(torch.get_num_threads())
         or _chooser.description["paths"] != " ".join(usable_paths())
     ):
-        _chooser = KernelChooser(calibration_file())
+        _chooser = KernelChooser(calibration_file(), owned=not os.environ.get("NST_KERNELS_FILE"))
     return _chooser
 
 

@@ -147,6 +147,24 @@ def test_a_damaged_file_is_a_miss_with_one_warning_then_rewritten(
     }
 
 
+@pytest.mark.parametrize("content", ["notes\n", '{"name": "my-app", "version": 2}', "[1, 2]"])
+def test_a_file_nst_kernels_file_names_that_is_not_a_choices_file_is_never_rewritten(
+    content: str, tmp_path: Path, timings: list, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo or another program's JSON in NST_KERNELS_FILE: the choices stay in memory, the file as it was."""
+    file = tmp_path / "settings.json"
+    file.write_text(content)
+    monkeypatch.setenv("NST_KERNELS_FILE", str(file))
+    chooser = kernels.chooser()
+    assert chooser.choose(SHAPE, kernels.PATHS) == "direct"
+    assert chooser.choose(SHAPE, kernels.PATHS) == "direct" and len(timings) == 1  # kept in memory
+    assert file.read_text() == content and [path.name for path in tmp_path.iterdir()] == ["settings.json"]
+    assert len(caplog.records) == 1 and "left as it is" in caplog.text
+    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "new.json"))  # a new file is written
+    kernels.chooser().choose(SHAPE, kernels.PATHS)
+    assert kernels.chooser().key in json.loads((tmp_path / "new.json").read_text())
+
+
 def test_a_folder_in_the_files_place_warns_once_and_leaves_no_litter(
     tmp_path: Path, timings: list, caplog: pytest.LogCaptureFixture
 ) -> None:
