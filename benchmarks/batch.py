@@ -24,9 +24,10 @@ from pathlib import Path
 from bench import cpu_flags
 
 from graphrun import Folders
-from graphrun.batch import Over, run_batch
+from graphrun.batch import Over
+from graphrun.batch.client import run_batch
 from nst_nodes import kernels
-from nst_nodes.app import APP
+from nst_nodes.app import application
 from nst_nodes.tuning import configure_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def measure(workers: int, threads: int, items: int, side: int, steps: int) -> di
             folders=Folders(output=Path(folder) / "out"),
             device="cpu",
             worker_hook=partial(configure_process, None),
-            worker_environment=APP.worker_environment,
+            worker_environment=application().worker_environment,
         )
         wall = time.perf_counter() - started
     if result.failed:

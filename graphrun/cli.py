@@ -182,7 +182,8 @@ def _run(args: argparse.Namespace, app: App) -> int:
 
 
 def _batch(args: argparse.Namespace, app: App) -> int:
-    from graphrun.batch import BatchError, batch_items, parse_chain, parse_over, run_batch
+    from graphrun.batch import BatchError, batch_items, parse_chain, parse_over
+    from graphrun.batch.client import run_batch
 
     try:
         overs = [parse_over(text, args.input_dir) for text in args.over]
@@ -289,14 +290,11 @@ def main(argv: list[str] | None = None, app: App | None = None) -> int:
     app = app or App()
     argv = sys.argv[1:] if argv is None else argv
     extra = pack_commands()
-    if argv and argv[0] in extra:
-        try:
-            return int(extra[argv[0]].load()(argv[1:]))
-        except (ValueError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_INVALID
-    args = parser(app, sorted(extra)).parse_args(argv)
+    args: argparse.Namespace | None = None
     try:
+        if argv and argv[0] in extra:  # a pack's own command (``nst video``): its errors end as ours do
+            return int(extra[argv[0]].load()(argv[1:]))
+        args = parser(app, sorted(extra)).parse_args(argv)
         if args.command in ("run", "batch") and app.configure_process is not None:
             try:
                 app.configure_process(getattr(args, "tuning", None))

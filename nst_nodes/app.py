@@ -1,37 +1,50 @@
 """The ``nst`` command: the engine's command line (graphrun) as this pack's application.
 
-Imports the engine, so ComfyUI never loads this module (the pack's ``__init__`` does not import it).
+ComfyUI never loads this module (the pack's ``__init__`` does not import it). The engine is imported
+when a command starts, not when this module is: a Ctrl-C while it loads then ends ``nst`` with a
+word, not a traceback.
 """
 
 from __future__ import annotations
 
 import sys
-
-from graphrun import App
-from graphrun.cli import console as engine_console
-from graphrun.cli import main as engine_main
+from typing import TYPE_CHECKING
 
 from .files import cache_root
 from .tuning import MODES, configure_process
 
-APP = App(
-    prog="nst",
-    description="Neural style transfer graphs: run, validate, batch, list nodes, inspect and clear the cache.",
-    cache_dir=cache_root,
-    process_modes=MODES,
-    configure_process=configure_process,
-    # OpenMP workers sleep between parallel regions instead of spinning against NNPACK's threads (tuning.py).
-    worker_environment={"OMP_WAIT_POLICY": "PASSIVE"},
-)
+if TYPE_CHECKING:
+    from graphrun import App
+
+
+def application() -> App:
+    from graphrun import App
+
+    return App(
+        prog="nst",
+        description="Neural style transfer graphs: run, validate, batch, list nodes, inspect and clear the cache.",
+        cache_dir=cache_root,
+        process_modes=MODES,
+        configure_process=configure_process,
+        # OpenMP workers sleep between parallel regions instead of spinning against NNPACK's threads (tuning.py).
+        worker_environment={"OMP_WAIT_POLICY": "PASSIVE"},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return engine_main(argv, APP)
+    from graphrun.cli import main as engine_main
+
+    return engine_main(argv, application())
 
 
 def console() -> int:
     """The ``nst`` script (:func:`graphrun.cli.console`)."""
-    return engine_console(APP)
+    try:
+        from graphrun.cli import console as engine_console
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    return engine_console(application())
 
 
 if __name__ == "__main__":

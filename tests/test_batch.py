@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from graphrun import Folders, run
-from graphrun.batch import BatchError, BatchReporter, parse_chain, parse_over, run_batch
+from graphrun.batch import BatchError, BatchReporter, parse_chain, parse_over
+from graphrun.batch.client import run_batch
 
 distributed = pytest.importorskip("distributed", reason="the cluster extra: pip install -e '.[cluster]'")
 

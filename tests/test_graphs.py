@@ -332,6 +332,30 @@ def test_a_signal_while_the_process_winds_up_ends_it_without_a_traceback() -> No
     assert "Traceback" not in finished.stderr and "Exception ignored" not in finished.stderr, finished.stderr
 
 
+def test_a_ctrl_c_while_nst_or_a_pack_command_starts_ends_it_with_a_word(capsys, monkeypatch) -> None:
+    """A Ctrl-C while the engine's modules load, or inside a pack's own command (``nst video``), as in ``nst run``."""
+    import types
+
+    from nst_nodes import app
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setitem(sys.modules, "graphrun.cli", Interrupted("graphrun.cli"))
+        assert app.console() == 130
+    assert capsys.readouterr().err == "aborted\n"
+
+    def interrupted(argv: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    command = types.SimpleNamespace(load=lambda: interrupted)
+    monkeypatch.setattr("graphrun.cli.pack_commands", lambda: {"video": command})
+    assert main(["video", "graphs/fast_video.json"]) == 130
+    assert capsys.readouterr().err == "aborted\n"
+
+
 def test_no_traceback_reaches_the_user(tmp_path: Path, capsys, monkeypatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("something nobody foresaw")
