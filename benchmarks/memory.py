@@ -31,8 +31,9 @@ import time
 import torch
 from bench import cpu_flags, objective_for, sample_pair
 
+from nst_nodes.limits import optimization_bytes
 from nst_nodes.losses import term_layers
-from nst_nodes.nodes.optimizer import optimization_bytes
+from nst_nodes.nodes.network import deepest_layer
 from nst_nodes.optimize import OptimizerSettings, optimize
 from nst_nodes.vgg import load_vgg19
 
@@ -55,7 +56,7 @@ def worker(side: int) -> dict:
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=STEPS, history_size=HISTORY)
-    estimate = optimization_bytes(start, term_layers(objective), settings, "cpu")
+    estimate = optimization_bytes(side, side, deepest_layer(term_layers(objective)), "cpu", settings)
     started = time.perf_counter()
     _, history = optimize(model, objective, start, settings)
     return {

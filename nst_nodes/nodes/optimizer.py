@@ -28,11 +28,6 @@ from .network import check_large_enough, deepest_layer
 from .schema import Choice, Float, Int, Link
 
 
-def optimization_bytes(pixels: torch.Tensor, layers: list[str], settings: OptimizerSettings, device: str) -> int:
-    height, width = pixels.shape[-2:]
-    return limits.optimization_bytes(height, width, deepest_layer(layers) if layers else "conv1_1", device, settings)
-
-
 class OptimizeImage(Node):
     DESCRIPTION = (
         "Optimize the pixels of an image against an objective (L-BFGS or Adam), keeping every iterate inside the "
@@ -135,17 +130,10 @@ class OptimizeImage(Node):
             check_large_enough("init", init["pixels"], layers)
         count, height, width = init["pixels"].shape[0], *init["pixels"].shape[-2:]
         check_frames(objective, temporal, count, height, width)
-        clip_bytes = (
-            2 * init["pixels"].numel() * 4 if count > 1 else 0
-        )  # the frames and the results beside one frame's work
-        check_memory(
-            "init",
-            "optimizing",
-            optimization_bytes(init["pixels"][:1], layers, settings, host.device) + clip_bytes,
-            host.device,
-            height,
-            width,
-        )
+        deepest = deepest_layer(layers) if layers else "conv1_1"
+        clip_bytes = 2 * init["pixels"].numel() * 4 if count > 1 else 0  # the frames and results beside one frame
+        needed = limits.optimization_bytes(height, width, deepest, host.device, settings) + clip_bytes
+        check_memory("init", "optimizing", needed, host.device, height, width)
         start = start_image(model, init["pixels"].to(host.device), noise, seed)
 
         def report(frame: int, step: int, total: int, loss: float, image: torch.Tensor) -> None:
