@@ -147,8 +147,12 @@ KERNELS: dict[str, Kernel] = {
 
 
 def usable_paths() -> tuple[str, ...]:
-    """The paths this process chooses from: all of them, less :data:`MEMORY_HUNGRY` under ``NST_TUNING=memory``."""
-    return tuple(path for path in PATHS if tuning.mode() != "memory" or path not in MEMORY_HUNGRY)
+    """The paths this process chooses from: all of them, less :data:`MEMORY_HUNGRY` under ``NST_TUNING=memory``
+    (unless ``NST_CONV`` names one: what a user forces runs)."""
+    if tuning.mode() != "memory":
+        return PATHS
+    forced = os.environ.get("NST_CONV", "").strip()
+    return tuple(path for path in PATHS if path not in MEMORY_HUNGRY or path == forced)
 
 
 def candidates(x: torch.Tensor) -> tuple[str, ...]:
@@ -162,7 +166,8 @@ def candidates_for(shape: Shape) -> tuple[str, ...]:
 
 
 def machine() -> dict[str, str]:
-    """What decides which kernel wins: the CPU, its vector extensions, the threads, torch, the paths to choose from."""
+    """What decides which kernel wins: the CPU, its vector extensions, the threads, torch, and the paths to
+    choose from where they are not all of them (``NST_TUNING=memory``)."""
     model, flags = platform.processor() or platform.machine(), []
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -172,13 +177,13 @@ def machine() -> dict[str, str]:
         flags = [flag for flag in FLAGS if listed and flag in listed.group(1).split()]
     except OSError:
         pass
-    return {
+    description = {
         "cpu": model,
         "flags": " ".join(flags),
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
-        "paths": " ".join(usable_paths()),
     }
+    return description if usable_paths() == PATHS else {**description, "paths": " ".join(usable_paths())}
 
 
 def machine_key(description: dict[str, str]) -> str:
@@ -285,8 +290,9 @@ def newest_machines(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_choices_document(document: object) -> bool:
-    """Whether a JSON document is a kernel choices file's (machine entries that hold choices)."""
-    return isinstance(document, dict) and all(
+    """Whether a JSON document is a kernel choices file's: machine entries, one at least holding choices (the
+    others may be damaged: they are repaired)."""
+    return isinstance(document, dict) and any(
         isinstance(entry, dict) and "choices" in entry for entry in document.values()
     )
 
@@ -440,9 +446,9 @@ def chooser() -> KernelChooser:
         _chooser is None
         or _chooser.file != calibration_file()
         or _chooser.description["threads"] != str(torch.get_num_threads())
-        or _chooser.description["paths"] != " ".join(usable_paths())
+        or _chooser.description.get("paths", " ".join(PATHS)) != " ".join(usable_paths())
     ):
-        _chooser = KernelChooser(calibration_file(), owned=not os.environ.get("NST_KERNELS_FILE"))
+        _chooser = KernelChooser(calibration_file(), owned=calibration_file() == cache_root() / "kernels.json")
     return _chooser
 
 

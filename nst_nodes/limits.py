@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import tuning
+from . import kernels, tuning
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS, LAYER_INDEX, LAYER_NAMES
 
 if TYPE_CHECKING:
@@ -142,10 +142,14 @@ def optimization_bytes(
     return network + history + VECTORS_PER_STEP * image * 4
 
 
-PREPARED_PER_WEIGHT = {"memory": 2, "speed": 8, "off": 8}
-"""Bytes of prepared weights (kernels.prepared_weight) per byte of a convolution's weights, at most, per tuning
-mode: the Winograd F(4x4) path keeps each kernel as a 6x6 tile (4x) for each direction; the paths that
-``NST_TUNING=memory`` leaves keep at most a reordered copy (1x) per direction."""
+PREPARED_PER_WEIGHT = 12
+"""Bytes of prepared weights (kernels.prepared_weight) per byte of a convolution's weights, at most: while the
+pass plans are timed, every candidate plan's are alive at once: the per-layer plan's (Winograd F(4x4) keeps each
+kernel as a 6x6 tile, 4x per direction), the NNPACK plan's transposed gradient kernel (1x), the oneDNN plan's
+reordered kernels (1x per direction) and a bf16 plan's cast (0.5x)."""
+PREPARED_PER_WEIGHT_WITHOUT_F4 = 6
+"""The same where F(4x4) is left out (``NST_TUNING=memory``): the per-layer plan's kernels are copies (1x per
+direction)."""
 
 
 def prepared_weight_bytes(deepest: str, device: str) -> int:
@@ -154,7 +158,8 @@ def prepared_weight_bytes(deepest: str, device: str) -> int:
         return 0
     channels = [3] + [out for out, _, _ in _layer_shapes(1, 1, deepest)]  # each conv's input, then output
     weights = sum(inputs * outputs * 9 * 4 for inputs, outputs in itertools.pairwise(channels))
-    return weights * PREPARED_PER_WEIGHT[tuning.mode()]
+    lean = not set(kernels.MEMORY_HUNGRY) & set(kernels.usable_paths())
+    return weights * (PREPARED_PER_WEIGHT_WITHOUT_F4 if lean else PREPARED_PER_WEIGHT)
 
 
 def fitting_scale(bytes_at: Callable[[int, int], int], height: int, width: int, available: int) -> float:

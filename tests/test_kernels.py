@@ -270,18 +270,42 @@ def test_every_kernel_matches_float64_at_any_size_and_follows_a_changed_weight(p
 def test_memory_mode_leaves_out_the_kernels_that_keep_several_times_the_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """NST_TUNING=memory: no F(4x4) kernels (4x the weights per direction), and its choices, made among
-    fewer paths, are kept apart from the speed mode's in the file."""
-    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    """NST_TUNING=memory: no F(4x4) kernels (4x the weights per direction) unless NST_CONV forces them, and its
+    choices, made among fewer paths, are kept apart from the speed mode's in the file."""
+    file = tmp_path / "kernels.json"
+    monkeypatch.setenv("NST_KERNELS_FILE", str(file))
     monkeypatch.delenv("NST_CONV", raising=False)
     monkeypatch.setattr(tuning, "_mode", "speed")
     x = torch.randn(1, 64, 32, 32)
-    assert "winograd_f4" in kernels.candidates(x)
-    speed = kernels.chooser().key
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).requires_grad_(False)
+    assert "winograd_f4" in kernels.candidates(x) and "paths" not in kernels.machine()  # the keys of before
+    kernels.frozen_conv3x3(x, conv)
     monkeypatch.setattr(tuning, "_mode", "memory")
     assert "winograd_f4" not in kernels.candidates(x) and "direct" in kernels.candidates(x)
-    assert kernels.chooser().key != speed
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1).requires_grad_(False)
-    kernels.frozen_conv3x3(x.requires_grad_(True), conv).sum().backward()
-    prepared = {path for path, _ in kernels._prepared[conv]}
-    assert len(prepared) >= 1 and "winograd_f4" not in prepared
+    kernels.frozen_conv3x3(x.clone().requires_grad_(True), conv).sum().backward()
+    assert "winograd_f4" not in {path for path, _ in kernels._prepared[conv]}
+    stored = json.loads(file.read_text())
+    assert len(stored) == 2 and {entry["machine"].get("paths") for entry in stored.values()} == {
+        None,
+        "winograd direct channels_last",
+    }
+    monkeypatch.setenv("NST_CONV", "winograd_f4")  # what a user forces runs
+    assert "winograd_f4" in kernels.candidates(x)
+
+
+def test_the_packs_own_damaged_file_is_rewritten_and_a_choices_file_elsewhere_is_kept_up(
+    tmp_path: Path, timings: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NST_KERNELS_FILE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    own = tmp_path / "nst-nodes" / "kernels.json"
+    own.parent.mkdir()
+    own.write_text("[damaged]")
+    kernels.chooser().choose(SHAPE, kernels.PATHS)
+    assert kernels.chooser().owned and kernels.chooser().key in json.loads(own.read_text())
+    elsewhere = tmp_path / "mine.json"
+    elsewhere.write_text(own.read_text())
+    monkeypatch.setenv("NST_KERNELS_FILE", str(elsewhere))
+    assert not kernels.chooser().owned
+    kernels.chooser().choose((128, 64, 32, 48), kernels.PATHS)
+    assert len(json.loads(elsewhere.read_text())[kernels.chooser().key]["choices"]) == 2

@@ -52,17 +52,20 @@ def test_the_memory_estimate_counts_pooled_tensors_above_mapped_ones(monkeypatch
 def test_the_memory_estimate_counts_the_prepared_weights_of_the_cpu_kernels_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """8x the fp32 weights of the convolutions up to the deepest layer (F(4x4) tiles, both directions);
-    2x in memory mode, which leaves F(4x4) out (a reordered copy per direction)."""
+    """12x the fp32 weights of the convolutions up to the deepest layer (every candidate plan's while the plans
+    are timed, F(4x4)'s 4x per direction among them); 6x in memory mode, which leaves F(4x4) out."""
     from nst_nodes import limits, tuning
 
     first, second = 3 * 64 * 9 * 4, 64 * 64 * 9 * 4
+    monkeypatch.delenv("NST_CONV", raising=False)
     monkeypatch.setattr(tuning, "_mode", "speed")
-    assert limits.prepared_weight_bytes("relu1_1", "cpu") == 8 * first
-    assert limits.prepared_weight_bytes("relu1_2", "cpu") == 8 * (first + second)
+    assert limits.prepared_weight_bytes("relu1_1", "cpu") == 12 * first
+    assert limits.prepared_weight_bytes("relu1_2", "cpu") == 12 * (first + second)
     assert limits.prepared_weight_bytes("relu5_1", "cuda:0") == 0
     monkeypatch.setattr(tuning, "_mode", "memory")
-    assert limits.prepared_weight_bytes("relu1_2", "cpu") == 2 * (first + second)
+    assert limits.prepared_weight_bytes("relu1_2", "cpu") == 6 * (first + second)
+    monkeypatch.setenv("NST_CONV", "winograd_f4")  # forced: it runs, and counts
+    assert limits.prepared_weight_bytes("relu1_2", "cpu") == 12 * (first + second)
 
 
 def test_the_mode_is_the_one_applied_else_nst_tunings(monkeypatch: pytest.MonkeyPatch) -> None:

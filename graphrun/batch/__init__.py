@@ -8,10 +8,12 @@ disk cache that every worker sees (one machine, or a shared file system), a fini
 never recomputed: a stopped batch resumes where it stopped.
 
 items.py: what the items are (pure); prepare.py: join, validate, key; report.py: outcomes;
-client.py: the cluster, through the Dask executor (graphrun/executors/dask.py): ``run_batch`` is
-imported from there, so that importing the rest (the command line does, at every start) does not load
+client.py: the cluster, through the Dask executor (graphrun/executors/dask.py). ``run_batch`` is loaded
+from there on first use, so that importing the rest (the command line does, at every start) does not load
 Dask (half a second).
 """
+
+from typing import Any
 
 from graphrun.batch.items import BatchError, Chain, Item, Over, batch_items, joined_prompt, parse_chain, parse_over
 from graphrun.batch.report import BatchReporter, BatchResult, ItemResult, NodeRun
@@ -29,4 +31,13 @@ __all__ = [
     "joined_prompt",
     "parse_chain",
     "parse_over",
+    "run_batch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_batch":
+        from graphrun.batch.client import run_batch
+
+        return run_batch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
