@@ -115,9 +115,15 @@ def main() -> None:
     print(f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     model, objective, pictures, style = objective_and_set()
-    stamps: list[float] = []  # a probe of 6 steps: the last 3 time a step (the first ones choose the kernels)
-    probe_settings = TrainSettings(args.size, 6, args.batch, width=args.width)
-    train_stylizer(model, objective, pictures, probe_settings, lambda *_: stamps.append(time.perf_counter()))
+    # A probe of 6 steps: the last 3 time a step (the first ones choose the kernels). Planned as a long training
+    # and stopped, so that it evaluates no checkpoint between steps (a 6-step training would after each).
+    stamps: list[float] = []
+
+    def stamp(*_: object) -> None:
+        stamps.append(time.perf_counter())
+
+    probe_settings = TrainSettings(args.size, 1 << 30, args.batch, width=args.width)
+    train_stylizer(model, objective, pictures, probe_settings, stamp, should_stop=lambda: len(stamps) >= 6)
     steps = max(1, int(args.minutes * 60 / ((stamps[-1] - stamps[-4]) / 3)))
     settings = TrainSettings(size=args.size, steps=steps, batch=args.batch, width=args.width)
     print(f"training {steps} steps of {args.batch} crops of {args.size}² (as many as fit, timed on 3) ...", flush=True)

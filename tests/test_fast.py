@@ -11,9 +11,10 @@ from safetensors.torch import save_file
 
 from graphrun import Cache, Folders, GraphValidationError, run
 from graphrun.host import RunnerHost
-from nst_nodes.fast.network import StylizerNetwork, build, stylize
+from nst_nodes import kernels
+from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, build, stylize
 from nst_nodes.fast.store import read_stylizer, stylizer_bytes
-from nst_nodes.fast.train import TrainSettings, split_objective, train_stylizer
+from nst_nodes.fast.train import TrainSettings, split_objective, tail_layout, train_stylizer
 from nst_nodes.losses import style_statistics, style_term
 from nst_nodes.nodes import NODE_CLASS_MAPPINGS
 from nst_nodes.types import Objective, Stylizer
@@ -67,6 +68,28 @@ def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(mode
     assert all(torch.equal(first["weights"][name], again["weights"][name]) for name in first["weights"])
     assert not all(torch.equal(first["weights"][name], other["weights"][name]) for name in first["weights"])
     assert first["training"]["steps"] == 2 and first["training"]["model"] == model.identity
+
+
+def test_the_last_convolutions_layout_is_timed_once_and_both_train_alike() -> None:
+    """Channels-last or not, the last convolution computes the same values and gradients; which one trains
+    faster is timed once per machine and size, then remembered with the kernel choices."""
+    network = StylizerNetwork(width=4)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.normal_(0, 0.1, generator=torch.Generator().manual_seed(parameter.numel()))
+    crops = torch.rand(2, 3, 32, 36, generator=torch.Generator().manual_seed(0))
+    results = []
+    for layout in TAIL_LAYOUTS:
+        network.tail_layout = layout
+        network.zero_grad(set_to_none=True)
+        out = network(crops)
+        out.square().mean().backward()
+        results.append([out.detach(), *(parameter.grad.clone() for parameter in network.parameters())])
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*results, strict=True))
+    chosen = tail_layout(network, crops)
+    assert chosen in TAIL_LAYOUTS and kernels.chooser().choices["stylizer tail:4@2x3x32x36"].path == chosen
+    assert set(kernels.chooser().choices["stylizer tail:4@2x3x32x36"].seconds) == set(TAIL_LAYOUTS)
+    assert all(parameter.grad is None for parameter in network.parameters())  # the timing leaves no gradient
 
 
 def test_training_lowers_the_objective_on_the_held_aside_picture(model: VGGModel) -> None:
