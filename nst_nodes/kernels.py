@@ -146,12 +146,17 @@ KERNELS: dict[str, Kernel] = {
 }
 
 
+def conv_setting() -> str:
+    """``NST_CONV`` as set, ``auto`` when unset or blank (:func:`forced_path` checks it)."""
+    return os.environ.get("NST_CONV", "auto").strip() or "auto"
+
+
 def usable_paths() -> tuple[str, ...]:
     """The paths this process chooses from: all of them, less :data:`MEMORY_HUNGRY` under ``NST_TUNING=memory``
     (unless ``NST_CONV`` names one: what a user forces runs)."""
     if tuning.mode() != "memory":
         return PATHS
-    forced = os.environ.get("NST_CONV", "").strip()
+    forced = conv_setting()
     return tuple(path for path in PATHS if path not in MEMORY_HUNGRY or path == forced)
 
 
@@ -183,7 +188,13 @@ def machine() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
     }
-    return description if usable_paths() == PATHS else {**description, "paths": " ".join(usable_paths())}
+    return {**description, **paths_described()}
+
+
+def paths_described() -> dict[str, str]:
+    """The machine description's entry for the paths: none where all are usable (the keys of before)."""
+    usable = usable_paths()
+    return {} if usable == PATHS else {"paths": " ".join(usable)}
 
 
 def machine_key(description: dict[str, str]) -> str:
@@ -213,7 +224,7 @@ def every_layer(path: str | None) -> Iterator[None]:
 def forced_path() -> str | None:
     """The path ``NST_CONV`` forces, else the one :func:`every_layer` sets, else None (each layer's
     choice); a ValueError names the choices."""
-    value = os.environ.get("NST_CONV", "auto").strip() or "auto"
+    value = conv_setting()
     if value not in CHOICES:
         raise ValueError(f"NST_CONV={value!r}: choose one of {', '.join(CHOICES)}")
     return _every_layer.get() if value == "auto" else value
@@ -446,7 +457,7 @@ def chooser() -> KernelChooser:
         _chooser is None
         or _chooser.file != calibration_file()
         or _chooser.description["threads"] != str(torch.get_num_threads())
-        or _chooser.description.get("paths", " ".join(PATHS)) != " ".join(usable_paths())
+        or _chooser.description.get("paths") != paths_described().get("paths")
     ):
         _chooser = KernelChooser(calibration_file(), owned=calibration_file() == cache_root() / "kernels.json")
     return _chooser
