@@ -2,6 +2,7 @@
 
     python benchmarks/fast.py                  # 30 min of training, then the figures (about 45 min on 2 cores)
     python benchmarks/fast.py --minutes 3 --optimized 1    # a quick look
+    python benchmarks/fast.py --steps 400 --optimized 0    # a fixed number of steps: to compare settings
 
 Trains a stylizer on the shipped photos (nst-samples/photo_*.jpg, the last held aside) for --minutes, then
 prints, on this machine:
@@ -101,9 +102,24 @@ def apply_times(network: torch.nn.Module) -> dict[str, float]:
     return times
 
 
+def planned_steps(model: VGGModel, objective: Objective, pictures: torch.Tensor, args: argparse.Namespace) -> int:
+    """The steps that fit in ``args.minutes``, from a probe of 6 steps whose last 3 time a step (the first ones
+    choose the kernels). The probe is planned as a long training and stopped, so that it evaluates no checkpoint
+    between steps (a 6-step training would after each)."""
+    stamps: list[float] = []
+
+    def stamp(*_: object) -> None:
+        stamps.append(time.perf_counter())
+
+    probe_settings = TrainSettings(args.size, 1 << 30, args.batch, width=args.width)
+    train_stylizer(model, objective, pictures, probe_settings, stamp, should_stop=lambda: len(stamps) >= 6)
+    return max(1, int(args.minutes * 60 / ((stamps[-1] - stamps[-4]) / 3)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="training time")
+    parser.add_argument("--steps", type=int, help="train this many steps instead (to compare settings at equal steps)")
     parser.add_argument("--size", type=int, default=128, help="side of the training crops")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--width", type=int, default=16)
@@ -115,19 +131,14 @@ def main() -> None:
     print(f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     model, objective, pictures, style = objective_and_set()
-    # A probe of 6 steps: the last 3 time a step (the first ones choose the kernels). Planned as a long training
-    # and stopped, so that it evaluates no checkpoint between steps (a 6-step training would after each).
-    stamps: list[float] = []
-
-    def stamp(*_: object) -> None:
-        stamps.append(time.perf_counter())
-
-    probe_settings = TrainSettings(args.size, 1 << 30, args.batch, width=args.width)
-    train_stylizer(model, objective, pictures, probe_settings, stamp, should_stop=lambda: len(stamps) >= 6)
-    steps = max(1, int(args.minutes * 60 / ((stamps[-1] - stamps[-4]) / 3)))
+    if args.steps:
+        steps, deadline = args.steps, float("inf")
+        print(f"training {steps} steps of {args.batch} crops of {args.size}² ...", flush=True)
+    else:
+        steps = planned_steps(model, objective, pictures, args)
+        print(f"training {steps} steps of {args.batch} crops of {args.size}² (as many as fit) ...", flush=True)
+        deadline = time.perf_counter() + args.minutes * 60
     settings = TrainSettings(size=args.size, steps=steps, batch=args.batch, width=args.width)
-    print(f"training {steps} steps of {args.batch} crops of {args.size}² (as many as fit, timed on 3) ...", flush=True)
-    deadline = time.perf_counter() + args.minutes * 60
     stylizer = train_stylizer(model, objective, pictures, settings, should_stop=lambda: time.perf_counter() > deadline)
     training = stylizer["training"]
     (args.out / "stylizer.safetensors").write_bytes(stylizer_bytes(stylizer))
