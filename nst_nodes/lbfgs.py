@@ -13,12 +13,19 @@ the curvature estimate still comes from the tiny first step, rarely later. Witho
 first full step pushed 99% of the pixels onto the bounds at 256 px and the method cycled.
 The curvature history lives in buffers allocated once (no per-step allocations that fragment
 the heap), optionally in bfloat16 at half the memory.
+
+The step's own vector work (the two-loop: a few hundred small operations) can run on fewer threads
+than the closure: right after a network pass each parallel operation waits for sleeping threads to
+wake (``OMP_WAIT_POLICY=PASSIVE``), and at 128² the two-loop took 16 ms on 2 threads against 2.2 ms
+on one (docs/performance.md). :func:`time_vector_work` times both for the caller to choose.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -32,6 +39,19 @@ step drowned in float32 rounding: the next five steps crawled (the loss fell by 
 the curvature pairs meant something, or overshot by 100x and backtracked. Measured on pastiche's objective,
 the loss after 44 steps: 168 to 165 thousand at 128², 65 to 54 thousand at 256², 38 to 28 thousand at 512²
 (0.01 and 0.1 did about as well; 0.001 and 0.003 overshot)."""
+
+
+@contextmanager
+def threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` within the block (nothing changes where it already is)."""
+    previous = torch.get_num_threads()
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count != previous:
+            torch.set_num_threads(previous)
 
 
 class BoxLBFGS:
@@ -48,8 +68,12 @@ class BoxLBFGS:
         lr: float = 1.0,
         history_size: int = 50,
         history_dtype: torch.dtype = torch.float32,
+        vector_threads: int | None = None,
     ) -> None:
+        """``vector_threads``: the threads of the step's own vector work (None: torch's, as the closure)."""
         self.x, self.lr = x, lr
+        self.closure_threads = torch.get_num_threads()
+        self.vector_threads = vector_threads or self.closure_threads
         self.lower, self.upper = lower, upper
         shape = (history_size, *self.x.shape)
         self.steps_taken = torch.empty(shape, dtype=history_dtype, device=self.x.device)  # s_i
@@ -64,6 +88,10 @@ class BoxLBFGS:
 
         Returns the loss at the new ``x``. Costs one evaluation, plus one per backtrack.
         """
+        with threads(self.vector_threads):
+            return self._step(closure)
+
+    def _step(self, closure: Callable[[], float]) -> float:
         x = self.x
         if self.loss is None:
             self.loss = self._evaluate(closure)
@@ -108,7 +136,7 @@ class BoxLBFGS:
         return min(1.0, 1.0 / max(gradient.abs().sum().item(), 1e-30))
 
     def _evaluate(self, closure: Callable[[], float]) -> float:
-        with torch.enable_grad():
+        with torch.enable_grad(), threads(self.closure_threads):
             loss = float(closure())
         self._gradient()
         return loss
@@ -157,3 +185,25 @@ class BoxLBFGS:
             beta = rho * torch.vdot(self.gradient_changes[slot].float().flatten(), q.flatten()).item()
             q.add_(self.steps_taken[slot], alpha=alpha - beta)
         return q
+
+
+def time_vector_work(
+    x: torch.Tensor, history_dtype: torch.dtype, pairs: int, after: Callable[[], None], rounds: int = 3
+) -> dict[int, float]:
+    """Seconds of a two-loop over ``pairs`` curvature pairs shaped like ``x`` on one thread and on all of
+    torch's, each timed right after ``after()`` (a network pass: what precedes it in a real step), the counts
+    taking turns; the best of ``rounds`` each. The pairs are random: the optimization's own are untouched."""
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    probe = BoxLBFGS(x.detach().clone(), x, x, history_size=pairs, history_dtype=history_dtype)
+    for _ in range(pairs):
+        step = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        probe._remember(step, step + 0.1)  # positive curvature: kept
+    best: dict[int, float] = {1: math.inf, torch.get_num_threads(): math.inf}
+    for _ in range(rounds):
+        for count in best:
+            after()
+            with threads(count):
+                started = time.perf_counter()
+                probe._inverse_hessian_times(probe.x)
+                best[count] = min(best[count], time.perf_counter() - started)
+    return best

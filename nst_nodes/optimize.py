@@ -19,7 +19,7 @@ from typing import cast
 import torch
 
 from . import kernels
-from .lbfgs import BoxLBFGS
+from .lbfgs import BoxLBFGS, time_vector_work
 from .losses import ObjectiveFunction, tensor_sum, term_layers
 from .types import History, Objective
 from .vgg import LAYER_INDEX, VGGModel
@@ -176,6 +176,34 @@ def pass_plan(
         return candidates[0]
 
 
+def vector_threads(model: VGGModel, image: torch.Tensor, plan: str, history_dtype: torch.dtype) -> int:
+    """The threads L-BFGS's own vector work runs on at this image size on this machine (its closure keeps
+    torch's): one or all, timed once and remembered with the kernel choices, so that every run here computes
+    the same steps. Each timing follows what precedes that work in a step: the input gradient of the first
+    convolution on ``plan``'s kernel (a thread pool may still be spinning after it)."""
+    everything = torch.get_num_threads()
+    if image.device.type != "cpu" or everything == 1:
+        return everything
+    key = f"lbfgs vector threads:{'x'.join(map(str, image.shape))}:{history_dtype}"
+    first = cast(torch.nn.Conv2d, model.network[0])  # VGG's conv1_1
+    path = plan.partition(" ")[2]
+
+    def first_layer() -> None:
+        with torch.enable_grad(), kernels.every_layer(path or None):
+            x = image.detach().clone().requires_grad_(True)
+            kernels.frozen_conv3x3(x, first).sum().backward()
+
+    def time_them() -> dict[str, float]:
+        seconds = time_vector_work(image, history_dtype, VECTOR_PAIRS_TIMED, first_layer)
+        return {str(count): value for count, value in seconds.items()}
+
+    return int(kernels.chooser().measured(key, ("1", str(everything)), time_them))
+
+
+VECTOR_PAIRS_TIMED = 20
+"""Curvature pairs in the two-loop that :func:`vector_threads` times (a run holds up to ``history_size``)."""
+
+
 @dataclass(frozen=True)
 class OptimizerSettings:
     steps: int = 300
@@ -229,24 +257,24 @@ def optimize(
         loss_parts = ObjectiveFunction(objective["terms"], device)
         lower, upper = model.preprocessing.bounds(start)
         image = start.detach().clone(memory_format=torch.contiguous_format).clamp_(lower, upper).requires_grad_(True)
+        short = settings.steps <= FP32_START  # nothing timed: it would cost more than it saves
+        plan = "fp32"
+        if not short:
+            plan = pass_plan(settings.precision, model, image.detach(), layers, loss_parts.total, should_stop)
         if settings.method == "lbfgs":
+            history_dtype = DTYPES[settings.history_precision]
             optimizer: BoxLBFGS | torch.optim.Optimizer = BoxLBFGS(
                 image,
                 lower,
                 upper,
                 lr=settings.lr,
                 history_size=settings.history_size,
-                history_dtype=DTYPES[settings.history_precision],
+                history_dtype=history_dtype,
+                vector_threads=None if short else vector_threads(model, image.detach(), plan, history_dtype),
             )
         else:
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
-
-        plan = (
-            "fp32"
-            if settings.steps <= FP32_START
-            else pass_plan(settings.precision, model, image.detach(), layers, loss_parts.total, should_stop)
-        )
         precision, _, one_kernel = plan.partition(" ")
         reduced = False  # a bf16 or tf32 plan's passes, after its first FP32_START steps in fp32
 

@@ -299,3 +299,49 @@ def test_a_stop_while_the_pass_plan_is_timed_remembers_nothing(model: VGGModel, 
     plan = optimizing.pass_plan("auto", model, content, ["relu4_1"], squares, lambda: next(calls) >= 2)
     assert plan == "fp32"  # the first candidate, and no plan remembered (kernels met on the way are)
     assert not [key for key in chooser.choices if key.startswith("pass:")]
+
+
+def test_box_lbfgs_runs_its_vector_work_on_its_threads_and_the_closure_on_torchs(device: torch.device) -> None:
+    curvature, center, lower, upper = quadratic_problem(True, device)
+    x = torch.zeros(200, device=device, requires_grad=True)
+    before = torch.get_num_threads()
+    optimizer = BoxLBFGS(x, lower, upper, history_size=10, vector_threads=1)
+    seen = []
+
+    def closure() -> float:
+        seen.append(torch.get_num_threads())
+        x.grad = None
+        loss = 0.5 * (curvature * (x - center) ** 2).sum()
+        loss.backward()
+        return loss.item()
+
+    for _ in range(60):
+        optimizer.step(closure)
+    assert set(seen) == {before} and torch.get_num_threads() == before
+    assert torch.allclose(x.detach(), center.clamp(lower, upper), atol=1e-3)
+
+
+def test_vector_threads_are_timed_once_and_remembered_so_runs_repeat(
+    model: VGGModel, problem, device: torch.device
+) -> None:
+    from nst_nodes import kernels, lbfgs
+
+    content, objective = problem
+    timings = []
+    real = lbfgs.time_vector_work
+
+    def counted(*args: object, **kwargs: object) -> dict[int, float]:
+        timings.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    kernels.chooser().forget()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("nst_nodes.optimize.time_vector_work", counted)
+        first, _ = optimize(model, objective, content, OptimizerSettings(steps=12))
+        second, _ = optimize(model, objective, content, OptimizerSettings(steps=12))
+    assert torch.equal(first, second)
+    on_cpu_with_threads = device.type == "cpu" and torch.get_num_threads() > 1
+    assert len(timings) == (1 if on_cpu_with_threads else 0)
+    if on_cpu_with_threads:
+        key = f"lbfgs vector threads:{'x'.join(map(str, content.shape))}:torch.bfloat16"
+        assert kernels.chooser().choices[key].path in ("1", str(torch.get_num_threads()))
