@@ -15,9 +15,10 @@ The curvature history lives in buffers allocated once (no per-step allocations t
 the heap), optionally in bfloat16 at half the memory.
 
 The step's own vector work (the two-loop: a few hundred small operations) can run on fewer threads
-than the closure: right after a network pass each parallel operation waits for sleeping threads to
-wake (``OMP_WAIT_POLICY=PASSIVE``), and at 128² the two-loop took 16 ms on 2 threads against 2.2 ms
-on one (docs/performance.md). :func:`time_vector_work` times both for the caller to choose.
+than the closure: right after a backward pass, whose last convolution may leave its thread pool
+holding a core, each parallel operation waited for the other core, and at 128² the two-loop took
+16 ms on 2 threads against 2.2 ms on one (docs/performance.md). :func:`time_vector_work` times both
+for the caller to choose.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def time_vector_work(
     x: torch.Tensor, history_dtype: torch.dtype, pairs: int, after: Callable[[], None], rounds: int = 3
 ) -> dict[int, float]:
     """Seconds of a two-loop over ``pairs`` curvature pairs shaped like ``x`` on one thread and on all of
-    torch's, each timed right after ``after()`` (a network pass: what precedes it in a real step), the counts
+    torch's, each timed right after ``after()`` (what precedes that work in a real step), the counts
     taking turns; the best of ``rounds`` each. The pairs are random: the optimization's own are untouched."""
     generator = torch.Generator(device=x.device).manual_seed(0)
     probe = BoxLBFGS(x.detach().clone(), x, x, history_size=pairs, history_dtype=history_dtype)
