@@ -3,8 +3,10 @@
     python benchmarks/fast.py                  # 30 min of training, then the figures (about 45 min on 2 cores)
     python benchmarks/fast.py --minutes 3 --optimized 1    # a quick look
     python benchmarks/fast.py --steps 400 --optimized 0    # a fixed number of steps: to compare settings
+    python benchmarks/fast.py --images 'photos/*.jpg'      # another training set (its last picture held aside)
+    python benchmarks/fast.py --speed --device cuda        # speed only: apply and training step, widths 16 and 32
 
-Trains a stylizer on the shipped photos (nst-samples/photo_*.jpg, the last held aside) for --minutes, then
+Trains a stylizer on the shipped photos (nst-samples/photo_*.jpg, or --images; the last held aside) for --minutes, then
 prints, on this machine:
 - the training: steps, seconds, crops of --size;
 - apply time per frame at 256², 384x288, 512² and 1024² (median of 5, after one warm-up), and frames per second;
@@ -13,7 +15,9 @@ prints, on this machine:
   same photos at the same size, with the optimization's time per photo;
 - warping error and flicker of the stylizer on carphone.mp4's first 24 frames (benchmarks/video.py measures the
   optimization's modes on the same frames).
-Writes the stylizer, the pictures and results.json to --out.
+Writes the stylizer, the pictures and results.json to --out. --device cuda trains and applies on the GPU (the
+timers wait for it); --speed prints only the apply and training-step times of untrained networks of width 16
+and 32 (speed does not depend on the weights), as benchmarks/gpu_check.sh does.
 """
 
 from __future__ import annotations
@@ -30,10 +34,10 @@ import time
 from pathlib import Path
 
 import torch
-from bench import cpu_flags
+from bench import clock, cpu_flags, describe_device, require_device
 
 from graphrun import Folders, load_graph, run
-from nst_nodes.fast.network import build, stylize
+from nst_nodes.fast.network import JOHNSON_WIDTH, StylizerNetwork, build, stylize
 from nst_nodes.fast.store import stylizer_bytes
 from nst_nodes.fast.train import TrainSettings, train_stylizer
 from nst_nodes.image import load_image, resize_image, save_image
@@ -49,10 +53,15 @@ SHARED = ROOT.parent / "shared" / "data"
 APPLY_SIZES = ((256, 256), (384, 288), (512, 512), (1024, 1024))
 
 
-def objective_and_set() -> tuple[VGGModel, Objective, torch.Tensor, torch.Tensor]:
-    """graphs/fast.json's model, objective, training set and style picture, computed by its own nodes."""
+def objective_and_set(
+    images: str | None = None, device: str = "cpu"
+) -> tuple[VGGModel, Objective, torch.Tensor, torch.Tensor]:
+    """graphs/fast.json's model, objective, training set (or ``images``, a folder or glob) and style picture,
+    computed by its own nodes on ``device``."""
     graph = load_graph(ROOT / "graphs" / "fast.json")
-    outputs = run(graph, device="cpu", outputs=["4", "13", "1", "3"])
+    outputs = run(
+        graph, device=device, outputs=["4", "13", "1", "3"], overrides={"1.images": images} if images else None
+    )
     return outputs["4"][0], outputs["13"][0], outputs["1"][0], outputs["3"][0]
 
 
@@ -71,49 +80,77 @@ def unseen_photos(limit: int) -> dict[str, torch.Tensor]:
     return resized
 
 
-def optimized(photo: torch.Tensor, folder: Path) -> tuple[torch.Tensor, float]:
-    """graphs/gatys.json's result (200 steps) for ``photo``, and its seconds."""
+def optimized(photo: torch.Tensor, folder: Path, device: torch.device) -> tuple[torch.Tensor, float]:
+    """graphs/gatys.json's result (200 steps) for ``photo`` on ``device``, and its seconds."""
     folder.mkdir(parents=True, exist_ok=True)
     save_image(photo, [folder / "content.png"], None, None)
     height, width = photo.shape[1:3]
     started = time.perf_counter()
     outputs = run(
         ROOT / "graphs" / "gatys.json",
-        device="cpu",
+        device=device.type,
         overrides={"1.image": str(folder / "content.png"), "3.size": max(height, width), "4.size": height * width},
         outputs=["16"],
         folders=Folders(output=folder),
     )
-    return outputs["16"][0], time.perf_counter() - started
+    return outputs["16"][0].cpu(), clock(device) - started
 
 
-def apply_times(network: torch.nn.Module) -> dict[str, float]:
+def apply_times(network: StylizerNetwork, sizes: list[tuple[int, int]], device: torch.device) -> dict[str, float]:
+    """Seconds per frame at each ``(width, height)``: the median of 5 after a warm-up, the device's queue drained."""
     times = {}
     with torch.no_grad():
-        for width, height in APPLY_SIZES:
-            frame = torch.rand(1, height, width, 3)
+        for width, height in sizes:
+            frame = torch.rand(1, height, width, 3, device=device)
             stylize(network, frame)
             runs = []
             for _ in range(5):
-                started = time.perf_counter()
+                started = clock(device)
                 stylize(network, frame)
-                runs.append(time.perf_counter() - started)
+                runs.append(clock(device) - started)
             times[f"{width}x{height}"] = statistics.median(runs)
     return times
 
 
-def planned_steps(model: VGGModel, objective: Objective, pictures: torch.Tensor, args: argparse.Namespace) -> int:
-    """The steps that fit in ``args.minutes``, from a probe of 6 steps whose last 3 time a step (the first ones
-    choose the kernels). The probe is planned as a long training and stopped, so that it evaluates no checkpoint
-    between steps (a 6-step training would after each)."""
+def print_apply_times(times: dict[str, float], prefix: str = "") -> None:
+    for size, seconds in times.items():
+        print(f"{prefix}apply {size:>9}: {seconds * 1000:7.1f} ms per frame, {1 / seconds:6.1f} frames per second")
+
+
+def step_seconds(model: VGGModel, objective: Objective, pictures: torch.Tensor, settings: TrainSettings) -> float:
+    """Seconds per training step, from a probe of 6 steps whose last 3 are timed (the first ones choose the
+    kernels; each step's report reads its loss, which waits for a GPU). The probe is planned as a long training and
+    stopped, so that it evaluates no checkpoint between steps (a 6-step training would after each)."""
     stamps: list[float] = []
 
     def stamp(*_: object) -> None:
         stamps.append(time.perf_counter())
 
-    probe_settings = TrainSettings(args.size, 1 << 30, args.batch, width=args.width)
-    train_stylizer(model, objective, pictures, probe_settings, stamp, should_stop=lambda: len(stamps) >= 6)
-    return max(1, int(args.minutes * 60 / ((stamps[-1] - stamps[-4]) / 3)))
+    probe = TrainSettings(settings.size, 1 << 30, settings.batch, settings.lr, settings.seed, settings.width)
+    train_stylizer(model, objective, pictures, probe, stamp, should_stop=lambda: len(stamps) >= 6)
+    return (stamps[-1] - stamps[-4]) / 3
+
+
+def speed(model: VGGModel, objective: Objective, pictures: torch.Tensor, args: argparse.Namespace) -> dict:
+    """Apply and training-step times of untrained networks of width 16 and Johnson's 32 (--speed)."""
+    figures = {}
+    for width in sorted({args.width, JOHNSON_WIDTH}):
+        network = StylizerNetwork(width).to(args.device).eval().requires_grad_(False)
+        times = apply_times(network, args.apply_sizes, args.device)
+        print_apply_times(times, f"width {width}: ")
+        settings = TrainSettings(args.size, batch=args.batch, width=width)
+        seconds = step_seconds(model, objective, pictures, settings)
+        print(f"width {width}: training step (batch {args.batch}, {args.size}² crops): {seconds:.3f} s", flush=True)
+        figures[str(width)] = {"apply_seconds": times, "training_step_seconds": seconds}
+    return figures
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    try:
+        return int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, such as 512x512") from None
 
 
 def main() -> None:
@@ -125,17 +162,31 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--optimized", type=int, default=2, help="unseen photos to optimize for the comparison")
     parser.add_argument("--photos", type=int, default=4, help="unseen photos to measure the stylizer on")
+    parser.add_argument("--images", help="train on this folder or glob (the last picture held aside) instead")
+    parser.add_argument("--device", type=require_device, default=torch.device("cpu"), help="cpu or cuda")
+    parser.add_argument("--speed", action="store_true", help="only the speed of untrained networks of width 16 and 32")
+    parser.add_argument(
+        "--apply-sizes", type=frame_size, nargs="+", default=APPLY_SIZES, help="frame sizes to apply at, as WxH"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fast")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    machine = {"machine": cpu_flags(), "threads": torch.get_num_threads(), **describe_device(args.device)}
+    on = ", ".join(f"{key} {value}" for key, value in machine.items() if key not in ("machine", "threads"))
+    print(f"machine: {', '.join(cpu_flags())}, {torch.get_num_threads()} threads; {on}; torch {torch.__version__}")
 
-    model, objective, pictures, style = objective_and_set()
+    model, objective, pictures, style = objective_and_set(args.images, args.device.type)
+    if args.speed:
+        figures = speed(model, objective, pictures, args)
+        (args.out / "speed.json").write_text(json.dumps(machine | {"widths": figures}, indent=1))
+        return
+    print(f"training set: {len(pictures)} pictures, the last held aside")
     if args.steps:
         steps, deadline = args.steps, float("inf")
         print(f"training {steps} steps of {args.batch} crops of {args.size}² ...", flush=True)
     else:
-        steps = planned_steps(model, objective, pictures, args)
+        settings = TrainSettings(args.size, batch=args.batch, width=args.width)
+        steps = max(1, int(args.minutes * 60 / step_seconds(model, objective, pictures, settings)))
         print(f"training {steps} steps of {args.batch} crops of {args.size}² (as many as fit) ...", flush=True)
         deadline = time.perf_counter() + args.minutes * 60
     settings = TrainSettings(size=args.size, steps=steps, batch=args.batch, width=args.width)
@@ -146,19 +197,18 @@ def main() -> None:
         f"trained: {training['steps']} steps in {training['seconds']:.0f} s ({training['precision']} passes), "
         f"kept step {training['best_step']} (held-aside objective {training['loss']:.4g})"
     )
-    network = build(stylizer)
-    times = apply_times(network)
-    for size, seconds in times.items():
-        print(f"apply {size:>9}: {seconds * 1000:7.1f} ms per frame, {1 / seconds:6.1f} frames per second")
+    network = build(stylizer).to(args.device)
+    times = apply_times(network, args.apply_sizes, args.device)
+    print_apply_times(times)
 
     rows = []
     for index, (name, photo) in enumerate(unseen_photos(args.photos).items()):
         with torch.no_grad():
-            fast = stylize(network, photo).clamp(0, 1)
+            fast = stylize(network, photo.to(args.device)).clamp(0, 1).cpu()
         save_image(fast, [args.out / f"{name}_fast.png"], None, None)
         row = {"photo": name, "fast": quality(fast, photo, style)}
         if index < args.optimized:
-            result, seconds = optimized(photo, args.out / name)
+            result, seconds = optimized(photo, args.out / name, args.device)
             save_image(result, [args.out / f"{name}_optimized.png"], None, None)
             row |= {"optimized": quality(result, photo, style), "optimized_seconds": seconds}
         rows.append(row)
@@ -174,15 +224,13 @@ def main() -> None:
     clip_path = SHARED / "video" / "carphone.mp4"
     clip = read_clip(str(clip_path if clip_path.is_file() else SAMPLES / "carphone.mp4"), 0, 24).frames
     with torch.no_grad():
-        results = torch.cat([stylize(network, frame[None]).clamp(0, 1) for frame in clip])
+        results = torch.cat([stylize(network, frame[None].to(args.device)).clamp(0, 1).cpu() for frame in clip])
     video = {
         "warping_error": statistics.mean(warping_error(results, clip)),
         "flicker": statistics.mean(flicker(results, clip)),
     }
     print(f"carphone 0:24: warping error {video['warping_error']:.5f}, flicker {video['flicker']:.4f}")
-    summary = {
-        "machine": cpu_flags(),
-        "threads": torch.get_num_threads(),
+    summary = machine | {
         "training": training,
         "apply_seconds": times,
         "photos": rows,

