@@ -90,7 +90,8 @@ def require_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        sys.exit(f"bench.py: --device cuda, but torch {torch.__version__} ({build}) sees no CUDA device")
+        script = Path(sys.argv[0]).name
+        sys.exit(f"{script}: --device cuda, but torch {torch.__version__} ({build}) sees no CUDA device")
     return device
 
 

@@ -4,6 +4,7 @@
     python benchmarks/fast.py --minutes 3 --optimized 1    # a quick look
     python benchmarks/fast.py --steps 400 --optimized 0    # a fixed number of steps: to compare settings
     python benchmarks/fast.py --images 'photos/*.jpg'      # another training set (its last picture held aside)
+    python benchmarks/fast.py --steps 500 --lr 0.002       # another learning rate (also --size, --batch, --width)
     python benchmarks/fast.py --speed --device cuda        # speed only: apply and training step, widths 16 and 32
 
 Trains a stylizer on the shipped photos (nst-samples/photo_*.jpg, or --images; the last held aside) for --minutes, then
@@ -31,6 +32,8 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -85,7 +88,7 @@ def optimized(photo: torch.Tensor, folder: Path, device: torch.device) -> tuple[
     folder.mkdir(parents=True, exist_ok=True)
     save_image(photo, [folder / "content.png"], None, None)
     height, width = photo.shape[1:3]
-    started = time.perf_counter()
+    started = clock(device)
     outputs = run(
         ROOT / "graphs" / "gatys.json",
         device=device.type,
@@ -96,7 +99,7 @@ def optimized(photo: torch.Tensor, folder: Path, device: torch.device) -> tuple[
     return outputs["16"][0].cpu(), clock(device) - started
 
 
-def apply_times(network: StylizerNetwork, sizes: list[tuple[int, int]], device: torch.device) -> dict[str, float]:
+def apply_times(network: StylizerNetwork, sizes: Sequence[tuple[int, int]], device: torch.device) -> dict[str, float]:
     """Seconds per frame at each ``(width, height)``: the median of 5 after a warm-up, the device's queue drained."""
     times = {}
     with torch.no_grad():
@@ -114,7 +117,10 @@ def apply_times(network: StylizerNetwork, sizes: list[tuple[int, int]], device: 
 
 def print_apply_times(times: dict[str, float], prefix: str = "") -> None:
     for size, seconds in times.items():
-        print(f"{prefix}apply {size:>9}: {seconds * 1000:7.1f} ms per frame, {1 / seconds:6.1f} frames per second")
+        print(
+            f"{prefix}apply {size:>9}: {seconds * 1000:7.1f} ms per frame, {1 / seconds:6.1f} frames per second",
+            flush=True,
+        )
 
 
 def step_seconds(model: VGGModel, objective: Objective, pictures: torch.Tensor, settings: TrainSettings) -> float:
@@ -126,31 +132,39 @@ def step_seconds(model: VGGModel, objective: Objective, pictures: torch.Tensor, 
     def stamp(*_: object) -> None:
         stamps.append(time.perf_counter())
 
-    probe = TrainSettings(settings.size, 1 << 30, settings.batch, settings.lr, settings.seed, settings.width)
+    probe = replace(settings, steps=1 << 30)
     train_stylizer(model, objective, pictures, probe, stamp, should_stop=lambda: len(stamps) >= 6)
     return (stamps[-1] - stamps[-4]) / 3
 
 
-def speed(model: VGGModel, objective: Objective, pictures: torch.Tensor, args: argparse.Namespace) -> dict:
-    """Apply and training-step times of untrained networks of width 16 and Johnson's 32 (--speed)."""
+def speed(
+    model: VGGModel, objective: Objective, pictures: torch.Tensor, args: argparse.Namespace, machine: dict
+) -> None:
+    """Apply and training-step times of untrained networks of --width and Johnson's 32 (--speed), written to
+    speed.json after each width, so that a run cut short keeps what it measured."""
     figures = {}
     for width in sorted({args.width, JOHNSON_WIDTH}):
         network = StylizerNetwork(width).to(args.device).eval().requires_grad_(False)
         times = apply_times(network, args.apply_sizes, args.device)
         print_apply_times(times, f"width {width}: ")
-        settings = TrainSettings(args.size, batch=args.batch, width=width)
+        settings = TrainSettings(args.size, batch=args.batch, lr=args.lr, width=width)
         seconds = step_seconds(model, objective, pictures, settings)
         print(f"width {width}: training step (batch {args.batch}, {args.size}² crops): {seconds:.3f} s", flush=True)
         figures[str(width)] = {"apply_seconds": times, "training_step_seconds": seconds}
-    return figures
+        (args.out / "speed.json").write_text(json.dumps(machine | {"widths": figures}, indent=1))
 
 
 def frame_size(text: str) -> tuple[int, int]:
-    width, _, height = text.partition("x")
-    try:
-        return int(width), int(height)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, such as 512x512") from None
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, such as 512x512")
+    return int(width), int(height)
+
+
+def device_argument(name: str) -> torch.device:
+    if name not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{name!r}: cpu or cuda")
+    return require_device(name)
 
 
 def main() -> None:
@@ -160,11 +174,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="side of the training crops")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=TrainSettings.lr, help="Adam's learning rate")
     parser.add_argument("--optimized", type=int, default=2, help="unseen photos to optimize for the comparison")
     parser.add_argument("--photos", type=int, default=4, help="unseen photos to measure the stylizer on")
     parser.add_argument("--images", help="train on this folder or glob (the last picture held aside) instead")
-    parser.add_argument("--device", type=require_device, default=torch.device("cpu"), help="cpu or cuda")
-    parser.add_argument("--speed", action="store_true", help="only the speed of untrained networks of width 16 and 32")
+    parser.add_argument("--device", type=device_argument, default=torch.device("cpu"), help="cpu or cuda")
+    parser.add_argument("--speed", action="store_true", help="only the speed of untrained networks of --width and 32")
     parser.add_argument(
         "--apply-sizes", type=frame_size, nargs="+", default=APPLY_SIZES, help="frame sizes to apply at, as WxH"
     )
@@ -173,23 +188,25 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     machine = {"machine": cpu_flags(), "threads": torch.get_num_threads(), **describe_device(args.device)}
     on = ", ".join(f"{key} {value}" for key, value in machine.items() if key not in ("machine", "threads"))
-    print(f"machine: {', '.join(cpu_flags())}, {torch.get_num_threads()} threads; {on}; torch {torch.__version__}")
+    print(
+        f"machine: {', '.join(cpu_flags())}, {torch.get_num_threads()} threads; {on}; torch {torch.__version__}",
+        flush=True,
+    )
 
     model, objective, pictures, style = objective_and_set(args.images, args.device.type)
     if args.speed:
-        figures = speed(model, objective, pictures, args)
-        (args.out / "speed.json").write_text(json.dumps(machine | {"widths": figures}, indent=1))
+        speed(model, objective, pictures, args, machine)
         return
     print(f"training set: {len(pictures)} pictures, the last held aside")
     if args.steps:
         steps, deadline = args.steps, float("inf")
         print(f"training {steps} steps of {args.batch} crops of {args.size}² ...", flush=True)
     else:
-        settings = TrainSettings(args.size, batch=args.batch, width=args.width)
+        settings = TrainSettings(args.size, batch=args.batch, lr=args.lr, width=args.width)
         steps = max(1, int(args.minutes * 60 / step_seconds(model, objective, pictures, settings)))
         print(f"training {steps} steps of {args.batch} crops of {args.size}² (as many as fit) ...", flush=True)
         deadline = time.perf_counter() + args.minutes * 60
-    settings = TrainSettings(size=args.size, steps=steps, batch=args.batch, width=args.width)
+    settings = TrainSettings(size=args.size, steps=steps, batch=args.batch, lr=args.lr, width=args.width)
     stylizer = train_stylizer(model, objective, pictures, settings, should_stop=lambda: time.perf_counter() > deadline)
     training = stylizer["training"]
     (args.out / "stylizer.safetensors").write_bytes(stylizer_bytes(stylizer))

@@ -47,7 +47,7 @@ log="$results/gpu_check_$device.log"
 # dry run runs its tests on one thread (OMP_NUM_THREADS, unless set): while other work shared the 2 cores, two
 # torch threads waited on each other and test_optimize.py's device tests took 250 s instead of 23 s.
 if [ "$device" = cuda ]; then
-    tests_limit=120 bench_limit=270 bench_size=--quick tests_env=() fast_limit=75 fast_sizes=()
+    tests_limit=120 bench_limit=255 bench_size=--quick tests_env=() fast_limit=75 fast_sizes=()
 else
     tests_limit=240 bench_limit=240 bench_size=--dry-run tests_env=(env "OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}")
     fast_limit=150 fast_sizes=(--size 64 --batch 1 --apply-sizes 64x48)
