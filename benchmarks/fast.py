@@ -138,17 +138,21 @@ def step_seconds(model: VGGModel, objective: Objective, pictures: torch.Tensor, 
 
 
 def speed(
-    model: VGGModel, objective: Objective, pictures: torch.Tensor, args: argparse.Namespace, machine: dict
+    model: VGGModel,
+    objective: Objective,
+    pictures: torch.Tensor,
+    settings: TrainSettings,
+    args: argparse.Namespace,
+    machine: dict,
 ) -> None:
     """Apply and training-step times of untrained networks of --width and Johnson's 32 (--speed), written to
     speed.json after each width, so that a run cut short keeps what it measured."""
     figures = {}
-    for width in sorted({args.width, JOHNSON_WIDTH}):
+    for width in sorted({settings.width, JOHNSON_WIDTH}):
         network = StylizerNetwork(width).to(args.device).eval().requires_grad_(False)
         times = apply_times(network, args.apply_sizes, args.device)
         print_apply_times(times, f"width {width}: ")
-        settings = TrainSettings(args.size, batch=args.batch, lr=args.lr, width=width)
-        seconds = step_seconds(model, objective, pictures, settings)
+        seconds = step_seconds(model, objective, pictures, replace(settings, width=width))
         print(f"width {width}: training step (batch {args.batch}, {args.size}² crops): {seconds:.3f} s", flush=True)
         figures[str(width)] = {"apply_seconds": times, "training_step_seconds": seconds}
         (args.out / "speed.json").write_text(json.dumps(machine | {"widths": figures}, indent=1))
@@ -189,24 +193,24 @@ def main() -> None:
     machine = {"machine": cpu_flags(), "threads": torch.get_num_threads(), **describe_device(args.device)}
     on = ", ".join(f"{key} {value}" for key, value in machine.items() if key not in ("machine", "threads"))
     print(
-        f"machine: {', '.join(cpu_flags())}, {torch.get_num_threads()} threads; {on}; torch {torch.__version__}",
+        f"machine: {', '.join(machine['machine'])}, {machine['threads']} threads; {on}; torch {torch.__version__}",
         flush=True,
     )
+    settings = TrainSettings(args.size, batch=args.batch, lr=args.lr, width=args.width)
 
     model, objective, pictures, style = objective_and_set(args.images, args.device.type)
     if args.speed:
-        speed(model, objective, pictures, args, machine)
+        speed(model, objective, pictures, settings, args, machine)
         return
     print(f"training set: {len(pictures)} pictures, the last held aside")
     if args.steps:
         steps, deadline = args.steps, float("inf")
         print(f"training {steps} steps of {args.batch} crops of {args.size}² ...", flush=True)
     else:
-        settings = TrainSettings(args.size, batch=args.batch, lr=args.lr, width=args.width)
         steps = max(1, int(args.minutes * 60 / step_seconds(model, objective, pictures, settings)))
         print(f"training {steps} steps of {args.batch} crops of {args.size}² (as many as fit) ...", flush=True)
         deadline = time.perf_counter() + args.minutes * 60
-    settings = TrainSettings(size=args.size, steps=steps, batch=args.batch, lr=args.lr, width=args.width)
+    settings = replace(settings, steps=steps)
     stylizer = train_stylizer(model, objective, pictures, settings, should_stop=lambda: time.perf_counter() > deadline)
     training = stylizer["training"]
     (args.out / "stylizer.safetensors").write_bytes(stylizer_bytes(stylizer))
