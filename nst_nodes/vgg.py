@@ -39,6 +39,19 @@ LAYER_NAMES = _layer_names()
 """Layer names in the order of torchvision's ``vgg19().features`` indices."""
 LAYER_INDEX = {name: index for index, name in enumerate(LAYER_NAMES)}
 
+
+def layer_stride(name: str) -> int:
+    """Pixels of the picture per feature of layer ``name``, along each side: 2 per pooling up to it."""
+    return 2 ** sum(layer.startswith("pool") for layer in LAYER_NAMES[: LAYER_INDEX[name] + 1])
+
+
+def layer_shape(name: str, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, height, width) of layer ``name``'s features of a ``height``×``width`` picture."""
+    stride = layer_stride(name)
+    block = int(name[-1] if name.startswith("pool") else name[-3])
+    return BLOCK_WIDTHS[block - 1], height // stride, width // stride
+
+
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 

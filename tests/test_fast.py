@@ -12,9 +12,10 @@ from safetensors.torch import save_file
 from graphrun import Cache, Folders, GraphValidationError, run
 from graphrun.host import RunnerHost
 from nst_nodes import kernels
+from nst_nodes.fast import train
 from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, build, stylize
 from nst_nodes.fast.store import read_stylizer, stylizer_bytes
-from nst_nodes.fast.train import TrainSettings, split_objective, tail_layout, train_stylizer
+from nst_nodes.fast.train import TrainSettings, random_crops, split_objective, tail_layout, train_stylizer
 from nst_nodes.losses import style_statistics, style_term
 from nst_nodes.nodes import NODE_CLASS_MAPPINGS
 from nst_nodes.types import Objective, Stylizer
@@ -70,6 +71,53 @@ def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(mode
     assert first["training"]["steps"] == 2 and first["training"]["model"] == model.identity
 
 
+def test_crops_lie_on_the_grid_and_are_cut_where_their_placements_say() -> None:
+    images = pictures(3, 40)
+    crops, placements = random_crops(images, TrainSettings(size=16, batch=12), 4, torch.Generator().manual_seed(0))
+    assert crops.shape == (12, 3, 16, 16) and crops.is_contiguous()
+    assert {placement.mirrored for placement in placements} == {False, True}
+    for crop, placement in zip(crops, placements, strict=True):
+        assert placement.top % 4 == 0 and placement.left % 4 == 0
+        picture = images[placement.picture].flip(1) if placement.mirrored else images[placement.picture]
+        region = picture[placement.top : placement.top + 16, placement.left : placement.left + 16]
+        assert torch.equal(crop, region.permute(2, 0, 1))
+
+
+def test_a_crops_content_target_cut_from_its_pictures_features_is_its_own_away_from_its_border(
+    model: VGGModel,
+) -> None:
+    """Cut from the whole picture's (or mirror image's) relu2_1 features, computed once, a crop's target equals
+    the crop's own features but within reach of the crop's border, where the crop's zero padding differs."""
+    loss = train._Loss(model, objective_of(model, pictures(1, 48)), torch.device("cpu"))
+    images = pictures(2, 64)
+    targets = train._CropTargets(loss, images, TrainSettings(size=48, steps=100, batch=2))
+    assert targets.cut and targets.grid == 2  # relu2_1: one feature per 2 pixels
+    crops, placements = random_crops(images, TrainSettings(size=48, batch=8), targets.grid, torch.Generator())
+    cut, own = targets(crops, placements)["relu2_1"], loss.targets(crops)["relu2_1"]
+    assert cut.shape == own.shape == (8, 128, 24, 24)
+    assert torch.allclose(cut[..., 2:-2, 2:-2], own[..., 2:-2, 2:-2], rtol=1e-4, atol=0.05)  # values up to ~2500
+    assert not torch.allclose(cut[..., :1, :], own[..., :1, :], rtol=1e-2, atol=1e-2)
+    assert len(targets.features) <= 4  # each picture and mirror image once
+
+
+@pytest.mark.parametrize(
+    ("steps", "budget", "cut"),
+    [(100, train.CONTENT_TARGETS_BYTES, True), (1, train.CONTENT_TARGETS_BYTES, False), (100, 1000, False)],
+)
+def test_content_targets_are_cut_only_where_that_passes_fewer_pixels_and_fits(
+    model: VGGModel, monkeypatch: pytest.MonkeyPatch, steps: int, budget: int, cut: bool
+) -> None:
+    """Each picture's features computed once must cost fewer pixels through the network than the crops', and fit
+    in the budget; else every crop's target is its own features, at any offset."""
+    monkeypatch.setattr(train, "CONTENT_TARGETS_BYTES", budget)
+    loss = train._Loss(model, objective_of(model, pictures(1, 48)), torch.device("cpu"))
+    targets = train._CropTargets(loss, pictures(2, 64), TrainSettings(size=48, steps=steps, batch=2))
+    assert targets.cut is cut and targets.grid == (2 if cut else 1)
+    if not cut:
+        crops = pictures(2, 48)[..., :48, :].permute(0, 3, 1, 2)
+        assert torch.equal(targets(crops, [])["relu2_1"], loss.targets(crops)["relu2_1"])
+
+
 def test_the_last_convolutions_layout_is_timed_once_and_both_train_alike() -> None:
     """Channels-last or not, the last convolution computes the same values and gradients; which one trains
     faster is timed once per machine and size, then remembered with the kernel choices."""
@@ -103,8 +151,6 @@ def test_training_runs_the_loss_network_on_the_pass_plan_and_records_it(
     model: VGGModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bf16 passes (chosen where the hardware runs them faster) train too; the plan is kept with the stylizer."""
-    from nst_nodes.fast import train
-
     monkeypatch.setattr(train, "pass_plan", lambda *args: "bf16")
     reduced = trained(model, steps=20)
     assert reduced["training"]["precision"] == "bf16"

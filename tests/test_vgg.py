@@ -14,6 +14,8 @@ from nst_nodes.vgg import (
     TORCHVISION,
     build_vgg19,
     caffe_weights_path,
+    layer_shape,
+    layer_stride,
     load_vgg19,
     read_quantized_caffe,
 )
@@ -53,6 +55,15 @@ def torchvision_like_checkpoint() -> dict[str, torch.Tensor]:
     state = {f"features.{k}": torch.randn(v.shape, generator=generator) for k, v in build_vgg19().state_dict().items()}
     state["classifier.0.weight"] = torch.zeros(2, 2)  # full-model checkpoints carry this too
     return state
+
+
+@pytest.mark.parametrize(("height", "width"), [(40, 48), (37, 83)])
+def test_layer_shape_is_the_shape_of_each_layers_features(height: int, width: int) -> None:
+    model = load_vgg19("caffe")
+    with torch.no_grad():
+        features = model.features(torch.rand(1, 3, height, width), LAYER_NAMES)
+    assert all(features[name].shape[1:] == layer_shape(name, height, width) for name in LAYER_NAMES)
+    assert [layer_stride(name) for name in ("relu1_1", "pool1", "relu2_1", "relu4_2", "pool4")] == [1, 2, 2, 8, 16]
 
 
 def test_torchvision_layout_state_dict_loads_through_a_path(tmp_path: Path) -> None:
