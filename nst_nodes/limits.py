@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import kernels, tuning
-from .vgg import BLOCK_CONVS, BLOCK_WIDTHS, LAYER_INDEX, LAYER_NAMES
+from .vgg import LAYER_INDEX, LAYER_NAMES, layer_shape, layer_stride
 
 if TYPE_CHECKING:
     from .optimize import OptimizerSettings
@@ -68,20 +68,13 @@ def check_pixels(width: int, height: int, what: str) -> None:
 
 def _layer_shapes(height: int, width: int, deepest: str) -> list[tuple[int, int, int]]:
     """(channels, height, width) of every conv output up to ``deepest``."""
-    shapes: list[tuple[int, int, int]] = []
-    for block, (convs, channels) in enumerate(zip(BLOCK_CONVS, BLOCK_WIDTHS, strict=True)):
-        scale = 2**block
-        for conv in range(1, convs + 1):
-            if LAYER_INDEX[f"conv{block + 1}_{conv}"] > LAYER_INDEX[deepest]:
-                return shapes
-            shapes.append((channels, height // scale, width // scale))
-    return shapes
+    convs = [name for name in LAYER_NAMES[: LAYER_INDEX[deepest] + 1] if name.startswith("conv")]
+    return [layer_shape(name, height, width) for name in convs]
 
 
 def smallest_side(deepest: str) -> int:
     """Pixels an image needs on each side so that ``deepest`` has at least one row and column."""
-    pools = sum(1 for name in LAYER_NAMES[: LAYER_INDEX[deepest]] if name.startswith("pool"))
-    return 2**pools
+    return layer_stride(deepest)
 
 
 def network_bytes(height: int, width: int, deepest: str, with_gradient: bool, device: str = "cpu") -> int:

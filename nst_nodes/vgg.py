@@ -40,16 +40,20 @@ LAYER_NAMES = _layer_names()
 LAYER_INDEX = {name: index for index, name in enumerate(LAYER_NAMES)}
 
 
+def _pools_before(name: str) -> int:
+    return sum(layer.startswith("pool") for layer in LAYER_NAMES[: LAYER_INDEX[name]])
+
+
 def layer_stride(name: str) -> int:
-    """Pixels of the picture per feature of layer ``name``, along each side: 2 per pooling up to it."""
-    return 2 ** sum(layer.startswith("pool") for layer in LAYER_NAMES[: LAYER_INDEX[name] + 1])
+    """Pixels of the picture per feature of layer ``name``, along each side: 2 per pooling up to and including
+    it."""
+    return 2 ** (_pools_before(name) + name.startswith("pool"))
 
 
 def layer_shape(name: str, height: int, width: int) -> tuple[int, int, int]:
     """(channels, height, width) of layer ``name``'s features of a ``height``×``width`` picture."""
     stride = layer_stride(name)
-    block = int(name[-1] if name.startswith("pool") else name[-3])
-    return BLOCK_WIDTHS[block - 1], height // stride, width // stride
+    return BLOCK_WIDTHS[_pools_before(name)], height // stride, width // stride
 
 
 CAFFE_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"

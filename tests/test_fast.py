@@ -19,7 +19,7 @@ from nst_nodes.fast.train import TrainSettings, random_crops, split_objective, t
 from nst_nodes.losses import style_statistics, style_term
 from nst_nodes.nodes import NODE_CLASS_MAPPINGS
 from nst_nodes.types import Objective, Stylizer
-from nst_nodes.vgg import VGGModel, load_vgg19
+from nst_nodes.vgg import VGGModel, layer_shape, layer_stride, load_vgg19
 
 TINY_FAST = {"1.size": 64, "3.size": 4096, "14.size": 48, "14.steps": 2, "14.batch": 2, "17.size": 40}
 """graphs/fast.json shrunk: 64 px training photos, 2 steps of 2 crops of 48 px, a 40x30 photo stylized."""
@@ -64,6 +64,11 @@ def test_the_stylizer_takes_any_size_and_batch_and_returns_the_same(count: int, 
 
 
 def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(model: VGGModel) -> None:
+    """With content targets computed once (4 steps pay for them) and with the crops' own (2 steps)."""
+    assert train.cut_targets_bytes(["relu2_1"], pictures()[:2].shape, TrainSettings(size=32, steps=4, batch=2))
+    first, again, other = trained(model, steps=4), trained(model, steps=4), trained(model, steps=4, seed=1)
+    assert all(torch.equal(first["weights"][name], again["weights"][name]) for name in first["weights"])
+    assert not all(torch.equal(first["weights"][name], other["weights"][name]) for name in first["weights"])
     first, again, other = trained(model), trained(model), trained(model, seed=1)
     assert first["weights"].keys() == again["weights"].keys()
     assert all(torch.equal(first["weights"][name], again["weights"][name]) for name in first["weights"])
@@ -83,36 +88,54 @@ def test_crops_lie_on_the_grid_and_are_cut_where_their_placements_say() -> None:
         assert torch.equal(crop, region.permute(2, 0, 1))
 
 
+def content_objective(model: VGGModel, layers: list[str]) -> Objective:
+    objective = objective_of(model, pictures(1, 48))
+    content = {"kind": "content", "weight": 1.0, "targets": dict.fromkeys(layers), "layer_weights": {}}
+    return {**objective, "terms": [content, *objective["terms"][1:]]}
+
+
+@pytest.mark.parametrize(("layers", "size"), [(["relu2_1"], 48), (["relu1_1", "relu3_1"], 50)])
 def test_a_crops_content_target_cut_from_its_pictures_features_is_its_own_away_from_its_border(
-    model: VGGModel,
+    model: VGGModel, layers: list[str], size: int
 ) -> None:
-    """Cut from the whole picture's (or mirror image's) relu2_1 features, computed once, a crop's target equals
-    the crop's own features but within reach of the crop's border, where the crop's zero padding differs."""
-    loss = train._Loss(model, objective_of(model, pictures(1, 48)), torch.device("cpu"))
+    """Cut from the whole picture's (or mirror image's) features, computed once, a crop's target equals the
+    crop's own features but within reach of the crop's border, where the crop's zero padding differs; on each
+    content layer, also for crops that are not a multiple of its grid."""
+    loss = train._Loss(model, content_objective(model, layers), torch.device("cpu"))
     images = pictures(2, 64)
-    targets = train._CropTargets(loss, images, TrainSettings(size=48, steps=100, batch=2))
-    assert targets.cut and targets.grid == 2  # relu2_1: one feature per 2 pixels
-    crops, placements = random_crops(images, TrainSettings(size=48, batch=8), targets.grid, torch.Generator())
-    cut, own = targets(crops, placements)["relu2_1"], loss.targets(crops)["relu2_1"]
-    assert cut.shape == own.shape == (8, 128, 24, 24)
-    assert torch.allclose(cut[..., 2:-2, 2:-2], own[..., 2:-2, 2:-2], rtol=1e-4, atol=0.05)  # values up to ~2500
-    assert not torch.allclose(cut[..., :1, :], own[..., :1, :], rtol=1e-2, atol=1e-2)
-    assert len(targets.features) <= 4  # each picture and mirror image once
+    targets = train._CropTargets(loss, images, TrainSettings(size=size, steps=100, batch=2), lambda: False)
+    assert len(targets.features) == 4 and targets.grid == max(map(layer_stride, layers))
+    generator = torch.Generator().manual_seed(1)
+    crops, placements = random_crops(images, TrainSettings(size=size, batch=8), targets.grid, generator)
+    assert {placement.mirrored for placement in placements} == {False, True}
+    own = loss.targets(crops)
+    loss.targets = None  # type: ignore[assignment]  # cut, not computed again
+    cut = targets(crops, placements)
+    for layer in layers:
+        assert cut[layer].shape == own[layer].shape == (8, *layer_shape(layer, size, size))
+        inside = (..., slice(3, -3), slice(3, -3))  # values up to ~2500
+        assert torch.allclose(cut[layer][inside], own[layer][inside], rtol=1e-4, atol=0.05)
+        assert not torch.allclose(cut[layer][..., :1, :], own[layer][..., :1, :], rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize(
-    ("steps", "budget", "cut"),
-    [(100, train.CONTENT_TARGETS_BYTES, True), (1, train.CONTENT_TARGETS_BYTES, False), (100, 1000, False)],
+    ("steps", "budget", "stop", "cut"),
+    [(100, train.CONTENT_TARGETS_BYTES, False, True), (1, train.CONTENT_TARGETS_BYTES, False, False)]
+    + [(100, 1000, False, False), (100, train.CONTENT_TARGETS_BYTES, True, False)],
 )
 def test_content_targets_are_cut_only_where_that_passes_fewer_pixels_and_fits(
-    model: VGGModel, monkeypatch: pytest.MonkeyPatch, steps: int, budget: int, cut: bool
+    model: VGGModel, monkeypatch: pytest.MonkeyPatch, steps: int, budget: int, stop: bool, cut: bool
 ) -> None:
-    """Each picture's features computed once must cost fewer pixels through the network than the crops', and fit
-    in the budget; else every crop's target is its own features, at any offset."""
+    """Each picture's features computed once must cost fewer pixels through the network than the crops', fit in
+    the budget and not be stopped; else every crop's target is its own features. The grid is the same."""
     monkeypatch.setattr(train, "CONTENT_TARGETS_BYTES", budget)
     loss = train._Loss(model, objective_of(model, pictures(1, 48)), torch.device("cpu"))
-    targets = train._CropTargets(loss, pictures(2, 64), TrainSettings(size=48, steps=steps, batch=2))
-    assert targets.cut is cut and targets.grid == (2 if cut else 1)
+    settings = TrainSettings(size=48, steps=steps, batch=2)
+    targets = train._CropTargets(loss, pictures(2, 64), settings, lambda: stop)
+    assert bool(targets.features) is cut and targets.grid == 2
+    assert (train.cut_targets_bytes(["relu2_1"], pictures(2, 64).shape, settings) == 2 * 2 * 128 * 32 * 36 * 4) is (
+        cut or stop
+    )
     if not cut:
         crops = pictures(2, 48)[..., :48, :].permute(0, 3, 1, 2)
         assert torch.equal(targets(crops, [])["relu2_1"], loss.targets(crops)["relu2_1"])

@@ -6,10 +6,11 @@ reconstruction loss). Each step draws random square crops (and mirror images) of
 seeded generator, so training is deterministic on the CPU.
 
 The crops lie on the deepest content layer's grid, so a crop's target can be cut from the features of its whole
-picture (or mirror image), computed once: they differ from the crop's own features only within reach of the
-crop's border, and training takes about a fifth less time at the same quality (docs/fast.md). Where computing
-every picture once would pass more pixels through the network than the crops do, or keep more than
-``CONTENT_TARGETS_BYTES``, each crop's own features are its target instead.
+picture (or mirror image), computed once before training: they differ from the crop's own features within reach
+of the crop's border (where the crop sees padding and the picture what lies beyond), and a step saves its
+no-gradient pass (docs/fast.md). Where computing every picture and mirror image would pass more pixels through
+the network than the crops do, or keep more than ``CONTENT_TARGETS_BYTES``, each crop's own features are its
+target instead (:func:`cut_targets_bytes`).
 
 The last picture of a set of two or more is held aside: never trained on, it is what the previews show and
 what picks the checkpoint that is kept (the lowest objective on it), also when a stop cuts training short.
@@ -72,9 +73,25 @@ def split_objective(objective: Objective) -> tuple[list[FeatureTerm], list[Term]
     return content, others
 
 
+def content_layers(objective: Objective) -> list[str]:
+    """The layers of the objective's content terms."""
+    content, _ = split_objective(objective)
+    return sorted({layer for term in content for layer in term["targets"]})
+
+
+def cut_targets_bytes(layers: list[str], pictures: torch.Size, settings: TrainSettings) -> int:
+    """Memory of the content ``layers``' features of IMAGE ``pictures`` (a shape) and their mirror images, where
+    cutting the crops' targets from them pays and fits (see the module's docstring); else 0."""
+    count, height, width = pictures[:3]
+    memory = 2 * count * sum(4 * math.prod(layer_shape(layer, height, width)) for layer in layers)
+    pays = 2 * count * height * width < settings.steps * settings.batch * settings.size**2
+    return memory if pays and memory <= CONTENT_TARGETS_BYTES else 0
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Where a crop was cut: from picture ``picture`` (or its mirror image), ``top`` and ``left`` pixels in."""
+    """Where a crop was cut: from picture ``picture``, or its mirror image, ``top`` and ``left`` pixels in (of the
+    mirror image where ``mirrored``)."""
 
     picture: int
     mirrored: bool
@@ -99,10 +116,11 @@ def random_crops(
             top=grid * int(torch.randint((height - size) // grid + 1, (1,), generator=generator)),
             left=grid * int(torch.randint((width - size) // grid + 1, (1,), generator=generator)),
         )
-        picture = images[placement.picture]
+        rows = slice(placement.top, placement.top + size)
         if placement.mirrored:
-            picture = picture.flip(1)
-        crop = picture[placement.top : placement.top + size, placement.left : placement.left + size]
+            crop = images[placement.picture, rows, width - placement.left - size : width - placement.left].flip(1)
+        else:
+            crop = images[placement.picture, rows, placement.left : placement.left + size]
         crops.append(crop.permute(2, 0, 1))
         placements.append(placement)
     return torch.stack(crops), placements
@@ -150,7 +168,7 @@ class _Loss:
         self.content, others = split_objective(objective)
         self.others = ObjectiveFunction(others, device)
         self.layers = term_layers(objective)
-        self.content_layers = sorted({layer for term in self.content for layer in term["targets"]})
+        self.content_layers = content_layers(objective)
         self.reduced: torch.dtype | None = None
         self.kernel: str | None = None
 
@@ -195,39 +213,37 @@ class _Loss:
 
 
 class _CropTargets:
-    """The content targets of the training crops: cut from each picture's (and mirror image's) features, computed
-    the first time one of its crops is drawn, where that pays and fits (see the module's docstring); else the
-    crops' own features. ``grid`` is the crops' offsets' step."""
+    """The content targets of the training crops (see the module's docstring): cut from the features of each
+    picture and its mirror image, computed here where that pays and fits, else each crop's own. A stop while they
+    are computed leaves each crop's own."""
 
-    def __init__(self, loss: _Loss, pictures: torch.Tensor, settings: TrainSettings) -> None:
+    def __init__(
+        self, loss: _Loss, pictures: torch.Tensor, settings: TrainSettings, should_stop: Callable[[], bool]
+    ) -> None:
         self.loss = loss
-        self.pictures = pictures
-        count, height, width = pictures.shape[:3]
-        memory = 2 * count * sum(4 * math.prod(layer_shape(layer, height, width)) for layer in loss.content_layers)
-        pays = 2 * count * height * width < settings.steps * settings.batch * settings.size**2
-        self.cut = pays and memory <= CONTENT_TARGETS_BYTES
-        self.grid = max(layer_stride(layer) for layer in loss.content_layers) if self.cut else 1
+        self.grid = max(layer_stride(layer) for layer in loss.content_layers)
         self.features: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
+        if cut_targets_bytes(loss.content_layers, pictures.shape, settings):
+            for index, picture in enumerate(pictures.permute(0, 3, 1, 2).split(1)):
+                self.features[index, False] = loss.targets(picture)
+                self.features[index, True] = loss.targets(picture.flip(3))
+                if should_stop():
+                    self.features.clear()
+                    break
 
     def __call__(self, crops: torch.Tensor, placements: list[Placement]) -> dict[str, torch.Tensor]:
-        if not self.cut:
+        """The targets of ``crops`` ``[B, 3, size, size]``, cut where ``placements`` say."""
+        if not self.features:
             return self.loss.targets(crops)
         side = crops.shape[-1]
-        cuts: dict[str, list[torch.Tensor]] = {layer: [] for layer in self.loss.content_layers}
+        pieces: dict[str, list[torch.Tensor]] = {layer: [] for layer in self.loss.content_layers}
         for placement in placements:
-            features = self._features_of(placement.picture, placement.mirrored)
-            for layer, cut in cuts.items():
+            features = self.features[placement.picture, placement.mirrored]
+            for layer, cut in pieces.items():
                 stride = layer_stride(layer)
                 top, left, size = placement.top // stride, placement.left // stride, side // stride
                 cut.append(features[layer][..., top : top + size, left : left + size])
-        return {layer: torch.cat(cut) for layer, cut in cuts.items()}
-
-    def _features_of(self, picture: int, mirrored: bool) -> dict[str, torch.Tensor]:
-        key = (picture, mirrored)
-        if key not in self.features:
-            image = self.pictures[picture : picture + 1].permute(0, 3, 1, 2)
-            self.features[key] = self.loss.targets(image.flip(3) if mirrored else image)
-        return self.features[key]
+        return {layer: torch.cat(cut) for layer, cut in pieces.items()}
 
 
 def train_stylizer(
@@ -258,7 +274,7 @@ def train_stylizer(
         sample = training[:1, : settings.size, : settings.size].permute(0, 3, 1, 2)
         network.tail_layout = tail_layout(network, sample.expand(settings.batch, -1, -1, -1).contiguous())
         optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
-        targets_of = _CropTargets(loss_of, training, settings)
+        targets_of = _CropTargets(loss_of, training, settings, should_stop)
         best = _Checkpoint(held, loss_of)
         every = max(1, settings.steps // CHECKPOINTS)
         preview = held
