@@ -12,14 +12,13 @@ from safetensors.torch import save_file
 from graphrun import Cache, Folders, GraphValidationError, run
 from graphrun.host import RunnerHost
 from nst_nodes import kernels
-from nst_nodes.fast import train
 from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, build, stylize
 from nst_nodes.fast.store import read_stylizer, stylizer_bytes
-from nst_nodes.fast.train import TrainSettings, random_crops, split_objective, tail_layout, train_stylizer
+from nst_nodes.fast.train import TrainSettings, split_objective, tail_layout, train_stylizer
 from nst_nodes.losses import style_statistics, style_term
 from nst_nodes.nodes import NODE_CLASS_MAPPINGS
 from nst_nodes.types import Objective, Stylizer
-from nst_nodes.vgg import VGGModel, layer_shape, layer_stride, load_vgg19
+from nst_nodes.vgg import VGGModel, load_vgg19
 
 TINY_FAST = {"1.size": 64, "3.size": 4096, "14.size": 48, "14.steps": 2, "14.batch": 2, "17.size": 40}
 """graphs/fast.json shrunk: 64 px training photos, 2 steps of 2 crops of 48 px, a 40x30 photo stylized."""
@@ -64,81 +63,11 @@ def test_the_stylizer_takes_any_size_and_batch_and_returns_the_same(count: int, 
 
 
 def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(model: VGGModel) -> None:
-    """With content targets computed once (4 steps pay for them) and with the crops' own (2 steps)."""
-    assert train.cut_targets_bytes(["relu2_1"], pictures()[:2].shape, TrainSettings(size=32, steps=4, batch=2))
-    first, again, other = trained(model, steps=4), trained(model, steps=4), trained(model, steps=4, seed=1)
-    assert all(torch.equal(first["weights"][name], again["weights"][name]) for name in first["weights"])
-    assert not all(torch.equal(first["weights"][name], other["weights"][name]) for name in first["weights"])
     first, again, other = trained(model), trained(model), trained(model, seed=1)
     assert first["weights"].keys() == again["weights"].keys()
     assert all(torch.equal(first["weights"][name], again["weights"][name]) for name in first["weights"])
     assert not all(torch.equal(first["weights"][name], other["weights"][name]) for name in first["weights"])
     assert first["training"]["steps"] == 2 and first["training"]["model"] == model.identity
-
-
-def test_crops_lie_on_the_grid_and_are_cut_where_their_placements_say() -> None:
-    images = pictures(3, 40)
-    crops, placements = random_crops(images, TrainSettings(size=16, batch=12), 4, torch.Generator().manual_seed(0))
-    assert crops.shape == (12, 3, 16, 16) and crops.is_contiguous()
-    assert {placement.mirrored for placement in placements} == {False, True}
-    for crop, placement in zip(crops, placements, strict=True):
-        assert placement.top % 4 == 0 and placement.left % 4 == 0
-        picture = images[placement.picture].flip(1) if placement.mirrored else images[placement.picture]
-        region = picture[placement.top : placement.top + 16, placement.left : placement.left + 16]
-        assert torch.equal(crop, region.permute(2, 0, 1))
-
-
-def content_objective(model: VGGModel, layers: list[str]) -> Objective:
-    objective = objective_of(model, pictures(1, 48))
-    content = {"kind": "content", "weight": 1.0, "targets": dict.fromkeys(layers), "layer_weights": {}}
-    return {**objective, "terms": [content, *objective["terms"][1:]]}
-
-
-@pytest.mark.parametrize(("layers", "size"), [(["relu2_1"], 48), (["relu1_1", "relu3_1"], 50)])
-def test_a_crops_content_target_cut_from_its_pictures_features_is_its_own_away_from_its_border(
-    model: VGGModel, layers: list[str], size: int
-) -> None:
-    """Cut from the whole picture's (or mirror image's) features, computed once, a crop's target equals the
-    crop's own features but within reach of the crop's border, where the crop's zero padding differs; on each
-    content layer, also for crops that are not a multiple of its grid."""
-    loss = train._Loss(model, content_objective(model, layers), torch.device("cpu"))
-    images = pictures(2, 64)
-    targets = train._CropTargets(loss, images, TrainSettings(size=size, steps=100, batch=2), lambda: False)
-    assert len(targets.features) == 4 and targets.grid == max(map(layer_stride, layers))
-    generator = torch.Generator().manual_seed(1)
-    crops, placements = random_crops(images, TrainSettings(size=size, batch=8), targets.grid, generator)
-    assert {placement.mirrored for placement in placements} == {False, True}
-    own = loss.targets(crops)
-    loss.targets = None  # type: ignore[assignment]  # cut, not computed again
-    cut = targets(crops, placements)
-    for layer in layers:
-        assert cut[layer].shape == own[layer].shape == (8, *layer_shape(layer, size, size))
-        inside = (..., slice(3, -3), slice(3, -3))  # values up to ~2500
-        assert torch.allclose(cut[layer][inside], own[layer][inside], rtol=1e-4, atol=0.05)
-        assert not torch.allclose(cut[layer][..., :1, :], own[layer][..., :1, :], rtol=1e-2, atol=1e-2)
-
-
-@pytest.mark.parametrize(
-    ("steps", "budget", "stop", "cut"),
-    [(100, train.CONTENT_TARGETS_BYTES, False, True), (1, train.CONTENT_TARGETS_BYTES, False, False)]
-    + [(100, 1000, False, False), (100, train.CONTENT_TARGETS_BYTES, True, False)],
-)
-def test_content_targets_are_cut_only_where_that_passes_fewer_pixels_and_fits(
-    model: VGGModel, monkeypatch: pytest.MonkeyPatch, steps: int, budget: int, stop: bool, cut: bool
-) -> None:
-    """Each picture's features computed once must cost fewer pixels through the network than the crops', fit in
-    the budget and not be stopped; else every crop's target is its own features. The grid is the same."""
-    monkeypatch.setattr(train, "CONTENT_TARGETS_BYTES", budget)
-    loss = train._Loss(model, objective_of(model, pictures(1, 48)), torch.device("cpu"))
-    settings = TrainSettings(size=48, steps=steps, batch=2)
-    targets = train._CropTargets(loss, pictures(2, 64), settings, lambda: stop)
-    assert bool(targets.features) is cut and targets.grid == 2
-    assert (train.cut_targets_bytes(["relu2_1"], pictures(2, 64).shape, settings) == 2 * 2 * 128 * 32 * 36 * 4) is (
-        cut or stop
-    )
-    if not cut:
-        crops = pictures(2, 48)[..., :48, :].permute(0, 3, 1, 2)
-        assert torch.equal(targets(crops, [])["relu2_1"], loss.targets(crops)["relu2_1"])
 
 
 def test_the_last_convolutions_layout_is_timed_once_and_both_train_alike() -> None:
@@ -174,6 +103,8 @@ def test_training_runs_the_loss_network_on_the_pass_plan_and_records_it(
     model: VGGModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bf16 passes (chosen where the hardware runs them faster) train too; the plan is kept with the stylizer."""
+    from nst_nodes.fast import train
+
     monkeypatch.setattr(train, "pass_plan", lambda *args: "bf16")
     reduced = trained(model, steps=20)
     assert reduced["training"]["precision"] == "bf16"

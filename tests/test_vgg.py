@@ -66,6 +66,16 @@ def test_layer_shape_is_the_shape_of_each_layers_features(height: int, width: in
     assert [layer_stride(name) for name in ("relu1_1", "pool1", "relu2_1", "relu4_2", "pool4")] == [1, 2, 2, 8, 16]
 
 
+def test_an_image_too_small_for_a_pooling_layer_is_refused_before_the_network_runs() -> None:
+    from nst_nodes.nodes.network import check_large_enough
+
+    smallest = torch.rand(1, 3, 4, 4)  # pool2's one row and column
+    check_large_enough("image", smallest, ["pool2"])
+    assert load_vgg19("caffe").features(smallest, ["pool2"])["pool2"].shape[-2:] == (1, 1)
+    with pytest.raises(ValueError, match="too small for layer pool2, which needs at least 4x4 px"):
+        check_large_enough("image", torch.rand(1, 3, 3, 8), ["pool2"])
+
+
 def test_torchvision_layout_state_dict_loads_through_a_path(tmp_path: Path) -> None:
     checkpoint = torchvision_like_checkpoint()
     path = tmp_path / "vgg19.pth"

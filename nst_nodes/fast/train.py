@@ -1,16 +1,9 @@
 """Train a stylizer on an objective: the same terms the optimizer minimizes, on a set of pictures.
 
 The objective's style and smoothness terms apply as they are. A content term gives its layers, their weights
-and its weight; its target is the features of the picture being stylized (Johnson et al.'s feature
-reconstruction loss). Each step draws random square crops (and mirror images) of the training pictures with a
-seeded generator, so training is deterministic on the CPU.
-
-The crops lie on the deepest content layer's grid, so a crop's target can be cut from the features of its whole
-picture (or mirror image), computed once before training: they differ from the crop's own features within reach
-of the crop's border (where the crop sees padding and the picture what lies beyond), and a step saves its
-no-gradient pass (docs/fast.md). Where computing every picture and mirror image would pass more pixels through
-the network than the crops do, or keep more than ``CONTENT_TARGETS_BYTES``, each crop's own features are its
-target instead (:func:`cut_targets_bytes`).
+and its weight; its target is, at every step, the features of the picture being stylized (Johnson et al.'s
+feature reconstruction loss). Each step draws random square crops (and mirror images) of the training pictures
+with a seeded generator, so training is deterministic on the CPU.
 
 The last picture of a set of two or more is held aside: never trained on, it is what the previews show and
 what picks the checkpoint that is kept (the lowest objective on it), also when a stop cuts training short.
@@ -29,11 +22,10 @@ from .. import kernels
 from ..losses import ObjectiveFunction, content_loss, tensor_sum, term_layers
 from ..optimize import pass_plan
 from ..types import FeatureTerm, Objective, Stylizer, Term
-from ..vgg import VGGModel, layer_shape, layer_stride
+from ..vgg import VGGModel
 from .network import RESIDUAL_BLOCKS, TAIL_LAYOUTS, StylizerNetwork, stylize
 
 CHECKPOINTS = 20  # held-aside evaluations per training (and at the end, or at a stop)
-CONTENT_TARGETS_BYTES = 2**30  # the most that the training pictures' content features computed once may take
 
 Report = Callable[[int, int, float, torch.Tensor], None]
 """``report(step, total, loss, preview)``: after every step, with the stylized held-aside picture."""
@@ -73,57 +65,21 @@ def split_objective(objective: Objective) -> tuple[list[FeatureTerm], list[Term]
     return content, others
 
 
-def content_layers(objective: Objective) -> list[str]:
-    """The layers of the objective's content terms."""
-    content, _ = split_objective(objective)
-    return sorted({layer for term in content for layer in term["targets"]})
-
-
-def cut_targets_bytes(layers: list[str], pictures: torch.Size, settings: TrainSettings) -> int:
-    """Memory of the content ``layers``' features of IMAGE ``pictures`` (a shape) and their mirror images, where
-    cutting the crops' targets from them pays and fits (see the module's docstring); else 0."""
-    count, height, width = pictures[:3]
-    memory = 2 * count * sum(4 * math.prod(layer_shape(layer, height, width)) for layer in layers)
-    pays = 2 * count * height * width < settings.steps * settings.batch * settings.size**2
-    return memory if pays and memory <= CONTENT_TARGETS_BYTES else 0
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a crop was cut: from picture ``picture``, or its mirror image, ``top`` and ``left`` pixels in (of the
-    mirror image where ``mirrored``)."""
-
-    picture: int
-    mirrored: bool
-    top: int
-    left: int
-
-
-def random_crops(
-    images: torch.Tensor, settings: TrainSettings, grid: int, generator: torch.Generator
-) -> tuple[torch.Tensor, list[Placement]]:
-    """``settings.batch`` random ``size``² crops of IMAGE ``[N, H, W, 3]``, half of them of mirror images, at
-    offsets that are multiples of ``grid``: ``[B, 3, size, size]``, and where each was cut. Pictures smaller than
-    a crop were refused before (:func:`check_pictures`)."""
+def random_crops(images: torch.Tensor, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
+    """``settings.batch`` random ``size``² crops of IMAGE ``[N, H, W, 3]``, half of them mirrored:
+    ``[B, 3, size, size]``. Pictures smaller than a crop were refused before (:func:`check_pictures`)."""
     crops = []
-    placements = []
     count, height, width = images.shape[:3]
     size = settings.size
     for _ in range(settings.batch):
-        placement = Placement(
-            picture=int(torch.randint(count, (1,), generator=generator)),
-            mirrored=bool(torch.rand((), generator=generator) < 0.5),
-            top=grid * int(torch.randint((height - size) // grid + 1, (1,), generator=generator)),
-            left=grid * int(torch.randint((width - size) // grid + 1, (1,), generator=generator)),
-        )
-        rows = slice(placement.top, placement.top + size)
-        if placement.mirrored:
-            crop = images[placement.picture, rows, width - placement.left - size : width - placement.left].flip(1)
-        else:
-            crop = images[placement.picture, rows, placement.left : placement.left + size]
+        index = int(torch.randint(count, (1,), generator=generator))
+        top = int(torch.randint(height - size + 1, (1,), generator=generator))
+        left = int(torch.randint(width - size + 1, (1,), generator=generator))
+        crop = images[index, top : top + size, left : left + size]
+        if torch.rand((), generator=generator) < 0.5:
+            crop = crop.flip(1)
         crops.append(crop.permute(2, 0, 1))
-        placements.append(placement)
-    return torch.stack(crops), placements
+    return torch.stack(crops)
 
 
 def check_pictures(images: torch.Tensor, size: int) -> None:
@@ -168,7 +124,7 @@ class _Loss:
         self.content, others = split_objective(objective)
         self.others = ObjectiveFunction(others, device)
         self.layers = term_layers(objective)
-        self.content_layers = content_layers(objective)
+        self.content_layers = sorted({layer for term in self.content for layer in term["targets"]})
         self.reduced: torch.dtype | None = None
         self.kernel: str | None = None
 
@@ -183,18 +139,16 @@ class _Loss:
         self.kernel = kernel or None
         return plan
 
-    def targets(self, pictures: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The content layers' fp32 features of ``pictures`` ``[B, 3, H, W]`` (RGB 0..1), on the pass plan."""
-        with torch.no_grad(), kernels.every_layer(self.kernel):
-            pictures_in = self.model.preprocessing.normalize(pictures.permute(0, 2, 3, 1))
-            targets = self.model.features(pictures_in, self.content_layers, reduced=self.reduced)
-        return {layer: value.float() for layer, value in targets.items()}
-
-    def __call__(self, stylized: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``stylized``: ``[B, 3, H, W]`` RGB 0..1; ``targets``: their content features (:meth:`targets`)."""
-        x = self.model.preprocessing.normalize(stylized.permute(0, 2, 3, 1))
+    def __call__(self, stylized: torch.Tensor, pictures: torch.Tensor) -> torch.Tensor:
+        """``stylized``, ``pictures``: ``[B, 3, H, W]`` RGB 0..1."""
+        normalize = self.model.preprocessing.normalize
+        x = normalize(stylized.permute(0, 2, 3, 1))
         with kernels.every_layer(self.kernel):
             features = self.model.features(x, self.layers, reduced=self.reduced)
+            with torch.no_grad():
+                pictures_in = normalize(pictures.permute(0, 2, 3, 1))
+                targets = self.model.features(pictures_in, self.content_layers, reduced=self.reduced)
+        targets = {layer: value.float() for layer, value in targets.items()}
         losses = []
         for item in range(len(x)):
             own = {layer: value[item : item + 1] for layer, value in features.items()}
@@ -210,40 +164,6 @@ class _Loss:
             ]
             losses.append(self.others.total(own, x[item : item + 1]) + tensor_sum(content))
         return tensor_sum(losses) / len(losses)
-
-
-class _CropTargets:
-    """The content targets of the training crops (see the module's docstring): cut from the features of each
-    picture and its mirror image, computed here where that pays and fits, else each crop's own. A stop while they
-    are computed leaves each crop's own."""
-
-    def __init__(
-        self, loss: _Loss, pictures: torch.Tensor, settings: TrainSettings, should_stop: Callable[[], bool]
-    ) -> None:
-        self.loss = loss
-        self.grid = max(layer_stride(layer) for layer in loss.content_layers)
-        self.features: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
-        if cut_targets_bytes(loss.content_layers, pictures.shape, settings):
-            for index, picture in enumerate(pictures.permute(0, 3, 1, 2).split(1)):
-                self.features[index, False] = loss.targets(picture)
-                self.features[index, True] = loss.targets(picture.flip(3))
-                if should_stop():
-                    self.features.clear()
-                    break
-
-    def __call__(self, crops: torch.Tensor, placements: list[Placement]) -> dict[str, torch.Tensor]:
-        """The targets of ``crops`` ``[B, 3, size, size]``, cut where ``placements`` say."""
-        if not self.features:
-            return self.loss.targets(crops)
-        side = crops.shape[-1]
-        pieces: dict[str, list[torch.Tensor]] = {layer: [] for layer in self.loss.content_layers}
-        for placement in placements:
-            features = self.features[placement.picture, placement.mirrored]
-            for layer, cut in pieces.items():
-                stride = layer_stride(layer)
-                top, left, size = placement.top // stride, placement.left // stride, side // stride
-                cut.append(features[layer][..., top : top + size, left : left + size])
-        return {layer: torch.cat(cut) for layer, cut in pieces.items()}
 
 
 def train_stylizer(
@@ -274,24 +194,23 @@ def train_stylizer(
         sample = training[:1, : settings.size, : settings.size].permute(0, 3, 1, 2)
         network.tail_layout = tail_layout(network, sample.expand(settings.batch, -1, -1, -1).contiguous())
         optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
-        targets_of = _CropTargets(loss_of, training, settings, should_stop)
-        best = _Checkpoint(held, loss_of)
+        best = _Checkpoint()
         every = max(1, settings.steps // CHECKPOINTS)
         preview = held
         steps = 0
         for step in range(1, settings.steps + 1):
-            crops, placements = random_crops(training, settings, targets_of.grid, generator)
+            crops = random_crops(training, settings, generator).to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_of(network(crops), targets_of(crops, placements))
+            loss = loss_of(network(crops), crops)
             loss.backward()
             optimizer.step()
             steps = step
             if step % every == 0 or step == settings.steps:
-                preview = best.consider(network, step)
+                preview = best.consider(network, step, held, loss_of)
             report(step, settings.steps, loss.item(), preview)
             if step < settings.steps and should_stop():
                 if step % every:
-                    best.consider(network, step)
+                    best.consider(network, step, held, loss_of)
                 break
     return {
         "width": settings.width,
@@ -311,23 +230,20 @@ def train_stylizer(
 
 
 class _Checkpoint:
-    """The network's weights at its lowest objective on the held-aside picture (IMAGE ``held``) so far."""
+    """The network's weights at its lowest objective on the held-aside picture so far."""
 
-    def __init__(self, held: torch.Tensor, loss_of: _Loss) -> None:
-        self.held = held
-        self.loss_of = loss_of
-        self.targets = loss_of.targets(held.permute(0, 3, 1, 2))
+    def __init__(self) -> None:
         self.loss = float("inf")
         self.step = 0
         self.weights: dict[str, torch.Tensor] = {}
 
-    def consider(self, network: StylizerNetwork, step: int) -> torch.Tensor:
+    def consider(self, network: StylizerNetwork, step: int, held: torch.Tensor, loss_of: _Loss) -> torch.Tensor:
         """Evaluate the network on the held-aside picture, keep its weights if they are the best so far; returns
         the stylized picture (IMAGE) for the preview."""
         network.eval()
         with torch.no_grad():
-            stylized = stylize(network, self.held)
-            loss = float(self.loss_of(stylized.permute(0, 3, 1, 2), self.targets))
+            stylized = stylize(network, held)
+            loss = float(loss_of(stylized.permute(0, 3, 1, 2), held.permute(0, 3, 1, 2)))
         network.train()
         if not math.isfinite(loss):
             raise FloatingPointError(

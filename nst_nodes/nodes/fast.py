@@ -8,7 +8,7 @@ import torch
 
 from ..fast.network import build, stylize
 from ..fast.store import EXTENSION, read_stylizer, write_stylizer
-from ..fast.train import TrainSettings, check_pictures, content_layers, cut_targets_bytes, train_stylizer
+from ..fast.train import TrainSettings, check_pictures, split_objective, train_stylizer
 from ..files import (
     FileRuleError,
     file_sha256,
@@ -96,20 +96,20 @@ class TrainStylizer(Node):
         host = host_of(context)
         if objective["model"] is not None:
             require_same_model("objective", model.identity, objective["model"])
+        split_objective(objective)
         check_pictures(images, size)
         layers = term_layers(objective)
         check_large_enough("images", images[:, :size, :size].permute(0, 3, 1, 2), layers)
-        settings = TrainSettings(size, steps, batch, lr, seed, width)
         needed = batch * (
             network_bytes(size, size, deepest_layer(layers), True, host.device)
             + stylizer_bytes(width, size, size, with_gradient=True)
         )
-        needed += cut_targets_bytes(content_layers(objective), images.shape, settings)
         check_memory("batch", "training", needed, host.device, size, size)
 
         def report(step: int, total: int, loss: float, preview: torch.Tensor) -> None:
             host.progress(step, total, loss=loss, preview=lambda: to_picture(preview[:1].cpu()))
 
+        settings = TrainSettings(size, steps, batch, lr, seed, width)
         stylizer = train_stylizer(model.to(host.device), objective, images, settings, report, host.should_stop)
         return (stylizer,)
 
