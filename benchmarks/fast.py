@@ -2,9 +2,9 @@
 
     python benchmarks/fast.py                  # 30 min of training, then the figures (about 45 min on 2 cores)
     python benchmarks/fast.py --minutes 3 --optimized 1    # a quick look
-    python benchmarks/fast.py --steps 400 --optimized 0    # a fixed number of steps: to compare settings
+    python benchmarks/fast.py --steps 400 --optimized 0    # fixed steps: compare settings over several --seed
     python benchmarks/fast.py --images 'photos/*.jpg'      # another training set (its last picture held aside)
-    python benchmarks/fast.py --steps 500 --lr 0.002       # another learning rate (also --size, --batch, --width)
+    python benchmarks/fast.py --steps 500 --lr 0.002       # another rate (also --size, --batch, --width, --seed)
     python benchmarks/fast.py --speed --device cuda        # speed only: apply and training step, widths 16 and 32
 
 Trains a stylizer on the shipped photos (nst-samples/photo_*.jpg, or --images; the last held aside) for --minutes, then
@@ -179,6 +179,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--lr", type=float, default=TrainSettings.lr, help="Adam's learning rate")
+    parser.add_argument("--seed", type=int, default=TrainSettings.seed, help="of the network's start and the crops")
     parser.add_argument("--optimized", type=int, default=2, help="unseen photos to optimize for the comparison")
     parser.add_argument("--photos", type=int, default=4, help="unseen photos to measure the stylizer on")
     parser.add_argument("--images", help="train on this folder or glob (the last picture held aside) instead")
@@ -196,7 +197,7 @@ def main() -> None:
         f"machine: {', '.join(machine['machine'])}, {machine['threads']} threads; {on}; torch {torch.__version__}",
         flush=True,
     )
-    settings = TrainSettings(args.size, batch=args.batch, lr=args.lr, width=args.width)
+    settings = TrainSettings(args.size, batch=args.batch, lr=args.lr, seed=args.seed, width=args.width)
 
     model, objective, pictures, style = objective_and_set(args.images, args.device.type)
     if args.speed:
