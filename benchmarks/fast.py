@@ -153,7 +153,10 @@ def speed(
         times = apply_times(network, args.apply_sizes, args.device)
         print_apply_times(times, f"width {width}: ")
         seconds = step_seconds(model, objective, pictures, replace(settings, width=width))
-        print(f"width {width}: training step (batch {args.batch}, {args.size}² crops): {seconds:.3f} s", flush=True)
+        print(
+            f"width {width}: training step (batch {settings.batch}, {settings.size}² crops): {seconds:.3f} s",
+            flush=True,
+        )
         figures[str(width)] = {"apply_seconds": times, "training_step_seconds": seconds}
         (args.out / "speed.json").write_text(json.dumps(machine | {"widths": figures}, indent=1))
 
@@ -205,13 +208,12 @@ def main() -> None:
         return
     print(f"training set: {len(pictures)} pictures, the last held aside")
     if args.steps:
-        steps, deadline = args.steps, float("inf")
-        print(f"training {steps} steps of {args.batch} crops of {args.size}² ...", flush=True)
+        steps, deadline, planned = args.steps, float("inf"), ""
     else:
         steps = max(1, int(args.minutes * 60 / step_seconds(model, objective, pictures, settings)))
-        print(f"training {steps} steps of {args.batch} crops of {args.size}² (as many as fit) ...", flush=True)
-        deadline = time.perf_counter() + args.minutes * 60
+        deadline, planned = time.perf_counter() + args.minutes * 60, " (as many as fit)"
     settings = replace(settings, steps=steps)
+    print(f"training {steps} steps of {settings.batch} crops of {settings.size}²{planned} ...", flush=True)
     stylizer = train_stylizer(model, objective, pictures, settings, should_stop=lambda: time.perf_counter() > deadline)
     training = stylizer["training"]
     (args.out / "stylizer.safetensors").write_bytes(stylizer_bytes(stylizer))
