@@ -5,20 +5,22 @@
     python benchmarks/fast.py --steps 400 --optimized 0    # fixed steps: compare settings over several --seed
     python benchmarks/fast.py --images 'photos/*.jpg'      # another training set (its last picture held aside)
     python benchmarks/fast.py --steps 500 --lr 0.002       # another rate (also --size, --batch, --width, --seed)
+    python benchmarks/fast.py --clip ../shared/data/video/bikes.mp4 --temporal 1000   # a clip, with a temporal term
     python benchmarks/fast.py --speed --device cuda        # speed only: apply and training step, widths 16 and 32
 
-Trains a stylizer on the shipped photos (nst-samples/photo_*.jpg, or --images; the last held aside) for --minutes, then
-prints, on this machine:
+Trains a stylizer on the shipped photos (nst-samples/photo_*.jpg, or --images; the last held aside), or on a --clip's
+frames in pairs with their flow and a --temporal term (0: pairs, no term; the last two held aside), for --minutes,
+then prints, on this machine:
 - the training: steps, seconds, crops of --size;
 - apply time per frame at 256², 384x288, 512² and 1024² (median of 5, after one warm-up), and frames per second;
 - Quality Metrics' style and content distances on photos it never saw (tubingen, and frames of
   ../shared/data/video when there), against the shipped optimization (graphs/gatys.json, 200 steps) on the
-  same photos at the same size, with the optimization's time per photo;
-- warping error and flicker of the stylizer on carphone.mp4's first 24 frames (benchmarks/video.py measures the
-  optimization's modes on the same frames).
-Writes the stylizer, the pictures and results.json to --out. --device cuda trains and applies on the GPU (the
-timers wait for it); --speed prints only the apply and training-step times of untrained networks of width 16
-and 32 (speed does not depend on the weights), as benchmarks/gpu_check.sh does.
+  same photos at the same size, with the optimization's time per photo (frames of the --clip left out);
+- warping error, flicker, style and content distances of the stylizer on carphone.mp4's first 24 frames
+  (benchmarks/video.py measures the optimization's modes on the same frames).
+Writes the stylizer, the pictures, the stylized carphone frames (GIF) and results.json to --out. --device cuda
+trains and applies on the GPU (the timers wait for it); --speed prints only the apply and training-step times of
+untrained networks of width 16 and 32 (speed does not depend on the weights), as benchmarks/gpu_check.sh does.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ from nst_nodes.fast.store import stylizer_bytes
 from nst_nodes.fast.train import TrainSettings, train_stylizer
 from nst_nodes.image import load_image, resize_image, save_image
 from nst_nodes.metrics import quality
-from nst_nodes.types import Objective
+from nst_nodes.nodes.video import OpticalFlow
+from nst_nodes.types import Objective, Temporal
 from nst_nodes.vgg import VGGModel
-from nst_nodes.video.io import read_clip
+from nst_nodes.video.io import read_clip, write_clip
 from nst_nodes.video.metrics import flicker, warping_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,11 +71,22 @@ def objective_and_set(
     return outputs["4"][0], outputs["13"][0], outputs["1"][0], outputs["3"][0]
 
 
-def unseen_photos(limit: int) -> dict[str, torch.Tensor]:
+def clip_and_flow(path: str, frames: str, weight: float) -> tuple[torch.Tensor, Temporal]:
+    """Frames ``START:STOP`` of a clip and Temporal Loss (mode flow, ``weight``) on their flow (Optical Flow)."""
+    start, _, stop = frames.partition(":")
+    clip = read_clip(path, int(start or 0), int(stop) if stop else None).frames
+    started = time.perf_counter()
+    flow = OpticalFlow().flow(clip)[0]
+    seconds = time.perf_counter() - started
+    print(f"training clip: {len(clip)} frames of {clip.shape[2]}x{clip.shape[1]}, their flow in {seconds:.0f} s")
+    return clip, {"start": "warped", "weight": weight, "flow": flow}
+
+
+def unseen_photos(limit: int, clip: str | None = None) -> dict[str, torch.Tensor]:
     """Photos not in the training set, at 384 px on their long side."""
     photos = {"tubingen": load_image(SAMPLES / "tubingen.jpg")}
     bikes = SHARED / "video" / "bikes.mp4"
-    if bikes.is_file():
+    if bikes.is_file() and not (clip and Path(clip).resolve() == bikes.resolve()):
         for index in (40, 100, 200):
             photos[f"bikes_{index}"] = read_clip(str(bikes), index, index + 1).frames
     resized = {}
@@ -123,7 +137,13 @@ def print_apply_times(times: dict[str, float], prefix: str = "") -> None:
         )
 
 
-def step_seconds(model: VGGModel, objective: Objective, pictures: torch.Tensor, settings: TrainSettings) -> float:
+def step_seconds(
+    model: VGGModel,
+    objective: Objective,
+    pictures: torch.Tensor,
+    settings: TrainSettings,
+    temporal: Temporal | None = None,
+) -> float:
     """Seconds per training step, from a probe of 6 steps whose last 3 are timed (the first ones choose the
     kernels; each step's report reads its loss, which waits for a GPU). The probe is planned as a long training and
     stopped, so that it evaluates no checkpoint between steps (a 6-step training would after each)."""
@@ -133,7 +153,7 @@ def step_seconds(model: VGGModel, objective: Objective, pictures: torch.Tensor, 
         stamps.append(time.perf_counter())
 
     probe = replace(settings, steps=1 << 30)
-    train_stylizer(model, objective, pictures, probe, stamp, should_stop=lambda: len(stamps) >= 6)
+    train_stylizer(model, objective, pictures, probe, stamp, lambda: len(stamps) >= 6, temporal)
     return (stamps[-1] - stamps[-4]) / 3
 
 
@@ -186,6 +206,9 @@ def main() -> None:
     parser.add_argument("--optimized", type=int, default=2, help="unseen photos to optimize for the comparison")
     parser.add_argument("--photos", type=int, default=4, help="unseen photos to measure the stylizer on")
     parser.add_argument("--images", help="train on this folder or glob (the last picture held aside) instead")
+    parser.add_argument("--clip", help="train on this clip's frames in pairs, with their flow, instead")
+    parser.add_argument("--frames", default="0:", help="of --clip, START:STOP")
+    parser.add_argument("--temporal", type=float, default=0.0, help="with --clip, the temporal term's weight")
     parser.add_argument("--device", type=device_argument, default=torch.device("cpu"), help="cpu or cuda")
     parser.add_argument("--speed", action="store_true", help="only the speed of untrained networks of --width and 32")
     parser.add_argument(
@@ -206,15 +229,27 @@ def main() -> None:
     if args.speed:
         speed(model, objective, pictures, settings, args, machine)
         return
-    print(f"training set: {len(pictures)} pictures, the last held aside")
+    temporal = None
+    if args.clip:
+        pictures, temporal = clip_and_flow(args.clip, args.frames, args.temporal)
+        print(f"temporal term weight {args.temporal:g}; the last two frames held aside")
+    else:
+        print(f"training set: {len(pictures)} pictures, the last held aside")
     if args.steps:
         steps, deadline, planned = args.steps, float("inf"), ""
     else:
-        steps = max(1, int(args.minutes * 60 / step_seconds(model, objective, pictures, settings)))
+        steps = max(1, int(args.minutes * 60 / step_seconds(model, objective, pictures, settings, temporal)))
         deadline, planned = time.perf_counter() + args.minutes * 60, " (as many as fit)"
     settings = replace(settings, steps=steps)
     print(f"training {steps} steps of {settings.batch} crops of {settings.size}²{planned} ...", flush=True)
-    stylizer = train_stylizer(model, objective, pictures, settings, should_stop=lambda: time.perf_counter() > deadline)
+    stylizer = train_stylizer(
+        model,
+        objective,
+        pictures,
+        settings,
+        should_stop=lambda: time.perf_counter() > deadline,
+        temporal=temporal,
+    )
     training = stylizer["training"]
     (args.out / "stylizer.safetensors").write_bytes(stylizer_bytes(stylizer))
     print(
@@ -226,7 +261,7 @@ def main() -> None:
     print_apply_times(times)
 
     rows = []
-    for index, (name, photo) in enumerate(unseen_photos(args.photos).items()):
+    for index, (name, photo) in enumerate(unseen_photos(args.photos, args.clip).items()):
         with torch.no_grad():
             fast = stylize(network, photo.to(args.device)).clamp(0, 1).cpu()
         save_image(fast, [args.out / f"{name}_fast.png"], None, None)
@@ -246,14 +281,22 @@ def main() -> None:
         print(line, flush=True)
 
     clip_path = SHARED / "video" / "carphone.mp4"
-    clip = read_clip(str(clip_path if clip_path.is_file() else SAMPLES / "carphone.mp4"), 0, 24).frames
+    carphone = read_clip(str(clip_path if clip_path.is_file() else SAMPLES / "carphone.mp4"), 0, 24)
+    clip = carphone.frames
     with torch.no_grad():
         results = torch.cat([stylize(network, frame[None].to(args.device)).clamp(0, 1).cpu() for frame in clip])
+    write_clip(args.out / "carphone_fast.gif", replace(carphone, frames=results, audio=None))
+    distances = [quality(result[None], frame[None], style) for result, frame in zip(results, clip, strict=True)]
     video = {
         "warping_error": statistics.mean(warping_error(results, clip)),
         "flicker": statistics.mean(flicker(results, clip)),
+        "style": statistics.mean(distance["style"] for distance in distances),
+        "content": statistics.mean(distance["content"] for distance in distances),
     }
-    print(f"carphone 0:24: warping error {video['warping_error']:.5f}, flicker {video['flicker']:.4f}")
+    print(
+        f"carphone 0:24: warping error {video['warping_error']:.5f}, flicker {video['flicker']:.4f}, "
+        f"style {video['style']:.4f}, content {video['content']:.4f} (means over the frames)"
+    )
     summary = machine | {
         "training": training,
         "apply_seconds": times,

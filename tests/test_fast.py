@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -9,16 +10,25 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from graphrun import Cache, Folders, GraphValidationError, run
+from graphrun import Cache, Folders, GraphValidationError, NodeExecutionError, run
 from graphrun.host import RunnerHost
 from nst_nodes import kernels
 from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, build, stylize
 from nst_nodes.fast.store import read_stylizer, stylizer_bytes
-from nst_nodes.fast.train import TrainSettings, split_objective, tail_layout, train_stylizer
+from nst_nodes.fast.train import (
+    TrainSettings,
+    frame_pairs,
+    inside,
+    random_pairs,
+    split_objective,
+    tail_layout,
+    train_stylizer,
+)
 from nst_nodes.losses import style_statistics, style_term
 from nst_nodes.nodes import NODE_CLASS_MAPPINGS
-from nst_nodes.types import Objective, Stylizer
+from nst_nodes.types import Flow, Objective, Stylizer, Temporal
 from nst_nodes.vgg import VGGModel, load_vgg19
+from nst_nodes.video.flow import warp
 
 TINY_FAST = {"1.size": 64, "3.size": 4096, "14.size": 48, "14.steps": 2, "14.batch": 2, "17.size": 40}
 """graphs/fast.json shrunk: 64 px training photos, 2 steps of 2 crops of 48 px, a 40x30 photo stylized."""
@@ -131,7 +141,7 @@ def test_a_stop_keeps_the_best_checkpoint_so_far_and_it_stylizes(model: VGGModel
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda terms: terms + [{"kind": "temporal", "weight": 1.0}], "train without Temporal Loss"),
+        (lambda terms: terms + [{"kind": "temporal", "weight": 1.0}], "Train Stylizer's temporal input"),
         (lambda terms: [{**terms[1], "mask": torch.ones(4, 4)}] + terms[:1], "leave the mask out"),
         (lambda terms: [terms[0], terms[2]], "no style loss"),
         (lambda terms: terms[1:], "no content loss"),
@@ -265,3 +275,100 @@ def test_nst_video_applies_the_stylizer_fast_json_saved_to_every_frame(tmp_path:
     out = tmp_path / "out.mp4"
     assert main(["video", str(root / "graphs" / "fast_video.json"), str(clip), "-o", str(out), "--frames", "0:5"]) == 0
     assert read_clip(str(out)).frames.shape == read_clip(str(clip), 0, 5).frames.shape
+
+
+def shifted_clip(count: int = 6, size: int = 40, shift: int = 2) -> tuple[torch.Tensor, Flow]:
+    """A clip whose frames slide ``shift`` pixels to the right each, and its exact backward flow: every pixel of
+    frame ``i`` is ``shift`` pixels left in frame ``i - 1``, so the flow is (-shift, 0) and reliable everywhere."""
+    wide = torch.rand((size, size + count * shift, 3), generator=torch.Generator().manual_seed(7))
+    frames = torch.stack([wide[:, (count - i) * shift : (count - i) * shift + size] for i in range(count)])
+    backward = torch.zeros(count, size, size, 2)
+    backward[1:, ..., 0] = -shift
+    reliable = torch.ones(count, size, size)
+    reliable[0] = 0  # entry 0 relates frame 0 to nothing
+    return frames, {"method": "exact", "backward": backward, "forward": -backward, "reliable": reliable}
+
+
+def test_pairs_of_frames_are_cut_alike_and_their_flow_warps_one_crop_onto_the_other() -> None:
+    """Mirrored or not, the previous frame's crop warped along the pair's flow is the frame's crop, wherever
+    the warp stays inside the crop; where it leaves the crop (the 2 columns the motion brings in) it does not
+    count."""
+    frames, flow = shifted_clip()
+    settings = TrainSettings(size=24, batch=16)
+    crops, (flows, masks) = random_pairs(frames, [1, 2, 3], flow, settings, torch.Generator().manual_seed(0))
+    now, before = crops[:8], crops[8:]
+    assert crops.shape == (16, 3, 24, 24) and flows.shape == (8, 24, 24, 2) and masks.shape == (8, 24, 24)
+    assert not torch.equal(now, before)
+    warped = warp(before, flows)
+    assert torch.allclose(warped * masks[:, None], now * masks[:, None], atol=1e-5)
+    assert (masks.sum((1, 2)) == 24 * 22).all()  # 2 columns leave the crop, on the left or (mirrored) the right
+    mirrored = flows[..., 0] > 0
+    assert 0 < mirrored[:, 0, 0].sum() < 8  # both kinds drawn
+    assert (masks[:, :, :2].sum((1, 2)) == 0).eq(~mirrored[:, 0, 0]).all()
+
+
+def test_the_temporal_term_is_zero_for_results_that_follow_the_flow(model: VGGModel) -> None:
+    from nst_nodes.fast.train import _Loss
+
+    frames, flow = shifted_clip(count=3)
+    objective = objective_of(model, pictures(1, 48), weight=1e-6)  # the temporal term dominates
+    loss_of = _Loss(model, objective, torch.device("cpu"), temporal_weight=1.0)
+    pair = frames[[2, 1]].permute(0, 3, 1, 2)  # frame 2, then frame 1
+    motion = flow["backward"][2:3], flow["reliable"][2:3] * inside(flow["backward"][2])
+    with torch.no_grad():
+        following = loss_of(pair, pair, motion) - loss_of(pair, pair)
+        swapped = loss_of(pair.flip(0), pair.flip(0), motion) - loss_of(pair.flip(0), pair.flip(0))  # 4 px off
+    assert abs(float(following)) < 1e-3
+    assert float(swapped) > 100  # random pixels, 0..255 in the network's input space
+
+
+def test_training_on_a_clip_with_a_temporal_term_is_deterministic_and_recorded(model: VGGModel) -> None:
+    frames, flow = shifted_clip()
+    settings = TrainSettings(size=32, steps=3, batch=2, width=4)
+    objective = objective_of(model, pictures(1, 48))
+    temporal: Temporal = {"start": "warped", "weight": 1e3, "flow": flow}
+    previews: list[torch.Tensor] = []
+    first = train_stylizer(
+        model, objective, frames, settings, lambda *args: previews.append(args[3]), temporal=temporal
+    )
+    again = train_stylizer(model, objective, frames, settings, temporal=temporal)
+    without = train_stylizer(model, objective, frames, settings, temporal={**temporal, "weight": 0.0})
+    assert all(torch.equal(first["weights"][name], again["weights"][name]) for name in first["weights"])
+    assert not all(torch.equal(first["weights"][name], without["weights"][name]) for name in first["weights"])
+    assert first["training"]["temporal"] == 1e3 and without["training"]["temporal"] == 0
+    assert previews[-1].shape == (2, 40, 40, 3)  # the held-aside frames: the last first
+
+
+@pytest.mark.parametrize(
+    ("change", "batch", "message"),
+    [
+        (lambda frames, flow: (frames[:5], flow), 2, "flow is of 6 frames of 40x40, the images are 5"),
+        (lambda frames, flow: (frames, flow), 3, "make it even"),
+        (lambda frames, flow: (frames[:3], {**flow, **{k: flow[k][:3] for k in ("backward", "reliable")}}), 2, "4"),
+        (lambda frames, flow: (frames, {**flow, "reliable": torch.zeros_like(flow["reliable"])}), 2, "scene cut"),
+        (lambda frames, flow: (frames, None), 2, "no flow"),
+    ],
+)
+def test_a_temporal_term_that_cannot_train_is_refused_with_what_to_do(change, batch: int, message: str) -> None:
+    frames, flow = change(*shifted_clip())
+    with pytest.raises(ValueError, match=message):
+        frame_pairs(frames, {"start": "warped", "weight": 1.0, "flow": flow}, batch)
+
+
+def test_a_graph_trains_a_stylizer_on_a_clip_with_temporal_loss(tmp_path: Path, reporter) -> None:
+    """Load Video -> Optical Flow -> Temporal Loss into Train Stylizer, beside the clip's frames."""
+    prompt = json.loads(Path("graphs/fast.json").read_text())
+    prompt["1"] = {
+        "class_type": "NSTLoadVideo",
+        "inputs": {"video": "nst-samples/carphone.mp4", "start": 0, "stop": 6, "long_side": 64},
+    }
+    prompt["20"] = {"class_type": "NSTOpticalFlow", "inputs": {"frames": ["1", 0], "method": "dis"}}
+    prompt["21"] = {"class_type": "NSTTemporalLoss", "inputs": {"mode": "flow", "weight": 1e3, "flow": ["20", 0]}}
+    prompt["14"]["inputs"] |= {"temporal": ["21", 0], "size": 48, "steps": 2, "batch": 2}
+    overrides = {"3.size": 4096, "17.size": 40}
+    folders = Folders(output=tmp_path / "output", models=tmp_path / "models")
+    outputs = run(prompt, device="cpu", overrides=overrides, folders=folders, reporter=reporter, outputs=["14"])
+    assert outputs["14"][0]["training"]["temporal"] == 1e3 and outputs["14"][0]["training"]["steps"] == 2
+    prompt["21"]["inputs"]["mode"] = "off"
+    with pytest.raises(NodeExecutionError, match="adds no temporal term"):
+        run(prompt, device="cpu", overrides=overrides, folders=folders, outputs=["14"])

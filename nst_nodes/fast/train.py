@@ -7,6 +7,12 @@ with a seeded generator, so training is deterministic on the CPU.
 
 The last picture of a set of two or more is held aside: never trained on, it is what the previews show and
 what picks the checkpoint that is kept (the lowest objective on it), also when a stop cuts training short.
+
+With a temporal term (a clip's frames and their flow: Temporal Loss), each step trains on pairs of consecutive
+frames cut at the same place, and the term keeps a frame's result close to the previous frame's result warped
+along the flow, where that warp is reliable and stays inside the crop (Huang et al. 2017, "Real-Time Neural Style
+Transfer for Videos"; the same measure as the optimizer's temporal loss). The last two frames are then held aside,
+and the checkpoint's objective on them includes the term between them.
 """
 
 from __future__ import annotations
@@ -19,16 +25,21 @@ from dataclasses import dataclass
 import torch
 
 from .. import kernels
-from ..losses import ObjectiveFunction, content_loss, tensor_sum, term_layers
+from ..losses import ObjectiveFunction, content_loss, temporal_loss, tensor_sum, term_layers
 from ..optimize import pass_plan
-from ..types import FeatureTerm, Objective, Stylizer, Term
+from ..types import FeatureTerm, Flow, Objective, Stylizer, Temporal, Term, Training
 from ..vgg import VGGModel
+from ..video.flow import is_cut, warp
 from .network import RESIDUAL_BLOCKS, TAIL_LAYOUTS, StylizerNetwork, stylize
 
 CHECKPOINTS = 20  # held-aside evaluations per training (and at the end, or at a stop)
 
 Report = Callable[[int, int, float, torch.Tensor], None]
 """``report(step, total, loss, preview)``: after every step, with the stylized held-aside picture."""
+
+Motion = tuple[torch.Tensor, torch.Tensor]
+"""The flow from each frame of a batch's first half to the frame in the same place of its second half
+``[P, H, W, 2]``, and where warping along it counts ``[P, H, W]`` (1 or 0)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,10 @@ def split_objective(objective: Objective) -> tuple[list[FeatureTerm], list[Term]
     others: list[Term] = []
     for term in objective["terms"]:
         if term["kind"] == "temporal":
-            raise ValueError("objective: a temporal term belongs to one clip's frames; train without Temporal Loss")
+            raise ValueError(
+                "objective: a temporal term belongs to one frame of a clip; connect Temporal Loss to Train "
+                "Stylizer's temporal input instead"
+            )
         if term["kind"] == "style" and term["mask"] is not None:
             raise ValueError(
                 "objective: a style loss with a mask places a style in one region of one picture, but a stylizer "
@@ -65,21 +79,84 @@ def split_objective(objective: Objective) -> tuple[list[FeatureTerm], list[Term]
     return content, others
 
 
+def _placement(
+    choices: int, height: int, width: int, size: int, generator: torch.Generator
+) -> tuple[int, slice, slice, bool]:
+    """A random choice among ``choices`` pictures, a ``size``² window of a ``height`` x ``width`` one, and whether to
+    mirror it."""
+    index = int(torch.randint(choices, (1,), generator=generator))
+    top = int(torch.randint(height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(width - size + 1, (1,), generator=generator))
+    mirrored = bool(torch.rand((), generator=generator) < 0.5)
+    return index, slice(top, top + size), slice(left, left + size), mirrored
+
+
 def random_crops(images: torch.Tensor, settings: TrainSettings, generator: torch.Generator) -> torch.Tensor:
     """``settings.batch`` random ``size``² crops of IMAGE ``[N, H, W, 3]``, half of them mirrored:
     ``[B, 3, size, size]``. Pictures smaller than a crop were refused before (:func:`check_pictures`)."""
     crops = []
-    count, height, width = images.shape[:3]
-    size = settings.size
     for _ in range(settings.batch):
-        index = int(torch.randint(count, (1,), generator=generator))
-        top = int(torch.randint(height - size + 1, (1,), generator=generator))
-        left = int(torch.randint(width - size + 1, (1,), generator=generator))
-        crop = images[index, top : top + size, left : left + size]
-        if torch.rand((), generator=generator) < 0.5:
-            crop = crop.flip(1)
-        crops.append(crop.permute(2, 0, 1))
+        height, width = images.shape[1:3]
+        index, rows, columns, mirrored = _placement(len(images), height, width, settings.size, generator)
+        crop = images[index, rows, columns]
+        crops.append((crop.flip(1) if mirrored else crop).permute(2, 0, 1))
     return torch.stack(crops)
+
+
+def inside(flow: torch.Tensor) -> torch.Tensor:
+    """Where ``p + flow(p)`` lies inside the frame ``[H, W]`` of a flow ``[H, W, 2]``: 1 or 0."""
+    height, width = flow.shape[:2]
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    x, y = xs + flow[..., 0], ys + flow[..., 1]
+    return ((x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)).float()
+
+
+def random_pairs(
+    frames: torch.Tensor, pairs: list[int], flow: Flow, settings: TrainSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, Motion]:
+    """``settings.batch // 2`` random ``size``² crops of frames ``i`` of IMAGE ``[N, H, W, 3]``, ``i`` drawn from
+    ``pairs``, then the same crops of frames ``i - 1``: ``[B, 3, size, size]``; with the flow between them and
+    where warping along it is reliable and stays inside the crop. Half of the pairs mirrored, flow included."""
+    now, before, flows, masks = [], [], [], []
+    for _ in range(settings.batch // 2):
+        height, width = frames.shape[1:3]
+        choice, rows, columns, mirrored = _placement(len(pairs), height, width, settings.size, generator)
+        index = pairs[choice]
+        backward = flow["backward"][index, rows, columns]
+        mask = flow["reliable"][index, rows, columns] * inside(backward)
+        crops = frames[index, rows, columns], frames[index - 1, rows, columns]
+        if mirrored:
+            crops = crops[0].flip(1), crops[1].flip(1)
+            backward, mask = backward.flip(1) * torch.tensor([-1.0, 1.0]), mask.flip(1)
+        now.append(crops[0].permute(2, 0, 1))
+        before.append(crops[1].permute(2, 0, 1))
+        flows.append(backward)
+        masks.append(mask)
+    return torch.stack(now + before), (torch.stack(flows), torch.stack(masks))
+
+
+def frame_pairs(images: torch.Tensor, temporal: Temporal, batch: int) -> list[int]:
+    """The training frames ``i`` (the last two are held aside) whose warp from frame ``i - 1`` is no scene cut;
+    ValueError, naming what to change, where a temporal term cannot train on ``images``."""
+    flow = temporal["flow"]
+    if flow is None:
+        raise ValueError("temporal: it carries no flow; connect Optical Flow of the training frames to Temporal Loss")
+    count, height, width = images.shape[:3]
+    flow_count, flow_height, flow_width = flow["backward"].shape[:3]
+    if (flow_count, flow_height, flow_width) != (count, height, width):
+        raise ValueError(
+            f"temporal: its flow is of {flow_count} frames of {flow_width}x{flow_height}, the images are {count} of "
+            f"{width}x{height}; take Optical Flow of the training frames themselves"
+        )
+    if batch % 2:
+        raise ValueError(f"batch: with a temporal term a step trains on pairs of frames; make it even, not {batch}")
+    pairs = [index for index in range(1, count - 2) if not is_cut(flow["reliable"][index])]
+    if not pairs:
+        raise ValueError(
+            f"images: {count} frames have no two consecutive ones without a scene cut to train the temporal term on "
+            "(the last two are held aside); give a clip of at least 4 frames"
+        )
+    return pairs
 
 
 def check_pictures(images: torch.Tensor, size: int) -> None:
@@ -119,8 +196,9 @@ class _Loss:
     network passes run on a pass plan (:func:`~nst_nodes.optimize.pass_plan`): fp32 until :meth:`plan` is
     called."""
 
-    def __init__(self, model: VGGModel, objective: Objective, device: torch.device) -> None:
+    def __init__(self, model: VGGModel, objective: Objective, device: torch.device, temporal_weight: float) -> None:
         self.model = model
+        self.temporal_weight = temporal_weight
         self.content, others = split_objective(objective)
         self.others = ObjectiveFunction(others, device)
         self.layers = term_layers(objective)
@@ -139,8 +217,9 @@ class _Loss:
         self.kernel = kernel or None
         return plan
 
-    def __call__(self, stylized: torch.Tensor, pictures: torch.Tensor) -> torch.Tensor:
-        """``stylized``, ``pictures``: ``[B, 3, H, W]`` RGB 0..1."""
+    def __call__(self, stylized: torch.Tensor, pictures: torch.Tensor, motion: Motion | None = None) -> torch.Tensor:
+        """``stylized``, ``pictures``: ``[B, 3, H, W]`` RGB 0..1; with ``motion``, the temporal term between the
+        batch's first half and the second half warped into it (:func:`random_pairs`)."""
         normalize = self.model.preprocessing.normalize
         x = normalize(stylized.permute(0, 2, 3, 1))
         with kernels.every_layer(self.kernel):
@@ -163,7 +242,24 @@ class _Loss:
                 for term in self.content
             ]
             losses.append(self.others.total(own, x[item : item + 1]) + tensor_sum(content))
-        return tensor_sum(losses) / len(losses)
+        total = tensor_sum(losses) / len(losses)
+        if motion is None:
+            return total
+        flow, mask = motion
+        now, before = x[: len(flow)], x[len(flow) : 2 * len(flow)]
+        return total + self.temporal_weight * temporal_loss(now, warp(before, flow), mask[:, None])
+
+
+def held_aside(images: torch.Tensor, flow: Flow | None) -> tuple[torch.Tensor, Motion | None, torch.Tensor]:
+    """The held-aside frames (the last, then with a flow the one before it), their motion where the temporal term
+    applies between them (no scene cut), and the training frames: all of ``images`` if it is one picture."""
+    if flow is None:
+        return images[-1:], None, images[:-1] if len(images) > 1 else images
+    held, training = images[[-1, -2]], images[:-2]
+    if is_cut(flow["reliable"][-1]):
+        return held, None, training
+    backward = flow["backward"][-1]
+    return held, (backward[None], (flow["reliable"][-1] * inside(backward))[None]), training
 
 
 def train_stylizer(
@@ -173,19 +269,24 @@ def train_stylizer(
     settings: TrainSettings,
     report: Report | None = None,
     should_stop: Callable[[], bool] | None = None,
+    temporal: Temporal | None = None,
 ) -> Stylizer:
-    """Train a stylizer on IMAGE ``[N, H, W, 3]`` against ``objective`` (see the module's docstring); returns
-    the best checkpoint on the held-aside picture. ``should_stop()`` is polled after every step."""
+    """Train a stylizer on IMAGE ``[N, H, W, 3]`` against ``objective``, with ``temporal``'s term on the frames'
+    flow (see the module's docstring); returns the best checkpoint on the held-aside picture. ``should_stop()`` is
+    polled after every step."""
     check_pictures(images, settings.size)
+    pairs = frame_pairs(images, temporal, settings.batch) if temporal is not None else []
+    flow = temporal["flow"] if temporal is not None else None  # not None with a temporal term (frame_pairs)
     report = report or (lambda step, total, loss, preview: None)
     should_stop = should_stop or (lambda: False)
     device = next(model.network.parameters()).device
     started = time.perf_counter()
-    held = images[-1:].to(device)
-    training = (images[:-1] if len(images) > 1 else images).to(device)
+    held, held_motion, training = held_aside(images, flow)
+    if held_motion is not None:
+        held_motion = held_motion[0].to(device), held_motion[1].to(device)
     with torch.inference_mode(False), torch.enable_grad():
-        held, training = held.clone(), training.clone()  # a host's inference-mode tensors, made normal
-        loss_of = _Loss(model, objective, device)
+        held, training = held.to(device).clone(), training.to(device).clone()  # a host's inference-mode tensors
+        loss_of = _Loss(model, objective, device, temporal["weight"] if temporal else 0.0)
         plan = loss_of.plan(training, settings.size, should_stop)
         generator = torch.Generator().manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[]):
@@ -194,56 +295,60 @@ def train_stylizer(
         sample = training[:1, : settings.size, : settings.size].permute(0, 3, 1, 2)
         network.tail_layout = tail_layout(network, sample.expand(settings.batch, -1, -1, -1).contiguous())
         optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
-        best = _Checkpoint()
+        best = _Checkpoint(held, held_motion, loss_of)
         every = max(1, settings.steps // CHECKPOINTS)
         preview = held
         steps = 0
         for step in range(1, settings.steps + 1):
-            crops = random_crops(training, settings, generator).to(device)
+            motion = None
+            if flow is not None:
+                crops, (flows, masks) = random_pairs(training, pairs, flow, settings, generator)
+                motion = flows.to(device), masks.to(device)
+            else:
+                crops = random_crops(training, settings, generator)
+            crops = crops.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_of(network(crops), crops)
+            loss = loss_of(network(crops), crops, motion)
             loss.backward()
             optimizer.step()
             steps = step
             if step % every == 0 or step == settings.steps:
-                preview = best.consider(network, step, held, loss_of)
+                preview = best.consider(network, step)
             report(step, settings.steps, loss.item(), preview)
             if step < settings.steps and should_stop():
                 if step % every:
-                    best.consider(network, step, held, loss_of)
+                    best.consider(network, step)
                 break
-    return {
-        "width": settings.width,
-        "blocks": RESIDUAL_BLOCKS,
-        "weights": best.weights,
-        "training": {
-            "model": model.identity,
-            "steps": steps,
-            "best_step": best.step,
-            "loss": best.loss,
-            "size": settings.size,
-            "batch": settings.batch,
-            "precision": plan,
-            "seconds": round(time.perf_counter() - started, 1),
-        },
+    training_record: Training = {
+        "model": model.identity,
+        "steps": steps,
+        "best_step": best.step,
+        "loss": best.loss,
+        "size": settings.size,
+        "batch": settings.batch,
+        "precision": plan,
+        "seconds": round(time.perf_counter() - started, 1),
+        "temporal": loss_of.temporal_weight,
     }
+    return {"width": settings.width, "blocks": RESIDUAL_BLOCKS, "weights": best.weights, "training": training_record}
 
 
 class _Checkpoint:
-    """The network's weights at its lowest objective on the held-aside picture so far."""
+    """The network's weights at its lowest objective on the held-aside frames so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: torch.Tensor, motion: Motion | None, loss_of: _Loss) -> None:
+        self.held, self.motion, self.loss_of = held, motion, loss_of
         self.loss = float("inf")
         self.step = 0
         self.weights: dict[str, torch.Tensor] = {}
 
-    def consider(self, network: StylizerNetwork, step: int, held: torch.Tensor, loss_of: _Loss) -> torch.Tensor:
-        """Evaluate the network on the held-aside picture, keep its weights if they are the best so far; returns
-        the stylized picture (IMAGE) for the preview."""
+    def consider(self, network: StylizerNetwork, step: int) -> torch.Tensor:
+        """Evaluate the network on the held-aside frames, keep its weights if they are the best so far; returns
+        the stylized frames (IMAGE), the held-aside picture first, for the preview."""
         network.eval()
         with torch.no_grad():
-            stylized = stylize(network, held)
-            loss = float(loss_of(stylized.permute(0, 3, 1, 2), held.permute(0, 3, 1, 2)))
+            stylized = stylize(network, self.held)
+            loss = float(self.loss_of(stylized.permute(0, 3, 1, 2), self.held.permute(0, 3, 1, 2), self.motion))
         network.train()
         if not math.isfinite(loss):
             raise FloatingPointError(

@@ -8,7 +8,7 @@ import torch
 
 from ..fast.network import build, stylize
 from ..fast.store import EXTENSION, read_stylizer, write_stylizer
-from ..fast.train import TrainSettings, check_pictures, split_objective, train_stylizer
+from ..fast.train import TrainSettings, check_pictures, frame_pairs, split_objective, train_stylizer
 from ..files import (
     FileRuleError,
     file_sha256,
@@ -22,7 +22,7 @@ from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory, network_bytes
 from ..losses import term_layers
-from ..types import IMAGE, NST_LOSS, NST_MODEL, NST_STYLIZER, Objective, Stylizer
+from ..types import IMAGE, NST_LOSS, NST_MODEL, NST_STYLIZER, NST_TEMPORAL, Objective, Stylizer, Temporal
 from ..vgg import VGGModel
 from .base import HIDDEN_CONTEXT, Node, require_same_model, seed_input
 from .images import prefix_problem
@@ -77,6 +77,14 @@ class TrainStylizer(Node):
             max=128,
             tooltip="Channels of the network's first layer: 16 for CPUs, 32 is Johnson et al.'s network.",
         ),
+        Link(
+            "temporal",
+            type=NST_TEMPORAL,
+            optional=True,
+            tooltip="For video: Temporal Loss (mode flow) on Optical Flow of the training frames. Each step then "
+            "trains on pairs of consecutive frames, and its weight keeps a frame's result close to the previous "
+            "one's warped along the flow (Huang et al. 2017); the last two frames are held aside.",
+        ),
     )
     HIDDEN = HIDDEN_CONTEXT
 
@@ -91,6 +99,7 @@ class TrainStylizer(Node):
         lr: float,
         seed: int,
         width: int,
+        temporal: Temporal | None = None,
         context: Host | None = None,
     ) -> tuple[Stylizer]:
         host = host_of(context)
@@ -98,6 +107,13 @@ class TrainStylizer(Node):
             require_same_model("objective", model.identity, objective["model"])
         split_objective(objective)
         check_pictures(images, size)
+        if temporal is not None:
+            if temporal["weight"] == 0:
+                raise ValueError(
+                    "temporal: its mode or weight adds no temporal term (only mode flow with a weight does); "
+                    "set mode flow, or disconnect it"
+                )
+            frame_pairs(images, temporal, batch)
         layers = term_layers(objective)
         check_large_enough("images", images[:, :size, :size].permute(0, 3, 1, 2), layers)
         needed = batch * (
@@ -110,7 +126,9 @@ class TrainStylizer(Node):
             host.progress(step, total, loss=loss, preview=lambda: to_picture(preview[:1].cpu()))
 
         settings = TrainSettings(size, steps, batch, lr, seed, width)
-        stylizer = train_stylizer(model.to(host.device), objective, images, settings, report, host.should_stop)
+        stylizer = train_stylizer(
+            model.to(host.device), objective, images, settings, report, host.should_stop, temporal
+        )
         return (stylizer,)
 
 

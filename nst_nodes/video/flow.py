@@ -48,18 +48,18 @@ def optical_flow(a: torch.Tensor, b: torch.Tensor, method: str = "dis") -> torch
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """``image`` (``[B, C, H, W]``) sampled at ``p + flow(p)``, bilinear; outside the frame the border
-    is repeated (the reliability mask marks those pixels anyway)."""
-    height, width = flow.shape[:2]
+    """``image`` (``[B, C, H, W]``) sampled at ``p + flow(p)``, bilinear, for one flow ``[H, W, 2]`` or one per
+    picture ``[B, H, W, 2]``; outside the frame the border is repeated (the reliability mask marks those pixels
+    anyway)."""
+    height, width = flow.shape[-3:-1]
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
     )
-    x = (xs + flow[..., 0].float()) * (2 / max(width - 1, 1)) - 1
-    y = (ys + flow[..., 1].float()) * (2 / max(height - 1, 1)) - 1
-    grid = torch.stack((x, y), dim=-1).unsqueeze(0).expand(image.shape[0], -1, -1, -1)
-    warped = F.grid_sample(
-        image.float(), grid.to(image.device), mode="bilinear", padding_mode="border", align_corners=True
-    )
+    flow = flow.float().to(image.device)
+    x = (xs.to(image.device) + flow[..., 0]) * (2 / max(width - 1, 1)) - 1
+    y = (ys.to(image.device) + flow[..., 1]) * (2 / max(height - 1, 1)) - 1
+    grid = torch.stack((x, y), dim=-1).expand(image.shape[0], -1, -1, -1)
+    warped = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
     return warped.to(image.dtype)
 
 
