@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -355,20 +354,18 @@ def test_a_temporal_term_that_cannot_train_is_refused_with_what_to_do(change, ba
         frame_pairs(frames, {"start": "warped", "weight": 1.0, "flow": flow}, batch)
 
 
-def test_a_graph_trains_a_stylizer_on_a_clip_with_temporal_loss(tmp_path: Path, reporter) -> None:
-    """Load Video -> Optical Flow -> Temporal Loss into Train Stylizer, beside the clip's frames."""
-    prompt = json.loads(Path("graphs/fast.json").read_text())
-    prompt["1"] = {
-        "class_type": "NSTLoadVideo",
-        "inputs": {"video": "nst-samples/carphone.mp4", "start": 0, "stop": 6, "long_side": 64},
-    }
-    prompt["20"] = {"class_type": "NSTOpticalFlow", "inputs": {"frames": ["1", 0], "method": "dis"}}
-    prompt["21"] = {"class_type": "NSTTemporalLoss", "inputs": {"mode": "flow", "weight": 1e3, "flow": ["20", 0]}}
-    prompt["14"]["inputs"] |= {"temporal": ["21", 0], "size": 48, "steps": 2, "batch": 2}
-    overrides = {"3.size": 4096, "17.size": 40}
+def test_fast_clip_graph_trains_on_the_clip_with_temporal_loss_then_stylizes_it(tmp_path: Path, reporter) -> None:
+    """graphs/fast_clip.json, shrunk: Load Video -> Optical Flow -> Temporal Loss into Train Stylizer beside the
+    clip's frames, then the clip stylized and saved; Temporal Loss in a mode without a term is refused."""
+    from nst_nodes.video.io import read_clip
+
+    overrides = {"1.stop": 6, "1.long_side": 64, "3.size": 4096, "16.size": 48, "16.steps": 2, "16.batch": 2}
     folders = Folders(output=tmp_path / "output", models=tmp_path / "models")
-    outputs = run(prompt, device="cpu", overrides=overrides, folders=folders, reporter=reporter, outputs=["14"])
-    assert outputs["14"][0]["training"]["temporal"] == 1e3 and outputs["14"][0]["training"]["steps"] == 2
-    prompt["21"]["inputs"]["mode"] = "off"
+    run("graphs/fast_clip.json", device="cpu", overrides=overrides, folders=folders, reporter=reporter)
+    saved = tmp_path / "models" / "nst" / "starry_night_clip.safetensors"
+    with saved.open("rb") as file:
+        training = read_stylizer(file, saved)["training"]
+    assert training["temporal"] == 1e4 and training["steps"] == 2
+    assert read_clip(str(tmp_path / "output" / "fast_clip.mp4")).frames.shape == (6, 52, 64, 3)
     with pytest.raises(NodeExecutionError, match="adds no temporal term"):
-        run(prompt, device="cpu", overrides=overrides, folders=folders, outputs=["14"])
+        run("graphs/fast_clip.json", device="cpu", overrides={**overrides, "15.mode": "off"}, folders=folders)

@@ -225,3 +225,25 @@ def test_nst_video_refuses_steps_for_a_graph_that_does_not_optimize(
     output = str(tmp_path / "out.mp4")
     assert main(["video", "graphs/fast_video.json", str(CLIP), "-o", output, "--steps", "3"]) == 2
     assert "--steps needs an NSTOptimize node in the graph" in capsys.readouterr().err
+
+
+def test_the_fast_clip_workflow_trains_on_the_clip_with_temporal_loss_between_comfyuis_core_video_nodes() -> None:
+    import json
+
+    import comfy_core_video
+
+    from graphrun import load_graph, validate
+
+    registry = comfy_core_video.registry()
+    graph = load_graph(json.loads((ROOT / "example_workflows" / "fast_clip.json").read_text()), registry=registry)
+    assert validate(graph, registry) == []
+    prompt = graph.prompt
+    classes = {entry["class_type"] for entry in prompt.values()}
+    assert {"LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo", "NSTApplyStylizer"} <= classes
+    train = next(entry for entry in prompt.values() if entry["class_type"] == "NSTTrainStylizer")
+    temporal = prompt[train["inputs"]["temporal"][0]]
+    flow = prompt[temporal["inputs"]["flow"][0]]
+    assert temporal["class_type"] == "NSTTemporalLoss" and temporal["inputs"]["mode"] == "flow"
+    assert flow["inputs"]["frames"] == train["inputs"]["images"]  # the flow of the frames trained on
+    frames = prompt[train["inputs"]["images"][0]]
+    assert frames["inputs"]["multiple_of"] % 2 == 0 and frames["inputs"]["size"] >= train["inputs"]["size"]
