@@ -161,7 +161,7 @@ class Training(TypedDict):
     batch: int
     precision: str  # the loss network's pass plan (nst_nodes.optimize.pass_plan): fp32, or bf16 where faster
     seconds: float
-    temporal: float  # the temporal term's weight (a clip's frames and their flow); 0: none
+    temporal: float  # the temporal term's weight, where it trained on a clip's frames and their flow; else 0
 
 
 class Stylizer(TypedDict):

@@ -17,7 +17,8 @@ from nst_nodes.fast.store import read_stylizer, stylizer_bytes
 from nst_nodes.fast.train import (
     TrainSettings,
     frame_pairs,
-    inside,
+    held_aside,
+    motion_of,
     random_pairs,
     split_objective,
     tail_layout,
@@ -313,7 +314,7 @@ def test_the_temporal_term_is_zero_for_results_that_follow_the_flow(model: VGGMo
     objective = objective_of(model, pictures(1, 48), weight=1e-6)  # the temporal term dominates
     loss_of = _Loss(model, objective, torch.device("cpu"), temporal_weight=1.0)
     pair = frames[[2, 1]].permute(0, 3, 1, 2)  # frame 2, then frame 1
-    motion = flow["backward"][2:3], flow["reliable"][2:3] * inside(flow["backward"][2])
+    motion = motion_of(flow["backward"][2], flow["reliable"][2])
     with torch.no_grad():
         following = loss_of(pair, pair, motion) - loss_of(pair, pair)
         swapped = loss_of(pair.flip(0), pair.flip(0), motion) - loss_of(pair.flip(0), pair.flip(0))  # 4 px off
@@ -343,7 +344,11 @@ def test_training_on_a_clip_with_a_temporal_term_is_deterministic_and_recorded(m
     [
         (lambda frames, flow: (frames[:5], flow), 2, "flow is of 6 frames of 40x40, the images are 5"),
         (lambda frames, flow: (frames, flow), 3, "make it even"),
-        (lambda frames, flow: (frames[:3], {**flow, **{k: flow[k][:3] for k in ("backward", "reliable")}}), 2, "4"),
+        (
+            lambda frames, flow: (frames[:3], {**flow, **{k: flow[k][:3] for k in ("backward", "reliable")}}),
+            2,
+            "give at least 4",
+        ),
         (lambda frames, flow: (frames, {**flow, "reliable": torch.zeros_like(flow["reliable"])}), 2, "scene cut"),
         (lambda frames, flow: (frames, None), 2, "no flow"),
     ],
@@ -352,6 +357,25 @@ def test_a_temporal_term_that_cannot_train_is_refused_with_what_to_do(change, ba
     frames, flow = change(*shifted_clip())
     with pytest.raises(ValueError, match=message):
         frame_pairs(frames, {"start": "warped", "weight": 1.0, "flow": flow}, batch)
+
+
+def test_pairs_come_from_the_training_frames_and_the_held_aside_pair_warps_onto_the_last_frame() -> None:
+    """Of 6 frames, 4 train (pairs end at frames 1, 2 and 3) and the last two are held aside, the last first:
+    the one before it warped along their flow is it, where the warp counts."""
+    frames, flow = shifted_clip()
+    temporal: Temporal = {"start": "warped", "weight": 1.0, "flow": flow}
+    assert frame_pairs(frames, temporal, 2) == [1, 2, 3]
+    cut = flow["reliable"].clone()
+    cut[2] = 0
+    assert frame_pairs(frames, {**temporal, "flow": {**flow, "reliable": cut}}, 2) == [1, 3]
+    held, motion, training = held_aside(frames, flow)
+    assert torch.equal(held, frames[[5, 4]]) and torch.equal(training, frames[:4]) and motion is not None
+    pair = held.permute(0, 3, 1, 2)
+    mask = motion[1][:, None]
+    assert torch.allclose(warp(pair[1:], motion[0]) * mask, pair[:1] * mask, atol=1e-5) and mask.mean() > 0.9
+    cut = flow["reliable"].clone()
+    cut[5] = 0
+    assert held_aside(frames, {**flow, "reliable": cut})[1] is None  # no term across a cut
 
 
 def test_fast_clip_graph_trains_on_the_clip_with_temporal_loss_then_stylizes_it(tmp_path: Path, reporter) -> None:

@@ -247,3 +247,12 @@ def test_the_fast_clip_workflow_trains_on_the_clip_with_temporal_loss_between_co
     assert flow["inputs"]["frames"] == train["inputs"]["images"]  # the flow of the frames trained on
     frames = prompt[train["inputs"]["images"][0]]
     assert frames["inputs"]["multiple_of"] % 2 == 0 and frames["inputs"]["size"] >= train["inputs"]["size"]
+
+
+def test_nst_video_runs_a_graph_that_trains_on_the_clip_in_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Segments would each train a stylizer of their own on part of the clip: refused before anything runs."""
+    out = tmp_path / "out.mp4"
+    assert main(["video", "graphs/fast_clip.json", str(CLIP), "-o", str(out), "--workers", "2"]) == 2
+    assert "without --workers" in capsys.readouterr().err and not out.exists()

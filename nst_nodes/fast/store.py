@@ -67,7 +67,7 @@ def read_stylizer(file: BinaryIO, path: Path) -> Stylizer:
     file.seek(0)
     try:
         weights = load(file.read())
-        training: Training = json.loads(metadata["training"])
+        training: Training = {"temporal": 0.0} | json.loads(metadata["training"])  # files saved before it existed
         stylizer: Stylizer = {
             "width": int(metadata["width"]),
             "blocks": int(metadata["blocks"]),

@@ -10,9 +10,9 @@ what picks the checkpoint that is kept (the lowest objective on it), also when a
 
 With a temporal term (a clip's frames and their flow: Temporal Loss), each step trains on pairs of consecutive
 frames cut at the same place, and the term keeps a frame's result close to the previous frame's result warped
-along the flow, where that warp is reliable and stays inside the crop (Huang et al. 2017, "Real-Time Neural Style
-Transfer for Videos"; the same measure as the optimizer's temporal loss). The last two frames are then held aside,
-and the checkpoint's objective on them includes the term between them.
+along the flow (Huang et al. 2017, "Real-Time Neural Style Transfer for Videos"): the optimizer's temporal loss,
+counted where the warp is reliable and lands inside the crop. The last two frames are then held aside, and the
+checkpoint's objective on them includes the term between them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..losses import ObjectiveFunction, content_loss, temporal_loss, tensor_sum,
 from ..optimize import pass_plan
 from ..types import FeatureTerm, Flow, Objective, Stylizer, Temporal, Term, Training
 from ..vgg import VGGModel
-from ..video.flow import is_cut, warp
+from ..video.flow import inside, is_cut, warp
 from .network import RESIDUAL_BLOCKS, TAIL_LAYOUTS, StylizerNetwork, stylize
 
 CHECKPOINTS = 20  # held-aside evaluations per training (and at the end, or at a stop)
@@ -95,20 +95,18 @@ def random_crops(images: torch.Tensor, settings: TrainSettings, generator: torch
     """``settings.batch`` random ``size``² crops of IMAGE ``[N, H, W, 3]``, half of them mirrored:
     ``[B, 3, size, size]``. Pictures smaller than a crop were refused before (:func:`check_pictures`)."""
     crops = []
+    height, width = images.shape[1:3]
     for _ in range(settings.batch):
-        height, width = images.shape[1:3]
         index, rows, columns, mirrored = _placement(len(images), height, width, settings.size, generator)
         crop = images[index, rows, columns]
         crops.append((crop.flip(1) if mirrored else crop).permute(2, 0, 1))
     return torch.stack(crops)
 
 
-def inside(flow: torch.Tensor) -> torch.Tensor:
-    """Where ``p + flow(p)`` lies inside the frame ``[H, W]`` of a flow ``[H, W, 2]``: 1 or 0."""
-    height, width = flow.shape[:2]
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    x, y = xs + flow[..., 0], ys + flow[..., 1]
-    return ((x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)).float()
+def motion_of(backward: torch.Tensor, reliable: torch.Tensor) -> Motion:
+    """A frame's (or crop's) flow to the previous one ``[H, W, 2]`` and where the temporal term counts: reliable and
+    landing inside."""
+    return backward[None], (reliable * inside(backward))[None]
 
 
 def random_pairs(
@@ -118,21 +116,21 @@ def random_pairs(
     ``pairs``, then the same crops of frames ``i - 1``: ``[B, 3, size, size]``; with the flow between them and
     where warping along it is reliable and stays inside the crop. Half of the pairs mirrored, flow included."""
     now, before, flows, masks = [], [], [], []
+    height, width = frames.shape[1:3]
     for _ in range(settings.batch // 2):
-        height, width = frames.shape[1:3]
         choice, rows, columns, mirrored = _placement(len(pairs), height, width, settings.size, generator)
         index = pairs[choice]
-        backward = flow["backward"][index, rows, columns]
-        mask = flow["reliable"][index, rows, columns] * inside(backward)
+        backward, reliable = flow["backward"][index, rows, columns], flow["reliable"][index, rows, columns]
         crops = frames[index, rows, columns], frames[index - 1, rows, columns]
         if mirrored:
             crops = crops[0].flip(1), crops[1].flip(1)
-            backward, mask = backward.flip(1) * torch.tensor([-1.0, 1.0]), mask.flip(1)
+            backward, reliable = backward.flip(1) * backward.new_tensor([-1.0, 1.0]), reliable.flip(1)
         now.append(crops[0].permute(2, 0, 1))
         before.append(crops[1].permute(2, 0, 1))
-        flows.append(backward)
-        masks.append(mask)
-    return torch.stack(now + before), (torch.stack(flows), torch.stack(masks))
+        crop_flow, crop_mask = motion_of(backward, reliable)
+        flows.append(crop_flow)
+        masks.append(crop_mask)
+    return torch.stack(now + before), (torch.cat(flows), torch.cat(masks))
 
 
 def frame_pairs(images: torch.Tensor, temporal: Temporal, batch: int) -> list[int]:
@@ -150,11 +148,16 @@ def frame_pairs(images: torch.Tensor, temporal: Temporal, batch: int) -> list[in
         )
     if batch % 2:
         raise ValueError(f"batch: with a temporal term a step trains on pairs of frames; make it even, not {batch}")
+    if count < 4:
+        raise ValueError(
+            f"images: {count} frames; with a temporal term the last two are held aside and a step trains on two "
+            "consecutive ones of the rest: give at least 4"
+        )
     pairs = [index for index in range(1, count - 2) if not is_cut(flow["reliable"][index])]
     if not pairs:
         raise ValueError(
-            f"images: {count} frames have no two consecutive ones without a scene cut to train the temporal term on "
-            "(the last two are held aside); give a clip of at least 4 frames"
+            f"images: every two consecutive training frames of the {count} lie across a scene cut (the flow's warp "
+            "is reliable on too little of the frame), so the temporal term has nothing to train on"
         )
     return pairs
 
@@ -243,7 +246,7 @@ class _Loss:
             ]
             losses.append(self.others.total(own, x[item : item + 1]) + tensor_sum(content))
         total = tensor_sum(losses) / len(losses)
-        if motion is None:
+        if motion is None or self.temporal_weight == 0:
             return total
         flow, mask = motion
         now, before = x[: len(flow)], x[len(flow) : 2 * len(flow)]
@@ -258,8 +261,7 @@ def held_aside(images: torch.Tensor, flow: Flow | None) -> tuple[torch.Tensor, M
     held, training = images[[-1, -2]], images[:-2]
     if is_cut(flow["reliable"][-1]):
         return held, None, training
-    backward = flow["backward"][-1]
-    return held, (backward[None], (flow["reliable"][-1] * inside(backward))[None]), training
+    return held, motion_of(flow["backward"][-1], flow["reliable"][-1]), training
 
 
 def train_stylizer(
@@ -286,7 +288,7 @@ def train_stylizer(
         held_motion = held_motion[0].to(device), held_motion[1].to(device)
     with torch.inference_mode(False), torch.enable_grad():
         held, training = held.to(device).clone(), training.to(device).clone()  # a host's inference-mode tensors
-        loss_of = _Loss(model, objective, device, temporal["weight"] if temporal else 0.0)
+        loss_of = _Loss(model, objective, device, temporal["weight"] if temporal is not None else 0.0)
         plan = loss_of.plan(training, settings.size, should_stop)
         generator = torch.Generator().manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[]):

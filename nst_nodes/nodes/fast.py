@@ -48,7 +48,7 @@ class TrainStylizer(Node):
     FUNCTION = "train"
     RETURN_TYPES = (NST_STYLIZER,)
     RETURN_NAMES = ("stylizer",)
-    OUTPUT_TOOLTIPS = ("The trained network (the best checkpoint on the held-aside picture).",)
+    OUTPUT_TOOLTIPS = ("The trained network (the best checkpoint on the held-aside picture or frames).",)
 
     INPUTS = (
         Link("model", type=NST_MODEL, tooltip="The network the objective was built with."),
@@ -57,7 +57,7 @@ class TrainStylizer(Node):
             "images",
             type=IMAGE,
             tooltip="Training pictures (Load Image Set, or a clip's frames); of two or more, the last is held "
-            "aside: the previews show it and it picks the checkpoint kept.",
+            "aside (with a temporal input, the last two): the previews show it and it picks the checkpoint kept.",
         ),
         Int(
             "size",
@@ -67,7 +67,7 @@ class TrainStylizer(Node):
             tooltip="Side of the square random crops trained on; 256 is Johnson et al.'s, for a GPU.",
         ),
         Int("steps", default=600, min=1, max=1_000_000, tooltip="Training steps (one batch of crops each)."),
-        Int("batch", default=4, min=1, max=64, tooltip="Crops per step."),
+        Int("batch", default=4, min=1, max=64, tooltip="Crops per step (even with a temporal input: pairs of frames)."),
         Float("lr", default=1e-3, min=1e-6, max=1.0, step=1e-5, tooltip="Adam's learning rate."),
         seed_input("Of the network's start and the crops: the same seed trains the same network on a CPU."),
         Int(
@@ -110,8 +110,8 @@ class TrainStylizer(Node):
         if temporal is not None:
             if temporal["weight"] == 0:
                 raise ValueError(
-                    "temporal: its mode or weight adds no temporal term (only mode flow with a weight does); "
-                    "set mode flow, or disconnect it"
+                    "temporal: its mode or weight adds no temporal term (only mode flow with a weight above 0 "
+                    "does); set mode flow with a weight above 0, or disconnect it"
                 )
             frame_pairs(images, temporal, batch)
         layers = term_layers(objective)

@@ -206,12 +206,12 @@ class TemporalLoss(Node):
         "How Optimize Image carries a batch of frames from one to the next (Ruder et al. 2016): off "
         "(each frame alone), chain (from the previous result), warped (from it warped along the flow) or "
         "flow (warped, and the temporal loss keeps the result close to it where the warp is reliable). "
-        "A scene cut starts fresh."
+        "A scene cut starts fresh. In mode flow it also trains a stylizer (Train Stylizer's temporal input)."
     )
     FUNCTION = "build"
     RETURN_TYPES = (NST_TEMPORAL,)
     RETURN_NAMES = ("temporal",)
-    OUTPUT_TOOLTIPS = ("For Optimize Image's temporal input.",)
+    OUTPUT_TOOLTIPS = ("For Optimize Image's or Train Stylizer's temporal input.",)
 
     INPUTS = (
         Choice("mode", choices=TEMPORAL_MODES, default="flow", tooltip="off, chain, warped or flow (see above)."),

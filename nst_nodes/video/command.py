@@ -26,6 +26,7 @@ from graphrun.arguments import at_least_one
 from .io import ENCODERS, ClipError, check_encoder, probe, read_frames_names
 
 LOADER, SAVER, OPTIMIZER, TEMPORAL = "NSTLoadVideo", "NSTSaveVideo", "NSTOptimize", "NSTTemporalLoss"
+TRAINER = "NSTTrainStylizer"
 TEMPORAL_MODES = ("off", "chain", "warped", "flow")
 OVERLAP = 8
 """Frames two neighbouring segments share by default: the later one warms up on them, then they are cross-faded
@@ -193,6 +194,14 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     if args.workers or args.scheduler:
         from .segments import run_segments
+
+        if _nodes(prompt, TRAINER):
+            print(
+                f"error: {args.graph} trains a stylizer on the clip, which takes all its frames at once; "
+                "run it without --workers and --scheduler (applying the stylizer is fast)",
+                file=sys.stderr,
+            )
+            return 2
 
         code = run_segments(args, prompt, settings, common, count, _nodes(prompt, LOADER)[0], _nodes(prompt, SAVER)[0])
     else:

@@ -82,6 +82,17 @@ def reliable(backward: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
     return (consistent & smooth).float()
 
 
+def inside(flow: torch.Tensor) -> torch.Tensor:
+    """Where ``p + flow(p)`` lands inside the frame, for a flow ``[..., H, W, 2]``: ``[..., H, W]``, 1 or 0. A crop's
+    flow warps from the crop alone, so what comes from outside it cannot count."""
+    height, width = flow.shape[-3:-1]
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=flow.device), torch.arange(width, device=flow.device), indexing="ij"
+    )
+    x, y = xs + flow[..., 0], ys + flow[..., 1]
+    return ((x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)).float()
+
+
 def is_cut(mask: torch.Tensor) -> bool:
     """A scene cut: the warp is reliable on less than :data:`CUT_FRACTION` of the frame."""
     return float(mask.mean()) < CUT_FRACTION
