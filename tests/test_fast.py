@@ -316,8 +316,9 @@ def test_the_temporal_term_is_zero_for_results_that_follow_the_flow(model: VGGMo
     pair = frames[[2, 1]].permute(0, 3, 1, 2)  # frame 2, then frame 1
     motion = motion_of(flow["backward"][2], flow["reliable"][2])
     with torch.no_grad():
-        following = loss_of(pair, pair, motion) - loss_of(pair, pair)
-        swapped = loss_of(pair.flip(0), pair.flip(0), motion) - loss_of(pair.flip(0), pair.flip(0))  # 4 px off
+        own, swapped_own = loss_of.targets(pair), loss_of.targets(pair.flip(0))
+        following = loss_of(pair, own, motion) - loss_of(pair, own)
+        swapped = loss_of(pair.flip(0), swapped_own, motion) - loss_of(pair.flip(0), swapped_own)  # 4 px off
     assert abs(float(following)) < 1e-3
     assert float(swapped) > 100  # random pixels, 0..255 in the network's input space
 

@@ -220,17 +220,22 @@ class _Loss:
         self.kernel = kernel or None
         return plan
 
-    def __call__(self, stylized: torch.Tensor, pictures: torch.Tensor, motion: Motion | None = None) -> torch.Tensor:
-        """``stylized``, ``pictures``: ``[B, 3, H, W]`` RGB 0..1; with ``motion``, the temporal term between the
-        batch's first half and the second half warped into it (:func:`random_pairs`)."""
-        normalize = self.model.preprocessing.normalize
-        x = normalize(stylized.permute(0, 2, 3, 1))
+    def targets(self, pictures: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The content terms' targets for ``pictures`` ``[B, 3, H, W]`` (RGB 0..1): their content layers' fp32
+        features, on the pass plan."""
+        with torch.no_grad(), kernels.every_layer(self.kernel):
+            pictures_in = self.model.preprocessing.normalize(pictures.permute(0, 2, 3, 1))
+            targets = self.model.features(pictures_in, self.content_layers, reduced=self.reduced)
+        return {layer: value.float() for layer, value in targets.items()}
+
+    def __call__(
+        self, stylized: torch.Tensor, targets: dict[str, torch.Tensor], motion: Motion | None = None
+    ) -> torch.Tensor:
+        """``stylized``: ``[B, 3, H, W]`` RGB 0..1; ``targets``: their pictures' (:meth:`targets`); with ``motion``,
+        the temporal term between the batch's first half and the second half warped into it (:func:`random_pairs`)."""
+        x = self.model.preprocessing.normalize(stylized.permute(0, 2, 3, 1))
         with kernels.every_layer(self.kernel):
             features = self.model.features(x, self.layers, reduced=self.reduced)
-            with torch.no_grad():
-                pictures_in = normalize(pictures.permute(0, 2, 3, 1))
-                targets = self.model.features(pictures_in, self.content_layers, reduced=self.reduced)
-        targets = {layer: value.float() for layer, value in targets.items()}
         losses = []
         for item in range(len(x)):
             own = {layer: value[item : item + 1] for layer, value in features.items()}
@@ -310,7 +315,7 @@ def train_stylizer(
                 crops = random_crops(training, settings, generator)
             crops = crops.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_of(network(crops), crops, motion)
+            loss = loss_of(network(crops), loss_of.targets(crops), motion)
             loss.backward()
             optimizer.step()
             steps = step
@@ -340,6 +345,7 @@ class _Checkpoint:
 
     def __init__(self, held: torch.Tensor, motion: Motion | None, loss_of: _Loss) -> None:
         self.held, self.motion, self.loss_of = held, motion, loss_of
+        self.targets = loss_of.targets(held.permute(0, 3, 1, 2))  # the same at every checkpoint
         self.loss = float("inf")
         self.step = 0
         self.weights: dict[str, torch.Tensor] = {}
@@ -350,7 +356,7 @@ class _Checkpoint:
         network.eval()
         with torch.no_grad():
             stylized = stylize(network, self.held)
-            loss = float(self.loss_of(stylized.permute(0, 3, 1, 2), self.held.permute(0, 3, 1, 2), self.motion))
+            loss = float(self.loss_of(stylized.permute(0, 3, 1, 2), self.targets, self.motion))
         network.train()
         if not math.isfinite(loss):
             raise FloatingPointError(
