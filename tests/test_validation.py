@@ -263,7 +263,7 @@ def test_graph_limits_have_clear_messages_and_overrides(tmp_path: Path, monkeypa
     with pytest.raises(GraphFormatError, match="larger than"):
         load_graph(path)
     monkeypatch.setenv("GRAPHRUN_MAX_GRAPH_BYTES", "lots")
-    with pytest.raises(GraphFormatError, match="GRAPHRUN_MAX_GRAPH_BYTES='lots' is not a whole number"):
+    with pytest.raises(GraphFormatError, match="GRAPHRUN_MAX_GRAPH_BYTES='lots' must be a whole number of at least 1"):
         load_graph(path)
 
 
