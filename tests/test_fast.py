@@ -263,6 +263,24 @@ def test_apply_stylizer_keeps_a_batch_of_frames_in_order(model: VGGModel) -> Non
     assert torch.allclose(result[1:2], second, atol=1e-5)
 
 
+
+def test_apply_stylizer_stylizes_every_frame_after_a_stop_during_training_and_stops_on_its_own(
+    model: VGGModel, tmp_path: Path
+) -> None:
+    """A stop during training makes the stylizer a best-so-far: the clip is still stylized whole (it was cut to one
+    frame, which then replaced the output video); a stop while stylizing keeps the frames done."""
+    stylizer, frames, apply = trained(model), pictures(4, 24), NODE_CLASS_MAPPINGS["NSTApplyStylizer"]().apply
+    stop = threading.Event()
+    stop.set()
+    host = RunnerHost("cpu", Folders(tmp_path, tmp_path), stop)
+    (result,) = apply(stylizer, frames, context=host)
+    assert len(result) == 4 and host.stopped_early
+
+    stop = threading.Event()
+    host = RunnerHost("cpu", Folders(tmp_path, tmp_path), stop, on_progress=lambda *_: stop.set())
+    (result,) = apply(stylizer, frames, context=host)
+    assert len(result) == 1 and host.stopped_early
+
 def test_nst_video_applies_the_stylizer_fast_json_saved_to_every_frame(tmp_path: Path, monkeypatch) -> None:
     from nst_nodes.app import main
     from nst_nodes.video.io import read_clip

@@ -151,12 +151,15 @@ class ApplyStylizer(Node):
         needed = stylizer_bytes(stylizer["width"], height, width, with_gradient=False) + 2 * image[:1].numel() * 4
         check_memory("image", "stylizing", needed, host.device, height, width)
         network = build(stylizer).to(host.device)
+        # A stop asked for before this node started (while Train Stylizer ran) is what made its input the best so
+        # far: that input is then stylized on every frame, and only a stop that comes while stylizing cuts it short.
+        stopped_upstream = host.should_stop()
         frames = []
         with torch.no_grad():
             for index in range(count):
                 frames.append(stylize(network, image[index : index + 1].to(host.device)).clamp(0, 1).cpu())
                 host.progress(index + 1, count, preview=lambda: to_picture(frames[-1]))
-                if index + 1 < count and host.should_stop():
+                if index + 1 < count and not stopped_upstream and host.should_stop():
                     break
         return (torch.cat(frames),)
 
