@@ -169,6 +169,18 @@ def check_writable(folder: Path, what: str) -> None:
     probe.unlink(missing_ok=True)
 
 
+def check_target(path: Path, what: str, folder: bool = False) -> None:
+    """Refuse a name already taken by something a save cannot replace: a folder where a file goes, a file where
+    a folder of frames goes, a device or a pipe (checked before any work, and again before writing)."""
+    if not os.path.lexists(path) or (path.is_dir() if folder else path.is_file()):
+        return
+    found = "a folder" if path.is_dir() else "a file" if path.is_file() else "not a regular file"
+    raise FileRuleError(
+        f"{what}: {path} is {found}, where a {'folder of frames' if folder else 'file'} is to be written; "
+        "remove it or choose another name"
+    )
+
+
 def output_paths(stem: Path, extension: str, overwrite: bool, count: int = 1) -> list[Path]:
     """Where a batch of ``count`` images goes.
 
@@ -196,6 +208,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], overwrite:
     Without ``overwrite`` the name is claimed exclusively: a numbered name (``x_00007_.png``) that
     another writer took meanwhile moves on to the next number. Returns the path written.
     """
+    check_target(path, "filename_prefix")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.writing")
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file

@@ -263,7 +263,6 @@ def test_apply_stylizer_keeps_a_batch_of_frames_in_order(model: VGGModel) -> Non
     assert torch.allclose(result[1:2], second, atol=1e-5)
 
 
-
 def test_apply_stylizer_stylizes_every_frame_after_a_stop_during_training_and_stops_on_its_own(
     model: VGGModel, tmp_path: Path
 ) -> None:
@@ -280,6 +279,7 @@ def test_apply_stylizer_stylizes_every_frame_after_a_stop_during_training_and_st
     host = RunnerHost("cpu", Folders(tmp_path, tmp_path), stop, on_progress=lambda *_: stop.set())
     (result,) = apply(stylizer, frames, context=host)
     assert len(result) == 1 and host.stopped_early
+
 
 def test_nst_video_applies_the_stylizer_fast_json_saved_to_every_frame(tmp_path: Path, monkeypatch) -> None:
     from nst_nodes.app import main

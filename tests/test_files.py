@@ -105,6 +105,34 @@ def test_output_folders_that_cannot_be_written_are_refused_before_any_work(tmp_p
         check_writable(tmp_path / "new" / "deeper", "filename_prefix")
 
 
+
+def test_a_name_taken_by_what_a_save_cannot_replace_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A folder where a file goes (or a file where a folder of frames goes) passed validation, then failed after
+    the work with the operating system's error."""
+    from nst_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    runner = host(tmp_path, confined=False)
+    (tmp_path / "out" / "clip.mp4").mkdir(parents=True)
+    (tmp_path / "out" / "frames").write_text("a file")
+    (tmp_path / "models" / "s.safetensors").mkdir(parents=True)
+    runner.folders = Folders(tmp_path / "in", tmp_path / "out", False, tmp_path / "models")
+    taken = "is a folder, where a file is to be written; remove it or choose another name"
+    save_video = NODE_CLASS_MAPPINGS["NSTSaveVideo"].VALIDATE_INPUTS
+    assert taken in save_video(filename_prefix="clip", format="mp4", context=runner)
+    assert "is a file, where a folder of frames is to be written" in save_video(
+        filename_prefix="frames", format="png frames", context=runner
+    )
+    assert save_video(filename_prefix="clip", format="gif", context=runner) is True
+    save_stylizer = NODE_CLASS_MAPPINGS["NSTSaveStylizer"].VALIDATE_INPUTS
+    assert taken in save_stylizer(filename_prefix="s", overwrite=True, context=runner)
+    assert save_stylizer(filename_prefix="s", overwrite=False, context=runner) is True  # numbered names: s_00001_
+    (tmp_path / "out" / "picture.png").mkdir()
+    assert taken in NODE_CLASS_MAPPINGS["NSTSaveImage"].VALIDATE_INPUTS(
+        filename_prefix="picture", format="png", overwrite=True, context=runner
+    )
+    with pytest.raises(FileRuleError, match=taken):  # taken after validation
+        write_atomically(tmp_path / "out" / "clip.mp4", lambda file: file.write(b"x"))
+
 def test_a_prefix_too_long_for_a_file_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileRuleError, match="is too long; use at most 240 bytes"):
         output_stem(host(tmp_path, confined=False), "x" * 300)

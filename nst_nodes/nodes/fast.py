@@ -182,8 +182,8 @@ class SaveStylizer(Node):
     HIDDEN = HIDDEN_CONTEXT
 
     @classmethod
-    def validate(cls, filename_prefix: str | None, context: Host | None) -> Validation:
-        return prefix_problem(filename_prefix, context, models_stem)
+    def validate(cls, filename_prefix: str | None, overwrite: bool | None, context: Host | None) -> Validation:
+        return prefix_problem(filename_prefix, context, models_stem, EXTENSION.removeprefix(".") if overwrite else None)
 
     def save(
         self, stylizer: Stylizer, filename_prefix: str, overwrite: bool = True, context: Host | None = None

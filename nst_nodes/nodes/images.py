@@ -10,7 +10,16 @@ from typing import Any
 import torch
 
 from .. import image as image_io
-from ..files import FileRuleError, check_writable, file_sha256, input_path, input_pictures, output_paths, output_stem
+from ..files import (
+    FileRuleError,
+    check_target,
+    check_writable,
+    file_sha256,
+    input_path,
+    input_pictures,
+    output_paths,
+    output_stem,
+)
 from ..host import Host, host_of
 from ..limits import MAX_SIDE, check_pixels, max_image_pixels
 from ..plot import plot_history
@@ -272,8 +281,10 @@ class SaveImage(Node):
     HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", **HIDDEN_CONTEXT}
 
     @classmethod
-    def validate(cls, filename_prefix: str | None, context: Host | None) -> Validation:
-        return prefix_problem(filename_prefix, context)
+    def validate(
+        cls, filename_prefix: str | None, format: str | None, overwrite: bool | None, context: Host | None
+    ) -> Validation:
+        return prefix_problem(filename_prefix, context, extension=format if overwrite else None)
 
     def save(
         self,
@@ -294,14 +305,23 @@ class SaveImage(Node):
 
 
 def prefix_problem(
-    filename_prefix: str | None, context: Host | None, stem: Callable[[Host, object], Path] = output_stem
+    filename_prefix: str | None,
+    context: Host | None,
+    stem: Callable[[Host, object], Path] = output_stem,
+    extension: str | None = None,
 ) -> Validation:
     """A save node's prefix stays inside its folder (``stem``'s: the output folder, or the models folder) where
-    the host confines paths, and that folder is writable (for the nodes' VALIDATE_INPUTS)."""
+    the host confines paths, and that folder is writable (for the nodes' VALIDATE_INPUTS). ``extension``: the
+    save replaces ``<prefix>.<extension>`` (``""``: the folder ``<prefix>``), which must not be taken by
+    something else."""
     if filename_prefix is None:
         return True
     try:
-        check_writable(stem(host_of(context), filename_prefix).parent, "filename_prefix")
+        path = stem(host_of(context), filename_prefix)
+        check_writable(path.parent, "filename_prefix")
+        if extension is not None:
+            target = path.with_name(f"{path.name}.{extension}") if extension else path
+            check_target(target, "filename_prefix", folder=not extension)
     except FileRuleError as error:
         return str(error)
     return True

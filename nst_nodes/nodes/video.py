@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..files import FileRuleError, input_path, output_paths, output_stem
+from ..files import FileRuleError, check_target, input_path, output_paths, output_stem
 from ..host import Host, host_of
 from ..types import AUDIO, IMAGE, MASK, NST_FLOW, NST_TEMPORAL, Audio, Flow, Temporal
 from ..video import io as video_io
@@ -120,7 +120,7 @@ class SaveVideo(Node):
                 video_io.check_encoder(f".{format}")
             except video_io.ClipError as error:
                 return f"format: {error}"
-        return prefix_problem(filename_prefix, context)
+        return prefix_problem(filename_prefix, context, extension="" if format == FRAMES else format)
 
     def save(
         self,
@@ -134,11 +134,11 @@ class SaveVideo(Node):
         host = host_of(context)
         stem = output_stem(host, filename_prefix)
         clip = video_io.Clip(frames, Fraction(fps).limit_denominator(1001), audio)
+        target = stem if format == FRAMES else output_paths(stem, format, overwrite=True)[0]
+        check_target(target, "filename_prefix", folder=format == FRAMES)  # taken since validation?
         if format == FRAMES:
-            target = stem
             written = video_io.write_frames(target, frames)
         else:
-            target = output_paths(stem, format, overwrite=True)[0]
             video_io.write_clip(target, clip)
             written = [target]
         files = output_files(written, host.output_folder)
