@@ -105,7 +105,6 @@ def test_output_folders_that_cannot_be_written_are_refused_before_any_work(tmp_p
         check_writable(tmp_path / "new" / "deeper", "filename_prefix")
 
 
-
 def test_a_name_taken_by_what_a_save_cannot_replace_is_refused_before_any_work(tmp_path: Path) -> None:
     """A folder where a file goes (or a file where a folder of frames goes) passed validation, then failed after
     the work with the operating system's error."""
@@ -132,6 +131,7 @@ def test_a_name_taken_by_what_a_save_cannot_replace_is_refused_before_any_work(t
     )
     with pytest.raises(FileRuleError, match=taken):  # taken after validation
         write_atomically(tmp_path / "out" / "clip.mp4", lambda file: file.write(b"x"))
+
 
 def test_a_prefix_too_long_for_a_file_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FileRuleError, match="is too long; use at most 240 bytes"):

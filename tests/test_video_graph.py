@@ -224,7 +224,9 @@ def test_nst_video_refuses_steps_for_a_graph_that_does_not_optimize(
 ) -> None:
     output = str(tmp_path / "out.mp4")
     assert main(["video", "graphs/fast_video.json", str(CLIP), "-o", output, "--steps", "3"]) == 2
-    assert "--steps needs an NSTOptimize node in the graph" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith("--steps sets Optimize Image's steps, and it has none\n")
+    assert main(["video", "graphs/fast_clip.json", str(CLIP), "-o", output, "--steps", "3"]) == 2
+    assert "and it has none; set Train Stylizer's with --set 16.steps=N" in capsys.readouterr().err
 
 
 def test_the_fast_clip_workflow_trains_on_the_clip_with_temporal_loss_between_comfyuis_core_video_nodes() -> None:

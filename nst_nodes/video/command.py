@@ -62,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
         help="the frames to take (STOP exclusive; default all)",
     )
     parser.add_argument(
-        "--size", type=at_least_one, default=None, help="long side of the frames in pixels (default: as is)"
+        "--size",
+        type=at_least_one,
+        default=None,
+        help="scale the frames down to this long side in pixels (a smaller clip stays as it is; default: as is)",
     )
     parser.add_argument(
         "--steps", type=at_least_one, default=None, help="optimizer steps per frame (default: the graph's)"
@@ -138,7 +141,8 @@ def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: 
     if args.steps is not None:
         optimizers = _nodes(prompt, OPTIMIZER)
         if not optimizers:
-            raise ValueError(f"{args.graph}: --steps needs an {OPTIMIZER} node in the graph (a stylizer takes none)")
+            trainers = "".join(f"; set Train Stylizer's with --set {node}.steps=N" for node in _nodes(prompt, TRAINER))
+            raise ValueError(f"{args.graph}: --steps sets Optimize Image's steps, and it has none{trainers}")
         settings += [f"{node}.steps={args.steps}" for node in optimizers]
     if args.temporal is not None:
         temporal = _nodes(prompt, TEMPORAL)
