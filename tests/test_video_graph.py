@@ -213,7 +213,8 @@ def test_nst_video_refuses_to_write_over_its_own_clip(tmp_path: Path, capsys: py
     frames.mkdir()
     Image.new("RGB", (32, 24)).save(frames / "frame_00000.png")
     Image.new("RGB", (32, 24)).save(frames / "frame_00001.png")
-    for source, output in ((clip, clip), (frames, frames), (frames / "*.png", frames)):
+    upper = tmp_path / "clip.MP4"  # Save Video writes clip.mp4: the clip itself
+    for source, output in ((clip, clip), (clip, upper), (frames, frames), (frames / "*.png", frames)):
         assert main(["video", "graphs/video.json", str(source), "-o", str(output), "--size", "32", "--steps", "1"]) == 2
         assert "the clip is read from there; write the result somewhere else" in capsys.readouterr().err
     assert clip.read_bytes() == CLIP.read_bytes() and len(list(frames.iterdir())) == 2

@@ -174,6 +174,7 @@ def main(argv: list[str]) -> int:
     from ..app import main as nst
 
     args = _parser().parse_args(argv)
+    args.output = args.output.with_suffix(args.output.suffix.lower())  # what Save Video writes: out.MP4 -> out.mp4
     try:
         prompt = json.loads(args.graph.read_text())
         output_format = _format(args.output)
