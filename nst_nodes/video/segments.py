@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from contextlib import suppress
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,11 @@ def run_segments(
                 return 1
     finished, finished_spans = finished_prefix(segments, spans)
     if not finished:
-        print(f"no frame was finished; the segments' work is in {work}", file=sys.stderr)
+        if any(len(frames) for frames in segments):
+            print(f"no frame was finished from the start; the segments' work is in {work}", file=sys.stderr)
+        else:
+            print("no frame was finished", file=sys.stderr)
+            _remove_work(work)
         return code or 1
     done = finished_spans[-1][1] - start
     source = Path(args.input)
@@ -113,8 +118,15 @@ def run_segments(
             f"the first {done} of {count} frames are in {args.output}; the segments done are in {work}", file=sys.stderr
         )
         return code
-    shutil.rmtree(work, ignore_errors=True)
+    _remove_work(work)
     return 0
+
+
+def _remove_work(work: Path) -> None:
+    """A clip's segment folder, and the folder of all segments when no other clip's are left in it."""
+    shutil.rmtree(work, ignore_errors=True)
+    with suppress(OSError):  # other clips' segments are there
+        work.parent.rmdir()
 
 
 def _segment(folder: Path) -> torch.Tensor:
