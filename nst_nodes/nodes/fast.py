@@ -235,6 +235,11 @@ class LoadStylizer(Node):
         path = model_path(host_of(context), name, "stylizer")
         if path.suffix.lower() != EXTENSION:
             raise FileRuleError(f"stylizer: {name} is not a {EXTENSION} file; stylizers are saved by Save Stylizer")
+        if not path.exists():
+            raise FileRuleError(
+                f"stylizer: file not found: {path}; Save Stylizer writes stylizers into the models folder "
+                "(graphs/fast.json trains and saves nst/starry_night)"
+            )
         with open_regular(path, "stylizer") as file:
             return read_stylizer(file, path)
 
