@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from graphrun.arguments import at_least_one
+from graphrun.host import DEVICES
 
 from .io import ENCODERS, ClipError, check_encoder, probe, read_frames_names
 
@@ -94,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--no-cache", action="store_true")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
         "--models-dir", type=Path, default=Path("models"), help="where Load Stylizer looks (default: ./models)"
     )
