@@ -128,6 +128,10 @@ def _cache_dir(args: argparse.Namespace, app: App) -> Path | None:
     return None if args.no_cache else (args.cache_dir or app.cache_dir())
 
 
+def _kept(args: argparse.Namespace) -> str:
+    return "" if args.no_cache else "; finished results stay cached"
+
+
 def _run(args: argparse.Namespace, app: App) -> int:
     reporter = ConsoleReporter(preview_path=args.preview, preview_seconds=args.preview_every, quiet=args.quiet)
     with _StopOnSignal() as stop:
@@ -146,7 +150,7 @@ def _run(args: argparse.Namespace, app: App) -> int:
             return _report_invalid(error, args.json)
         except RunInterrupted as error:
             name = SIGNAL_NAMES.get(stop.signal or signal.SIGINT, "stop request")
-            print(f"stopped by {name}: {error}; finished results stay cached", file=sys.stderr)
+            print(f"stopped by {name}: {error}{_kept(args)}", file=sys.stderr)
             return stop.exit_code
         except NodeExecutionError as error:
             if os.environ.get(DEBUG_VARIABLE):
@@ -170,7 +174,7 @@ def _run(args: argparse.Namespace, app: App) -> int:
             return EXIT_FAILED
         except KeyboardInterrupt:
             print(
-                f"aborted by {SIGNAL_NAMES.get(stop.signal or signal.SIGINT)}; finished results stay cached",
+                f"aborted by {SIGNAL_NAMES.get(stop.signal or signal.SIGINT)}{_kept(args)}",
                 file=sys.stderr,
             )
             return stop.exit_code

@@ -222,6 +222,7 @@ def test_a_signal_stops_the_optimizer_saves_the_best_image_so_far_and_caches_non
     assert f"{name}: stopping after the current step" in remaining
     assert "[15] NSTOptimize: stopped early at step" in remaining and "(partial result, not cached)" in remaining
     assert f"-> {output / 'gatys.png'}" in remaining and f"stopped by {name}:" in remaining
+    assert remaining.rstrip().endswith("; finished results stay cached")  # not said under --no-cache
     with Image.open(output / "gatys.png") as picture:
         assert picture.size == (64, 48)
     assert (
