@@ -137,7 +137,8 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry, hidden: dict[st
     if node_class is None:
         close = difflib.get_close_matches(class_type, registry.classes, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        return [error("invalid_class_type", f"unknown class_type {class_type!r:.100}{hint}")]
+        where = "no node of that name is loaded here (ComfyUI's own nodes run only in ComfyUI)"
+        return [error("invalid_class_type", f"unknown class_type {class_type!r:.100}: {where}{hint}")]
     spec = node_spec(node_class)
     errors: list[ValidationError] = []
     given = {**data["constants"], **data["links"]}
@@ -213,7 +214,11 @@ def check_plan(
     ]
     if plan.requested == ():
         errors.append(ValidationError("prompt_no_outputs", "no node was requested (an empty --only or outputs list)"))
-    elif not plan.targets and not plan.unknown_outputs:
+    elif (
+        not plan.targets
+        and not plan.unknown_outputs
+        and all(graph.node(node_id)["class_type"] in registry.classes for node_id in graph.dag)
+    ):  # an unknown node may be the output: its own error says enough
         errors.append(ValidationError("prompt_no_outputs", "the graph has no output node (e.g. a save node)"))
     for cycle in plan.cycles:
         shown = ", ".join(cycle[:12]) + (f" and {len(cycle) - 12} more" if len(cycle) > 12 else "")

@@ -46,6 +46,13 @@ def test_unknown_class_type_suggests_a_name() -> None:
     assert "did you mean 'Total'" in error.message
 
 
+def test_a_graph_with_an_unknown_node_is_not_also_said_to_have_no_output() -> None:
+    """Its output may be the unknown node (a workflow of ComfyUI's own video nodes, loaded outside ComfyUI)."""
+    errors = errors_of({"1": {"class_type": "SaveVideo", "inputs": {}}})
+    assert [error.kind for error in errors] == ["invalid_class_type"]
+    assert "no node of that name is loaded here (ComfyUI's own nodes run only in ComfyUI)" in errors[0].message
+
+
 def test_missing_required_input() -> None:
     prompt = with_inputs("1")
     del prompt["1"]["inputs"]["scale"]
