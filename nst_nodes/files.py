@@ -171,7 +171,7 @@ def check_writable(folder: Path, what: str) -> None:
 
 def check_target(path: Path, what: str, folder: bool = False) -> None:
     """Refuse a name already taken by something a save cannot replace: a folder where a file goes, a file where
-    a folder of frames goes, a device or a pipe (checked before any work, and again before writing)."""
+    a folder of frames goes, a device or a pipe (checked before any work)."""
     if not os.path.lexists(path) or (path.is_dir() if folder else path.is_file()):
         return
     found = "a folder" if path.is_dir() else "a file" if path.is_file() else "not a regular file"
@@ -208,7 +208,6 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], overwrite:
     Without ``overwrite`` the name is claimed exclusively: a numbered name (``x_00007_.png``) that
     another writer took meanwhile moves on to the next number. Returns the path written.
     """
-    check_target(path, "filename_prefix")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.writing")
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
