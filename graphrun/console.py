@@ -56,12 +56,12 @@ class ConsoleReporter:
         self, node_id: str, class_type: str, seconds: float, outcome: str, files: list[Path], text: list[str]
     ) -> None:
         self._close_bar()
+        step, total = self.last_step.get(node_id, (0, 0))
         if outcome == "cached":
             how = "cached"
-        elif outcome == "partial" and node_id in self.last_step:
-            step, total = self.last_step[node_id]
+        elif outcome == "partial" and step < total:
             how = f"stopped early at step {step} of {total} after {seconds:.2f} s (partial result, not cached)"
-        elif outcome == "partial":
+        elif outcome == "partial":  # every step, on a stopped node's result
             how = f"ran in {seconds:.2f} s on a partial result (not cached)"
         else:
             how = f"ran in {seconds:.2f} s"

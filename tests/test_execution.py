@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -386,3 +387,20 @@ def test_an_executor_drives_the_step_api(tmp_path: Path) -> None:
     assert execution.ready() == ["4"]
     execution.complete("4", execution.compute("4"))
     assert execution.outputs() == {"4": ()}
+
+
+def test_the_console_tells_a_stopped_node_from_one_that_ran_every_step_on_a_stopped_nodes_result() -> None:
+    import io
+
+    from graphrun.console import ConsoleReporter
+
+    stream = io.StringIO()
+    console = ConsoleReporter(stream=stream)
+    for node_id, step in (("1", 3), ("2", 10)):
+        console.progress(node_id, "Work", step, 10, {}, None)
+        console.node_done(node_id, "Work", 1.0, "partial", [], [])
+    lines = re.findall(r"\[\d\] Work: (?:stopped|ran) [^\n]*", stream.getvalue())
+    assert lines == [
+        "[1] Work: stopped early at step 3 of 10 after 1.00 s (partial result, not cached)",
+        "[2] Work: ran in 1.00 s on a partial result (not cached)",
+    ]
