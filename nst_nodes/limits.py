@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from graphrun.graph import environment_int
-
 from . import kernels, tuning
 from .vgg import LAYER_INDEX, LAYER_NAMES, layer_shape, layer_stride
 
@@ -34,6 +32,22 @@ holds about twice the conv outputs (measured where freed tensors go back to the 
 POOLED_PER_ACTIVATION = 3.0
 """The same for tensors an allocator keeps pooled after use: glibc's heap below its mmap threshold (its
 fragmentation), CUDA's caching allocator (docs/performance.md#memory)."""
+
+
+def environment_int(name: str, default: int, minimum: int = 1) -> int:
+    """The whole number an environment variable sets (``default`` when unset); a ValueError names the
+    variable and shows a valid setting, so a typo is refused instead of silently ignored. (graphrun.graph has
+    its twin: the nodes load in ComfyUI, where graphrun, the command line's engine, is not installed.)"""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ValueError(f"{name}={text!r} must be a whole number of at least {minimum}, e.g. {name}={default}")
+    return value
 
 
 def max_image_pixels() -> int:

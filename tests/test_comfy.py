@@ -13,6 +13,8 @@ import inspect
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -98,6 +100,25 @@ def comfy_execute(
             outputs[node_id] = tuple(returned.get("result", ())) if isinstance(returned, dict) else returned
             uis[node_id] = returned.get("ui") if isinstance(returned, dict) else None
     return uis
+
+
+def test_the_pack_loads_as_comfyui_loads_it_without_the_command_lines_engine() -> None:
+    """ComfyUI imports the repository's folder as a package, where graphrun (the command line's engine) need not be
+    installed: a node module importing it failed to load in a real ComfyUI (IMPORT FAILED), and every test passed."""
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import importlib.util, sys\n"
+        "sys.modules['graphrun'] = None  # not installed\n"
+        f"spec = importlib.util.spec_from_file_location('nst_pack', {str(root / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(root)!r}])\n"
+        "pack = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['nst_pack'] = pack\n"
+        "spec.loader.exec_module(pack)\n"
+        "print(len(pack.NODE_CLASS_MAPPINGS), sorted({m for m in sys.modules if m.startswith('graphrun')}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split(" ", 1) == [str(len(NODE_CLASS_MAPPINGS)), "['graphrun']\n"]
 
 
 def test_samples_from_an_older_pack_are_replaced_and_the_users_files_kept(comfy: ComfyStandIns) -> None:

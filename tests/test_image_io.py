@@ -196,7 +196,7 @@ def test_plot_history_draws_every_term_on_a_log_scale() -> None:
 
 
 def test_environment_integers_name_the_variable_and_a_valid_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from graphrun.graph import environment_int
+    from nst_nodes.limits import environment_int
 
     monkeypatch.delenv("NST_TEST_INT", raising=False)
     assert environment_int("NST_TEST_INT", 5) == 5
