@@ -36,18 +36,16 @@ class GraphFormatError(ValueError):
 Link = tuple[str, int]
 
 
-def environment_int(name: str, default: int, minimum: int = 1) -> int:
-    """The whole number an environment variable sets (``default`` when unset); a ValueError names the
-    variable and shows a valid setting, so a typo is refused instead of silently ignored."""
+def environment_int(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment variable ``name``, else ``default``; a GraphFormatError shows a
+    valid setting."""
     text = os.environ.get(name)
-    if text is None:
-        return default
     try:
-        value = int(text)
+        value = default if text is None else int(text)
     except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ValueError(f"{name}={text!r} must be a whole number of at least {minimum}, e.g. {name}={default}")
+        value = 0
+    if value < 1:
+        raise GraphFormatError(f"{name}={text!r} must be a whole number of at least 1, e.g. {name}={default}")
     return value
 
 
@@ -62,14 +60,11 @@ class GraphLimits:
     @classmethod
     def from_environment(cls) -> GraphLimits:
         defaults = cls()
-        try:
-            return cls(
-                max_bytes=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_BYTES", defaults.max_bytes),
-                max_nodes=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_NODES", defaults.max_nodes),
-                max_depth=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_DEPTH", defaults.max_depth),
-            )
-        except ValueError as error:
-            raise GraphFormatError(str(error)) from None
+        return cls(
+            max_bytes=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_BYTES", defaults.max_bytes),
+            max_nodes=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_NODES", defaults.max_nodes),
+            max_depth=environment_int(f"{ENVIRONMENT_PREFIX}MAX_GRAPH_DEPTH", defaults.max_depth),
+        )
 
 
 @dataclass

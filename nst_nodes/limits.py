@@ -37,7 +37,8 @@ fragmentation), CUDA's caching allocator (docs/performance.md#memory)."""
 def environment_int(name: str, default: int, minimum: int = 1) -> int:
     """The whole number an environment variable sets (``default`` when unset); a ValueError names the
     variable and shows a valid setting, so a typo is refused instead of silently ignored. (graphrun.graph has
-    its twin: the nodes load in ComfyUI, where graphrun, the command line's engine, is not installed.)"""
+    its own, for the graph limits: the nodes load in ComfyUI, where graphrun, the command line's engine, is not
+    installed.)"""
     text = os.environ.get(name)
     if text is None:
         return default
