@@ -47,18 +47,25 @@ def optical_flow(a: torch.Tensor, b: torch.Tensor, method: str = "dis") -> torch
     return torch.from_numpy(flow)
 
 
+def _landing(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each pixel ``p`` lands, ``p + flow(p)``: x and y in pixels ``[..., H, W]`` of a flow ``[..., H, W, 2]``."""
+    height, width = flow.shape[-3:-1]
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=flow.dtype, device=flow.device),
+        torch.arange(width, dtype=flow.dtype, device=flow.device),
+        indexing="ij",
+    )
+    return xs + flow[..., 0], ys + flow[..., 1]
+
+
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``image`` (``[B, C, H, W]``) sampled at ``p + flow(p)``, bilinear, for one flow ``[H, W, 2]`` or one per
     picture ``[B, H, W, 2]``; outside the frame the border is repeated (the reliability mask marks those pixels
     anyway)."""
     height, width = flow.shape[-3:-1]
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
-    )
-    flow = flow.float().to(image.device)
-    x = (xs.to(image.device) + flow[..., 0]) * (2 / max(width - 1, 1)) - 1
-    y = (ys.to(image.device) + flow[..., 1]) * (2 / max(height - 1, 1)) - 1
-    grid = torch.stack((x, y), dim=-1).expand(image.shape[0], -1, -1, -1)
+    x, y = _landing(flow.float().to(image.device))
+    grid = torch.stack((x * (2 / max(width - 1, 1)) - 1, y * (2 / max(height - 1, 1)) - 1), dim=-1)
+    grid = grid.expand(image.shape[0], -1, -1, -1)
     warped = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
     return warped.to(image.dtype)
 
@@ -86,10 +93,7 @@ def inside(flow: torch.Tensor) -> torch.Tensor:
     """Where ``p + flow(p)`` lands inside the frame, for a flow ``[..., H, W, 2]``: ``[..., H, W]``, 1 or 0. A crop's
     flow warps from the crop alone, so what comes from outside it cannot count."""
     height, width = flow.shape[-3:-1]
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=flow.device), torch.arange(width, device=flow.device), indexing="ij"
-    )
-    x, y = xs + flow[..., 0], ys + flow[..., 1]
+    x, y = _landing(flow)
     return ((x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)).float()
 
 
