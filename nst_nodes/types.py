@@ -154,7 +154,8 @@ class Training(TypedDict):
     """How a stylizer was trained (Train Stylizer), kept with it and in its file."""
 
     model: str  # identity of the network the objective was built with
-    steps: int  # the steps taken: fewer than asked when a stop cut the training short
+    steps: int  # the steps taken
+    steps_asked: int  # the steps the node was asked for: more than taken where a stop cut the training short
     best_step: int  # the checkpoint kept: the lowest objective on the held-aside picture
     loss: float  # that objective
     size: int  # side of the square training crops

@@ -132,7 +132,7 @@ def test_a_stop_keeps_the_best_checkpoint_so_far_and_it_stylizes(model: VGGModel
         previews.append(preview)
 
     stylizer = trained(model, steps=50, report=report, should_stop=lambda: len(steps) >= 3)
-    assert steps == [1, 2, 3] and stylizer["training"]["steps"] == 3
+    assert steps == [1, 2, 3] and stylizer["training"]["steps"] == 3 and stylizer["training"]["steps_asked"] == 50
     assert 1 <= stylizer["training"]["best_step"] <= 3
     assert previews[-1].shape == pictures()[-1:].shape  # the held-aside picture, stylized
     assert stylize(build(stylizer), pictures(1)).shape == pictures(1).shape
@@ -173,8 +173,10 @@ def test_a_stylizer_file_round_trips_and_runs_no_code(model: VGGModel, tmp_path:
         ({"blocks": 4}, "do not fit a width-4 network with 4 residual blocks"),
         ({"blocks": -1}, "cannot be what its"),
         ({"nan": True}, "NaN or infinite"),
+        ({"training": [1]}, "damaged .*training record is not one of ours"),
+        ({"training": {"seconds": 3}}, "damaged .*training record is not one of ours"),
     ],
-    ids=["blocks", "width", "one-block-short", "negative", "nan"],
+    ids=["blocks", "width", "one-block-short", "negative", "nan", "record-a-list", "record-without-steps"],
 )
 def test_a_crafted_stylizer_file_is_refused_before_its_network_is_built(
     model: VGGModel, tmp_path: Path, change: dict, message: str
@@ -408,7 +410,7 @@ def test_fast_clip_graph_trains_on_the_clip_with_temporal_loss_then_stylizes_it(
     saved = tmp_path / "models" / "nst" / "starry_night_clip.safetensors"
     with saved.open("rb") as file:
         training = read_stylizer(file, saved)["training"]
-    assert training["temporal"] == 1e4 and training["steps"] == 2
+    assert training["temporal"] == 1e4 and training["steps"] == training["steps_asked"] == 2
     assert read_clip(str(tmp_path / "output" / "fast_clip.mp4")).frames.shape == (6, 52, 64, 3)
     with pytest.raises(NodeExecutionError, match="adds no temporal term"):
         run("graphs/fast_clip.json", device="cpu", overrides={**overrides, "15.mode": "off"}, folders=folders)

@@ -208,6 +208,22 @@ def test_counts_of_the_video_command_must_be_at_least_one(
     assert f"{option}: '0' is not a whole number of at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--steps", "100001"], "--steps: 100001 is outside 1..100000"),
+        (["--size", "16385"], "--size: 16385 is outside 0..16384"),
+        (["--frames", "0:10000001"], "--frames: 10000001 is outside 0..10000000"),
+    ],
+)
+def test_the_video_commands_flags_are_checked_against_the_nodes_they_set(
+    tmp_path: Path, options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error names the flag the user typed, not the node input it became."""
+    assert main(["video", "graphs/video.json", str(CLIP), "-o", str(tmp_path / "out.mp4"), *options]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
 def test_nst_video_refuses_to_write_over_its_own_clip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(CLIP.read_bytes())

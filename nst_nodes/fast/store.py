@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ..types import Stylizer, Training
 from .network import build
@@ -67,7 +67,10 @@ def read_stylizer(file: BinaryIO, path: Path) -> Stylizer:
     file.seek(0)
     try:
         weights = load(file.read())
-        training: Training = {"temporal": 0.0} | json.loads(metadata["training"])  # files saved before it existed
+        recorded = json.loads(metadata["training"])
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("steps"), int):
+            raise ValueError("its training record is not one of ours")
+        training = cast(Training, {"temporal": 0.0, "steps_asked": recorded["steps"]} | recorded)  # older files
         stylizer: Stylizer = {
             "width": int(metadata["width"]),
             "blocks": int(metadata["blocks"]),

@@ -329,6 +329,7 @@ def train_stylizer(
     training_record: Training = {
         "model": model.identity,
         "steps": steps,
+        "steps_asked": settings.steps,
         "best_step": best.step,
         "loss": best.loss,
         "size": settings.size,

@@ -24,6 +24,9 @@ from typing import Any
 from graphrun.arguments import at_least_one
 from graphrun.host import DEVICES
 
+from ..nodes.base import Node
+from ..nodes.optimizer import OptimizeImage
+from ..nodes.video import LoadVideo
 from .io import ENCODERS, ClipError, check_encoder, probe, read_frames_names
 
 LOADER, SAVER, OPTIMIZER, TEMPORAL = "NSTLoadVideo", "NSTSaveVideo", "NSTOptimize", "NSTTemporalLoss"
@@ -107,6 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag_problem(flag: str, value: int | None, node: type[Node], input_name: str) -> None:
+    """ValueError naming the flag where its value is outside the range of the node input it sets, so that the
+    error is in the user's words rather than a node's (checked before the clip is read)."""
+    (declared,) = (spec for spec in node.INPUTS if spec.name == input_name)
+    problem = declared.problem(value)
+    if problem:
+        raise ValueError(f"{flag}: {problem.partition(': ')[2]}")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    _flag_problem("--frames", args.frames[0], LoadVideo, "start")
+    _flag_problem("--frames", args.frames[1], LoadVideo, "stop")
+    _flag_problem("--size", args.size, LoadVideo, "long_side")
+    _flag_problem("--steps", args.steps, OptimizeImage, "steps")
+
+
 def _nodes(prompt: dict[str, Any], class_type: str) -> list[str]:
     return [node_id for node_id, entry in prompt.items() if entry.get("class_type") == class_type]
 
@@ -177,6 +196,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     args.output = args.output.with_suffix(args.output.suffix.lower())  # what Save Video writes: out.MP4 -> out.mp4
     try:
+        check_flags(args)
         prompt = json.loads(args.graph.read_text())
         output_format = _format(args.output)
         count = probe(
