@@ -8,8 +8,9 @@ shipped pair squared to the size, graphs/gatys.json's objective, then Optimize I
 (L-BFGS, history in bf16) with a history of 2 pairs, which 3 steps fill, so that the peak includes a
 full history. Prints per size: the process's RSS with torch and the model loaded, its peak RSS
 (Linux's VmHWM: the pictures, the targets, the optimization), the growth,
-Optimize Image's estimate of that growth (``optimization_bytes``), their ratio, and seconds per step.
-NST_CONV=direct (torch's own convolution) skips timing the kernels at sizes where timing takes minutes.
+Optimize Image's estimate of that growth (``optimization_bytes``), their ratio, and seconds per step (after the
+first, which times the kernels and the pass plan).
+Its kernels are the ones a run chooses here (NST_CONV forces one; the `plan` column shows what ran).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 # ruff: noqa: E402  (the imports below follow configure_process, which must run before torch is imported)
 import os
 
-os.environ.setdefault("NST_CONV", "direct")
 from nst_nodes.tuning import configure_process
 
 TUNING = configure_process()
@@ -57,15 +57,16 @@ def worker(side: int) -> dict:
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=STEPS, history_size=HISTORY)
     estimate = optimization_bytes(side, side, deepest_layer(term_layers(objective)), "cpu", settings)
-    started = time.perf_counter()
-    _, history = optimize(model, objective, start, settings)
+    finished: list[float] = []  # when each step ended: the first includes timing the kernels and the plan
+    _, history = optimize(model, objective, start, settings, lambda *_: finished.append(time.perf_counter()))
     return {
         "side": side,
         "megapixels": side * side / 1e6,
         "rss_before_mib": before,
         "peak_mib": status_mib("VmHWM"),
         "estimate_mib": estimate / 2**20,
-        "seconds_per_step": (time.perf_counter() - started) / history["steps"],
+        "seconds_per_step": (finished[-1] - finished[0]) / (len(finished) - 1),
+        "plan": history["precision"],
     }
 
 
@@ -79,9 +80,9 @@ def main() -> None:
         return
     print(
         f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"NST_TUNING={os.environ.get('NST_TUNING', 'speed')}, NST_CONV={os.environ['NST_CONV']}"
+        f"NST_TUNING={os.environ.get('NST_TUNING', 'speed')}, NST_CONV={os.environ.get('NST_CONV', 'auto')}"
     )
-    print(" size      MP  before MiB  peak MiB  growth MiB  estimate MiB  estimate/growth  s/step")
+    print(" size      MP  before MiB  peak MiB  growth MiB  estimate MiB  estimate/growth  s/step  plan")
     for side in args.sides:
         child = subprocess.run(
             [sys.executable, __file__, "--worker", str(side)], capture_output=True, text=True, check=False
@@ -94,7 +95,7 @@ def main() -> None:
         print(
             f"{side:5d} {row['megapixels']:6.2f} {row['rss_before_mib']:11.0f} {row['peak_mib']:9.0f} "
             f"{growth:11.0f} {row['estimate_mib']:13.0f} {row['estimate_mib'] / growth:16.2f} "
-            f"{row['seconds_per_step']:7.1f}",
+            f"{row['seconds_per_step']:7.1f}  {row['plan']}",
             flush=True,
         )
 

@@ -122,6 +122,31 @@ def time_passes(
     return {candidate: min(values) for candidate, values in times.items()}
 
 
+PLAN_PIXELS = 512 * 512
+"""The most pixels the pass plans are timed at. A larger image's plans are timed on its centre crop of about this
+many pixels, against a stand-in objective (the objective's own work is the same under every plan), and the choice
+is shared by every size above it: timing each plan on a whole 2048² image took minutes, at the memory of the
+hungriest plan (docs/performance.md#memory)."""
+
+
+def plan_sample(image: torch.Tensor) -> torch.Tensor:
+    """What the pass plans for ``image`` are timed on: the image itself, or its centre crop of at most
+    :data:`PLAN_PIXELS` (a view)."""
+    height, width = image.shape[-2:]
+    if height * width <= PLAN_PIXELS:
+        return image
+    crop_height = min(height, math.isqrt(PLAN_PIXELS))
+    crop_width = min(width, PLAN_PIXELS // crop_height)
+    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    return image[..., top : top + crop_height, left : left + crop_width]
+
+
+def feature_energy(features: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+    """A stand-in objective that takes every feature map's gradient: what the pass plans of a cropped image
+    are timed with (the objective itself is built for the whole image)."""
+    return tensor_sum(value.float().square().mean() for value in features.values())
+
+
 def plan_candidates(precision: str, image: torch.Tensor) -> list[str]:
     """The plans :func:`pass_plan` times for ``precision`` at ``image``, the plain fp32 pass first. On a
     CPU: fp32 on each layer's kernel, on Winograd or oneDNN everywhere (unless ``NST_CONV`` forces one),
@@ -142,7 +167,8 @@ def plan_key(candidates: list[str], layers: list[str], image: torch.Tensor) -> s
     the image size and the device (a GPU by its name)."""
     device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
     depth = max(LAYER_INDEX[name] for name in layers)
-    return f"pass:{'|'.join(candidates)}:{depth}@{image.shape[-2]}x{image.shape[-1]}:{device}"
+    height, width = plan_sample(image).shape[-2:]
+    return f"pass:{'|'.join(candidates)}:{depth}@{height}x{width}:{device}"
 
 
 def pass_plan(
@@ -153,24 +179,26 @@ def pass_plan(
     loss: Loss,
     should_stop: Callable[[], bool] | None = None,
 ) -> str:
-    """How the network pass runs at this size on this machine, timed once on the first objective
-    met (``loss``) and remembered with the kernel choices: ``fp32`` (on a CPU each layer on its own
-    fastest kernel; on CUDA IEEE fp32, TF32 off), ``fp32 winograd`` or ``fp32 direct`` (CPU: one kernel
-    for every layer: layers timed alone miss the cost of switching between NNPACK's and oneDNN's
-    thread pools), ``tf32`` (CUDA from Ampere, ``auto`` only) or ``bf16`` (``auto`` only, where the
-    hardware runs it natively; it ends a little higher at equal steps, so it must buy more steps:
-    docs/performance.md). The candidates: :func:`plan_candidates`. A stop asked while timing gives
-    ``fp32``, remembered nowhere."""
+    """How the network pass runs at this size on this machine, timed once on the first objective met
+    (``loss``; a larger image's plans on :func:`plan_sample`) and remembered with the kernel choices:
+    ``fp32`` (on a CPU each layer on its own fastest kernel; on CUDA IEEE fp32, TF32 off), ``fp32
+    winograd`` or ``fp32 direct`` (CPU: one kernel for every layer: layers timed alone miss the cost of
+    switching between NNPACK's and oneDNN's thread pools), ``tf32`` (CUDA from Ampere, ``auto`` only) or
+    ``bf16`` (``auto`` only, where the hardware runs it natively; it ends a little higher at equal steps,
+    so it must buy more steps: docs/performance.md). The candidates: :func:`plan_candidates`. A stop asked
+    while timing gives ``fp32``, remembered nowhere."""
     if precision == "bf16":
         return "bf16"
     candidates = plan_candidates(precision, image)
     if len(candidates) == 1:
         return candidates[0]
+    sample = plan_sample(image)
+    timed_loss = loss if sample is image else feature_energy
     try:
         return kernels.chooser().measured(
             plan_key(candidates, layers, image),
             tuple(candidates),
-            lambda: time_passes(model, image, layers, loss, tuple(candidates), 2, should_stop),
+            lambda: time_passes(model, sample, layers, timed_loss, tuple(candidates), 2, should_stop),
         )
     except PlanStopped:
         return candidates[0]

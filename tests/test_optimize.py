@@ -165,6 +165,35 @@ def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(
     assert kernels.chooser().choices
 
 
+def test_a_large_images_pass_plan_is_timed_on_its_centre_and_shared_by_larger_sizes(
+    model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from nst_nodes import optimize as optimizing
+
+    content, _ = problem
+    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    monkeypatch.delenv("NST_CONV", raising=False)
+    monkeypatch.setattr(optimizing, "PLAN_PIXELS", 16 * 16)
+    timed: list[tuple[torch.Tensor, object]] = []
+
+    def fake(model, image, layers, loss, candidates, repeats, should_stop):
+        timed.append((image, loss))
+        return {candidate: 2.0 - index for index, candidate in enumerate(candidates)}  # the last one wins
+
+    monkeypatch.setattr(optimizing, "time_passes", fake)
+    monkeypatch.setattr(optimizing, "native_bf16", lambda device: False)
+    small = torch.rand(1, 3, 16, 12, device=content.device)
+    wide = torch.rand(1, 3, 20, 64, device=content.device)
+    wide[..., 2:18, 24:40] = 5.0  # its centre
+    chosen = optimizing.pass_plan("auto", model, wide, ["relu2_1"], squares)
+    ((sample, loss),) = timed
+    assert sample.shape[-2:] == (16, 16) and bool((sample == 5.0).all()) and loss is optimizing.feature_energy
+    assert optimizing.pass_plan("auto", model, torch.rand(1, 3, 40, 40), ["relu2_1"], squares) == chosen
+    assert len(timed) == 1  # 40x40 shares the choice made for 20x64: both are timed at 16x16
+    optimizing.pass_plan("auto", model, small, ["relu2_1"], squares)
+    assert timed[-1] == (small, squares)  # a small image: itself, with its own objective
+
+
 def test_one_kernel_for_every_layer_is_used_within_its_block(
     model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
