@@ -139,7 +139,7 @@ KERNELS: dict[str, Kernel] = {
     "winograd": Kernel(_unchanged, winograd.convolve),
     "winograd_f4": Kernel(lambda weight, size: winograd.transform_weight(weight), winograd.convolve_pretransformed),
     # oneDNN on NCHW takes the weights as they are: weights reordered once make it write a channels-last result,
-    # and its copy back to NCHW cost 1.5x the time and 1.7 GiB more at 1024² (docs/performance.md#memory).
+    # and its copy back to NCHW made a 1024² step take twice as long, with 1.2 GiB more (docs/performance.md#memory).
     "direct": Kernel(_unchanged, _onednn),
     "channels_last": Kernel(_packed, _channels_last),
     # Not timed per layer: the bf16 pass's (a pass plan), oneDNN channels-last on weights cast once

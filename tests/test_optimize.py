@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,32 @@ def squares(features: dict[str, torch.Tensor], image: torch.Tensor) -> torch.Ten
     return sum(value.float().square().mean() for value in features.values())
 
 
+@dataclass
+class TimedPlans:
+    image: torch.Tensor
+    loss: Callable[..., torch.Tensor]
+    candidates: tuple[str, ...]
+
+
+def timing_plans_as(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seconds: Callable[[str, int], float]
+) -> list[TimedPlans]:
+    """pass_plan with a kernel choices file of its own, NST_CONV unset, and each candidate plan's seconds given by
+    ``seconds(candidate, its index)`` instead of timed; returns the record of what it timed."""
+    from nst_nodes import optimize as optimizing
+
+    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    monkeypatch.delenv("NST_CONV", raising=False)
+    timed: list[TimedPlans] = []
+
+    def fake(model, image, layers, loss, candidates, repeats, should_stop):
+        timed.append(TimedPlans(image, loss, candidates))
+        return {candidate: seconds(candidate, index) for index, candidate in enumerate(candidates)}
+
+    monkeypatch.setattr(optimizing, "time_passes", fake)
+    return timed
+
+
 def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(
     model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -140,20 +168,15 @@ def test_the_pass_plan_is_timed_once_and_bf16_only_where_native(
     from nst_nodes import optimize as optimizing
 
     content, _ = problem
-    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
-    monkeypatch.delenv("NST_CONV", raising=False)
-    timed: list[tuple[str, ...]] = []
-
-    def fake(model, image, layers, loss, candidates, repeats, should_stop):  # the single-kernel plans lose, bf16 wins
-        timed.append(candidates)
-        return {candidate: {"fp32": 1.0, "bf16": 0.6}.get(candidate, 1.5) for candidate in candidates}
-
-    monkeypatch.setattr(optimizing, "time_passes", fake)
+    timed = timing_plans_as(  # the single-kernel plans lose, bf16 wins
+        monkeypatch, tmp_path, lambda candidate, index: {"fp32": 1.0, "bf16": 0.6}.get(candidate, 1.5)
+    )
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: False)
     monkeypatch.setattr(optimizing, "native_tf32", lambda device: device.type == "cuda")
     assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "fp32"
     # a CPU times its kernels, CUDA (cuDNN picks the kernels) TF32
-    assert "bf16" not in timed[-1] and ("fp32 direct" if content.device.type == "cpu" else "tf32") in timed[-1]
+    candidates = timed[-1].candidates
+    assert "bf16" not in candidates and ("fp32 direct" if content.device.type == "cpu" else "tf32") in candidates
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: True)
     assert optimizing.pass_plan("auto", model, content, ["relu4_1"], squares) == "bf16"
     assert (
@@ -171,27 +194,20 @@ def test_a_large_images_pass_plan_is_timed_on_its_centre_and_shared_by_larger_si
     from nst_nodes import optimize as optimizing
 
     content, _ = problem
-    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
-    monkeypatch.delenv("NST_CONV", raising=False)
     monkeypatch.setattr(optimizing, "PLAN_PIXELS", 16 * 16)
-    timed: list[tuple[torch.Tensor, object]] = []
-
-    def fake(model, image, layers, loss, candidates, repeats, should_stop):
-        timed.append((image, loss))
-        return {candidate: 2.0 - index for index, candidate in enumerate(candidates)}  # the last one wins
-
-    monkeypatch.setattr(optimizing, "time_passes", fake)
+    timed = timing_plans_as(monkeypatch, tmp_path, lambda candidate, index: 2.0 - index)  # the last one wins
     monkeypatch.setattr(optimizing, "native_bf16", lambda device: False)
     small = torch.rand(1, 3, 16, 12, device=content.device)
     wide = torch.rand(1, 3, 20, 64, device=content.device)
     wide[..., 2:18, 24:40] = 5.0  # its centre
     chosen = optimizing.pass_plan("auto", model, wide, ["relu2_1"], squares)
-    ((sample, loss),) = timed
-    assert sample.shape[-2:] == (16, 16) and bool((sample == 5.0).all()) and loss is optimizing.feature_energy
+    (first,) = timed
+    assert first.image.shape[-2:] == (16, 16) and bool((first.image == 5.0).all())
+    assert first.loss is optimizing.feature_energy
     assert optimizing.pass_plan("auto", model, torch.rand(1, 3, 40, 40), ["relu2_1"], squares) == chosen
     assert len(timed) == 1  # 40x40 shares the choice made for 20x64: both are timed at 16x16
     optimizing.pass_plan("auto", model, small, ["relu2_1"], squares)
-    assert timed[-1] == (small, squares)  # a small image: itself, with its own objective
+    assert timed[-1].image is small and timed[-1].loss is squares  # a small image: itself, with its own objective
 
 
 def test_one_kernel_for_every_layer_is_used_within_its_block(
