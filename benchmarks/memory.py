@@ -5,12 +5,13 @@
 
 Each size runs in its own child process (so that its peak RSS is its own): the Caffe VGG19, the
 shipped pair squared to the size, graphs/gatys.json's objective, then Optimize Image's settings
-(L-BFGS, history in bf16) with a history of 2 pairs, which 3 steps fill, so that the peak includes a
-full history. Prints per size: the process's RSS with torch and the model loaded, its peak RSS
-(Linux's VmHWM: the pictures, the targets, the optimization), the growth,
-Optimize Image's estimate of that growth (``optimization_bytes``), their ratio, and seconds per step (after the
-first, which times the kernels and the pass plan).
-Its kernels are the ones a run chooses here (NST_CONV forces one; the `plan` column shows what ran).
+(L-BFGS, history in bf16) with a history of 2 pairs, for the optimizer's first FP32_START steps (in fp32 under
+every plan) and 3 steps of the pass plan a run chooses here, so that the peak includes a full history and both
+phases. Prints per size: the process's RSS with torch and the model loaded, its peak RSS
+(Linux's VmHWM: the pictures, the targets, the optimization; also at the end of the fp32 start), the growth,
+Optimize Image's estimate of that growth (``optimization_bytes``), their ratio, and seconds per step of the plan
+(the last 2 steps; the first of the plan's steps is left out) and of the fp32 start (its steps 2-10; the first
+times the kernels and the plan). NST_CONV forces one kernel; the `plan` column shows what ran.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from bench import cpu_flags, objective_for, sample_pair
 from nst_nodes.limits import optimization_bytes
 from nst_nodes.losses import term_layers
 from nst_nodes.nodes.network import deepest_layer
-from nst_nodes.optimize import OptimizerSettings, optimize
+from nst_nodes.optimize import FP32_START, OptimizerSettings, optimize
 from nst_nodes.vgg import load_vgg19
 
 HISTORY = 2
-STEPS = 3
+STEPS = FP32_START + 3
 
 
 def status_mib(field: str) -> float:
@@ -58,14 +59,23 @@ def worker(side: int) -> dict:
     settings = OptimizerSettings(steps=STEPS, history_size=HISTORY)
     estimate = optimization_bytes(side, side, deepest_layer(term_layers(objective)), "cpu", settings)
     finished: list[float] = []  # when each step ended: the first includes timing the kernels and the plan
-    _, history = optimize(model, objective, start, settings, lambda *_: finished.append(time.perf_counter()))
+    start_peak: list[float] = []  # the peak over the fp32 start
+
+    def step_done(step: int, *_: object) -> None:
+        finished.append(time.perf_counter())
+        if step == FP32_START:
+            start_peak.append(status_mib("VmHWM"))
+
+    _, history = optimize(model, objective, start, settings, step_done)
     return {
         "side": side,
         "megapixels": side * side / 1e6,
         "rss_before_mib": before,
         "peak_mib": status_mib("VmHWM"),
+        "fp32_start_peak_mib": start_peak[0],
         "estimate_mib": estimate / 2**20,
-        "seconds_per_step": (finished[-1] - finished[0]) / (len(finished) - 1),
+        "seconds_per_step": (finished[-1] - finished[-3]) / 2,
+        "fp32_start_seconds_per_step": (finished[FP32_START - 1] - finished[0]) / (FP32_START - 1),
         "plan": history["precision"],
     }
 
@@ -82,7 +92,10 @@ def main() -> None:
         f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"NST_TUNING={os.environ.get('NST_TUNING', 'speed')}, NST_CONV={os.environ.get('NST_CONV', 'auto')}"
     )
-    print(" size      MP  before MiB  peak MiB  growth MiB  estimate MiB  estimate/growth  s/step  plan")
+    print(
+        " size      MP  before MiB  peak MiB  growth MiB  estimate MiB  estimate/growth  s/step  plan"
+        "  (fp32 start: s/step, peak MiB)"
+    )
     for side in args.sides:
         child = subprocess.run(
             [sys.executable, __file__, "--worker", str(side)], capture_output=True, text=True, check=False
@@ -95,7 +108,8 @@ def main() -> None:
         print(
             f"{side:5d} {row['megapixels']:6.2f} {row['rss_before_mib']:11.0f} {row['peak_mib']:9.0f} "
             f"{growth:11.0f} {row['estimate_mib']:13.0f} {row['estimate_mib'] / growth:16.2f} "
-            f"{row['seconds_per_step']:7.1f}  {row['plan']}",
+            f"{row['seconds_per_step']:7.1f}  {row['plan']}"
+            f"  ({row['fp32_start_seconds_per_step']:.1f}, {row['fp32_start_peak_mib']:.0f})",
             flush=True,
         )
 

@@ -71,6 +71,9 @@ _KERNEL = torch.tensor(
 )
 _OUTPUT = _kron([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
 TILE, OUT = 6, 4
+TILE_ELEMENTS = 1 << 23
+"""Most elements of each transformed-tile intermediate of F(4x4) per band (36 per tile and channel: 2.25x the
+picture's). Unbanded, they took several GiB at once at 2048² (docs/performance.md#memory)."""
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -83,26 +86,37 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def convolve_pretransformed(x: torch.Tensor, transformed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Same-size 3x3 convolution of ``x`` ``[N, C, H, W]`` with a kernel from :func:`transform_weight`."""
+    """Same-size 3x3 convolution of ``x`` ``[N, C, H, W]`` with a kernel from :func:`transform_weight`, in
+    horizontal bands of tile rows whose transformed tiles hold at most ``TILE_ELEMENTS`` each."""
     batch, channels, height, width = x.shape
     outputs = transformed.shape[2]
     rows, columns = -(-height // OUT), -(-width // OUT)
     padded = F.pad(x, (1, OUT * columns + 1 - width, 1, OUT * rows + 1 - height))  # zeros around, to whole tiles
-    step_n, step_c, step_y, step_x = padded.stride()
-    tiles = padded.as_strided(  # overlapping 6x6 tiles every 4 pixels: [6, 6, N, rows, columns, C]
-        (TILE, TILE, batch, rows, columns, channels),
-        (step_y, step_x, step_n, OUT * step_y, OUT * step_x, step_c),
-    ).reshape(TILE * TILE, -1)
-    transformed_input = (_INPUT.to(x.dtype) @ tiles).view(TILE * TILE, -1, channels)
-    products = torch.bmm(transformed_input, transformed)  # [36, tiles, K]
-    out = (_OUTPUT.to(x.dtype) @ products.view(TILE * TILE, -1)).view(OUT, OUT, batch, rows, columns, outputs)
     result = x.new_empty((batch, outputs, OUT * rows, OUT * columns))
-    result.view(batch, outputs, rows, OUT, columns, OUT).copy_(out.permute(2, 5, 3, 0, 4, 1))
+    band = max(1, TILE_ELEMENTS // (TILE * TILE * batch * columns * max(channels, outputs)))
+    for top in range(0, rows, band):
+        bottom = min(top + band, rows)
+        _convolve_tiles(padded[:, :, OUT * top : OUT * bottom + 2], transformed, result[:, :, OUT * top : OUT * bottom])
     if OUT * rows != height or OUT * columns != width:
         result = result[:, :, :height, :width].contiguous()
     if bias is not None:
         result += bias.view(-1, 1, 1)
     return result
+
+
+def _convolve_tiles(padded: torch.Tensor, transformed: torch.Tensor, result: torch.Tensor) -> None:
+    """Convolve ``padded`` (whole tiles with their border) into the view ``result``."""
+    batch, outputs, height, width = result.shape
+    channels, rows, columns = padded.shape[1], height // OUT, width // OUT
+    step_n, step_c, step_y, step_x = padded.stride()
+    tiles = padded.as_strided(  # overlapping 6x6 tiles every 4 pixels: [6, 6, N, rows, columns, C]
+        (TILE, TILE, batch, rows, columns, channels),
+        (step_y, step_x, step_n, OUT * step_y, OUT * step_x, step_c),
+    ).reshape(TILE * TILE, -1)
+    transformed_input = (_INPUT.to(padded.dtype) @ tiles).view(TILE * TILE, -1, channels)
+    products = torch.bmm(transformed_input, transformed)  # [36, tiles, K]
+    out = (_OUTPUT.to(padded.dtype) @ products.view(TILE * TILE, -1)).view(OUT, OUT, batch, rows, columns, outputs)
+    result.view(batch, outputs, rows, OUT, columns, OUT).copy_(out.permute(2, 5, 3, 0, 4, 1))
 
 
 def convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

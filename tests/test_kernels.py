@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nst_nodes import kernels, tuning
+from nst_nodes import kernels, tuning, winograd
 
 SHAPE = (64, 128, 32, 48)
 
@@ -265,6 +265,23 @@ def test_every_kernel_matches_float64_at_any_size_and_follows_a_changed_weight(p
         (out * upstream).sum().backward()
         for got, want in ((out, exact), (leaf.grad, exact_input.grad)):
             assert ((got.double() - want).norm() / want.norm()).item() < 1e-4, (path, batch, height, width, scale)
+
+
+def test_winograd_f4_in_bands_of_tile_rows_matches_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large picture runs F(4x4) in bands of tile rows (a bounded workspace); bands, the last one shorter, and
+    a batch give the convolution of the whole picture."""
+    generator = torch.Generator().manual_seed(5)
+    weight = torch.randn(24, 16, 3, 3, generator=generator)
+    bias = torch.randn(24, generator=generator)
+    x = torch.randn(2, 16, 30, 21, generator=generator)  # 8 rows of tiles, the last one cropped
+    bands = []
+    whole_tiles = winograd._convolve_tiles
+    monkeypatch.setattr(winograd, "_convolve_tiles", lambda *args: bands.append(args[2].shape) or whole_tiles(*args))
+    monkeypatch.setattr(winograd, "TILE_ELEMENTS", 36 * 2 * 6 * 24 * 3)  # 3 rows of 6 tiles, batch 2, 24 channels
+    got = winograd.convolve_pretransformed(x, winograd.transform_weight(weight), bias)
+    want = torch.nn.functional.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    assert [shape[2] for shape in bands] == [12, 12, 8]
+    assert ((got.double() - want).norm() / want.norm()).item() < 1e-5
 
 
 def test_memory_mode_leaves_out_the_kernels_that_keep_several_times_the_weights(
