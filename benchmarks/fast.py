@@ -42,12 +42,13 @@ import torch
 from bench import clock, cpu_flags, describe_device, require_device
 
 from graphrun import Folders, load_graph, run
-from nst_nodes.fast.network import JOHNSON_WIDTH, StylizerNetwork, build, stylize
+from nst_nodes.fast.network import JOHNSON_WIDTH, StylizerNetwork, apply_precision, build, stylize
 from nst_nodes.fast.store import stylizer_bytes
 from nst_nodes.fast.train import TrainSettings, train_stylizer
 from nst_nodes.image import load_image, resize_image, save_image
 from nst_nodes.metrics import quality
 from nst_nodes.nodes.video import OpticalFlow
+from nst_nodes.optimize import native_bf16
 from nst_nodes.types import Objective, Temporal
 from nst_nodes.vgg import VGGModel
 from nst_nodes.video.io import read_clip, write_clip
@@ -113,28 +114,36 @@ def optimized(photo: torch.Tensor, folder: Path, device: torch.device) -> tuple[
     return outputs["16"][0].cpu(), clock(device) - started
 
 
-def apply_times(network: StylizerNetwork, sizes: Sequence[tuple[int, int]], device: torch.device) -> dict[str, float]:
-    """Seconds per frame at each ``(width, height)``: the median of 5 after a warm-up, the device's queue drained."""
-    times = {}
+def apply_times(network: StylizerNetwork, sizes: Sequence[tuple[int, int]], device: torch.device) -> dict[str, dict]:
+    """Per ``WIDTHxHEIGHT``: seconds per frame in each precision Apply Stylizer can run here (fp32, and bf16 where
+    the hardware has it; the median of 5 after a warm-up, the device's queue drained), and the one its ``auto``
+    picks."""
+    precisions = ("fp32", "bf16") if native_bf16(device) else ("fp32",)
+    figures = {}
     with torch.no_grad():
         for width, height in sizes:
             frame = torch.rand(1, height, width, 3, device=device)
-            stylize(network, frame)
-            runs = []
-            for _ in range(5):
-                started = clock(device)
-                stylize(network, frame)
-                runs.append(clock(device) - started)
-            times[f"{width}x{height}"] = statistics.median(runs)
-    return times
+            seconds = {}
+            for precision in precisions:
+                stylize(network, frame, precision)
+                runs = []
+                for _ in range(5):
+                    started = clock(device)
+                    stylize(network, frame, precision)
+                    runs.append(clock(device) - started)
+                seconds[precision] = statistics.median(runs)
+            figures[f"{width}x{height}"] = {"seconds": seconds, "auto": apply_precision("auto", network, frame)}
+    return figures
 
 
-def print_apply_times(times: dict[str, float], prefix: str = "") -> None:
-    for size, seconds in times.items():
-        print(
-            f"{prefix}apply {size:>9}: {seconds * 1000:7.1f} ms per frame, {1 / seconds:6.1f} frames per second",
-            flush=True,
-        )
+def print_apply_times(figures: dict[str, dict], prefix: str = "") -> None:
+    for size, row in figures.items():
+        for precision, seconds in row["seconds"].items():
+            print(
+                f"{prefix}apply {size:>9} {precision}: {seconds * 1000:7.1f} ms per frame, "
+                f"{1 / seconds:6.1f} frames per second{' (auto)' if precision == row['auto'] else ''}",
+                flush=True,
+            )
 
 
 def step_seconds(
@@ -262,8 +271,9 @@ def main() -> None:
 
     rows = []
     for index, (name, photo) in enumerate(unseen_photos(args.photos, args.clip).items()):
-        with torch.no_grad():
-            fast = stylize(network, photo.to(args.device)).clamp(0, 1).cpu()
+        picture = photo.to(args.device)
+        with torch.no_grad():  # as Apply Stylizer runs it
+            fast = stylize(network, picture, apply_precision("auto", network, picture)).clamp(0, 1).cpu()
         save_image(fast, [args.out / f"{name}_fast.png"], None, None)
         row = {"photo": name, "fast": quality(fast, photo, style)}
         if index < args.optimized:
@@ -283,8 +293,11 @@ def main() -> None:
     clip_path = SHARED / "video" / "carphone.mp4"
     carphone = read_clip(str(clip_path if clip_path.is_file() else SAMPLES / "carphone.mp4"), 0, 24)
     clip = carphone.frames
+    precision = apply_precision("auto", network, clip[:1].to(args.device))
     with torch.no_grad():
-        results = torch.cat([stylize(network, frame[None].to(args.device)).clamp(0, 1).cpu() for frame in clip])
+        results = torch.cat(
+            [stylize(network, frame[None].to(args.device), precision).clamp(0, 1).cpu() for frame in clip]
+        )
     write_clip(args.out / "carphone_fast.gif", replace(carphone, frames=results, audio=None))
     distances = [quality(result[None], frame[None], style) for result, frame in zip(results, clip, strict=True)]
     video = {

@@ -165,10 +165,14 @@ def plan_candidates(precision: str, image: torch.Tensor) -> list[str]:
 def plan_key(candidates: list[str], layers: list[str], image: torch.Tensor) -> str:
     """Where a pass plan is remembered among the kernel choices: the candidates, the network's depth,
     the image size and the device (a GPU by its name)."""
-    device = torch.cuda.get_device_name(image.device) if image.device.type == "cuda" else image.device.type
     depth = max(LAYER_INDEX[name] for name in layers)
     height, width = plan_sample(image).shape[-2:]
-    return f"pass:{'|'.join(candidates)}:{depth}@{height}x{width}:{device}"
+    return f"pass:{'|'.join(candidates)}:{depth}@{height}x{width}:{device_label(image.device)}"
+
+
+def device_label(device: torch.device) -> str:
+    """A device in the keys of timed choices: a GPU by its name, else its type."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def pass_plan(

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from graphrun import Cache, Folders, GraphValidationError, NodeExecutionError, run
 from graphrun.host import RunnerHost
 from nst_nodes import kernels
-from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, build, stylize
+from nst_nodes.fast import network as stylizer_network
+from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, apply_precision, build, stylize
 from nst_nodes.fast.store import read_stylizer, stylizer_bytes
 from nst_nodes.fast.train import (
     TrainSettings,
@@ -70,6 +71,35 @@ def test_the_stylizer_takes_any_size_and_batch_and_returns_the_same(count: int, 
     with torch.no_grad():
         result = stylize(StylizerNetwork(width=4).eval(), images)
     assert result.shape == images.shape
+
+
+def test_a_stylizer_in_bf16_stays_within_a_level_of_8_bit_colour_of_fp32() -> None:
+    generator = torch.Generator().manual_seed(0)
+    network = StylizerNetwork(width=8).eval().requires_grad_(False)
+    for parameter in network.parameters():  # a network that changes the picture (the last layer starts at zero)
+        parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    images = torch.rand(2, 30, 42, 3, generator=generator)
+    with torch.no_grad():
+        exact, reduced = stylize(network, images), stylize(network, images, "bf16")
+    assert reduced.dtype == torch.float32 and reduced.shape == images.shape
+    change, error = (exact - images).abs().mean(), (reduced - exact).abs().mean()
+    assert change > 0.02 and error < min(1 / 255, 0.05 * change)  # a few percent of the change it makes
+
+
+def test_apply_precision_auto_is_timed_once_where_bf16_is_native_and_fp32_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    network, frame = StylizerNetwork(width=4).eval(), torch.rand(1, 13, 17, 3)
+    timed: list[str] = []
+    plain = stylizer_network.stylize
+    monkeypatch.setattr(stylizer_network, "stylize", lambda n, x, p="fp32": timed.append(p) or plain(n, x, p))
+    monkeypatch.setattr(stylizer_network, "native_bf16", lambda device: False)
+    assert apply_precision("auto", network, frame) == "fp32" and timed == []
+    assert apply_precision("bf16", network, frame) == "bf16" and timed == []  # forced: used as it is
+    monkeypatch.setattr(stylizer_network, "native_bf16", lambda device: True)
+    chosen = apply_precision("auto", network, frame)
+    assert chosen in ("fp32", "bf16") and sorted(timed) == ["bf16"] * 3 + ["fp32"] * 3
+    assert apply_precision("auto", network, frame) == chosen and len(timed) == 6  # remembered
 
 
 def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(model: VGGModel) -> None:
@@ -263,6 +293,9 @@ def test_apply_stylizer_keeps_a_batch_of_frames_in_order(model: VGGModel) -> Non
     assert result.shape == frames.shape and 0 <= result.min() and result.max() <= 1
     (second,) = NODE_CLASS_MAPPINGS["NSTApplyStylizer"]().apply(stylizer, frames[1:2])
     assert torch.allclose(result[1:2], second, atol=1e-5)
+    for precision in ("fp32", "bf16"):
+        (forced,) = NODE_CLASS_MAPPINGS["NSTApplyStylizer"]().apply(stylizer, frames, precision)
+        assert forced.shape == frames.shape and (forced - result).abs().mean() < 1 / 255
 
 
 def test_apply_stylizer_stylizes_every_frame_after_a_stop_during_training_and_stops_on_its_own(

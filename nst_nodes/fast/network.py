@@ -7,10 +7,14 @@ Width 32 is Johnson's network; 16 runs four times faster on a CPU. The network h
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
+from ..optimize import device_label, native_bf16, synchronize
 from ..types import Stylizer
 
 JOHNSON_WIDTH = 32
@@ -114,12 +118,47 @@ def build(stylizer: Stylizer) -> StylizerNetwork:
     return network.eval().requires_grad_(False)
 
 
-def stylize(network: StylizerNetwork, images: torch.Tensor) -> torch.Tensor:
-    """IMAGE ``[B, H, W, 3]`` -> IMAGE, any size: padded to a multiple of 4 by reflection, cropped back."""
+def stylize(network: StylizerNetwork, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """IMAGE ``[B, H, W, 3]`` -> IMAGE, any size: padded to a multiple of 4 by reflection, cropped back.
+    ``precision`` ``bf16``: the network runs under autocast (its change to the picture is added in fp32)."""
     height, width = images.shape[1:3]
     x = images.permute(0, 3, 1, 2)
     pad_bottom, pad_right = -height % SCALE, -width % SCALE
     if pad_bottom or pad_right:
         mode = "reflect" if min(height, width) > max(pad_bottom, pad_right) else "replicate"
         x = F.pad(x, (0, pad_right, 0, pad_bottom), mode=mode)
-    return network(x)[:, :, :height, :width].permute(0, 2, 3, 1)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        stylized = network(x)
+    return stylized.float()[:, :, :height, :width].permute(0, 2, 3, 1)
+
+
+APPLY_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def apply_precision(precision: str, network: StylizerNetwork, frame: torch.Tensor) -> str:
+    """What :func:`stylize` runs in for ``precision`` at IMAGE ``frame``'s size: ``auto`` is bf16 where the hardware
+    runs it natively and one pass of it timed faster than fp32's (once per machine, network shape and size,
+    remembered with the kernel choices), else fp32."""
+    if precision != "auto":
+        return precision
+    if not native_bf16(frame.device):
+        return "fp32"
+    candidates = ("fp32", "bf16")
+    height, width = frame.shape[1:3]
+    blocks = sum(isinstance(layer, Residual) for layer in network.layers)
+    key = f"stylizer:{'|'.join(candidates)}:{network.width}x{blocks}@{height}x{width}:{device_label(frame.device)}"
+
+    def time_them() -> dict[str, float]:
+        seconds: dict[str, list[float]] = {candidate: [] for candidate in candidates}
+        with torch.no_grad():
+            for turn in range(3):  # a warm-up, then the best of two, the two taking turns
+                for candidate in candidates:
+                    synchronize(frame.device)
+                    started = time.perf_counter()
+                    stylize(network, frame[:1], candidate)
+                    synchronize(frame.device)
+                    if turn:
+                        seconds[candidate].append(time.perf_counter() - started)
+        return {candidate: min(values) for candidate, values in seconds.items()}
+
+    return kernels.chooser().measured(key, candidates, time_them)
