@@ -90,16 +90,22 @@ def test_apply_precision_auto_is_timed_once_where_bf16_is_native_and_fp32_elsewh
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     network, frame = StylizerNetwork(width=4).eval(), torch.rand(1, 13, 17, 3)
-    timed: list[str] = []
+    timed: list[tuple[str, tuple[int, ...]]] = []
     plain = stylizer_network.stylize
-    monkeypatch.setattr(stylizer_network, "stylize", lambda n, x, p="fp32": timed.append(p) or plain(n, x, p))
+    monkeypatch.setattr(
+        stylizer_network, "stylize", lambda n, x, p="fp32": timed.append((p, tuple(x.shape))) or plain(n, x, p)
+    )
     monkeypatch.setattr(stylizer_network, "native_bf16", lambda device: False)
     assert apply_precision("auto", network, frame) == "fp32" and timed == []
     assert apply_precision("bf16", network, frame) == "bf16" and timed == []  # forced: used as it is
     monkeypatch.setattr(stylizer_network, "native_bf16", lambda device: True)
     chosen = apply_precision("auto", network, frame)
-    assert chosen in ("fp32", "bf16") and sorted(timed) == ["bf16"] * 3 + ["fp32"] * 3
+    assert chosen in ("fp32", "bf16") and sorted(timed) == [("bf16", frame.shape)] * 3 + [("fp32", frame.shape)] * 3
     assert apply_precision("auto", network, frame) == chosen and len(timed) == 6  # remembered
+    apply_precision("auto", network, torch.rand(1, 700, 600, 3))  # timed on its centre crop of PLAN_PIXELS
+    assert {shape for _, shape in timed[6:]} == {(1, 512, 512, 3)} and len(timed) == 12
+    apply_precision("auto", network, torch.rand(1, 800, 900, 3))  # a larger size shares that choice
+    assert len(timed) == 12
 
 
 def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(model: VGGModel) -> None:

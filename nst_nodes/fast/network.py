@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..optimize import device_label, native_bf16, synchronize
+from ..optimize import device_label, native_bf16, plan_sample, synchronize
 from ..types import Stylizer
 
 JOHNSON_WIDTH = 32
@@ -137,14 +137,16 @@ APPLY_PRECISIONS = ("auto", "fp32", "bf16")
 
 def apply_precision(precision: str, network: StylizerNetwork, frame: torch.Tensor) -> str:
     """What :func:`stylize` runs in for ``precision`` at IMAGE ``frame``'s size: ``auto`` is bf16 where the hardware
-    runs it natively and one pass of it timed faster than fp32's (once per machine, network shape and size,
-    remembered with the kernel choices), else fp32."""
+    runs it natively and a pass of it timed faster than fp32's, else fp32. Timed once per machine, network shape
+    and size (a larger frame's on its centre crop of ``PLAN_PIXELS``, shared by larger sizes, as the optimizer's
+    pass plans), remembered with the kernel choices."""
     if precision != "auto":
         return precision
     if not native_bf16(frame.device):
         return "fp32"
     candidates = ("fp32", "bf16")
-    height, width = frame.shape[1:3]
+    sample = plan_sample(frame.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    height, width = sample.shape[1:3]
     blocks = sum(isinstance(layer, Residual) for layer in network.layers)
     key = f"stylizer:{'|'.join(candidates)}:{network.width}x{blocks}@{height}x{width}:{device_label(frame.device)}"
 
@@ -155,7 +157,7 @@ def apply_precision(precision: str, network: StylizerNetwork, frame: torch.Tenso
                 for candidate in candidates:
                     synchronize(frame.device)
                     started = time.perf_counter()
-                    stylize(network, frame[:1], candidate)
+                    stylize(network, sample, candidate)
                     synchronize(frame.device)
                     if turn:
                         seconds[candidate].append(time.perf_counter() - started)

@@ -147,7 +147,7 @@ class ApplyStylizer(Node):
             choices=APPLY_PRECISIONS,
             default="auto",
             optional=True,
-            tooltip="auto: bf16 where the hardware has it and it measured faster at this size, else fp32",
+            tooltip="auto: bf16 where the hardware has it and it measured faster, else fp32",
         ),
     )
     HIDDEN = HIDDEN_CONTEXT
