@@ -102,10 +102,13 @@ def test_apply_precision_auto_is_timed_once_where_bf16_is_native_and_fp32_elsewh
     chosen = apply_precision("auto", network, frame)
     assert chosen in ("fp32", "bf16") and sorted(timed) == [("bf16", frame.shape)] * 3 + [("fp32", frame.shape)] * 3
     assert apply_precision("auto", network, frame) == chosen and len(timed) == 6  # remembered
+    assert apply_precision("auto", network, torch.rand(1, 60, 40, 3)) == chosen and len(timed) == 6  # within 64 px
     apply_precision("auto", network, torch.rand(1, 700, 600, 3))  # timed on its centre crop of PLAN_PIXELS
     assert {shape for _, shape in timed[6:]} == {(1, 512, 512, 3)} and len(timed) == 12
     apply_precision("auto", network, torch.rand(1, 800, 900, 3))  # a larger size shares that choice
     assert len(timed) == 12
+    with pytest.raises(ValueError, match="precision: 'fp16' is not one of auto, fp32, bf16"):
+        apply_precision("fp16", network, frame)
 
 
 def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(model: VGGModel) -> None:
@@ -302,6 +305,8 @@ def test_apply_stylizer_keeps_a_batch_of_frames_in_order(model: VGGModel) -> Non
     for precision in ("fp32", "bf16"):
         (forced,) = NODE_CLASS_MAPPINGS["NSTApplyStylizer"]().apply(stylizer, frames, precision)
         assert forced.shape == frames.shape and (forced - result).abs().mean() < 1 / 255
+    with pytest.raises(ValueError, match="image: the batch holds no pictures"):
+        NODE_CLASS_MAPPINGS["NSTApplyStylizer"]().apply(stylizer, frames[:0])
 
 
 def test_apply_stylizer_stylizes_every_frame_after_a_stop_during_training_and_stops_on_its_own(

@@ -133,20 +133,25 @@ def stylize(network: StylizerNetwork, images: torch.Tensor, precision: str = "fp
 
 
 APPLY_PRECISIONS = ("auto", "fp32", "bf16")
+KEY_STEP = 64
+"""Sizes share :func:`apply_precision`'s choice within steps of this many pixels: timing one costs about six
+passes, more than a single picture's."""
 
 
 def apply_precision(precision: str, network: StylizerNetwork, frame: torch.Tensor) -> str:
     """What :func:`stylize` runs in for ``precision`` at IMAGE ``frame``'s size: ``auto`` is bf16 where the hardware
     runs it natively and a pass of it timed faster than fp32's, else fp32. Timed once per machine, network shape
-    and size (a larger frame's on its centre crop of ``PLAN_PIXELS``, shared by larger sizes, as the optimizer's
-    pass plans), remembered with the kernel choices."""
+    and size (to ``KEY_STEP`` pixels; a larger frame's on its centre crop of ``PLAN_PIXELS``, shared by larger
+    sizes, as the optimizer's pass plans), remembered with the kernel choices."""
+    if precision not in APPLY_PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {', '.join(APPLY_PRECISIONS)}")
     if precision != "auto":
         return precision
     if not native_bf16(frame.device):
         return "fp32"
     candidates = ("fp32", "bf16")
     sample = plan_sample(frame.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-    height, width = sample.shape[1:3]
+    height, width = (-(-side // KEY_STEP) * KEY_STEP for side in sample.shape[1:3])
     blocks = sum(isinstance(layer, Residual) for layer in network.layers)
     key = f"stylizer:{'|'.join(candidates)}:{network.width}x{blocks}@{height}x{width}:{device_label(frame.device)}"
 

@@ -157,6 +157,8 @@ class ApplyStylizer(Node):
     ) -> tuple[torch.Tensor]:
         host = host_of(context)
         count, height, width = image.shape[:3]
+        if count == 0:
+            raise ValueError("image: the batch holds no pictures; connect a picture or a clip's frames")
         needed = stylizer_bytes(stylizer["width"], height, width, with_gradient=False) + 2 * image[:1].numel() * 4
         check_memory("image", "stylizing", needed, host.device, height, width)
         network = build(stylizer).to(host.device)
