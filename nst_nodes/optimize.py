@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
@@ -54,6 +54,21 @@ def synchronize(device: torch.device) -> None:
     """Wait for a GPU's queued work, so that a timer measures the work and not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def best_in_turns(runs: Mapping[str, Callable[[], object]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Each run's fastest of ``rounds`` after one warm-up, the runs taking turns so that a burst of other work on
+    the machine slows them alike instead of deciding between them; the timer waits for ``device``'s queue."""
+    best = dict.fromkeys(runs, math.inf)
+    for turn in range(rounds + 1):
+        for name, run in runs.items():
+            synchronize(device)
+            started = time.perf_counter()
+            run()
+            synchronize(device)
+            if turn:
+                best[name] = min(best[name], time.perf_counter() - started)
+    return best
 
 
 @contextmanager

@@ -7,14 +7,14 @@ Width 32 is Johnson's network; 16 runs four times faster on a CPU. The network h
 
 from __future__ import annotations
 
-import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..optimize import device_label, native_bf16, plan_sample, synchronize
+from ..optimize import best_in_turns, device_label, native_bf16, plan_sample
 from ..types import Stylizer
 
 JOHNSON_WIDTH = 32
@@ -156,16 +156,8 @@ def apply_precision(precision: str, network: StylizerNetwork, frame: torch.Tenso
     key = f"stylizer:{'|'.join(candidates)}:{network.width}x{blocks}@{height}x{width}:{device_label(frame.device)}"
 
     def time_them() -> dict[str, float]:
-        seconds: dict[str, list[float]] = {candidate: [] for candidate in candidates}
         with torch.no_grad():
-            for turn in range(3):  # a warm-up, then the best of two, the two taking turns
-                for candidate in candidates:
-                    synchronize(frame.device)
-                    started = time.perf_counter()
-                    stylize(network, sample, candidate)
-                    synchronize(frame.device)
-                    if turn:
-                        seconds[candidate].append(time.perf_counter() - started)
-        return {candidate: min(values) for candidate, values in seconds.items()}
+            runs = {candidate: partial(stylize, network, sample, candidate) for candidate in candidates}
+            return best_in_turns(runs, 2, frame.device)
 
     return kernels.chooser().measured(key, candidates, time_them)

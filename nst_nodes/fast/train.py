@@ -21,12 +21,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from .. import kernels
 from ..losses import ObjectiveFunction, content_loss, temporal_loss, tensor_sum, term_layers
-from ..optimize import pass_plan
+from ..optimize import best_in_turns, pass_plan
 from ..types import FeatureTerm, Flow, Objective, Stylizer, Temporal, Term, Training
 from ..vgg import VGGModel
 from ..video.flow import inside, is_cut, warp
@@ -178,15 +179,13 @@ def tail_layout(network: StylizerNetwork, crops: torch.Tensor) -> str:
     if crops.device.type != "cpu":
         return TAIL_LAYOUTS[0]
 
+    def train_pass(layout: str) -> None:
+        network.tail_layout = layout
+        network(crops).square().mean().backward()
+
     def time_them() -> dict[str, float]:
-        best = dict.fromkeys(TAIL_LAYOUTS, math.inf)
-        for turn in range(4):  # the first one warms up
-            for layout in TAIL_LAYOUTS:
-                network.tail_layout = layout
-                started = time.perf_counter()
-                network(crops).square().mean().backward()
-                if turn:
-                    best[layout] = min(best[layout], time.perf_counter() - started)
+        runs = {layout: partial(train_pass, layout) for layout in TAIL_LAYOUTS}
+        best = best_in_turns(runs, 3, crops.device)
         network.zero_grad(set_to_none=True)
         return best
 
