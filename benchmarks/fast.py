@@ -262,7 +262,8 @@ def main() -> None:
     training = stylizer["training"]
     (args.out / "stylizer.safetensors").write_bytes(stylizer_bytes(stylizer))
     print(
-        f"trained: {training['steps']} steps in {training['seconds']:.0f} s ({training['precision']} passes), "
+        f"trained: {training['steps']} steps in {training['seconds']:.0f} s (loss network {training['precision']}, "
+        f"stylizer {training['network_precision']}), "
         f"kept step {training['best_step']} (held-aside objective {training['loss']:.4g})"
     )
     network = build(stylizer).to(args.device)

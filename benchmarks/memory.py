@@ -1,6 +1,6 @@
 """Memory of an optimization per megapixel: the measured peak against the estimate that refuses a size.
 
-    python benchmarks/memory.py                     # 1, 2 and 4 megapixels (1024², 1448², 2048²), 3 steps each
+    python benchmarks/memory.py                     # 1, 2 and 4 megapixels (1024², 1448², 2048²), 13 steps each
     python benchmarks/memory.py --sides 512 1024    # other sizes
 
 Each size runs in its own child process (so that its peak RSS is its own): the Caffe VGG19, the
@@ -8,7 +8,9 @@ shipped pair squared to the size, graphs/gatys.json's objective, then Optimize I
 (L-BFGS, history in bf16) with a history of 2 pairs, for the optimizer's first FP32_START steps (in fp32 under
 every plan) and 3 steps of the pass plan a run chooses here, so that the peak includes a full history and both
 phases. Prints per size: the process's RSS with torch and the model loaded, its peak RSS
-(Linux's VmHWM: the pictures, the targets, the optimization; also at the end of the fp32 start), the growth,
+(Linux's VmHWM: the pictures, the targets, the optimization; of the fp32 start, and of the plan's steps alone,
+the peak being reset in between: with a full history, the fp32 start holds at most FP32_START pairs, and the plan's
+steps all of them), the growth,
 Optimize Image's estimate of that growth (``optimization_bytes``), their ratio, and seconds per step of the plan
 (the last 2 steps; the first of the plan's steps is left out) and of the fp32 start (its steps 2-10; the first
 times the kernels and the plan). NST_CONV forces one kernel; the `plan` column shows what ran.
@@ -28,6 +30,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from bench import cpu_flags, objective_for, sample_pair
@@ -65,14 +68,17 @@ def worker(side: int) -> dict:
         finished.append(time.perf_counter())
         if step == FP32_START:
             start_peak.append(status_mib("VmHWM"))
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from now: the plan's own peak
 
     _, history = optimize(model, objective, start, settings, step_done)
+    plan_peak = status_mib("VmHWM")
     return {
         "side": side,
         "megapixels": side * side / 1e6,
         "rss_before_mib": before,
-        "peak_mib": status_mib("VmHWM"),
+        "peak_mib": max(start_peak[0], plan_peak),
         "fp32_start_peak_mib": start_peak[0],
+        "plan_peak_mib": plan_peak,
         "estimate_mib": estimate / 2**20,
         "seconds_per_step": (finished[-1] - finished[-3]) / 2,
         "fp32_start_seconds_per_step": (finished[FP32_START - 1] - finished[0]) / (FP32_START - 1),
@@ -94,7 +100,7 @@ def main() -> None:
     )
     print(
         " size      MP  before MiB  peak MiB  growth MiB  estimate MiB  estimate/growth  s/step  plan"
-        "  (fp32 start: s/step, peak MiB)"
+        "  (fp32 start: s/step, peak MiB; plan steps' peak MiB)"
     )
     for side in args.sides:
         child = subprocess.run(
@@ -109,7 +115,8 @@ def main() -> None:
             f"{side:5d} {row['megapixels']:6.2f} {row['rss_before_mib']:11.0f} {row['peak_mib']:9.0f} "
             f"{growth:11.0f} {row['estimate_mib']:13.0f} {row['estimate_mib'] / growth:16.2f} "
             f"{row['seconds_per_step']:7.1f}  {row['plan']}"
-            f"  ({row['fp32_start_seconds_per_step']:.1f}, {row['fp32_start_peak_mib']:.0f})",
+            f"  ({row['fp32_start_seconds_per_step']:.1f}, {row['fp32_start_peak_mib']:.0f}; "
+            f"{row['plan_peak_mib']:.0f})",
             flush=True,
         )
 

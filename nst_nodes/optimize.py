@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import cast
 
 import torch
@@ -112,29 +113,21 @@ def time_passes(
     ``should_stop`` is polled between passes (the timing takes seconds at a new size):
     :class:`PlanStopped` when it says so."""
 
-    def one_pass(candidate: str) -> float:
+    def one_pass(candidate: str) -> None:
         if should_stop is not None and should_stop():
             raise PlanStopped
         precision, _, path = candidate.partition(" ")
         with kernels.every_layer(path or None), cuda_pass(image.device, precision == "tf32"):
             x = image.detach().clone().requires_grad_(True)
-            synchronize(image.device)
-            started = time.perf_counter()
             loss(model.features(x, layers, reduced=torch.bfloat16 if precision == "bf16" else None), x).backward()
-            synchronize(image.device)
-            return time.perf_counter() - started
 
     with torch.inference_mode(False), torch.enable_grad():
-        for candidate in candidates:
-            one_pass(candidate)  # warms up (and calibrates the kernels)
-        times: dict[str, list[float]] = {candidate: [] for candidate in candidates}
-        try:
-            for _ in range(repeats):
-                for candidate in candidates:
-                    times[candidate].append(one_pass(candidate))
+        try:  # the warm-up round also calibrates the kernels
+            return best_in_turns(
+                {candidate: partial(one_pass, candidate) for candidate in candidates}, repeats, image.device
+            )
         finally:
             kernels.forget_prepared_weights()
-    return {candidate: min(values) for candidate, values in times.items()}
 
 
 PLAN_PIXELS = 512 * 512
@@ -240,15 +233,21 @@ def vector_threads(model: VGGModel, image: torch.Tensor, plan: str, history_dtyp
             x = image.detach().clone().requires_grad_(True)
             kernels.frozen_conv3x3(x, first).sum().backward()
 
+    pair_bytes = 2 * image.numel() * history_dtype.itemsize
+    pairs = max(2, min(VECTOR_PAIRS_TIMED, VECTOR_TIMING_BYTES // pair_bytes))
+
     def time_them() -> dict[str, float]:
-        seconds = time_vector_work(image, history_dtype, VECTOR_PAIRS_TIMED, first_layer)
+        seconds = time_vector_work(image, history_dtype, pairs, first_layer)
         return {str(count): value for count, value in seconds.items()}
 
     return int(kernels.chooser().measured(key, ("1", str(everything)), time_them))
 
 
 VECTOR_PAIRS_TIMED = 20
-"""Curvature pairs in the two-loop that :func:`vector_threads` times (a run holds up to ``history_size``)."""
+"""Curvature pairs in the two-loop that :func:`vector_threads` times (a run holds up to ``history_size``), as
+many as fit in ``VECTOR_TIMING_BYTES`` (at least 2): pairs the size of a large image's vectors all stream from
+memory alike, and twenty at 1448² took 724 MiB, which the optimization's peak then carried."""
+VECTOR_TIMING_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ class Training(TypedDict):
     size: int  # side of the square training crops
     batch: int
     precision: str  # the loss network's pass plan (nst_nodes.optimize.pass_plan): fp32, or bf16 where faster
+    network_precision: str  # the stylizer's own passes while it trained (nst_nodes.fast.train.network_plan)
     seconds: float
     temporal: float  # the temporal term's weight, where it trained on a clip's frames and their flow; else 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from graphrun import Cache, Folders, GraphValidationError, NodeExecutionError, run
@@ -17,16 +18,18 @@ from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, apply_precisio
 from nst_nodes.fast.store import read_stylizer, stylizer_bytes
 from nst_nodes.fast.train import (
     TrainSettings,
+    autocast_in,
     frame_pairs,
     held_aside,
     motion_of,
+    network_plan,
     random_pairs,
     split_objective,
-    tail_layout,
     train_stylizer,
 )
 from nst_nodes.losses import style_statistics, style_term
 from nst_nodes.nodes import NODE_CLASS_MAPPINGS
+from nst_nodes.optimize import device_label, native_bf16
 from nst_nodes.types import Flow, Objective, Stylizer, Temporal
 from nst_nodes.vgg import VGGModel, load_vgg19
 from nst_nodes.video.flow import warp
@@ -119,26 +122,38 @@ def test_training_is_deterministic_with_a_seed_and_each_seed_trains_its_own(mode
     assert first["training"]["steps"] == 2 and first["training"]["model"] == model.identity
 
 
-def test_the_last_convolutions_layout_is_timed_once_and_both_train_alike() -> None:
-    """Channels-last or not, the last convolution computes the same values and gradients; which one trains
-    faster is timed once per machine and size, then remembered with the kernel choices."""
+def test_the_networks_training_plan_is_timed_once_and_every_candidate_trains_alike() -> None:
+    """Channels-last or not, the last convolution computes the same values and gradients, and bf16 nearly the same;
+    which trains faster is timed once per machine and size, then remembered with the kernel choices."""
     network = StylizerNetwork(width=4)
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.normal_(0, 0.1, generator=torch.Generator().manual_seed(parameter.numel()))
     crops = torch.rand(2, 3, 32, 36, generator=torch.Generator().manual_seed(0))
-    results = []
-    for layout in TAIL_LAYOUTS:
-        network.tail_layout = layout
-        network.zero_grad(set_to_none=True)
-        out = network(crops)
-        out.square().mean().backward()
-        results.append([out.detach(), *(parameter.grad.clone() for parameter in network.parameters())])
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*results, strict=True))
-    chosen = tail_layout(network, crops)
-    assert chosen in TAIL_LAYOUTS and kernels.chooser().choices["stylizer tail:4@2x3x32x36"].path == chosen
-    assert set(kernels.chooser().choices["stylizer tail:4@2x3x32x36"].seconds) == set(TAIL_LAYOUTS)
-    assert all(parameter.grad is None for parameter in network.parameters())  # the timing leaves no gradient
+    results = {}
+    for precision in ("fp32", "bf16"):
+        for layout in TAIL_LAYOUTS:
+            network.tail_layout = layout
+            network.zero_grad(set_to_none=True)
+            with autocast_in(precision, crops.device):
+                out = network(crops)
+            out.float().square().mean().backward()
+            results[precision, layout] = [out.detach().float(), *(p.grad.clone() for p in network.parameters())]
+    exact, layout, reduced = (
+        results["fp32", "contiguous"],
+        results["fp32", "channels_last"],
+        results["bf16", "contiguous"],
+    )
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(exact, layout, strict=True))
+    change = (exact[0] - crops).abs().mean()
+    assert (exact[0] - reduced[0]).abs().mean() < 0.05 * change  # bf16's picture: within 5% of the network's change
+    gradients = [torch.cat([gradient.flatten() for gradient in run[1:]]) for run in (exact, reduced)]
+    assert F.cosine_similarity(*gradients, dim=0) > 0.99  # the step points the same way
+    chosen = network_plan(network, crops)
+    candidates = [f"{p} {layout}" for p in ("fp32", "bf16")[: 1 + native_bf16(crops.device)] for layout in TAIL_LAYOUTS]
+    key = f"stylizer training:{'|'.join(candidates)}:4@2x3x32x36:{device_label(crops.device)}"
+    assert chosen in candidates and kernels.chooser().choices[key].path == chosen
+    assert set(kernels.chooser().choices[key].seconds) == set(candidates)
 
 
 def test_training_lowers_the_objective_on_the_held_aside_picture(model: VGGModel) -> None:
@@ -160,6 +175,7 @@ def test_training_runs_the_loss_network_on_the_pass_plan_and_records_it(
     assert reduced["training"]["loss"] < trained(model, steps=1)["training"]["loss"]
     monkeypatch.setattr(train, "pass_plan", lambda *args: "fp32")
     assert trained(model, steps=2)["training"]["precision"] == "fp32"
+    assert reduced["training"]["network_precision"] in ("fp32", "bf16")
 
 
 def test_a_stop_keeps_the_best_checkpoint_so_far_and_it_stylizes(model: VGGModel) -> None:

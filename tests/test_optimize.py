@@ -366,6 +366,31 @@ def test_box_lbfgs_runs_its_vector_work_on_its_threads_and_the_closure_on_torchs
     assert torch.allclose(x.detach(), center.clamp(lower, upper), atol=1e-3)
 
 
+def test_vector_threads_time_as_many_pairs_as_fit_in_their_memory_budget(
+    model: VGGModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty pairs shaped like a 1448² image's vectors took 724 MiB at the optimization's peak: the timing holds
+    at most VECTOR_TIMING_BYTES of them, and never fewer than 2."""
+    from nst_nodes import kernels, lbfgs
+    from nst_nodes import optimize as optimizing
+
+    image = torch.rand(1, 3, 32, 32)
+    pair_bytes = 2 * image.numel() * torch.bfloat16.itemsize
+    timed = []
+
+    def recorded(x: torch.Tensor, dtype: torch.dtype, pairs: int, after: object) -> dict[int, float]:
+        timed.append(pairs)
+        return {1: 1.0, torch.get_num_threads(): 2.0}
+
+    monkeypatch.setattr(optimizing, "time_vector_work", recorded)
+    with lbfgs.threads(2):
+        for budget, expected in ((100 * pair_bytes, optimizing.VECTOR_PAIRS_TIMED), (5 * pair_bytes, 5), (1, 2)):
+            kernels.chooser().forget()
+            monkeypatch.setattr(optimizing, "VECTOR_TIMING_BYTES", budget)
+            assert optimizing.vector_threads(model, image, "fp32", torch.bfloat16) == 1
+            assert timed[-1] == expected
+
+
 def test_vector_threads_are_timed_once_and_remembered_so_runs_repeat(
     model: VGGModel, problem, device: torch.device
 ) -> None:

@@ -70,7 +70,8 @@ def read_stylizer(file: BinaryIO, path: Path) -> Stylizer:
         recorded = json.loads(metadata["training"])
         if not isinstance(recorded, dict) or not isinstance(recorded.get("steps"), int):
             raise ValueError("its training record is not one of ours")
-        training = cast(Training, {"temporal": 0.0, "steps_asked": recorded["steps"]} | recorded)  # older files
+        older = {"temporal": 0.0, "steps_asked": recorded["steps"], "network_precision": "fp32"}  # what they lack
+        training = cast(Training, older | recorded)
         stylizer: Stylizer = {
             "width": int(metadata["width"]),
             "blocks": int(metadata["blocks"]),

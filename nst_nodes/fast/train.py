@@ -27,7 +27,7 @@ import torch
 
 from .. import kernels
 from ..losses import ObjectiveFunction, content_loss, temporal_loss, tensor_sum, term_layers
-from ..optimize import best_in_turns, pass_plan
+from ..optimize import best_in_turns, device_label, native_bf16, pass_plan
 from ..types import FeatureTerm, Flow, Objective, Stylizer, Temporal, Term, Training
 from ..vgg import VGGModel
 from ..video.flow import inside, is_cut, warp
@@ -172,25 +172,38 @@ def check_pictures(images: torch.Tensor, size: int) -> None:
         )
 
 
-def tail_layout(network: StylizerNetwork, crops: torch.Tensor) -> str:
-    """The layout of the network's last convolution's input that trains fastest on ``crops``' size here: a forward
-    and backward pass in each, timed once per machine, network width and crop size (remembered with the kernel
-    choices), the layouts taking turns. NCHW where there is nothing to choose (CUDA)."""
-    if crops.device.type != "cpu":
-        return TAIL_LAYOUTS[0]
+def network_plan(network: StylizerNetwork, crops: torch.Tensor) -> str:
+    """How the stylizer itself trains fastest on ``crops``' size here, ``"PRECISION LAYOUT"``: fp32, or bf16 under
+    autocast where the hardware runs it natively (the weights and Adam's state stay fp32), and the layout of the
+    last convolution's input (on a CPU: :attr:`StylizerNetwork.tail_layout`). A forward and backward pass of each,
+    timed once per machine, network width and crop size (remembered with the kernel choices), the candidates
+    taking turns."""
+    precisions = ("fp32", "bf16") if native_bf16(crops.device) else ("fp32",)
+    layouts = TAIL_LAYOUTS if crops.device.type == "cpu" else TAIL_LAYOUTS[:1]
+    candidates = tuple(f"{precision} {layout}" for precision in precisions for layout in layouts)
+    if len(candidates) == 1:
+        return candidates[0]
 
-    def train_pass(layout: str) -> None:
-        network.tail_layout = layout
-        network(crops).square().mean().backward()
+    def train_pass(candidate: str) -> None:
+        precision, network.tail_layout = candidate.split()
+        with autocast_in(precision, crops.device):
+            stylized = network(crops)
+        stylized.float().square().mean().backward()
 
     def time_them() -> dict[str, float]:
-        runs = {layout: partial(train_pass, layout) for layout in TAIL_LAYOUTS}
+        runs = {candidate: partial(train_pass, candidate) for candidate in candidates}
         best = best_in_turns(runs, 3, crops.device)
         network.zero_grad(set_to_none=True)
         return best
 
-    key = f"stylizer tail:{network.width}@{'x'.join(map(str, crops.shape))}"
-    return kernels.chooser().measured(key, TAIL_LAYOUTS, time_them)
+    shape = "x".join(map(str, crops.shape))
+    key = f"stylizer training:{'|'.join(candidates)}:{network.width}@{shape}:{device_label(crops.device)}"
+    return kernels.chooser().measured(key, candidates, time_them)
+
+
+def autocast_in(precision: str, device: torch.device) -> torch.autocast:
+    """The block in which the stylizer's passes run in ``precision`` (bf16: autocast; fp32: as they are)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class _Loss:
@@ -299,7 +312,9 @@ def train_stylizer(
             torch.manual_seed(settings.seed)
             network = StylizerNetwork(settings.width).to(device)
         sample = training[:1, : settings.size, : settings.size].permute(0, 3, 1, 2)
-        network.tail_layout = tail_layout(network, sample.expand(settings.batch, -1, -1, -1).contiguous())
+        network_precision, network.tail_layout = network_plan(
+            network, sample.expand(settings.batch, -1, -1, -1).contiguous()
+        ).split()
         optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
         best = _Checkpoint(held, held_motion, loss_of)
         every = max(1, settings.steps // CHECKPOINTS)
@@ -314,7 +329,9 @@ def train_stylizer(
                 crops = random_crops(training, settings, generator)
             crops = crops.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_of(network(crops), loss_of.targets(crops), motion)
+            with autocast_in(network_precision, device):
+                stylized = network(crops)
+            loss = loss_of(stylized.float(), loss_of.targets(crops), motion)
             loss.backward()
             optimizer.step()
             steps = step
@@ -334,6 +351,7 @@ def train_stylizer(
         "size": settings.size,
         "batch": settings.batch,
         "precision": plan,
+        "network_precision": network_precision,
         "seconds": round(time.perf_counter() - started, 1),
         "temporal": loss_of.temporal_weight,
     }
