@@ -172,13 +172,14 @@ def check_pictures(images: torch.Tensor, size: int) -> None:
         )
 
 
-def network_plan(network: StylizerNetwork, crops: torch.Tensor) -> str:
+def network_plan(network: StylizerNetwork, crops: torch.Tensor, bf16_allowed: bool = True) -> str:
     """How the stylizer itself trains fastest on ``crops``' size here, ``"PRECISION LAYOUT"``: fp32, or bf16 under
     autocast where the hardware runs it natively (the weights and Adam's state stay fp32), and the layout of the
     last convolution's input (on a CPU: :attr:`StylizerNetwork.tail_layout`). A forward and backward pass of each,
     timed once per machine, network width and crop size (remembered with the kernel choices), the candidates
-    taking turns."""
-    precisions = ("fp32", "bf16") if native_bf16(crops.device) else ("fp32",)
+    taking turns. Not bf16 where ``bf16_allowed`` is false: a loss term that is small at every pixel (a temporal
+    term) rounds away in bf16's gradients (in a 3-step test with one, the weights came out as without it)."""
+    precisions = ("fp32", "bf16") if bf16_allowed and native_bf16(crops.device) else ("fp32",)
     layouts = TAIL_LAYOUTS if crops.device.type == "cpu" else TAIL_LAYOUTS[:1]
     candidates = tuple(f"{precision} {layout}" for precision in precisions for layout in layouts)
     if len(candidates) == 1:
@@ -313,7 +314,7 @@ def train_stylizer(
             network = StylizerNetwork(settings.width).to(device)
         sample = training[:1, : settings.size, : settings.size].permute(0, 3, 1, 2)
         network_precision, network.tail_layout = network_plan(
-            network, sample.expand(settings.batch, -1, -1, -1).contiguous()
+            network, sample.expand(settings.batch, -1, -1, -1).contiguous(), bf16_allowed=loss_of.temporal_weight == 0
         ).split()
         optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
         best = _Checkpoint(held, held_motion, loss_of)
@@ -331,7 +332,7 @@ def train_stylizer(
             optimizer.zero_grad(set_to_none=True)
             with autocast_in(network_precision, device):
                 stylized = network(crops)
-            loss = loss_of(stylized.float(), loss_of.targets(crops), motion)
+            loss = loss_of(stylized, loss_of.targets(crops), motion)
             loss.backward()
             optimizer.step()
             steps = step
