@@ -2,12 +2,14 @@
 
     python benchmarks/memory.py                     # 1, 2 and 4 megapixels (1024², 1448², 2048²), 13 steps each
     python benchmarks/memory.py --sides 512 1024    # other sizes
+    python benchmarks/memory.py --sides 2048 --history 50 --plan-steps 50   # the default history, filled
 
 Each size runs in its own child process (so that its peak RSS is its own): the Caffe VGG19, the
 shipped pair squared to the size, graphs/gatys.json's objective, then Optimize Image's settings
-(L-BFGS, history in bf16) with a history of 2 pairs, for the optimizer's first FP32_START steps (in fp32 under
-every plan) and 3 steps of the pass plan a run chooses here, so that the peak includes a full history and both
-phases. Prints per size: the process's RSS with torch and the model loaded, its peak RSS
+(L-BFGS, history in bf16) with a history of 2 pairs (``--history``), for the optimizer's first FP32_START steps
+(in fp32 under every plan) and 3 steps (``--plan-steps``) of the pass plan a run chooses here, so that the peak
+includes a full history and both phases.
+Prints per size: the process's RSS with torch and the model loaded, its peak RSS
 (Linux's VmHWM: the pictures, the targets, the optimization; of the fp32 start, and of the plan's steps alone,
 the peak being reset in between: with a full history, the fp32 start holds at most FP32_START pairs, and the plan's
 steps all of them), the growth,
@@ -42,7 +44,7 @@ from nst_nodes.optimize import FP32_START, OptimizerSettings, optimize
 from nst_nodes.vgg import load_vgg19
 
 HISTORY = 2
-STEPS = FP32_START + 3
+PLAN_STEPS = 3
 
 
 def status_mib(field: str) -> float:
@@ -53,13 +55,13 @@ def status_mib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def worker(side: int) -> dict:
+def worker(side: int, history_size: int, plan_steps: int) -> dict:
     model = load_vgg19("caffe")
     before = status_mib("VmRSS")  # torch and the model: what the process holds before any picture
     content, style = sample_pair(side)
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
-    settings = OptimizerSettings(steps=STEPS, history_size=HISTORY)
+    settings = OptimizerSettings(steps=FP32_START + plan_steps, history_size=history_size)
     estimate = optimization_bytes(side, side, deepest_layer(term_layers(objective)), "cpu", settings)
     finished: list[float] = []  # when each step ended: the first includes timing the kernels and the plan
     start_peak: list[float] = []  # the peak over the fp32 start
@@ -89,14 +91,17 @@ def worker(side: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[1024, 1448, 2048])
+    parser.add_argument("--history", type=int, default=HISTORY, help="L-BFGS pairs kept (Optimize Image's default: 50)")
+    parser.add_argument("--plan-steps", type=int, default=PLAN_STEPS, help="steps after the fp32 start")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker)))
+        print(json.dumps(worker(args.worker, args.history, args.plan_steps)))
         return
     print(
         f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"NST_TUNING={os.environ.get('NST_TUNING', 'speed')}, NST_CONV={os.environ.get('NST_CONV', 'auto')}"
+        f"NST_TUNING={os.environ.get('NST_TUNING', 'speed')}, NST_CONV={os.environ.get('NST_CONV', 'auto')}; "
+        f"history {args.history} pairs, {FP32_START} + {args.plan_steps} steps"
     )
     print(
         " size      MP  before MiB  peak MiB  growth MiB  estimate MiB  estimate/growth  s/step  plan"
@@ -104,7 +109,19 @@ def main() -> None:
     )
     for side in args.sides:
         child = subprocess.run(
-            [sys.executable, __file__, "--worker", str(side)], capture_output=True, text=True, check=False
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(side),
+                "--history",
+                str(args.history),
+                "--plan-steps",
+                str(args.plan_steps),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if child.returncode != 0:
             print(f"{side}x{side}: failed: {child.stderr.strip().splitlines()[-1:]}")
