@@ -15,11 +15,10 @@ from graphrun import Cache, Folders, GraphValidationError, NodeExecutionError, r
 from graphrun.host import RunnerHost
 from nst_nodes import kernels
 from nst_nodes.fast import network as stylizer_network
-from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, apply_precision, build, stylize
+from nst_nodes.fast.network import TAIL_LAYOUTS, StylizerNetwork, apply_precision, autocast_in, build, stylize
 from nst_nodes.fast.store import read_stylizer, stylizer_bytes
 from nst_nodes.fast.train import (
     TrainSettings,
-    autocast_in,
     frame_pairs,
     held_aside,
     motion_of,

@@ -127,9 +127,15 @@ def stylize(network: StylizerNetwork, images: torch.Tensor, precision: str = "fp
     if pad_bottom or pad_right:
         mode = "reflect" if min(height, width) > max(pad_bottom, pad_right) else "replicate"
         x = F.pad(x, (0, pad_right, 0, pad_bottom), mode=mode)
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with autocast_in(precision, x.device):
         stylized = network(x)
     return stylized.float()[:, :, :height, :width].permute(0, 2, 3, 1)
+
+
+def autocast_in(precision: str, device: torch.device) -> torch.autocast:
+    """The block in which the stylizer's passes run in ``precision`` (bf16: autocast; fp32: as they are), when it
+    stylizes and when it trains."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 APPLY_PRECISIONS = ("auto", "fp32", "bf16")

@@ -31,7 +31,7 @@ from ..optimize import best_in_turns, device_label, native_bf16, pass_plan
 from ..types import FeatureTerm, Flow, Objective, Stylizer, Temporal, Term, Training
 from ..vgg import VGGModel
 from ..video.flow import inside, is_cut, warp
-from .network import RESIDUAL_BLOCKS, TAIL_LAYOUTS, StylizerNetwork, stylize
+from .network import RESIDUAL_BLOCKS, TAIL_LAYOUTS, StylizerNetwork, autocast_in, stylize
 
 CHECKPOINTS = 20  # held-aside evaluations per training (and at the end, or at a stop)
 
@@ -189,7 +189,7 @@ def network_plan(network: StylizerNetwork, crops: torch.Tensor, bf16_allowed: bo
         precision, network.tail_layout = candidate.split()
         with autocast_in(precision, crops.device):
             stylized = network(crops)
-        stylized.float().square().mean().backward()
+        stylized.square().mean().backward()
 
     def time_them() -> dict[str, float]:
         runs = {candidate: partial(train_pass, candidate) for candidate in candidates}
@@ -200,11 +200,6 @@ def network_plan(network: StylizerNetwork, crops: torch.Tensor, bf16_allowed: bo
     shape = "x".join(map(str, crops.shape))
     key = f"stylizer training:{'|'.join(candidates)}:{network.width}@{shape}:{device_label(crops.device)}"
     return kernels.chooser().measured(key, candidates, time_them)
-
-
-def autocast_in(precision: str, device: torch.device) -> torch.autocast:
-    """The block in which the stylizer's passes run in ``precision`` (bf16: autocast; fp32: as they are)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class _Loss:
