@@ -3,6 +3,7 @@
     python benchmarks/memory.py                     # 1, 2 and 4 megapixels (1024², 1448², 2048²), 13 steps each
     python benchmarks/memory.py --sides 512 1024    # other sizes
     python benchmarks/memory.py --sides 2048 --history 50 --plan-steps 50   # the default history, filled
+    NST_MEMORY_LIMIT_MIB=15259 python benchmarks/memory.py --sides 2048 --history 50 --plan-steps 42   # within 16 GB
 
 Each size runs in its own child process (so that its peak RSS is its own): the Caffe VGG19, the
 shipped pair squared to the size, graphs/gatys.json's objective, then Optimize Image's settings
@@ -15,7 +16,10 @@ the peak being reset in between: with a full history, the fp32 start holds at mo
 steps all of them), the growth,
 Optimize Image's estimate of that growth (``optimization_bytes``), their ratio, and seconds per step of the plan
 (the last 2 steps; the first of the plan's steps is left out) and of the fp32 start (its steps 2-10; the first
-times the kernels and the plan). NST_CONV forces one kernel; the `plan` column shows what ran.
+times the kernels and the plan). NST_CONV forces one kernel; the `plan` column shows what ran. The optimization
+runs as Optimize Image's does: where its estimate does not fit in what is available (or in NST_MEMORY_LIMIT_MIB),
+with the largest mmap threshold at which it does (``limits.fitting_allocator``); the last column shows the
+threshold it ran with (the tuned one where it fits: 1.0 GiB in NST_TUNING=speed).
 """
 
 from __future__ import annotations
@@ -37,10 +41,11 @@ from pathlib import Path
 import torch
 from bench import cpu_flags, objective_for, sample_pair
 
-from nst_nodes.limits import optimization_bytes
+from nst_nodes.limits import TUNED, amount, fitting_allocator, optimization_bytes
 from nst_nodes.losses import term_layers
 from nst_nodes.nodes.network import deepest_layer
 from nst_nodes.optimize import FP32_START, OptimizerSettings, optimize
+from nst_nodes.tuning import mmap_threshold
 from nst_nodes.vgg import load_vgg19
 
 HISTORY = 2
@@ -62,7 +67,7 @@ def worker(side: int, history_size: int, plan_steps: int) -> dict:
     objective = objective_for(model, content, style)
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=FP32_START + plan_steps, history_size=history_size)
-    estimate = optimization_bytes(side, side, deepest_layer(term_layers(objective)), "cpu", settings)
+    deepest = deepest_layer(term_layers(objective))
     finished: list[float] = []  # when each step ended: the first includes timing the kernels and the plan
     start_peak: list[float] = []  # the peak over the fp32 start
 
@@ -72,7 +77,12 @@ def worker(side: int, history_size: int, plan_steps: int) -> dict:
             start_peak.append(status_mib("VmHWM"))
             Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from now: the plan's own peak
 
-    _, history = optimize(model, objective, start, settings, step_done)
+    def needed(mapped_from: int | None = TUNED) -> int:
+        return optimization_bytes(side, side, deepest, "cpu", settings, mapped_from)
+
+    with fitting_allocator(needed, "cpu", f"{side}x{side}"):
+        estimate, mapped_from = needed(), mmap_threshold()
+        _, history = optimize(model, objective, start, settings, step_done)
     plan_peak = status_mib("VmHWM")
     return {
         "side": side,
@@ -85,6 +95,7 @@ def worker(side: int, history_size: int, plan_steps: int) -> dict:
         "seconds_per_step": (finished[-1] - finished[-3]) / 2,
         "fp32_start_seconds_per_step": (finished[FP32_START - 1] - finished[0]) / (FP32_START - 1),
         "plan": history["precision"],
+        "mapped_from": amount(mapped_from) if mapped_from else "-",
     }
 
 
@@ -101,11 +112,12 @@ def main() -> None:
     print(
         f"machine: {', '.join(cpu_flags())}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"NST_TUNING={os.environ.get('NST_TUNING', 'speed')}, NST_CONV={os.environ.get('NST_CONV', 'auto')}; "
-        f"history {args.history} pairs, {FP32_START} + {args.plan_steps} steps"
+        f"history {args.history} pairs, {FP32_START} + {args.plan_steps} steps; "
+        f"NST_MEMORY_LIMIT_MIB={os.environ.get('NST_MEMORY_LIMIT_MIB', 'unset')}"
     )
     print(
         " size      MP  before MiB  peak MiB  growth MiB  estimate MiB  estimate/growth  s/step  plan"
-        "  (fp32 start: s/step, peak MiB; plan steps' peak MiB)"
+        "  (fp32 start: s/step, peak MiB; plan steps' peak MiB)  blocks mapped from"
     )
     for side in args.sides:
         child = subprocess.run(
@@ -133,7 +145,7 @@ def main() -> None:
             f"{growth:11.0f} {row['estimate_mib']:13.0f} {row['estimate_mib'] / growth:16.2f} "
             f"{row['seconds_per_step']:7.1f}  {row['plan']}"
             f"  ({row['fp32_start_seconds_per_step']:.1f}, {row['fp32_start_peak_mib']:.0f}; "
-            f"{row['plan_peak_mib']:.0f})",
+            f"{row['plan_peak_mib']:.0f})  {row['mapped_from']}",
             flush=True,
         )
 

@@ -5,15 +5,19 @@
   before anything is decoded, and again for what a resize would produce.
 - Working memory: the network pass and the optimization at a given size are estimated from
   VGG19's layer shapes and refused, with the estimate, when they cannot fit in the memory the
-  device has available (``NST_MEMORY_CHECK=0`` turns the check off).
+  device has available, or in ``NST_MEMORY_LIMIT_MIB`` where that is less (``NST_MEMORY_CHECK=0``
+  turns the check off). An optimization that would not fit with the heap keeping its large blocks
+  first gets an allocator that hands them back (:func:`fitting_allocator`).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +38,7 @@ POOLED_PER_ACTIVATION = 3.0
 fragmentation), CUDA's caching allocator (docs/performance.md#memory)."""
 
 
-def environment_int(name: str, default: int, minimum: int = 1) -> int:
+def environment_int(name: str, default: int, minimum: int = 1, example: int | None = None) -> int:
     """The whole number an environment variable sets (``default`` when unset); a ValueError names the
     variable and shows a valid setting, so a typo is refused instead of silently ignored. (graphrun.graph has
     its own, for the graph limits: the nodes load in ComfyUI, where graphrun, the command line's engine, is not
@@ -47,7 +51,9 @@ def environment_int(name: str, default: int, minimum: int = 1) -> int:
     except ValueError:
         value = minimum - 1
     if value < minimum:
-        raise ValueError(f"{name}={text!r} must be a whole number of at least {minimum}, e.g. {name}={default}")
+        raise ValueError(
+            f"{name}={text!r} must be a whole number of at least {minimum}, e.g. {name}={example or default}"
+        )
     return value
 
 
@@ -79,12 +85,22 @@ def smallest_side(deepest: str) -> int:
     return layer_stride(deepest)
 
 
-def network_bytes(height: int, width: int, deepest: str, with_gradient: bool, device: str = "cpu") -> int:
-    """Estimated memory of one fp32 network pass to ``deepest`` (and back, ``with_gradient``) on ``device``."""
+TUNED = -1
+"""``mapped_from``'s default: the process's mmap threshold now (:func:`tuning.mmap_threshold`)."""
+
+
+def network_bytes(
+    height: int, width: int, deepest: str, with_gradient: bool, device: str = "cpu", mapped_from: int | None = TUNED
+) -> int:
+    """Estimated memory of one fp32 network pass to ``deepest`` (and back, ``with_gradient``) on ``device``, where
+    the CPU's allocator gives blocks of ``mapped_from`` bytes and more a mapping of their own (None: none)."""
     sizes = [c * h * w * 4 for c, h, w in _layer_shapes(height, width, deepest)]
     if not with_gradient:
         return 2 * max(sizes, default=0) + sum(sizes) // 4
-    mapped_from = tuning.mmap_threshold() if device == "cpu" else None
+    if device != "cpu":
+        mapped_from = None
+    elif mapped_from == TUNED:
+        mapped_from = tuning.mmap_threshold()
     return int(
         sum(
             size * (ALIVE_PER_ACTIVATION if mapped_from is not None and size >= mapped_from else POOLED_PER_ACTIVATION)
@@ -94,12 +110,23 @@ def network_bytes(height: int, width: int, deepest: str, with_gradient: bool, de
 
 
 def available_bytes(device: str) -> int | None:
-    """Memory the device can still give, or None where it cannot be told."""
+    """Memory the device can still give, at most ``NST_MEMORY_LIMIT_MIB`` (a share of a machine that other work
+    uses too); None where it cannot be told and no limit is set."""
+    return min((known for known in (free_bytes(device), memory_limit()) if known is not None), default=None)
+
+
+def memory_limit() -> int | None:
+    """``NST_MEMORY_LIMIT_MIB`` in bytes; None where it is not set."""
+    return environment_int("NST_MEMORY_LIMIT_MIB", 0, example=15259) * 2**20 or None
+
+
+def free_bytes(device: str) -> int | None:
+    """What the device can still give: CUDA's free memory and its cache's unused part, Linux's MemAvailable."""
     if device.startswith("cuda"):
         import torch
 
         free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -124,16 +151,22 @@ VECTORS_PER_STEP = 12
 
 
 def optimization_bytes(
-    height: int, width: int, deepest: str, device: str, settings: OptimizerSettings | None = None
+    height: int,
+    width: int,
+    deepest: str,
+    device: str,
+    settings: OptimizerSettings | None = None,
+    mapped_from: int | None = TUNED,
 ) -> int:
-    """Optimizing a ``height`` x ``width`` image (``settings``: Optimize Image's defaults): the network pass
-    with its gradient, the L-BFGS history and the optimizer's image-sized vectors."""
+    """Optimizing a ``height`` x ``width`` image (``settings``: Optimize Image's defaults; ``mapped_from``: as in
+    :func:`network_bytes`): the network pass with its gradient, the L-BFGS history and the optimizer's image-sized
+    vectors."""
     from .optimize import DTYPES, OptimizerSettings
 
     settings = settings or OptimizerSettings()
     image = 3 * height * width
     history = 2 * settings.history_size * image * DTYPES[settings.history_precision].itemsize
-    network = network_bytes(height, width, deepest, True, device) + prepared_weight_bytes(deepest, device)
+    network = network_bytes(height, width, deepest, True, device, mapped_from) + prepared_weight_bytes(deepest, device)
     return network + history + VECTORS_PER_STEP * image * 4
 
 
@@ -145,6 +178,50 @@ reordered kernels (1x per direction) and a bf16 plan's cast (0.5x)."""
 PREPARED_PER_WEIGHT_WITHOUT_F4 = 6
 """The same where F(4x4) is left out (``NST_TUNING=memory``): the per-layer plan's kernels are copies (1x per
 direction)."""
+
+
+SHORT_OF_MEMORY_THRESHOLDS = (256 << 20, 32 << 20, 128 << 10)
+"""The allocator's mmap thresholds an optimization that does not fit tries, largest first: each hands more of
+its blocks back to the OS after use, for less memory and more time (at 2048², 256 MiB: 2.8 GiB less at the peak,
+12-21% more time per step; docs/performance.md#memory). 128 KiB is NST_TUNING=memory's."""
+
+
+@contextmanager
+def fitting_allocator(needed: Callable[[int], int], device: str, what: str) -> Iterator[None]:
+    """Runs the block with the CPU allocator handing large blocks back to the OS where ``needed(mmap threshold)``,
+    an estimate, does not fit in what is available with the process's own threshold: the largest of
+    :data:`SHORT_OF_MEMORY_THRESHOLDS` at which it fits, with a warning naming ``what``, or where none does, the
+    smallest (check_memory then refuses, unless NST_MEMORY_CHECK=0 asks to try anyway). Nothing changes where it
+    fits, on a GPU, or where the threshold is not ours to change (:func:`tuning.adjustable`)."""
+    tuned = tuning.mmap_threshold()
+    available = available_bytes(device) if device == "cpu" and tuning.adjustable() else None
+    lower = [threshold for threshold in SHORT_OF_MEMORY_THRESHOLDS if tuned is not None and threshold < tuned]
+    if available is None or tuned is None or not lower or (before := needed(tuned)) <= available:
+        yield
+        return
+    threshold = next((threshold for threshold in lower if needed(threshold) <= available), lower[-1])
+    if needed(threshold) <= available:
+        limited = " (NST_MEMORY_LIMIT_MIB)" if available == memory_limit() else ""
+        logging.getLogger(__name__).warning(
+            "nst-nodes: %s needs about %s as this process's allocator is tuned, %s available%s: blocks of %s and "
+            "more go back to the system after use (about %s; slower per step); a smaller size or history_size "
+            "keeps the speed",
+            what,
+            amount(before),
+            amount(available),
+            limited,
+            amount(threshold),
+            amount(needed(threshold)),
+        )
+    with tuning.blocks_mapped_from(threshold):
+        yield
+
+
+def amount(size: float) -> str:
+    """Bytes as a person reads them: 15.1 GiB, 700 MiB, 128 KiB."""
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GiB"
+    return f"{size / 2**20:.0f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
 
 
 def prepared_weight_bytes(deepest: str, device: str) -> int:
@@ -181,12 +258,13 @@ def check_memory(
     if available is None or needed <= available:
         return
     scale, purpose = math.sqrt(available / needed), ""
+    limited = " (NST_MEMORY_LIMIT_MIB: raise it if the machine has more)" if available == memory_limit() else ""
     if deepest is not None:  # the image is usually optimized next, which needs more
         reached = max(deepest, OPTIMIZED_DEEPEST, key=LAYER_INDEX.__getitem__)
         scale = fitting_scale(lambda h, w: optimization_bytes(h, w, reached, device), height, width, available)
         purpose = ", also for optimizing it"
     raise MemoryError(
-        f"{what}: {description} at {width}x{height} needs about {needed / 2**30:.1f} GiB but {device} has "
-        f"{available / 2**30:.1f} GiB available; use a smaller size (about {int(width * scale)}x"
+        f"{what}: {description} at {width}x{height} needs about {amount(needed)} but {device} has "
+        f"{amount(available)} available{limited}; use a smaller size (about {int(width * scale)}x"
         f"{int(height * scale)} would fit{purpose}), or set NST_MEMORY_CHECK=0 to try anyway"
     )

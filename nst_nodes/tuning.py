@@ -5,7 +5,9 @@ Two modes, because glibc's allocator trades memory against speed here:
 - ``speed`` (default): raise glibc's mmap and trim thresholds (``mallopt``) so that large
   activations are reused from the heap instead of being returned to the OS and faulted
   back in every step (20-30% per step at 512x512). The price is heap fragmentation: peak
-  RSS about 1.6 GiB at 512x512 where the tensors alive at once never exceed about 1 GiB.
+  RSS about 1.6 GiB at 512x512 where the tensors alive at once never exceed about 1 GiB. An
+  optimization that would not fit so lowers the threshold for its run (:func:`blocks_mapped_from`,
+  called by ``limits.fitting_allocator``).
 - ``memory``: every tensor of 128 KiB or more gets its own mapping, backed by transparent
   huge pages (PyTorch's ``THP_MEM_ALLOC_ENABLE``), and goes back to the OS when freed, so
   peak RSS is what is really alive (about 1.15 GiB at 512x512), for 30-40% more time
@@ -27,6 +29,9 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 MODES = ("speed", "memory", "off")
 M_TRIM_THRESHOLD = -1
@@ -35,7 +40,10 @@ MMAP_THRESHOLDS = {"speed": 1 << 30, "memory": 128 << 10}  # 1 GiB is glibc's ma
 TRIM_THRESHOLD = 1 << 30
 GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 """Where glibc's own (dynamic) mmap threshold stops rising on 64-bit: larger blocks always get a mapping."""
-_mmap_threshold: int | None = None  # what configure_process set with mallopt
+_tuned_threshold: int | None = None  # what configure_process set with mallopt
+_libc: ctypes.CDLL | None = None  # where configure_process set it
+_lowered_to: list[int] = []  # what the runs inside blocks_mapped_from ask for now
+_lowering = threading.Lock()
 _mode: str | None = None  # what configure_process applied
 
 
@@ -61,8 +69,8 @@ def configure_process(mode: str | None = None) -> list[str]:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             threshold = MMAP_THRESHOLDS[mode]
             if libc.mallopt(M_MMAP_THRESHOLD, threshold) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-                global _mmap_threshold
-                _mmap_threshold = threshold
+                global _tuned_threshold, _libc
+                _tuned_threshold, _libc = threshold, libc
                 applied.append(f"mallopt(mmap threshold {threshold >> 10} KiB, trim threshold 1 GiB)")
         except (OSError, AttributeError):
             pass
@@ -83,9 +91,35 @@ def mmap_threshold() -> int | None:
     freed (smaller blocks stay in the heap, which fragments); None where the allocator is not glibc's."""
     if not sys.platform.startswith("linux"):
         return None
-    if _mmap_threshold is not None:
-        return _mmap_threshold
+    if _tuned_threshold is not None:
+        return min([_tuned_threshold, *_lowered_to])
     try:
         return int(os.environ["MALLOC_MMAP_THRESHOLD_"])
     except (KeyError, ValueError):
         return GLIBC_MMAP_THRESHOLD_MAX
+
+
+def adjustable() -> bool:
+    """Whether :func:`blocks_mapped_from` can change this process's threshold: where :func:`configure_process` tuned
+    its allocator. Not elsewhere: under a host such as ComfyUI the process keeps glibc's own, adaptive threshold
+    (which already maps blocks of 32 MiB and more), and one mallopt call would end it for good."""
+    return _libc is not None
+
+
+@contextmanager
+def blocks_mapped_from(threshold: int) -> Iterator[None]:
+    """For the block, blocks of ``threshold`` bytes and more get a mapping of their own, handed back to the OS when
+    freed: the lowest threshold any run in the process asks for at the time (runs may overlap, in threads), the tuned
+    one once none does. Nothing changes where the threshold is not :func:`adjustable`."""
+    if _libc is None:
+        yield
+        return
+    with _lowering:
+        _lowered_to.append(threshold)
+        _libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold())
+    try:
+        yield
+    finally:
+        with _lowering:
+            _lowered_to.remove(threshold)
+            _libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold())

@@ -155,12 +155,36 @@ def test_work_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path: P
         "node 8 (NSTFeatures) failed: MemoryError: tensor: a network pass at 2048x1536 needs about"
     )
     assert "would fit, also for optimizing it), or set NST_MEMORY_CHECK=0" in message
-    assert "but cpu has 0.7 GiB available; use a smaller size (about" in message
+    assert "but cpu has 700 MiB available; use a smaller size (about" in message
     width, height = map(int, re.search(r"about (\d+)x(\d+) would fit", message).groups())  # type: ignore[union-attr]
     fits = [
         optimization_bytes(h, w, "relu5_1", "cpu") <= 700 << 20 for h, w in ((height, width), (height + 8, width + 8))
     ]
     assert fits == [True, False]  # the size suggested can be optimized too, and it is about the largest that can
+
+
+def test_an_optimization_that_fits_only_with_its_large_blocks_handed_back_runs_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given memory between the estimates with and without the heap keeping its blocks, Optimize Image runs (at
+    64x48 only NST_TUNING=memory's 128 KiB threshold maps its blocks), says so, and leaves the process as tuned."""
+    from nst_nodes import limits, tuning
+
+    class Libc:
+        def mallopt(self, option: int, value: int) -> int:
+            return 1
+
+    monkeypatch.setattr(tuning, "_libc", Libc())
+    monkeypatch.setattr(tuning, "_tuned_threshold", 1 << 30)
+    monkeypatch.setenv("NST_MEMORY_CHECK", "1")
+    pooled, mapped = (
+        optimization_bytes(48, 64, "relu5_1", "cpu", None, threshold) for threshold in (1 << 30, 128 << 10)
+    )
+    monkeypatch.setattr(limits, "available_bytes", lambda device: (pooled + mapped) // 2)
+    tensor, history = tiny_run(tmp_path, outputs=["15"])["15"]
+    assert tensor["pixels"].shape == (1, 3, 48, 64) and history["loss"][-1] < history["loss"][0]
+    assert "Optimize Image: init at 64x48 needs about" in caplog.text and "blocks of 128 KiB and more" in caplog.text
+    assert tuning.mmap_threshold() == 1 << 30
 
 
 def cli_sets(overrides: dict[str, object]) -> list[str]:

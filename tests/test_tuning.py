@@ -6,10 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 
-from nst_nodes.tuning import configure_process
+from nst_nodes.tuning import M_MMAP_THRESHOLD, configure_process
 
 
 def tuned_child(mode: str) -> dict:
@@ -41,10 +42,10 @@ def test_the_memory_estimate_counts_pooled_tensors_above_mapped_ones(monkeypatch
     from nst_nodes import limits, tuning
 
     conv1_1 = 64 * 512 * 512 * 4  # bytes of the first conv's output at 512x512
-    monkeypatch.setattr(tuning, "_mmap_threshold", 1 << 30)
+    monkeypatch.setattr(tuning, "_tuned_threshold", 1 << 30)
     pooled = limits.network_bytes(512, 512, "conv1_1", True)
     assert pooled == limits.network_bytes(512, 512, "conv1_1", True, "cuda:0") == 3 * conv1_1
-    monkeypatch.setattr(tuning, "_mmap_threshold", conv1_1)
+    monkeypatch.setattr(tuning, "_tuned_threshold", conv1_1)
     assert limits.network_bytes(512, 512, "conv1_1", True) == 2 * conv1_1
     assert limits.network_bytes(512, 512, "conv1_1", True, "cuda:0") == 3 * conv1_1
 
@@ -92,3 +93,130 @@ def test_a_bad_nst_tuning_stops_the_cli_before_anything_runs(monkeypatch: pytest
     monkeypatch.setenv("NST_TUNING", "fastest")
     assert main(["run", "graphs/gatys.json"]) == 2
     assert "NST_TUNING" in capsys.readouterr().err
+
+
+class RecordingLibc:
+    """Stands in for glibc where configure_process tuned it: records mallopt's calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def mallopt(self, option: int, value: int) -> int:
+        assert option == M_MMAP_THRESHOLD
+        self.calls.append(value)
+        return 1
+
+
+@pytest.fixture
+def tuned_for_speed(monkeypatch: pytest.MonkeyPatch) -> RecordingLibc:
+    """This process as NST_TUNING=speed leaves it (blocks of 1 GiB and more mapped), glibc recorded."""
+    from nst_nodes import tuning
+
+    libc = RecordingLibc()
+    monkeypatch.setattr(tuning, "_libc", libc)
+    monkeypatch.setattr(tuning, "_tuned_threshold", 1 << 30)
+    monkeypatch.setattr(tuning, "_mode", "speed")
+    monkeypatch.delenv("NST_CONV", raising=False)
+    monkeypatch.setenv("NST_MEMORY_CHECK", "1")
+    return libc
+
+
+def test_a_memory_limit_caps_what_is_available_and_a_bad_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nst_nodes import limits
+
+    monkeypatch.setenv("NST_MEMORY_CHECK", "1")
+    monkeypatch.setattr(limits, "free_bytes", lambda device: 32 << 30)
+    monkeypatch.delenv("NST_MEMORY_LIMIT_MIB", raising=False)
+    assert limits.available_bytes("cpu") == 32 << 30
+    monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", "15259")  # 16 GB
+    assert limits.available_bytes("cpu") == 15259 << 20 == limits.memory_limit()
+    monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", "1024")
+    with pytest.raises(MemoryError, match=r"has 1\.0 GiB available \(NST_MEMORY_LIMIT_MIB: raise it if the machine"):
+        limits.check_memory("init", "optimizing", 2 << 30, "cpu", 512, 512)
+    monkeypatch.setattr(limits, "free_bytes", lambda device: None)  # where the machine cannot tell, the limit holds
+    assert limits.available_bytes("cpu") == 1 << 30
+    for wrong in ("16G", "0"):
+        monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", wrong)
+        with pytest.raises(ValueError) as refused:
+            limits.available_bytes("cpu")
+        assert str(refused.value) == (
+            f"NST_MEMORY_LIMIT_MIB={wrong!r} must be a whole number of at least 1, e.g. NST_MEMORY_LIMIT_MIB=15259"
+        )
+
+
+def test_an_optimization_that_does_not_fit_gets_the_largest_threshold_at_which_it_does_then_the_tuned_one(
+    tuned_for_speed: RecordingLibc, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At 2048² with the default history the estimate is 15.1 GiB with blocks below 1 GiB kept in the heap, 13.1 GiB
+    with those from 256 MiB handed back: given 14 GiB, the optimization runs there, and says so."""
+    from nst_nodes import limits, tuning
+
+    needed = partial(limits.optimization_bytes, 2048, 2048, "relu5_1", "cpu", None)
+    monkeypatch.setattr(limits, "available_bytes", lambda device: 14 << 30)
+    with limits.fitting_allocator(needed, "cpu", "optimizing at 2048x2048"):
+        inside = tuning.mmap_threshold()
+        assert limits.optimization_bytes(2048, 2048, "relu5_1", "cpu") <= 14 << 30 < needed(1 << 30)
+    assert inside == 256 << 20 and tuning.mmap_threshold() == 1 << 30 and tuned_for_speed.calls == [256 << 20, 1 << 30]
+    assert "optimizing at 2048x2048 needs about 15.1 GiB as this process's allocator is tuned, 14.0 GiB" in caplog.text
+    assert "blocks of 256 MiB and more go back to the system after use (about 13.1 GiB" in caplog.text
+
+    with pytest.raises(RuntimeError), limits.fitting_allocator(needed, "cpu", "optimizing"):
+        raise RuntimeError("a failing run")
+    assert tuning.mmap_threshold() == 1 << 30 and tuned_for_speed.calls[-1] == 1 << 30
+
+
+def test_where_it_fits_nothing_changes_and_where_nothing_fits_the_smallest_threshold_is_tried(
+    tuned_for_speed: RecordingLibc, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nst_nodes import limits, tuning
+
+    needed = partial(limits.optimization_bytes, 2048, 2048, "relu5_1", "cpu", None)
+    monkeypatch.setattr(limits, "available_bytes", lambda device: 16 << 30)
+    with limits.fitting_allocator(needed, "cpu", "optimizing"):
+        assert tuning.mmap_threshold() == 1 << 30
+    monkeypatch.setattr(limits, "available_bytes", lambda device: 1 << 30)  # check_memory refuses next, or tries
+    with limits.fitting_allocator(needed, "cpu", "optimizing"):
+        assert tuning.mmap_threshold() == 128 << 10
+    assert tuned_for_speed.calls == [128 << 10, 1 << 30] and "go back to the system" not in caplog.text
+    with limits.fitting_allocator(needed, "cuda:0", "optimizing"):  # a GPU's memory is not glibc's
+        assert tuning.mmap_threshold() == 1 << 30
+    monkeypatch.setattr(tuning, "_libc", None)  # a process nst did not tune (ComfyUI's): its allocator is left alone
+    with limits.fitting_allocator(needed, "cpu", "optimizing"):
+        assert tuning.mmap_threshold() == 1 << 30
+
+
+def test_overlapping_runs_share_the_lowest_threshold_asked_for_and_leave_the_tuned_one(
+    tuned_for_speed: RecordingLibc,
+) -> None:
+    """Two optimizations in threads of one process: neither puts back a threshold the other still needs."""
+    from nst_nodes import tuning
+
+    first, second = tuning.blocks_mapped_from(256 << 20), tuning.blocks_mapped_from(32 << 20)
+    first.__enter__()
+    second.__enter__()
+    assert tuning.mmap_threshold() == 32 << 20
+    first.__exit__(None, None, None)  # the first run ends while the second still runs
+    assert tuning.mmap_threshold() == 32 << 20
+    second.__exit__(None, None, None)
+    assert tuning.mmap_threshold() == 1 << 30 and tuned_for_speed.calls == [256 << 20, 32 << 20, 32 << 20, 1 << 30]
+
+
+def test_only_a_process_nst_tuned_has_a_threshold_to_lower() -> None:
+    code = (
+        "import json; from nst_nodes import tuning; tuning.configure_process({mode!r}); "
+        "print(json.dumps(tuning.adjustable()))"
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MALLOC_", "THP_"))}
+    adjustable = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", code.format(mode=mode)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=environment,
+            ).stdout
+        )
+        for mode in ("speed", "off")
+    ]
+    assert adjustable == [True, False]

@@ -132,9 +132,9 @@ class OptimizeImage(Node):
         check_frames(objective, temporal, count, height, width)
         deepest = deepest_layer(layers) if layers else "conv1_1"
         clip_bytes = 2 * init["pixels"].numel() * 4 if count > 1 else 0  # the frames and results beside one frame
-        needed = limits.optimization_bytes(height, width, deepest, host.device, settings) + clip_bytes
-        check_memory("init", "optimizing", needed, host.device, height, width)
-        start = start_image(model, init["pixels"].to(host.device), noise, seed)
+
+        def needed(mapped_from: int | None = limits.TUNED) -> int:
+            return limits.optimization_bytes(height, width, deepest, host.device, settings, mapped_from) + clip_bytes
 
         def report(frame: int, step: int, total: int, loss: float, image: torch.Tensor) -> None:
             shown = {"frame": f"{frame + 1}/{count}"} if count > 1 else {}
@@ -146,9 +146,12 @@ class OptimizeImage(Node):
                 preview=lambda: to_picture(model.preprocessing.denormalize(image.cpu())),
             )
 
-        result, history, _ = optimize_frames(
-            model.to(host.device), objective, start, temporal, settings, report, host.should_stop
-        )
+        with limits.fitting_allocator(needed, host.device, f"Optimize Image: init at {width}x{height}"):
+            check_memory("init", "optimizing", needed(), host.device, height, width)
+            start = start_image(model, init["pixels"].to(host.device), noise, seed)
+            result, history, _ = optimize_frames(
+                model.to(host.device), objective, start, temporal, settings, report, host.should_stop
+            )
         return {**init, "pixels": result}, history
 
 
