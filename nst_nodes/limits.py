@@ -195,12 +195,12 @@ def fitting_allocator(needed: Callable[[int], int], device: str, what: str) -> I
     fits, on a GPU, or where the threshold is not ours to change (:func:`tuning.adjustable`)."""
     tuned = tuning.mmap_threshold()
     available = available_bytes(device) if device == "cpu" and tuning.adjustable() else None
-    lower = [threshold for threshold in SHORT_OF_MEMORY_THRESHOLDS if tuned is not None and threshold < tuned]
+    lower = {threshold: needed(threshold) for threshold in SHORT_OF_MEMORY_THRESHOLDS if threshold < (tuned or 0)}
     if available is None or tuned is None or not lower or (before := needed(tuned)) <= available:
         yield
         return
-    threshold = next((threshold for threshold in lower if needed(threshold) <= available), lower[-1])
-    if needed(threshold) <= available:
+    threshold = next((threshold for threshold, estimate in lower.items() if estimate <= available), min(lower))
+    if lower[threshold] <= available:
         limited = " (NST_MEMORY_LIMIT_MIB)" if available == memory_limit() else ""
         logging.getLogger(__name__).warning(
             "nst-nodes: %s needs about %s as this process's allocator is tuned, %s available%s: blocks of %s and "
@@ -211,7 +211,7 @@ def fitting_allocator(needed: Callable[[int], int], device: str, what: str) -> I
             amount(available),
             limited,
             amount(threshold),
-            amount(needed(threshold)),
+            amount(lower[threshold]),
         )
     with tuning.blocks_mapped_from(threshold):
         yield
