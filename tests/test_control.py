@@ -79,6 +79,21 @@ def test_metrics_are_zero_for_the_images_themselves_and_grow_with_change() -> No
     assert quality(blurred, content, style)["content"] > 0.1
 
 
+def test_metrics_too_large_for_the_memory_are_refused_before_anything_is_measured(monkeypatch) -> None:
+    from nst_nodes.limits import measuring_bytes
+    from nst_nodes.metrics import LAYERS
+    from nst_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    image, style = torch.rand(1, 384, 512, 3), torch.rand(1, 96, 128, 3)
+    monkeypatch.setattr("nst_nodes.limits.available_bytes", lambda device: measuring_bytes(384, 512, LAYERS) - 1)
+    monkeypatch.setattr("nst_nodes.nodes.metrics.quality", lambda *args: pytest.fail("measured anyway"))
+    measure = NODE_CLASS_MAPPINGS["NSTQualityMetrics"]().measure
+    with pytest.raises(MemoryError, match=r"^image: measuring at 512x384 needs about .* use a smaller size \(about"):
+        measure(image, image, style)
+    with pytest.raises(MemoryError, match=r"^style: measuring at 512x384"):  # the style image is measured as given
+        measure(style, style, image)
+
+
 def test_a_style_mask_fits_features_whose_deep_layers_pooling_rounded() -> None:
     from nst_nodes.nodes import NODE_CLASS_MAPPINGS
 

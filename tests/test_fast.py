@@ -152,7 +152,7 @@ def test_the_networks_training_plan_is_timed_once_and_every_candidate_trains_ali
     network.zero_grad(set_to_none=True)
     chosen = network_plan(network, crops)
     candidates = [f"{p} {layout}" for p in ("fp32", "bf16")[: 1 + native_bf16(crops.device)] for layout in TAIL_LAYOUTS]
-    key = f"stylizer training:{'|'.join(candidates)}:4@2x3x32x36:{device_label(crops.device)}"
+    key = f"stylizer training:{'|'.join(candidates)}:4x5@2x3x32x36:{device_label(crops.device)}"
     assert chosen in candidates and kernels.chooser().choices[key].path == chosen
     assert set(kernels.chooser().choices[key].seconds) == set(candidates)
     assert all(parameter.grad is None for parameter in network.parameters())  # the timing leaves no gradient

@@ -9,11 +9,13 @@ import scipy.linalg
 import torch
 
 from nst_nodes.losses import (
+    PROJECTIONS,
     QUANTILES,
     ObjectiveFunction,
     blend_statistics,
     check_mask_fits,
     content_loss,
+    direction_groups,
     gram_matrix,
     layer_loss,
     position_weights,
@@ -119,6 +121,23 @@ def test_sliced_is_the_mean_squared_gap_of_sorted_projections(device: torch.devi
     project = lambda x: np.sort(x.reshape(3, -1).double().numpy().T @ directions, axis=0)  # noqa: E731
     want = np.mean((project(image) - project(style)) ** 2)
     assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_without_a_gradient_the_sliced_statistics_take_a_few_directions_at_a_time_to_the_same_values(
+    device: torch.device,
+) -> None:
+    """Measuring a large result (no gradient) sorts the projections a group of directions at a time, which bounds
+    its memory; optimizing (a gradient) sorts them all at once. Both give the same quantiles and loss."""
+    assert len(direction_groups(False)) > 1 and direction_groups(True) == [slice(0, PROJECTIONS)]
+    generator = torch.Generator().manual_seed(3)
+    style, image = (torch.rand(1, 8, 24, 20, generator=generator).to(device) for _ in range(2))
+    with torch.no_grad():
+        statistics = style_statistics(style)
+        grouped = layer_loss("sliced", statistics, normalize=True)(image, None)
+    whole_statistics = style_statistics(style.clone().requires_grad_())
+    assert torch.allclose(whole_statistics["quantiles"], statistics["quantiles"])
+    whole = layer_loss("sliced", statistics, normalize=True)(image.clone().requires_grad_(), None)
+    assert whole.item() == pytest.approx(grouped.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("statistic", ["gram", "mean_cov", "sliced"])

