@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import kernels, tuning
-from .losses import DIRECTIONS_AT_ONCE, SLICED_BYTES
+from .losses import DIRECTIONS_AT_ONCE, PROJECTIONS, SLICED_BYTES, SLICED_GRADIENT_BYTES
 from .vgg import LAYER_INDEX, LAYER_NAMES, layer_shape, layer_stride
 
 if TYPE_CHECKING:
     from .optimize import OptimizerSettings
+    from .types import Objective
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_SIDE = 16384
@@ -107,6 +108,17 @@ def network_bytes(
             size * (ALIVE_PER_ACTIVATION if mapped_from is not None and size >= mapped_from else POOLED_PER_ACTIVATION)
             for size in sizes
         )
+    )
+
+
+def objective_bytes(objective: Objective, height: int, width: int) -> int:
+    """What an objective's terms keep for the backward pass beyond the network pass's estimate, at ``height`` x
+    ``width``: a sliced style loss's sorted projections, at each of its layers (the other terms keep little)."""
+    return sum(
+        rows * columns * PROJECTIONS * SLICED_GRADIENT_BYTES
+        for term in objective["terms"]
+        if term["kind"] == "style" and term["statistic"] == "sliced"
+        for _, rows, columns in (layer_shape(name, height, width) for name in term["targets"])
     )
 
 

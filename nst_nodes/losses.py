@@ -35,12 +35,13 @@ STATISTICS: tuple[Statistic, ...] = ("gram", "mean_cov", "sliced")
 PROJECTIONS = 64  # random directions per layer for the sliced distance
 QUANTILES = 256  # quantiles kept of the style's projected features
 DIRECTIONS_AT_ONCE = 4
-"""Directions projected and sorted together where no gradient is kept: the buffers of a sliced loss are about
-:data:`SLICED_BYTES` per position and direction at once. (All 64 at once, Quality Metrics ran out of 24 GB measuring a
-2048x1536 result.)"""
+"""Directions projected and sorted together where no gradient is kept (measuring, style statistics): a sliced loss's
+buffers are :data:`SLICED_BYTES` per position and direction at once, which all 64 at a 2048 px layer do not fit."""
 SLICED_BYTES = 136
-"""Measured: 133 bytes per position and direction at the peak of a sliced loss without gradient, 2240x1400 at 64
-channels, 8 directions at once."""
+"""Bytes per position and direction at the peak of a sliced loss without gradient (measured: docs/performance.md)."""
+SLICED_GRADIENT_BYTES = 92
+"""Bytes per position and direction that a sliced loss keeps for its backward pass, at every layer (measured: the
+same)."""
 EIGEN_FLOOR = 1e-8  # eigenvalues below this count as zero (the covariance of relu features is singular)
 
 

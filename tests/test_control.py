@@ -94,6 +94,30 @@ def test_metrics_too_large_for_the_memory_are_refused_before_anything_is_measure
         measure(style, style, image)
 
 
+def test_optimize_image_counts_what_a_sliced_loss_keeps_before_it_starts(monkeypatch) -> None:
+    """A sliced loss keeps its sorted projections of every layer for the backward pass: several times the features,
+    which the network pass's estimate does not hold. A budget that fits a Gram loss's run refuses the sliced one."""
+    from nst_nodes import limits
+    from nst_nodes.losses import PROJECTIONS, SLICED_GRADIENT_BYTES, style_statistics, style_term
+    from nst_nodes.nodes import NODE_CLASS_MAPPINGS
+    from nst_nodes.vgg import load_vgg19
+
+    model = load_vgg19("caffe")
+    statistics = {layer: style_statistics(torch.rand(1, c, 8, 8)) for layer, c in (("relu1_1", 64), ("relu2_1", 128))}
+    gram, sliced = ({"model": None, "terms": [style_term(statistics, 1.0, statistic=s)]} for s in ("gram", "sliced"))
+    assert limits.objective_bytes(gram, 96, 128) == 0
+    assert limits.objective_bytes(sliced, 96, 128) == (96 * 128 + 48 * 64) * PROJECTIONS * SLICED_GRADIENT_BYTES
+    init = {"pixels": torch.rand(1, 3, 96, 128), "space": model.identity}
+    budget = limits.optimization_bytes(96, 128, "relu2_1", "cpu") + limits.objective_bytes(sliced, 96, 128) // 2
+    monkeypatch.setattr(limits, "available_bytes", lambda device: budget)
+    skipped = lambda model, objective, start, *rest: (start, [], 0)  # noqa: E731  (only the check is under test)
+    monkeypatch.setattr("nst_nodes.nodes.optimizer.optimize_frames", skipped)
+    optimize = NODE_CLASS_MAPPINGS["NSTOptimize"]().run
+    optimize(model, gram, init, 1, "lbfgs")  # fits
+    with pytest.raises(MemoryError, match=r"^init: optimizing at 128x96 needs about"):
+        optimize(model, sliced, init, 1, "lbfgs")
+
+
 def test_a_style_mask_fits_features_whose_deep_layers_pooling_rounded() -> None:
     from nst_nodes.nodes import NODE_CLASS_MAPPINGS
 

@@ -20,7 +20,7 @@ from ..files import (
 )
 from ..host import Host, host_of
 from ..image import to_picture
-from ..limits import check_memory, network_bytes
+from ..limits import check_memory, network_bytes, objective_bytes
 from ..losses import term_layers
 from ..types import IMAGE, NST_LOSS, NST_MODEL, NST_STYLIZER, NST_TEMPORAL, Objective, Stylizer, Temporal
 from ..vgg import VGGModel
@@ -118,6 +118,7 @@ class TrainStylizer(Node):
         check_large_enough("images", images[:, :size, :size].permute(0, 3, 1, 2), layers)
         needed = batch * (
             network_bytes(size, size, deepest_layer(layers), True, host.device)
+            + objective_bytes(objective, size, size)
             + stylizer_bytes(width, size, size, with_gradient=True)
         )
         check_memory("batch", "training", needed, host.device, size, size)

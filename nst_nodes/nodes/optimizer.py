@@ -132,9 +132,10 @@ class OptimizeImage(Node):
         check_frames(objective, temporal, count, height, width)
         deepest = deepest_layer(layers) if layers else "conv1_1"
         clip_bytes = 2 * init["pixels"].numel() * 4 if count > 1 else 0  # the frames and results beside one frame
+        beyond = clip_bytes + limits.objective_bytes(objective, height, width)
 
         def needed(mapped_from: int | None = limits.TUNED) -> int:
-            return limits.optimization_bytes(height, width, deepest, host.device, settings, mapped_from) + clip_bytes
+            return limits.optimization_bytes(height, width, deepest, host.device, settings, mapped_from) + beyond
 
         def report(frame: int, step: int, total: int, loss: float, image: torch.Tensor) -> None:
             shown = {"frame": f"{frame + 1}/{count}"} if count > 1 else {}
