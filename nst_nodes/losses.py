@@ -114,10 +114,11 @@ def interpolate_columns(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> 
     return y0 + t * (y1 - y0)
 
 
-def direction_groups(whole: bool) -> list[slice]:
-    """The projection directions in the groups a sliced statistic handles at once: all of them where a gradient
-    is kept (each group's buffers would be kept for the backward pass anyway), else :data:`DIRECTIONS_AT_ONCE`."""
-    at_once = PROJECTIONS if whole else DIRECTIONS_AT_ONCE
+def direction_groups(activation: torch.Tensor) -> list[slice]:
+    """The projection directions in the groups a sliced statistic of ``activation`` handles at once: all of them
+    where a gradient is kept (each group's buffers would be kept for the backward pass anyway), else
+    :data:`DIRECTIONS_AT_ONCE`."""
+    at_once = PROJECTIONS if torch.is_grad_enabled() and activation.requires_grad else DIRECTIONS_AT_ONCE
     return [slice(start, start + at_once) for start in range(0, PROJECTIONS, at_once)]
 
 
@@ -150,7 +151,7 @@ def style_statistics(activation: torch.Tensor, mask: torch.Tensor | None = None)
         inside = weights > 0
         flat, weights = flat[:, inside], weights[inside]
     quantiles = []
-    for directions in direction_groups(torch.is_grad_enabled() and activation.requires_grad):
+    for directions in direction_groups(activation):
         values, _, levels = sorted_projections(flat, weights, directions)
         wanted = quantile_levels(values.device)[:, None].expand(-1, values.shape[1])
         quantiles.append(interpolate_columns(wanted, levels, values))
@@ -279,9 +280,10 @@ def layer_loss(statistic: str, target: LayerStatistics, normalize: bool) -> Laye
         grid = quantile_levels(quantiles.device)[:, None].expand_as(quantiles)
 
         def sliced_loss(activation: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+            flat = _flat(activation)
             costs = []  # per direction
-            for directions in direction_groups(torch.is_grad_enabled() and activation.requires_grad):
-                values, weight, levels = sorted_projections(_flat(activation), weights, directions)
+            for directions in direction_groups(activation):
+                values, weight, levels = sorted_projections(flat, weights, directions)
                 wanted = interpolate_columns(levels, grid[:, directions], quantiles[:, directions])
                 costs.append((weight * (values - wanted) ** 2).sum(0))
             return torch.cat(costs).mean() / scale
