@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from graphrun.app import App
-from graphrun.cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES
+from graphrun.cache import DEFAULT_DISK_BYTES
 from graphrun.host import DEVICES
 
 
@@ -117,13 +117,10 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
         help="ignore cached results of these nodes and their descendants",
     )
     run_command.add_argument("--cache-dir", type=Path, default=None, help=f"default {app.cache_dir()}")
-    run_command.add_argument("--no-cache", action="store_true", help="keep results in memory only")
     run_command.add_argument(
-        "--memory-cache",
-        type=_byte_size,
-        default=DEFAULT_MEMORY_BYTES,
-        metavar="SIZE",
-        help="results kept in memory across the run, least recently used out first (default 2GiB)",
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the disk cache (a result lives while the run needs it)",
     )
     run_command.add_argument(
         "--disk-cache",

@@ -134,13 +134,16 @@ def _kept(args: argparse.Namespace) -> str:
 
 def _run(args: argparse.Namespace, app: App) -> int:
     reporter = ConsoleReporter(preview_path=args.preview, preview_seconds=args.preview_every, quiet=args.quiet)
+    # One run per process, and a run reads the cache before its first node: results kept in memory would serve no
+    # one, and would sit beside the nodes still to run (2 GiB of them at 2048 px).
+    cache = Cache(_cache_dir(args, app), memory_bytes=0, disk_bytes=args.disk_cache)
     with _StopOnSignal() as stop:
         try:
             results = run(
                 _load(args),
                 device=args.device,
                 outputs=args.only,
-                cache=Cache(_cache_dir(args, app), memory_bytes=args.memory_cache, disk_bytes=args.disk_cache),
+                cache=cache,
                 recompute=args.recompute,
                 reporter=reporter,
                 stop=stop.event,

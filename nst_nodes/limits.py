@@ -5,9 +5,10 @@
   before anything is decoded, and again for what a resize would produce.
 - Working memory: the network pass and the optimization at a given size are estimated from
   VGG19's layer shapes and refused, with the estimate, when they cannot fit in the memory the
-  device has available, or in ``NST_MEMORY_LIMIT_MIB`` where that is less (``NST_MEMORY_CHECK=0``
-  turns the check off). An optimization that would not fit with the heap keeping its large blocks
-  first gets an allocator that hands them back (:func:`fitting_allocator`).
+  device has available, or in what ``NST_MEMORY_LIMIT_MIB`` leaves beside what the process holds
+  already, where that is less (``NST_MEMORY_CHECK=0`` turns the check off). An optimization that
+  would not fit with the heap keeping its large blocks first gets an allocator that hands them
+  back (:func:`fitting_allocator`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import kernels, tuning
 from .losses import DIRECTIONS_AT_ONCE, PROJECTIONS, SLICED_BYTES, SLICED_GRADIENT_BYTES
@@ -131,15 +132,50 @@ def measuring_bytes(height: int, width: int, layers: tuple[str, ...], device: st
     return network_bytes(height, width, deepest, False, device) + positions * DIRECTIONS_AT_ONCE * SLICED_BYTES
 
 
-def available_bytes(device: str) -> int | None:
-    """Memory the device can still give, at most ``NST_MEMORY_LIMIT_MIB`` (a share of a machine that other work
-    uses too); None where it cannot be told and no limit is set."""
-    return min((known for known in (free_bytes(device), memory_limit()) if known is not None), default=None)
+class Available(NamedTuple):
+    """Memory an estimate may count on, and why no more: the device's free memory, or ``NST_MEMORY_LIMIT_MIB`` less
+    what this process holds already (``limited``: the limit is the lesser; ``held``: what was taken off it)."""
+
+    bytes: int
+    limited: bool = False
+    held: int = 0
+
+    def described(self) -> str:
+        """'12.9 GiB' with the limit named where it is the bound, for the messages."""
+        if not self.limited:
+            return amount(self.bytes)
+        return f"{amount(self.bytes)} (NST_MEMORY_LIMIT_MIB less the {amount(self.held)} this process holds)"
+
+
+def available(device: str) -> Available | None:
+    """What the device can still give, at most ``NST_MEMORY_LIMIT_MIB`` (a share of a machine that other work uses
+    too) less what this process holds already: the values it keeps beside the work being checked count against the
+    limit too. None where it cannot be told and no limit is set."""
+    free, limit = free_bytes(device), memory_limit()
+    if limit is None:
+        return None if free is None else Available(free)
+    held = held_bytes(device)
+    room = max(0, limit - held)
+    return Available(free) if free is not None and free < room else Available(room, True, held)
 
 
 def memory_limit() -> int | None:
     """``NST_MEMORY_LIMIT_MIB`` in bytes; None where it is not set."""
     return environment_int("NST_MEMORY_LIMIT_MIB", 0, example=15259) * 2**20 or None
+
+
+def held_bytes(device: str) -> int:
+    """What this process holds on ``device``: on a GPU its allocated tensors; on the CPU its resident memory less what
+    its heap keeps free for reuse (the estimates count that space as their own). 0 where it cannot be told."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.memory_allocated(torch.device(device)))
+    try:
+        resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, resident - (tuning.heap_free_bytes() or 0))
 
 
 def free_bytes(device: str) -> int | None:
@@ -216,22 +252,20 @@ def fitting_allocator(needed: Callable[[int], int], device: str, what: str) -> I
     smallest (check_memory then refuses, unless NST_MEMORY_CHECK=0 asks to try anyway). Nothing changes where it
     fits, on a GPU, or where the threshold is not ours to change (:func:`tuning.adjustable`)."""
     tuned = tuning.mmap_threshold()
-    available = available_bytes(device) if device == "cpu" and tuning.adjustable() else None
+    room = available(device) if device == "cpu" and tuning.adjustable() else None
     lower = {threshold: needed(threshold) for threshold in SHORT_OF_MEMORY_THRESHOLDS if threshold < (tuned or 0)}
-    if available is None or tuned is None or not lower or (before := needed(tuned)) <= available:
+    if room is None or tuned is None or not lower or (before := needed(tuned)) <= room.bytes:
         yield
         return
-    threshold = next((threshold for threshold, estimate in lower.items() if estimate <= available), min(lower))
-    if lower[threshold] <= available:
-        limited = " (NST_MEMORY_LIMIT_MIB)" if available == memory_limit() else ""
+    threshold = next((threshold for threshold, estimate in lower.items() if estimate <= room.bytes), min(lower))
+    if lower[threshold] <= room.bytes:
         logging.getLogger(__name__).warning(
-            "nst-nodes: %s needs about %s as this process's allocator is tuned, %s available%s: blocks of %s and "
+            "nst-nodes: %s needs about %s as this process's allocator is tuned, %s available: blocks of %s and "
             "more go back to the system after use (about %s; slower per step); a smaller size or history_size "
             "keeps the speed",
             what,
             amount(before),
-            amount(available),
-            limited,
+            room.described(),
             amount(threshold),
             amount(lower[threshold]),
         )
@@ -276,17 +310,17 @@ def check_memory(
     :data:`OPTIMIZED_DEEPEST` or ``deepest`` with Optimize Image's defaults, the pass's usual next step."""
     if not memory_check_on():
         return
-    available = available_bytes(device)
-    if available is None or needed <= available:
+    room = available(device)
+    if room is None or needed <= room.bytes:
         return
-    scale, purpose = math.sqrt(available / needed), ""
-    limited = " (NST_MEMORY_LIMIT_MIB: raise it if the machine has more)" if available == memory_limit() else ""
+    scale, purpose = math.sqrt(room.bytes / needed), ""
     if deepest is not None:  # the image is usually optimized next, which needs more
         reached = max(deepest, OPTIMIZED_DEEPEST, key=LAYER_INDEX.__getitem__)
-        scale = fitting_scale(lambda h, w: optimization_bytes(h, w, reached, device), height, width, available)
+        scale = fitting_scale(lambda h, w: optimization_bytes(h, w, reached, device), height, width, room.bytes)
         purpose = ", also for optimizing it"
+    raise_limit = ", raise NST_MEMORY_LIMIT_MIB if the machine has more" if room.limited else ""
     raise MemoryError(
         f"{what}: {description} at {width}x{height} needs about {amount(needed)} but {device} has "
-        f"{amount(available)} available{limited}; use a smaller size (about {int(width * scale)}x"
-        f"{int(height * scale)} would fit{purpose}), or set NST_MEMORY_CHECK=0 to try anyway"
+        f"{room.described()} available; use a smaller size (about {int(width * scale)}x{int(height * scale)} would "
+        f"fit{purpose}){raise_limit}, or set NST_MEMORY_CHECK=0 to try anyway"
     )

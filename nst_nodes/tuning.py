@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 MODES = ("speed", "memory", "off")
@@ -131,3 +132,27 @@ def blocks_mapped_from(threshold: int) -> Iterator[None]:
         with _lowering:
             _lowered_to.remove(threshold)
             _libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold())
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _Mallinfo2] | None:
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return None
+    function.restype = _Mallinfo2
+    return function
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes glibc's heap holds free for reuse (counted in the process's resident memory, though no tensor uses
+    them: the next tensors reuse them first); None where the allocator cannot tell."""
+    mallinfo2 = _mallinfo2() if sys.platform.startswith("linux") else None
+    return int(mallinfo2().fordblks) if mallinfo2 is not None else None

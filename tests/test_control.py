@@ -80,12 +80,12 @@ def test_metrics_are_zero_for_the_images_themselves_and_grow_with_change() -> No
 
 
 def test_metrics_too_large_for_the_memory_are_refused_before_anything_is_measured(monkeypatch) -> None:
-    from nst_nodes.limits import measuring_bytes
+    from nst_nodes.limits import Available, measuring_bytes
     from nst_nodes.metrics import LAYERS
     from nst_nodes.nodes import NODE_CLASS_MAPPINGS
 
     image, style = torch.rand(1, 384, 512, 3), torch.rand(1, 96, 128, 3)
-    monkeypatch.setattr("nst_nodes.limits.available_bytes", lambda device: measuring_bytes(384, 512, LAYERS) - 1)
+    monkeypatch.setattr("nst_nodes.limits.available", lambda device: Available(measuring_bytes(384, 512, LAYERS) - 1))
     monkeypatch.setattr("nst_nodes.nodes.metrics.quality", lambda *args: pytest.fail("measured anyway"))
     measure = NODE_CLASS_MAPPINGS["NSTQualityMetrics"]().measure
     with pytest.raises(MemoryError, match=r"^image: measuring at 512x384 needs about .* use a smaller size \(about"):
@@ -109,7 +109,7 @@ def test_optimize_image_counts_what_a_sliced_loss_keeps_before_it_starts(monkeyp
     assert limits.objective_bytes(sliced, 96, 128) == (96 * 128 + 48 * 64) * PROJECTIONS * SLICED_GRADIENT_BYTES
     init = {"pixels": torch.rand(1, 3, 96, 128), "space": model.identity}
     budget = limits.optimization_bytes(96, 128, "relu2_1", "cpu") + limits.objective_bytes(sliced, 96, 128) // 2
-    monkeypatch.setattr(limits, "available_bytes", lambda device: budget)
+    monkeypatch.setattr(limits, "available", lambda device: limits.Available(budget))
     skipped = lambda model, objective, start, *rest: (start, [], 0)  # noqa: E731  (only the check is under test)
     monkeypatch.setattr("nst_nodes.nodes.optimizer.optimize_frames", skipped)
     optimize = NODE_CLASS_MAPPINGS["NSTOptimize"]().run

@@ -28,7 +28,7 @@ from graphrun import (
     validate,
 )
 from nst_nodes.app import main
-from nst_nodes.limits import optimization_bytes
+from nst_nodes.limits import Available, optimization_bytes
 
 GRAPHS = sorted((Path(__file__).resolve().parent.parent / "graphs").glob("*.json"))
 
@@ -147,7 +147,7 @@ def test_an_image_too_small_for_the_deepest_layer_is_refused_before_the_network_
 
 
 def test_work_that_cannot_fit_in_memory_is_refused_with_the_estimate(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("nst_nodes.limits.available_bytes", lambda device: 700 << 20)
+    monkeypatch.setattr("nst_nodes.limits.available", lambda device: Available(700 << 20))
     with pytest.raises(NodeExecutionError) as caught:
         tiny_run(tmp_path, overrides={"3.size": 2048, "4.size": 64 * 64})
     message = str(caught.value)
@@ -180,7 +180,7 @@ def test_an_optimization_that_fits_only_with_its_large_blocks_handed_back_runs_s
     pooled, mapped = (
         optimization_bytes(48, 64, "relu5_1", "cpu", None, threshold) for threshold in (1 << 30, 128 << 10)
     )
-    monkeypatch.setattr(limits, "available_bytes", lambda device: (pooled + mapped) // 2)
+    monkeypatch.setattr(limits, "available", lambda device: limits.Available((pooled + mapped) // 2))
     tensor, history = tiny_run(tmp_path, outputs=["15"])["15"]
     assert tensor["pixels"].shape == (1, 3, 48, 64) and history["loss"][-1] < history["loss"][0]
     assert "Optimize Image: init at 64x48 needs about" in caplog.text and "blocks of 128 KiB and more" in caplog.text
@@ -191,10 +191,22 @@ def cli_sets(overrides: dict[str, object]) -> list[str]:
     return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
 
 
-def test_cli_run_and_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_run_and_cache_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graphrun import cli
+
+    caches: list[Cache] = []
+
+    def recording_run(*args: object, cache: Cache, **kwargs: object) -> dict:
+        caches.append(cache)
+        return run(*args, cache=cache, **kwargs)
+
+    monkeypatch.setattr(cli, "run", recording_run)
     cache_dir, output = tmp_path / "cache", tmp_path / "out"
     sets = [*cli_sets(TINY), "--output-dir", str(output), "--preview", str(tmp_path / "preview.png")]
     assert main(["run", "graphs/gatys.json", *sets, "--cache-dir", str(cache_dir), "--device", "cpu"]) == 0
+    assert caches[0].memory_held == 0  # its one run read the cache first: results kept in memory would serve no one
     first = capsys.readouterr().err
     assert "[15] NSTOptimize: ran in" in first and f"-> {output / 'gatys.png'}" in first
     with Image.open(tmp_path / "preview.png") as preview:  # the last step's image, as the result

@@ -133,27 +133,62 @@ def tuned_for_speed(monkeypatch: pytest.MonkeyPatch) -> RecordingLibc:
     return libc
 
 
-def test_a_memory_limit_caps_what_is_available_and_a_bad_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_memory_limit_counts_what_the_process_holds_and_a_bad_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from nst_nodes import limits
 
     monkeypatch.setenv("NST_MEMORY_CHECK", "1")
     monkeypatch.setattr(limits, "free_bytes", lambda device: 32 << 30)
+    monkeypatch.setattr(limits, "held_bytes", lambda device: 3 << 30)
     monkeypatch.delenv("NST_MEMORY_LIMIT_MIB", raising=False)
-    assert limits.available_bytes("cpu") == 32 << 30
-    monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", "15259")  # 16 GB
-    assert limits.available_bytes("cpu") == 15259 << 20 == limits.memory_limit()
-    monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", "1024")
-    with pytest.raises(MemoryError, match=r"has 1\.0 GiB available \(NST_MEMORY_LIMIT_MIB: raise it if the machine"):
+    assert limits.available("cpu") == limits.Available(32 << 30)  # no limit: what the machine has
+    monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", "15259")  # 16 GB, 3 GiB of it held by the process already
+    assert limits.available("cpu") == limits.Available((15259 << 20) - (3 << 30), limited=True, held=3 << 30)
+    monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", "4096")
+    with pytest.raises(MemoryError) as refused:
+        limits.check_memory("init", "optimizing", 2 << 30, "cpu", 512, 512)
+    assert "cpu has 1.0 GiB (NST_MEMORY_LIMIT_MIB less the 3.0 GiB this process holds) available" in str(refused.value)
+    assert "would fit), raise NST_MEMORY_LIMIT_MIB if the machine has more, or set NST_MEMORY_CHECK=0" in str(
+        refused.value
+    )
+    monkeypatch.setattr(limits, "free_bytes", lambda device: 512 << 20)  # the machine has less than the limit leaves
+    assert limits.available("cpu") == limits.Available(512 << 20)
+    with pytest.raises(
+        MemoryError, match=r"cpu has 512 MiB available; use a smaller size \(about 256x256 would fit\), or"
+    ):
         limits.check_memory("init", "optimizing", 2 << 30, "cpu", 512, 512)
     monkeypatch.setattr(limits, "free_bytes", lambda device: None)  # where the machine cannot tell, the limit holds
-    assert limits.available_bytes("cpu") == 1 << 30
+    monkeypatch.setattr(limits, "held_bytes", lambda device: 5 << 30)  # holding more than the limit leaves nothing
+    assert limits.available("cpu") == limits.Available(0, limited=True, held=5 << 30)
     for wrong in ("16G", "0"):
         monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", wrong)
-        with pytest.raises(ValueError) as refused:
-            limits.available_bytes("cpu")
-        assert str(refused.value) == (
+        with pytest.raises(ValueError) as refused_limit:
+            limits.available("cpu")
+        assert str(refused_limit.value) == (
             f"NST_MEMORY_LIMIT_MIB={wrong!r} must be a whole number of at least 1, e.g. NST_MEMORY_LIMIT_MIB=15259"
         )
+
+
+def test_what_the_process_holds_leaves_out_the_heap_space_kept_free_for_reuse() -> None:
+    """Tensors freed below the mmap threshold stay in the heap (resident): they are not held, the next work reuses
+    them. Resident memory rises with them; what is held comes back to about where it was."""
+    from nst_nodes import tuning
+
+    if tuning.heap_free_bytes() is None:
+        pytest.skip("the allocator cannot tell its free space (not glibc 2.33 or later)")
+    code = (
+        "from nst_nodes import limits, tuning; tuning.configure_process()\n"
+        "import torch\n"
+        "before = limits.held_bytes('cpu')\n"
+        "kept = [torch.ones(1 << 20) for _ in range(64)]\n"  # 64 blocks of 4 MiB, below the tuned mmap threshold
+        "holding = limits.held_bytes('cpu')\n"
+        "del kept\n"
+        "print(before >> 20, holding >> 20, limits.held_bytes('cpu') >> 20, tuning.heap_free_bytes() >> 20)\n"
+    )
+    before, holding, after, free = map(
+        int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    assert holding - before >= 250 and free >= 250  # 256 MiB held, then kept free in the heap
+    assert after - before < 32
 
 
 def test_an_optimization_that_does_not_fit_gets_the_largest_threshold_at_which_it_does_then_the_tuned_one(
@@ -164,7 +199,7 @@ def test_an_optimization_that_does_not_fit_gets_the_largest_threshold_at_which_i
     from nst_nodes import limits, tuning
 
     needed = partial(limits.optimization_bytes, 2048, 2048, "relu5_1", "cpu", None)
-    monkeypatch.setattr(limits, "available_bytes", lambda device: 14 << 30)
+    monkeypatch.setattr(limits, "available", lambda device: limits.Available(14 << 30))
     with limits.fitting_allocator(needed, "cpu", "optimizing at 2048x2048"):
         inside = tuning.mmap_threshold()
         assert limits.optimization_bytes(2048, 2048, "relu5_1", "cpu") <= 14 << 30 < needed(1 << 30)
@@ -183,10 +218,10 @@ def test_where_it_fits_nothing_changes_and_where_nothing_fits_the_smallest_thres
     from nst_nodes import limits, tuning
 
     needed = partial(limits.optimization_bytes, 2048, 2048, "relu5_1", "cpu", None)
-    monkeypatch.setattr(limits, "available_bytes", lambda device: 16 << 30)
+    monkeypatch.setattr(limits, "available", lambda device: limits.Available(16 << 30))
     with limits.fitting_allocator(needed, "cpu", "optimizing"):
         assert tuning.mmap_threshold() == 1 << 30
-    monkeypatch.setattr(limits, "available_bytes", lambda device: 1 << 30)  # check_memory refuses next, or tries
+    monkeypatch.setattr(limits, "available", lambda device: limits.Available(1 << 30))  # check_memory refuses, or tries
     with limits.fitting_allocator(needed, "cpu", "optimizing"):
         assert tuning.mmap_threshold() == 128 << 10
     assert tuned_for_speed.calls == [128 << 10, 1 << 30] and "go back to the system" not in caplog.text
