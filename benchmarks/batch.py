@@ -58,7 +58,7 @@ def measure(workers: int, threads: int, items: int, side: int, steps: int) -> di
             folders=Folders(output=Path(folder) / "out"),
             device="cpu",
             worker_hook=partial(configure_process, None),
-            worker_environment=application().worker_environment,
+            worker_environment=application().worker_environment(),
         )
         wall = time.perf_counter() - started
     if result.failed:

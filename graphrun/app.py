@@ -18,11 +18,12 @@ class App:
     """``prog``: the command's name in help and messages. ``cache_dir``: where results are cached by
     default. ``process_modes`` and ``configure_process(mode)``: settings a process needs before its
     first node runs (``--tuning``; each batch worker runs it with the default mode).
-    ``worker_environment``: set in local batch workers before they start."""
+    ``worker_environment()``: variables set in local batch workers before they start (asked for once the
+    process is configured, so that a bad setting it reads is reported as one)."""
 
     prog: str = "graphrun"
     description: str = "Run, validate and list the nodes of JSON node graphs; inspect and clear the cache."
     cache_dir: Callable[[], Path] = field(default=lambda: user_cache_dir("graphrun"), repr=False)
     process_modes: tuple[str, ...] = ()
     configure_process: Callable[[str | None], object] | None = None
-    worker_environment: dict[str, str] = field(default_factory=dict)
+    worker_environment: Callable[[], dict[str, str]] = field(default=dict, repr=False)

@@ -219,7 +219,7 @@ def _batch(args: argparse.Namespace, app: App) -> int:
                 stop=stop.event,
                 abort=abort,
                 worker_hook=hook,
-                worker_environment=app.worker_environment,
+                worker_environment=app.worker_environment(),
             )
         except BatchError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -293,6 +293,19 @@ def _exit_at_once(code: int, number: int, frame: Any) -> None:
     os._exit(code)
 
 
+def _configured(app: App, mode: str | None) -> bool:
+    """The process settings applied (before a command loads its modules); False, said, for a bad setting in the
+    environment (a bad ``--tuning`` is argparse's)."""
+    if app.configure_process is None:
+        return True
+    try:
+        app.configure_process(mode)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None, app: App | None = None) -> int:
     app = app or App()
     argv = sys.argv[1:] if argv is None else argv
@@ -300,14 +313,12 @@ def main(argv: list[str] | None = None, app: App | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         if argv and argv[0] in extra:  # a pack's own command (``nst video``): its errors end as ours do
+            if not _configured(app, None):
+                return EXIT_INVALID
             return int(extra[argv[0]].load()(argv[1:]))
         args = parser(app, sorted(extra)).parse_args(argv)
-        if args.command in ("run", "batch") and app.configure_process is not None:
-            try:
-                app.configure_process(getattr(args, "tuning", None))
-            except ValueError as error:  # a bad setting in the environment; the flag itself is checked by argparse
-                print(f"error: {error}", file=sys.stderr)
-                return EXIT_INVALID
+        if args.command in ("run", "batch") and not _configured(app, getattr(args, "tuning", None)):
+            return EXIT_INVALID
         if args.command == "run":
             return _run(args, app)
         if args.command == "validate":

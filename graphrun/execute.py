@@ -221,15 +221,15 @@ class Execution:
         except OSError as error:
             problem = self.cache.take_disk_problem()
             self.reporter.warning(
-                problem or f"node {node_id}: could not write its cache entry ({error}); kept in memory"
+                problem or f"node {node_id}: could not write its cache entry ({error}); not cached on disk"
             )
 
     def _storable(self, node_id: str, result: NodeResult) -> bool:
         if result_is_storable(result):
             return True
         self.reporter.warning(
-            f"node {node_id} ({self.class_type(node_id)}) returned values that cannot be stored safely; kept in "
-            "memory only (declare DISK_CACHE = False on the class to say so)"
+            f"node {node_id} ({self.class_type(node_id)}) returned values that cannot be stored safely; not cached "
+            "on disk (declare DISK_CACHE = False on the class to say so)"
         )
         return False
 

@@ -11,7 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from .files import cache_root
-from .tuning import MODES, configure_process
+from .tuning import MODES, configure_process, openmp_environment
 
 if TYPE_CHECKING:
     from graphrun import App
@@ -26,8 +26,7 @@ def application() -> App:
         cache_dir=cache_root,
         process_modes=MODES,
         configure_process=configure_process,
-        # OpenMP workers sleep between parallel regions instead of spinning against NNPACK's threads (tuning.py).
-        worker_environment={"OMP_WAIT_POLICY": "PASSIVE"},
+        worker_environment=openmp_environment,  # OpenMP's wait policy measured on this machine (tuning.py)
     )
 
 

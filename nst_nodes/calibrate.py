@@ -1,25 +1,45 @@
-"""``nst calibrate``: time the convolution kernels of VGG19's layers on this machine, again.
+"""``nst calibrate``: time the convolution kernels of VGG19's layers and OpenMP's wait policies on this machine, again.
 
-    nst calibrate                 # the shapes of 256², 512² and 1024² images (about a minute)
+    nst calibrate                 # the shapes of 256², 512² and 1024² images, then the wait policies (about 2 min)
     nst calibrate --sizes 384x288
 
 Forgets every choice remembered for this machine (kernels and pass plans, at every size), times
 every candidate for every convolution of the network at the sizes named (forward and input
 gradient), remembers the winners and prints them. Other sizes are timed again on first use.
+Then it times L-BFGS steps under each of :data:`tuning.WAIT_POLICIES`, each in a process of its
+own (OpenMP reads its policy once, when it loads), and remembers the fastest for ``nst``'s
+processes to set before torch loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 
 from graphrun.arguments import at_least_one
 
-from . import kernels
+from . import kernels, tuning
+from .files import FileRuleError
+from .image import load_image, resize_image
 from .limits import MAX_SIDE, check_pixels
-from .vgg import BLOCK_CONVS, BLOCK_WIDTHS
+from .losses import style_statistics, style_term
+from .optimize import OptimizerSettings, optimize
+from .types import FeatureTerm, Objective
+from .vgg import BLOCK_CONVS, BLOCK_WIDTHS, load_vgg19
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+WAIT_STEPS = {128: 10, 320: 3}
+"""Sides at which the wait policies are timed, and L-BFGS steps timed at each (after two): a small size, where
+every small operation wakes OpenMP's threads, and about the shipped graph's."""
+WAIT_ROUNDS = 2
+"""Each policy's process runs this many times, taking turns with the others; the best of its runs counts."""
 
 SHORT = {"winograd": "wino", "winograd_f4": "f4", "direct": "direct", "channels_last": "cl"}
 
@@ -71,7 +91,8 @@ def main(argv: list[str]) -> int:
         except ValueError as error:
             parser.error(str(error))
     if kernels.forced_path() is not None:
-        print(f"NST_CONV forces {kernels.forced_path()}: nothing to calibrate")
+        print(f"NST_CONV forces {kernels.forced_path()}: no kernels to calibrate")
+        calibrate_wait_policy()
         return 0
     chooser = kernels.chooser()
     chooser.forget()
@@ -98,4 +119,83 @@ def main(argv: list[str]) -> int:
             channels_in, channels_out, height, width = shape
             real = f"{channels_in}>{channels_out}@{width}x{height}"
             print(f"{layer:<9}{real:>16}  {cells[0]:<52}{cells[1]}")
+    calibrate_wait_policy()
     return 0
+
+
+def step_seconds(side: int, steps: int) -> float:
+    """Seconds per fp32 L-BFGS step of Gatys' objective on the shipped pair at ``side``², over ``steps`` steps after
+    two (a wait policy's process runs it)."""
+    model = load_vgg19()
+    content, style = (
+        resize_image(load_image(SAMPLES / name), side, side) for name in ("tubingen.jpg", "starry_night.jpg")
+    )
+    start = model.preprocessing.normalize(content)
+    with torch.no_grad():
+        targets = model.features(start, ["relu4_2"])
+        statistics = model.features(model.preprocessing.normalize(style), ["relu1_1", "relu2_1", "relu3_1", "relu4_1"])
+    content_term: FeatureTerm = {"kind": "content", "weight": 1.0, "targets": targets, "layer_weights": {"relu4_2": 1}}
+    style_statistics_term = style_term({name: style_statistics(value) for name, value in statistics.items()}, 1e-3)
+    objective: Objective = {"model": model.identity, "terms": [content_term, style_statistics_term]}
+    marks: list[float] = []
+    optimize(
+        model,
+        objective,
+        start,
+        OptimizerSettings(steps + 2, precision="fp32"),
+        lambda *_: marks.append(time.perf_counter()),
+    )
+    return (marks[-1] - marks[1]) / steps
+
+
+def policy_seconds(policy: str, steps: dict[int, int] = WAIT_STEPS) -> dict[str, float]:
+    """:func:`step_seconds` at each side of ``steps``, in a fresh process whose OpenMP waits as ``policy`` says (it
+    reads its variables once, when torch loads), at torch's default threads."""
+    code = (
+        "import json, os, sys; from nst_nodes.tuning import WAIT_VARIABLES, configure_process; configure_process(); "
+        "from nst_nodes.calibrate import step_seconds; "
+        "print(json.dumps({'openmp': {name: os.environ.get(name) for name in WAIT_VARIABLES}, "
+        "'seconds': {side: step_seconds(int(side), steps) for side, steps in json.loads(sys.argv[1]).items()}}))"
+    )
+    environment = {**tuning.untuned_environment(), **tuning.WAIT_POLICIES[policy], "NST_WAIT_POLICY": policy}
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(steps)], env=environment, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"timing OpenMP's wait policy {policy} failed: {last}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    wanted = {name: tuning.WAIT_POLICIES[policy].get(name) for name in tuning.WAIT_VARIABLES}
+    if report["openmp"] != wanted:
+        raise RuntimeError(f"the process timing the wait policy {policy} ran with {report['openmp']}, not {wanted}")
+    return {side: float(seconds) for side, seconds in report["seconds"].items()}
+
+
+def calibrate_wait_policy() -> None:
+    """Time every wait policy (:func:`policy_seconds`, in turns), print them and remember the one whose steps take
+    the least time relative to the fastest at each side."""
+    user_set = [name for name in tuning.WAIT_VARIABLES if name in tuning.untuned_environment()]
+    if user_set:
+        print(f"OpenMP's wait policy: yours ({', '.join(user_set)} set), not timed")
+        return
+    seconds: dict[str, dict[str, float]] = {}
+    for _ in range(WAIT_ROUNDS):
+        for policy in tuning.WAIT_POLICIES:
+            timed = policy_seconds(policy)
+            best = seconds.setdefault(policy, timed)
+            seconds[policy] = {side: min(best[side], value) for side, value in timed.items()}
+    fastest = {side: min(timed[side] for timed in seconds.values()) for side in next(iter(seconds.values()))}
+    chosen = min(seconds, key=lambda policy: sum(seconds[policy][side] / fastest[side] for side in fastest))
+    print(
+        f"OpenMP's wait policy, seconds per L-BFGS step (best of {WAIT_ROUNDS}, each in a process of its own, "
+        f"{tuning.wait_machine()['cores']} cores):"
+    )
+    for policy, timed in seconds.items():
+        cells = "  ".join(f"{side}²: {value:.3f}" for side, value in timed.items())
+        print(f"  {policy:<12}{cells}{'  <- chosen' if policy == chosen else ''}")
+    try:
+        file = tuning.remember_wait_policy(chosen, seconds)
+    except (FileRuleError, OSError) as error:
+        print(f"not remembered: {error}")
+    else:
+        print(f"-> {file} (nst sets it before torch loads; NST_WAIT_POLICY overrides it)")

@@ -42,6 +42,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "nst-nodes"
 
 
+def machine_choices_file(name: str) -> Path:
+    """Where a per-machine choice (kernels.json, openmp.json) is remembered: beside ``NST_KERNELS_FILE`` where
+    it is set, else in :func:`cache_root`."""
+    if os.environ.get("NST_KERNELS_FILE"):
+        return Path(os.environ["NST_KERNELS_FILE"]).expanduser().with_name(name)
+    return cache_root() / name
+
+
 def _clean(name: object, what: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise FileRuleError(f"{what}: no file name given")

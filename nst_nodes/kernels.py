@@ -29,8 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import re
 import threading
 import time
 import weakref
@@ -47,7 +45,7 @@ from torch import nn
 
 from . import tuning, winograd
 from .autograd_ops import FunctionContext
-from .files import FileRuleError, cache_root, open_regular, write_atomically
+from .files import FileRuleError, cache_root, machine_choices_file, open_regular, write_atomically
 
 try:
     import fcntl
@@ -66,7 +64,6 @@ MAX_FILE_BYTES = 1 << 20
 """The kernel choices file is read up to this size (a machine's choices take a few KB); a larger one is rewritten."""
 MACHINES_KEPT = 8
 """The file keeps the choices of this many machines, the most recently saved."""
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma", "neon", "asimd")
 
 
 logger = logging.getLogger(__name__)
@@ -175,21 +172,7 @@ def candidates_for(shape: Shape) -> tuple[str, ...]:
 def machine() -> dict[str, str]:
     """What decides which kernel wins: the CPU, its vector extensions, the threads, torch, and the paths to
     choose from where they are not all of them (``NST_TUNING=memory``)."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-        model = found.group(1).strip() if found else model
-        listed = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M)
-        flags = [flag for flag in FLAGS if listed and flag in listed.group(1).split()]
-    except OSError:
-        pass
-    description = {
-        "cpu": model,
-        "flags": " ".join(flags),
-        "threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-    }
+    description = {**tuning.processor(), "threads": str(torch.get_num_threads()), "torch": torch.__version__}
     return {**description, **paths_described()}
 
 
@@ -207,7 +190,7 @@ def calibration_file() -> Path:
     """``NST_KERNELS_FILE``, or ``kernels.json`` in the pack's cache folder."""
     if os.environ.get("NST_KERNELS_FILE"):
         return Path(os.environ["NST_KERNELS_FILE"]).expanduser()
-    return cache_root() / "kernels.json"
+    return machine_choices_file("kernels.json")
 
 
 _every_layer: ContextVar[str | None] = ContextVar("nst_every_layer", default=None)

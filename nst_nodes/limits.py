@@ -202,6 +202,8 @@ def memory_check_on() -> bool:
     return switch == "1"
 
 
+SMALLEST_SUGGESTED = 16
+"""Below this side a size is not worth suggesting: the refusal says that nothing fits instead."""
 OPTIMIZED_DEEPEST = "relu5_1"
 """Where an optimization after a network pass usually reaches (Gatys' style layers; the content pass stops earlier)."""
 VECTORS_PER_STEP = 12
@@ -318,9 +320,13 @@ def check_memory(
         reached = max(deepest, OPTIMIZED_DEEPEST, key=LAYER_INDEX.__getitem__)
         scale = fitting_scale(lambda h, w: optimization_bytes(h, w, reached, device), height, width, room.bytes)
         purpose = ", also for optimizing it"
+    fitting = int(width * scale), int(height * scale)
+    if min(fitting) >= SMALLEST_SUGGESTED:
+        smaller = f"use a smaller size (about {fitting[0]}x{fitting[1]} would fit{purpose})"
+    else:
+        smaller = "no size would fit beside what is held already"
     raise_limit = ", raise NST_MEMORY_LIMIT_MIB if the machine has more" if room.limited else ""
     raise MemoryError(
         f"{what}: {description} at {width}x{height} needs about {amount(needed)} but {device} has "
-        f"{room.described()} available; use a smaller size (about {int(width * scale)}x{int(height * scale)} would "
-        f"fit{purpose}){raise_limit}, or set NST_MEMORY_CHECK=0 to try anyway"
+        f"{room.described()} available; {smaller}{raise_limit}, or set NST_MEMORY_CHECK=0 to try anyway"
     )

@@ -14,9 +14,8 @@ Two modes, because glibc's allocator trades memory against speed here:
   per step (page faults and zeroing). The convolution kernels that keep several times
   the weights prepared are not chosen either (kernels.py).
 
-Both set ``OMP_WAIT_POLICY=PASSIVE``: OpenMP workers sleep instead of spinning between
-parallel regions, so they do not steal the two cores from NNPACK's own thread pool
-(measured: 2.3 s -> 1.5 s per VGG19 step at 512x512 on 2 cores).
+Both set how OpenMP's workers wait between parallel regions (:data:`WAIT_POLICIES`): the policy
+``nst calibrate`` measured fastest on this machine, ``passive`` until it has (or ``NST_WAIT_POLICY``).
 
 Environment variables are only read before torch is first imported, so library users call
 :func:`configure_process` first thing. A value the user already set is kept. ``nst run
@@ -28,13 +27,35 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import hashlib
+import json
 import os
+import platform
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .files import FileRuleError, machine_choices_file, open_regular, write_atomically
 
 MODES = ("speed", "memory", "off")
+WAIT_POLICIES: dict[str, dict[str, str]] = {
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "short_spin": {"GOMP_SPINCOUNT": "30000"},
+    "libgomp": {},
+}
+"""How OpenMP's workers wait between parallel regions: asleep at once, so they do not spin against NNPACK's own
+thread pool (2.3 -> 1.5 s per VGG19 step at 512² on a 2-core Zen 3); after a short spin, so that each small
+operation does not wake sleeping threads (about 15% per evaluation at 128² on an Intel Xeon); or libgomp's own
+longer spin. Which pays depends on the machine and the size: ``nst calibrate`` times them."""
+UNCALIBRATED_WAIT_POLICY = "passive"
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+"""Variables by which a user sets the wait policy: where one is set, the user's policy is kept, and not timed."""
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma", "neon", "asimd")
+"""The vector extensions that decide the per-machine choices (kernels, wait policy)."""
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLDS = {"speed": 1 << 30, "memory": 128 << 10}  # 1 GiB is glibc's maximum on 64-bit
@@ -54,12 +75,12 @@ def configure_process(mode: str | None = None) -> list[str]:
     mode = mode or os.environ.get("NST_TUNING", "speed")
     if mode not in MODES:
         raise ValueError(f"NST_TUNING or --tuning: the mode must be one of {', '.join(MODES)}, not {mode!r}")
+    wanted_environment = openmp_environment()  # a bad NST_WAIT_POLICY is refused before anything is set
     global _mode
     _mode = mode
     if mode == "off":
         return []
     applied = []
-    wanted_environment = {"OMP_WAIT_POLICY": "PASSIVE"}
     if mode == "memory":
         wanted_environment["THP_MEM_ALLOC_ENABLE"] = "1"
     for name, value in wanted_environment.items():
@@ -119,13 +140,16 @@ def adjustable() -> bool:
 def blocks_mapped_from(threshold: int) -> Iterator[None]:
     """For the block, blocks of ``threshold`` bytes and more get a mapping of their own, handed back to the OS when
     freed: the lowest threshold any run in the process asks for at the time (runs may overlap, in threads), the tuned
-    one once none does. Nothing changes where the threshold is not :func:`adjustable`."""
+    one once none does. The heap's free space goes back to the OS first (``malloc_trim``): the blocks from then on
+    would not reuse most of it, and the memory checks counted it as reusable. Nothing changes where the threshold
+    is not :func:`adjustable`."""
     if _libc is None:
         yield
         return
     with _lowering:
         _lowered_to.append(threshold)
         _libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold())
+        _libc.malloc_trim(0)
     try:
         yield
     finally:
@@ -156,3 +180,80 @@ def heap_free_bytes() -> int | None:
     them: the next tensors reuse them first); None where the allocator cannot tell."""
     mallinfo2 = _mallinfo2() if sys.platform.startswith("linux") else None
     return int(mallinfo2().fordblks) if mallinfo2 is not None else None
+
+
+def processor() -> dict[str, str]:
+    """The CPU as the per-machine choices name it: its model and the extensions of :data:`CPU_FLAGS` it has."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+        model = found.group(1).strip() if found else model
+        listed = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M)
+        flags = [flag for flag in CPU_FLAGS if listed and flag in listed.group(1).split()]
+    except OSError:
+        pass
+    return {"cpu": model, "flags": " ".join(flags)}
+
+
+def wait_machine() -> dict[str, str]:
+    """What decides the wait policy: the CPU and the cores this process may use (torch is not imported yet)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {**processor(), "cores": str(cores)}
+
+
+def wait_policy_file() -> Path:
+    return machine_choices_file("openmp.json")
+
+
+def _wait_key() -> str:
+    return hashlib.sha256(json.dumps(wait_machine(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+WAIT_DOCUMENT = "wait_policies"
+"""The one key of the wait policy file: its machines' choices under it (a file without it is not ours)."""
+
+
+def _wait_document() -> dict[str, Any] | None:
+    """The wait policy file's machines: {} where there is no file, None where it cannot be read or is not ours."""
+    file = wait_policy_file()
+    if not os.path.lexists(file):
+        return {}
+    try:
+        with open_regular(file, "wait policy choices") as handle:
+            document = json.loads(handle.read(1 << 20))
+    except (FileRuleError, OSError, ValueError, RecursionError):
+        return None
+    machines = document.get(WAIT_DOCUMENT) if isinstance(document, dict) and len(document) == 1 else None
+    return machines if isinstance(machines, dict) else None
+
+
+def wait_policy() -> str:
+    """``NST_WAIT_POLICY`` where set, else the policy ``nst calibrate`` measured fastest on this machine, else
+    :data:`UNCALIBRATED_WAIT_POLICY`."""
+    forced = os.environ.get("NST_WAIT_POLICY")
+    if forced:
+        if forced not in WAIT_POLICIES:
+            raise ValueError(f"NST_WAIT_POLICY={forced!r} must be one of {', '.join(WAIT_POLICIES)}")
+        return forced
+    entry = (_wait_document() or {}).get(_wait_key())
+    policy = entry.get("policy") if isinstance(entry, dict) else None
+    return policy if isinstance(policy, str) and policy in WAIT_POLICIES else UNCALIBRATED_WAIT_POLICY
+
+
+def openmp_environment() -> dict[str, str]:
+    """The variables of this machine's :func:`wait_policy`; none where the user set one of :data:`WAIT_VARIABLES`."""
+    if any(name in os.environ for name in WAIT_VARIABLES):
+        return {}
+    return dict(WAIT_POLICIES[wait_policy()])
+
+
+def remember_wait_policy(policy: str, seconds: dict[str, dict[str, float]]) -> Path:
+    """Keep ``policy`` as this machine's, with the ``seconds`` it was chosen by, beside the other machines'; a
+    FileRuleError where the file is there but not ours (it is left as it is)."""
+    machines = _wait_document()
+    if machines is None:
+        raise FileRuleError(f"{wait_policy_file()} is not a wait policy file that nst wrote; it is left as it is")
+    machines[_wait_key()] = {"machine": wait_machine(), "policy": policy, "seconds": seconds}
+    text = json.dumps({WAIT_DOCUMENT: machines}, indent=1, sort_keys=True).encode()
+    return write_atomically(wait_policy_file(), lambda file: file.write(text))

@@ -54,7 +54,7 @@ def test_a_cache_directory_that_is_a_file_warns_once_and_keeps_results_in_memory
     cache = Cache(not_a_directory)
     assert run_graph(cache, reporter) == {"2": (6.0,)}
     assert reporter.warnings == [
-        f"cache directory {not_a_directory} is not a directory; results are kept in memory only"
+        f"cache directory {not_a_directory} is not a directory; results are not cached on disk"
     ]
     assert not_a_directory.read_text() == "precious"
     again = type(reporter)()

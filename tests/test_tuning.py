@@ -7,10 +7,20 @@ import os
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 
+from nst_nodes.files import FileRuleError
 from nst_nodes.tuning import M_MMAP_THRESHOLD, configure_process
+
+CHILD = {"capture_output": True, "text": True, "check": True}
+
+
+def untouched_environment() -> dict[str, str]:
+    """This environment without the variables that the tuning sets or reads (a developer may have set them)."""
+    tuning_reads = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NST_WAIT_POLICY", "NST_TUNING", "THP_MEM_ALLOC_ENABLE")
+    return {k: v for k, v in os.environ.items() if k not in (*tuning_reads, "MALLOC_MMAP_THRESHOLD_")}
 
 
 def tuned_child(mode: str) -> dict:
@@ -19,11 +29,7 @@ def tuned_child(mode: str) -> dict:
         f"applied = configure_process({mode!r}); print(json.dumps({{'applied': applied, "
         "'thp': os.environ.get('THP_MEM_ALLOC_ENABLE'), 'mapped_from': mmap_threshold()}))"
     )
-    environment = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE", "MALLOC_MMAP_THRESHOLD_")
-    }
+    environment = {**untouched_environment(), "NST_WAIT_POLICY": "passive"}
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
     return json.loads(output.stdout)
 
@@ -43,7 +49,7 @@ def test_other_programs_get_the_environment_without_what_the_tuning_added() -> N
         "import json; from nst_nodes.tuning import configure_process, untuned_environment; "
         "configure_process('speed'); print(json.dumps(untuned_environment().get('OMP_WAIT_POLICY')))"
     )
-    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    environment = {**untouched_environment(), "NST_WAIT_POLICY": "passive"}
     run = partial(subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(run(env=environment).stdout) is None
     assert json.loads(run(env={**environment, "OMP_WAIT_POLICY": "ACTIVE"}).stdout) == "ACTIVE"
@@ -112,10 +118,15 @@ class RecordingLibc:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.trims = 0
 
     def mallopt(self, option: int, value: int) -> int:
         assert option == M_MMAP_THRESHOLD
         self.calls.append(value)
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.trims += 1
         return 1
 
 
@@ -159,6 +170,8 @@ def test_a_memory_limit_counts_what_the_process_holds_and_a_bad_one_is_refused(m
     monkeypatch.setattr(limits, "free_bytes", lambda device: None)  # where the machine cannot tell, the limit holds
     monkeypatch.setattr(limits, "held_bytes", lambda device: 5 << 30)  # holding more than the limit leaves nothing
     assert limits.available("cpu") == limits.Available(0, limited=True, held=5 << 30)
+    with pytest.raises(MemoryError, match=r"available; no size would fit beside what is held already, raise NST_MEM"):
+        limits.check_memory("init", "optimizing", 2 << 30, "cpu", 512, 512)
     for wrong in ("16G", "0"):
         monkeypatch.setenv("NST_MEMORY_LIMIT_MIB", wrong)
         with pytest.raises(ValueError) as refused_limit:
@@ -170,25 +183,32 @@ def test_a_memory_limit_counts_what_the_process_holds_and_a_bad_one_is_refused(m
 
 def test_what_the_process_holds_leaves_out_the_heap_space_kept_free_for_reuse() -> None:
     """Tensors freed below the mmap threshold stay in the heap (resident): they are not held, the next work reuses
-    them. Resident memory rises with them; what is held comes back to about where it was."""
+    them. Resident memory rises with them; what is held comes back to about where it was. A lowered threshold hands
+    that space back to the OS (its large blocks would not reuse it)."""
     from nst_nodes import tuning
 
     if tuning.heap_free_bytes() is None:
         pytest.skip("the allocator cannot tell its free space (not glibc 2.33 or later)")
     code = (
-        "from nst_nodes import limits, tuning; tuning.configure_process()\n"
+        "import os; from nst_nodes import limits, tuning; tuning.configure_process()\n"
         "import torch\n"
         "before = limits.held_bytes('cpu')\n"
         "kept = [torch.ones(1 << 20) for _ in range(64)]\n"  # 64 blocks of 4 MiB, below the tuned mmap threshold
         "holding = limits.held_bytes('cpu')\n"
         "del kept\n"
-        "print(before >> 20, holding >> 20, limits.held_bytes('cpu') >> 20, tuning.heap_free_bytes() >> 20)\n"
+        "after, free = limits.held_bytes('cpu') >> 20, tuning.heap_free_bytes() >> 20\n"
+        "resident = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') >> 20\n"
+        "freed = resident()\n"
+        "with tuning.blocks_mapped_from(32 << 20):\n"
+        "    lowered = resident()\n"
+        "print(before >> 20, holding >> 20, after, free, freed, lowered)\n"
     )
-    before, holding, after, free = map(
+    before, holding, after, free, freed, lowered = map(
         int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     )
     assert holding - before >= 250 and free >= 250  # 256 MiB held, then kept free in the heap
     assert after - before < 32
+    assert freed - lowered >= 200  # handed back
 
 
 def test_an_optimization_that_does_not_fit_gets_the_largest_threshold_at_which_it_does_then_the_tuned_one(
@@ -204,6 +224,7 @@ def test_an_optimization_that_does_not_fit_gets_the_largest_threshold_at_which_i
         inside = tuning.mmap_threshold()
         assert limits.optimization_bytes(2048, 2048, "relu5_1", "cpu") <= 14 << 30 < needed(1 << 30)
     assert inside == 256 << 20 and tuning.mmap_threshold() == 1 << 30 and tuned_for_speed.calls == [256 << 20, 1 << 30]
+    assert tuned_for_speed.trims == 1  # the heap's free space handed back before the optimization
     assert "optimizing at 2048x2048 needs about 15.1 GiB as this process's allocator is tuned, 14.0 GiB" in caplog.text
     assert "blocks of 256 MiB and more go back to the system after use (about 13.1 GiB" in caplog.text
 
@@ -267,3 +288,97 @@ def test_only_a_process_nst_tuned_has_a_threshold_to_lower() -> None:
         for mode in ("speed", "off")
     ]
     assert adjustable == [True, False]
+
+
+def test_the_wait_policy_measured_on_this_machine_is_set_before_torch_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nst_nodes import tuning
+
+    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    for name in (*tuning.WAIT_VARIABLES, "NST_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    assert tuning.wait_policy() == "passive" and tuning.openmp_environment() == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert tuning.remember_wait_policy("short_spin", {"short_spin": {"128": 0.1}}) == tmp_path / "openmp.json"
+    assert tuning.openmp_environment() == {"GOMP_SPINCOUNT": "30000"}
+    code = "import json, os; from nst_nodes.tuning import configure_process; print(json.dumps(configure_process()))"
+    environment = untouched_environment()
+    applied = json.loads(subprocess.run([sys.executable, "-c", code], env=environment, **CHILD).stdout)
+    assert "GOMP_SPINCOUNT=30000" in applied and not any("OMP_WAIT_POLICY" in entry for entry in applied)
+    user_set = {**environment, "OMP_WAIT_POLICY": "ACTIVE"}  # the user's policy is kept, and nothing added to it
+    assert not any(
+        "OMP" in entry
+        for entry in json.loads(subprocess.run([sys.executable, "-c", code], env=user_set, **CHILD).stdout)
+    )
+    monkeypatch.setenv("NST_WAIT_POLICY", "libgomp")
+    assert tuning.openmp_environment() == {}
+    monkeypatch.setenv("NST_WAIT_POLICY", "spin")
+    with pytest.raises(ValueError, match="NST_WAIT_POLICY='spin' must be one of passive, short_spin, libgomp"):
+        tuning.wait_policy()
+    monkeypatch.delenv("NST_WAIT_POLICY")
+    monkeypatch.setattr(tuning, "processor", lambda: {"cpu": "another", "flags": ""})  # another machine's choice
+    assert tuning.wait_policy() == "passive"
+    tuning.remember_wait_policy("libgomp", {})
+    assert len(json.loads((tmp_path / "openmp.json").read_text())["wait_policies"]) == 2  # both machines kept
+    for foreign in ("[not json", '{"another": "program"}'):
+        (tmp_path / "openmp.json").write_text(foreign)
+        assert tuning.wait_policy() == "passive"
+        with pytest.raises(FileRuleError, match="is not a wait policy file that nst wrote; it is left as it is"):
+            tuning.remember_wait_policy("short_spin", {})
+        assert (tmp_path / "openmp.json").read_text() == foreign
+
+
+def test_calibrate_keeps_the_wait_policy_fastest_relative_to_each_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """short_spin loses a little at 320² and wins a lot at 128²: its steps take the least time relative to the
+    fastest at each size. Each policy runs twice, and its best counts."""
+    from nst_nodes import calibrate, tuning
+
+    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    for name in tuning.WAIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    runs: list[str] = []
+    timings = {"passive": (0.2, 1.0), "short_spin": (0.15, 1.05), "libgomp": (0.16, 1.3)}
+
+    def timed(policy: str) -> dict[str, float]:
+        runs.append(policy)
+        small, large = timings[policy]
+        slower = 2.0 if runs.count(policy) == 1 else 1.0  # the first run of each was disturbed
+        return {"128": small * slower, "320": large * slower}
+
+    monkeypatch.setattr(calibrate, "policy_seconds", timed)
+    calibrate.calibrate_wait_policy()
+    assert runs == [*tuning.WAIT_POLICIES] * 2
+    assert (
+        tuning.wait_policy() == "short_spin"
+        and "short_spin  128²: 0.150  320²: 1.050  <- chosen" in capsys.readouterr().out
+    )
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    calibrate.calibrate_wait_policy()
+    assert "yours (OMP_WAIT_POLICY set), not timed" in capsys.readouterr().out and len(runs) == 6
+
+
+def test_each_wait_policy_is_timed_in_a_process_of_its_own_that_has_its_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """policy_seconds refuses a timing whose process did not get its policy's variables (OpenMP reads them once)."""
+    from nst_nodes import calibrate, tuning
+
+    monkeypatch.setenv("NST_KERNELS_FILE", str(tmp_path / "kernels.json"))
+    monkeypatch.setenv("NST_TUNING", "off")  # the policy's variables do not depend on the process tuning
+    for name in tuning.WAIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    seconds = calibrate.policy_seconds("short_spin", {32: 1})
+    assert list(seconds) == ["32"] and 0 < seconds["32"] < 10
+
+
+def test_a_bad_wait_policy_is_an_error_of_the_command_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nst_nodes.app import main
+
+    monkeypatch.setenv("NST_WAIT_POLICY", "spin")
+    assert main(["calibrate", "--sizes", "64"]) == 2
+    assert "error: NST_WAIT_POLICY='spin' must be one of passive, short_spin, libgomp" in capsys.readouterr().err
+    assert main(["nodes", "--json"]) == 0  # commands that start no work are not concerned

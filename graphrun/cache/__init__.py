@@ -79,7 +79,7 @@ class Cache:
         if self.disk is None or self.disk.problem is None or self._problem_reported:
             return None
         self._problem_reported = True
-        return f"{self.disk.problem}; results are kept in memory only"
+        return f"{self.disk.problem}; results are not cached on disk"
 
     def lookup(self, key: str) -> NodeResult | None:
         """The stored result or None; raises :class:`UnreadableEntry` for an entry that cannot be used."""
