@@ -170,8 +170,11 @@ def test_an_optimization_that_fits_only_with_its_large_blocks_handed_back_runs_s
     64x48 only NST_TUNING=memory's 128 KiB threshold maps its blocks), says so, and leaves the process as tuned."""
     from nst_nodes import limits, tuning
 
-    class Libc:
+    class Libc:  # glibc as nst tuned it, without changing this process's allocator
         def mallopt(self, option: int, value: int) -> int:
+            return 1
+
+        def malloc_trim(self, pad: int) -> int:
             return 1
 
     monkeypatch.setattr(tuning, "_libc", Libc())
