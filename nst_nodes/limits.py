@@ -150,7 +150,10 @@ class Available(NamedTuple):
 def available(device: str) -> Available | None:
     """What the device can still give, at most ``NST_MEMORY_LIMIT_MIB`` (a share of a machine that other work uses
     too) less what this process holds already: the values it keeps beside the work being checked count against the
-    limit too. None where it cannot be told and no limit is set."""
+    limit too. None where it cannot be told and no limit is set. On the CPU the heap's free space goes back to the
+    OS first, so that neither figure counts it (the work being checked would mostly not reuse it)."""
+    if not device.startswith("cuda"):
+        tuning.release_free_heap()
     free, limit = free_bytes(device), memory_limit()
     if limit is None:
         return None if free is None else Available(free)
@@ -165,17 +168,17 @@ def memory_limit() -> int | None:
 
 
 def held_bytes(device: str) -> int:
-    """What this process holds on ``device``: on a GPU its allocated tensors; on the CPU its resident memory less what
-    its heap keeps free for reuse (the estimates count that space as their own). 0 where it cannot be told."""
+    """What this process holds on ``device``: on a GPU its allocated tensors; on the CPU its resident memory (where
+    the heap's free space was handed back first, :func:`available`, what its values take). 0 where it cannot be
+    told."""
     if device.startswith("cuda"):
         import torch
 
         return int(torch.cuda.memory_allocated(torch.device(device)))
     try:
-        resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-    return max(0, resident - (tuning.heap_free_bytes() or 0))
 
 
 def free_bytes(device: str) -> int | None:

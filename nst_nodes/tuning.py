@@ -34,7 +34,7 @@ import platform
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,16 +88,13 @@ def configure_process(mode: str | None = None) -> list[str]:
             os.environ[name] = value
             _environment_set.add(name)
             applied.append(f"{name}={value}")
-    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            threshold = MMAP_THRESHOLDS[mode]
-            if libc.mallopt(M_MMAP_THRESHOLD, threshold) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-                global _tuned_threshold, _libc
-                _tuned_threshold, _libc = threshold, libc
-                applied.append(f"mallopt(mmap threshold {threshold >> 10} KiB, trim threshold 1 GiB)")
-        except (OSError, AttributeError):
-            pass
+    libc = _glibc()
+    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        threshold = MMAP_THRESHOLDS[mode]
+        if libc.mallopt(M_MMAP_THRESHOLD, threshold) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+            global _tuned_threshold, _libc
+            _tuned_threshold, _libc = threshold, libc
+            applied.append(f"mallopt(mmap threshold {threshold >> 10} KiB, trim threshold 1 GiB)")
     return applied
 
 
@@ -140,16 +137,13 @@ def adjustable() -> bool:
 def blocks_mapped_from(threshold: int) -> Iterator[None]:
     """For the block, blocks of ``threshold`` bytes and more get a mapping of their own, handed back to the OS when
     freed: the lowest threshold any run in the process asks for at the time (runs may overlap, in threads), the tuned
-    one once none does. The heap's free space goes back to the OS first (``malloc_trim``): the blocks from then on
-    would not reuse most of it, and the memory checks counted it as reusable. Nothing changes where the threshold
-    is not :func:`adjustable`."""
+    one once none does. Nothing changes where the threshold is not :func:`adjustable`."""
     if _libc is None:
         yield
         return
     with _lowering:
         _lowered_to.append(threshold)
         _libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold())
-        _libc.malloc_trim(0)
     try:
         yield
     finally:
@@ -158,28 +152,25 @@ def blocks_mapped_from(threshold: int) -> Iterator[None]:
             _libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold())
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
-
-
 @functools.cache
-def _mallinfo2() -> Callable[[], _Mallinfo2] | None:
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):  # not glibc, or older than 2.33
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, where the process runs on it (None elsewhere: musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
         return None
-    function.restype = _Mallinfo2
-    return function
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (glibc's, not another C library's)
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
-def heap_free_bytes() -> int | None:
-    """Bytes glibc's heap holds free for reuse (counted in the process's resident memory, though no tensor uses
-    them: the next tensors reuse them first); None where the allocator cannot tell."""
-    mallinfo2 = _mallinfo2() if sys.platform.startswith("linux") else None
-    return int(mallinfo2().fordblks) if mallinfo2 is not None else None
+def release_free_heap() -> None:
+    """Hand the free space of glibc's heap back to the OS (``malloc_trim``): what the process holds and what the
+    machine has free are then both real, for a memory check; the next tensors fault their pages in again."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def processor() -> dict[str, str]:

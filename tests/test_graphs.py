@@ -174,9 +174,6 @@ def test_an_optimization_that_fits_only_with_its_large_blocks_handed_back_runs_s
         def mallopt(self, option: int, value: int) -> int:
             return 1
 
-        def malloc_trim(self, pad: int) -> int:
-            return 1
-
     monkeypatch.setattr(tuning, "_libc", Libc())
     monkeypatch.setattr(tuning, "_tuned_threshold", 1 << 30)
     monkeypatch.setenv("NST_MEMORY_CHECK", "1")
