@@ -133,10 +133,12 @@ def step_seconds(side: int, steps: int) -> float:
     start = model.preprocessing.normalize(content)
     with torch.no_grad():
         targets = model.features(start, ["relu4_2"])
-        statistics = model.features(model.preprocessing.normalize(style), ["relu1_1", "relu2_1", "relu3_1", "relu4_1"])
+        style_features = model.features(
+            model.preprocessing.normalize(style), ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
+        )
     content_term: FeatureTerm = {"kind": "content", "weight": 1.0, "targets": targets, "layer_weights": {"relu4_2": 1}}
-    style_statistics_term = style_term({name: style_statistics(value) for name, value in statistics.items()}, 1e-3)
-    objective: Objective = {"model": model.identity, "terms": [content_term, style_statistics_term]}
+    gram_term = style_term({name: style_statistics(value) for name, value in style_features.items()}, 1e-3)
+    objective: Objective = {"model": model.identity, "terms": [content_term, gram_term]}
     marks: list[float] = []
     optimize(
         model,

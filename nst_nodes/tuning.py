@@ -48,9 +48,9 @@ WAIT_POLICIES: dict[str, dict[str, str]] = {
     "libgomp": {},
 }
 """How OpenMP's workers wait between parallel regions: asleep at once, so they do not spin against NNPACK's own
-thread pool (2.3 -> 1.5 s per VGG19 step at 512² on a 2-core Zen 3); after a short spin, so that each small
-operation does not wake sleeping threads (about 15% per evaluation at 128² on an Intel Xeon); or libgomp's own
-longer spin. Which pays depends on the machine and the size: ``nst calibrate`` times them."""
+thread pool; after a short spin, so that each small operation does not wake sleeping threads; or libgomp's own
+longer spin. Which pays depends on the machine and the size (figures: docs/performance.md): ``nst calibrate``
+times them."""
 UNCALIBRATED_WAIT_POLICY = "passive"
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 """Variables by which a user sets the wait policy: where one is set, the user's policy is kept, and not timed."""

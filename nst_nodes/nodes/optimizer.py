@@ -131,9 +131,8 @@ class OptimizeImage(Node):
         count, height, width = init["pixels"].shape[0], *init["pixels"].shape[-2:]
         check_frames(objective, temporal, count, height, width)
         deepest = deepest_layer(layers) if layers else "conv1_1"
-        clip_bytes = (
-            init["pixels"].numel() * 4 if count > 1 else 0
-        )  # the results beside one frame (the frames are held)
+        # A clip's results beside one frame (its frames are held already, and counted as such).
+        clip_bytes = init["pixels"].numel() * 4 if count > 1 else 0
         beyond = clip_bytes + limits.objective_bytes(objective, height, width)
 
         def needed(mapped_from: int | None = limits.TUNED) -> int:
