@@ -38,14 +38,12 @@ from graphrun import Cache, Folders, run
 from nst_nodes import kernels
 from nst_nodes import optimize as optimizing
 from nst_nodes.image import load_image, resize_image, save_image
-from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers
+from nst_nodes.losses import STYLE_LAYERS, ObjectiveFunction, gatys_objective, term_layers
 from nst_nodes.optimize import OptimizerSettings, optimize, synchronize
 from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "nst_nodes" / "samples"
-STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-CONTENT_LAYER = "relu4_2"
 RUNS = (("auto", "auto"), ("fp32", "auto"), ("fp32", "winograd"), ("fp32", "direct"), ("bf16", "auto"))
 """(precision, kernels) per timed row: the default first, then fp32 on each kernel, then bf16 passes."""
 PASTICHE_CLOCK = 0.1
@@ -134,28 +132,6 @@ def write_sample_pair(side: int, folder: Path) -> tuple[Path, Path]:
     for image, path in zip(sample_pair(side), paths, strict=True):
         save_image(image, [path], None)
     return paths
-
-
-def objective_for(
-    model: VGGModel,
-    content: torch.Tensor,
-    style: torch.Tensor,
-    style_layer_weights: dict | None = None,
-    content_weight: float = 1.0,
-    style_weight: float = 1e-3,
-) -> dict:
-    with torch.no_grad():
-        content_input = model.preprocessing.normalize(content)
-        targets = model.features(content_input, [CONTENT_LAYER])
-        style_features = model.features(model.preprocessing.normalize(style), STYLE_LAYERS)
-        statistics = {k: style_statistics(v) for k, v in style_features.items()}
-    return {
-        "model": model.identity,
-        "terms": [
-            {"kind": "content", "weight": content_weight, "targets": targets, "layer_weights": {CONTENT_LAYER: 1.0}},
-            style_term(statistics, style_weight, style_layer_weights),
-        ],
-    }
 
 
 def max_rss_mib() -> float:
@@ -249,7 +225,7 @@ def worker_step(side: int, steps: int, precision: str, conv: str, device: torch.
     start_peak_memory(device)
     model = load_vgg19("caffe").to(device)
     content, style = (image.to(device) for image in sample_pair(side))
-    objective = objective_for(model, content, style)
+    objective = gatys_objective(model, content, style)
     start = model.preprocessing.normalize(content)
     layers = term_layers(objective)
     loss_parts = ObjectiveFunction(objective["terms"], device)
@@ -291,7 +267,7 @@ def worker_memory(side: int, steps: int, device: torch.device) -> dict:
     start_peak_memory(device)
     model = load_vgg19("caffe").to(device)
     content, style = (image.to(device) for image in sample_pair(side))
-    objective = objective_for(model, content, style)
+    objective = gatys_objective(model, content, style)
     started = clock(device)
     _, history = optimize(model, objective, model.preprocessing.normalize(content), OptimizerSettings(steps=steps))
     return {
@@ -367,7 +343,7 @@ def pastiche_equivalent_objective(model: VGGModel, content: torch.Tensor, style:
     """
     widths = {"relu1_1": 64, "relu2_1": 128, "relu3_1": 256, "relu4_1": 512, "relu5_1": 512}
     weights = {layer: 10.0 / widths[layer] ** 2 for layer in STYLE_LAYERS}
-    return objective_for(model, content, style, weights, content_weight=0.01, style_weight=1.0)
+    return gatys_objective(model, content, style, content_weight=0.01, style_weight=1.0, style_layer_weights=weights)
 
 
 def quality(model: VGGModel, objective: dict, image: torch.Tensor) -> tuple[float, float]:
@@ -578,6 +554,11 @@ def pastiche_steps(fill_history: bool, args: argparse.Namespace) -> int:
     return max(count, 200) if args.device == "cuda" else count
 
 
+STEP_WINDOW = 20
+"""Steps of the default row timed between pastiche's runs, whose evaluations per step the per-step ratio uses: at
+128² a backtrack comes every 20-30 steps, and one in a 4-step window had made 1.25 evaluations a step."""
+
+
 def run_sizes(args: argparse.Namespace) -> tuple[tuple[int, int], int, int, int]:
     """(the two sides, steps per timed row, steps of the memory rows, pastiche's steps for time to quality)."""
     if args.dry_run:
@@ -639,7 +620,8 @@ def main() -> None:
                 content, style = write_sample_pair(side, work)
                 count = pastiche_steps(side == sides[-1], args)  # its peak RSS at the larger size
                 theirs = pastiche_run(content, style, count, work / "p.png", device.type)
-                results["steps"].append(timed_row(side, steps, "auto", "auto", peak, device))
+                window = steps if args.dry_run else max(steps, STEP_WINDOW)
+                results["steps"].append(timed_row(side, window, "auto", "auto", peak, device))
                 again = pastiche_run(content, style, pastiche_steps(False, args), work / "p.png", device.type)
                 per_step = [run["seconds_per_step"] for run in (theirs, again) if run["seconds_per_step"]]
                 theirs |= {"seconds_per_step": min(per_step, default=None), "runs_seconds_per_step": per_step}
@@ -736,6 +718,11 @@ def print_table(results: dict) -> None:
         )
     for theirs in results.get("pastiche", []):
         default, fp32 = row(theirs["side"], "default"), row(theirs["side"], "fp32")
+        window = max(
+            (r for r in results["steps"] if r["side"] == theirs["side"] and r["precision"] == "auto"),
+            key=lambda r: r["steps"],
+        )
+        per_optimizer_step = default["seconds_per_step"] * window["evaluations_per_step"]
         per_step = theirs["seconds_per_step"]
         memory = (
             "its GPU memory not measured (another process)"
@@ -749,8 +736,8 @@ def print_table(results: dict) -> None:
             + f", {memory} after {theirs['steps']} steps; ours is "
             f"{times(per_step, default['seconds_per_step'])} faster per evaluation by default ({default['plan']}), "
             f"{times(per_step, fp32['seconds_per_step'])} in fp32; per optimizer step "
-            f"{times(per_step, default['seconds_per_optimizer_step'])} by default, "
-            f"{times(per_step, fp32['seconds_per_optimizer_step'])} in fp32"
+            f"{times(per_step, per_optimizer_step)} by default ({window['evaluations_per_step']:.2f} evaluations a "
+            f"step over {window['steps']} steps)"
         )
     if "shipped_graph" in results:
         shipped = results["shipped_graph"]

@@ -39,10 +39,10 @@ import time
 from pathlib import Path
 
 import torch
-from bench import cpu_flags, objective_for, sample_pair
+from bench import cpu_flags, sample_pair
 
 from nst_nodes.limits import TUNED, amount, fitting_allocator, optimization_bytes
-from nst_nodes.losses import term_layers
+from nst_nodes.losses import gatys_objective, term_layers
 from nst_nodes.nodes.network import deepest_layer
 from nst_nodes.optimize import FP32_START, OptimizerSettings, optimize
 from nst_nodes.tuning import mmap_threshold
@@ -64,7 +64,7 @@ def worker(side: int, history_size: int, plan_steps: int) -> dict:
     model = load_vgg19("caffe")
     before = status_mib("VmRSS")  # torch and the model: what the process holds before any picture
     content, style = sample_pair(side)
-    objective = objective_for(model, content, style)
+    objective = gatys_objective(model, content, style)
     start = model.preprocessing.normalize(content)
     settings = OptimizerSettings(steps=FP32_START + plan_steps, history_size=history_size)
     deepest = deepest_layer(term_layers(objective))

@@ -27,7 +27,7 @@ import torch
 from bench import cpu_flags, pastiche_run
 
 from nst_nodes.image import load_image, matching_size, resize_image, save_image, target_size
-from nst_nodes.losses import ObjectiveFunction, style_statistics, style_term, term_layers
+from nst_nodes.losses import ObjectiveFunction, gatys_objective, term_layers
 from nst_nodes.metrics import describe, quality
 from nst_nodes.optimize import OptimizerSettings, optimize, pass_plan
 from nst_nodes.vgg import load_vgg19
@@ -35,7 +35,6 @@ from nst_nodes.vgg import load_vgg19
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "nst_nodes" / "samples"
 PAIRS = [("tubingen.jpg", "starry_night.jpg"), ("tubingen.jpg", "shipwreck.jpg")]
-STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 OURS = {  # name -> (statistic, normalize, style weight, precision of the network pass)
     "gram, the paper's balance": ("gram", False, 1e-3, "fp32"),
     "gatys.json, fp32": ("gram", True, 1e7, "fp32"),  # graphs/gatys.json's objective
@@ -67,20 +66,9 @@ def ours(
     The pass plan is timed before the clock starts: once per machine and size, then remembered."""
     model = load_vgg19("caffe")
     start = model.preprocessing.normalize(content)
-    with torch.no_grad():
-        targets = model.features(start, ["relu4_2"])
-        statistics = {
-            k: style_statistics(v)
-            for k, v in model.features(model.preprocessing.normalize(style), STYLE_LAYERS).items()
-        }
-    objective = {
-        "model": model.identity,
-        "terms": [
-            {"kind": "content", "weight": 1.0, "targets": targets, "layer_weights": {"relu4_2": 1.0}},
-            style_term(statistics, weight, statistic=statistic, normalize=normalize),
-            {"kind": "tv", "weight": 1e-3},
-        ],
-    }
+    objective = gatys_objective(
+        model, content, style, style_weight=weight, statistic=statistic, normalize=normalize, tv_weight=1e-3
+    )
     settings = OptimizerSettings(steps=100000, precision=precision)
     pass_plan(precision, model, start, term_layers(objective), ObjectiveFunction(objective["terms"]).total)
     began = time.perf_counter()

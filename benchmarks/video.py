@@ -27,12 +27,11 @@ import torch
 from bench import cpu_flags
 
 from nst_nodes.image import load_image
-from nst_nodes.losses import style_statistics, style_term
+from nst_nodes.losses import gatys_objective
 from nst_nodes.metrics import quality
 from nst_nodes.nodes.images import ResizeToMatch
 from nst_nodes.nodes.video import OpticalFlow, TemporalLoss
 from nst_nodes.optimize import OptimizerSettings
-from nst_nodes.types import Objective
 from nst_nodes.vgg import load_vgg19
 from nst_nodes.video.command import OVERLAP
 from nst_nodes.video.flow import is_cut
@@ -42,7 +41,6 @@ from nst_nodes.video.metrics import flicker, warping_error
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("off", "chain", "warped", "flow")
-STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 
 
 def main() -> None:
@@ -76,21 +74,8 @@ def main() -> None:
     )
     model = load_vgg19("caffe")
     style = ResizeToMatch().resize(load_image(ROOT / "nst_nodes" / "samples" / "starry_night.jpg"), frames, 1.0)[0]
-    with torch.inference_mode():
-        init = torch.cat([model.preprocessing.normalize(frame[None]) for frame in frames])
-        content = torch.cat([model.features(frame[None], ["relu4_2"])["relu4_2"] for frame in init])
-        statistics = {
-            k: style_statistics(v)
-            for k, v in model.features(model.preprocessing.normalize(style), STYLE_LAYERS).items()
-        }
-    objective: Objective = {
-        "model": model.identity,
-        "terms": [
-            {"kind": "content", "weight": 1.0, "targets": {"relu4_2": content}, "layer_weights": {"relu4_2": 1.0}},
-            style_term(statistics, 1e7, None, "gram", True, None),
-            {"kind": "tv", "weight": 1e-3},
-        ],
-    }
+    init = model.preprocessing.normalize(frames)
+    objective = gatys_objective(model, frames, style, style_weight=1e7, normalize=True, tv_weight=1e-3)
     started = time.perf_counter()
     flow, reliable = OpticalFlow().flow(frames, "dis")
     flow_seconds = time.perf_counter() - started

@@ -29,9 +29,8 @@ from . import kernels, tuning
 from .files import FileRuleError
 from .image import load_image, resize_image
 from .limits import MAX_SIDE, check_pixels
-from .losses import style_statistics, style_term
+from .losses import gatys_objective
 from .optimize import OptimizerSettings, optimize
-from .types import FeatureTerm, Objective
 from .vgg import BLOCK_CONVS, BLOCK_WIDTHS, load_vgg19
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -130,15 +129,8 @@ def step_seconds(side: int, steps: int) -> float:
     content, style = (
         resize_image(load_image(SAMPLES / name), side, side) for name in ("tubingen.jpg", "starry_night.jpg")
     )
+    objective = gatys_objective(model, content, style)
     start = model.preprocessing.normalize(content)
-    with torch.no_grad():
-        targets = model.features(start, ["relu4_2"])
-        style_features = model.features(
-            model.preprocessing.normalize(style), ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
-        )
-    content_term: FeatureTerm = {"kind": "content", "weight": 1.0, "targets": targets, "layer_weights": {"relu4_2": 1}}
-    gram_term = style_term({name: style_statistics(value) for name, value in style_features.items()}, 1e-3)
-    objective: Objective = {"model": model.identity, "terms": [content_term, gram_term]}
     marks: list[float] = []
     optimize(
         model,

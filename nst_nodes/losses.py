@@ -23,13 +23,16 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable
 from functools import lru_cache, reduce
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 
 from . import autograd_ops
 from .types import FeatureTerm, LayerStatistics, Objective, Statistic, StyleTerm, TemporalTerm, Term
+
+if TYPE_CHECKING:
+    from .vgg import VGGModel
 
 STATISTICS: tuple[Statistic, ...] = ("gram", "mean_cov", "sliced")
 PROJECTIONS = 64  # random directions per layer for the sliced distance
@@ -42,6 +45,9 @@ SLICED_BYTES = 136
 SLICED_GRADIENT_BYTES = 92
 """Bytes per position and direction that a sliced loss keeps for its backward pass, at every layer (measured: the
 same)."""
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYER = "relu4_2"
+"""Gatys et al.'s layers: the reference objective's (:func:`gatys_objective`) and the quality metrics'."""
 EIGEN_FLOOR = 1e-8  # eigenvalues below this count as zero (the covariance of relu features is singular)
 
 
@@ -205,6 +211,38 @@ def style_term(
         "layer_weights": layer_weights or equal,
         "mask": mask,
     }
+
+
+def gatys_objective(
+    model: VGGModel,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    *,
+    content_weight: float = 1.0,
+    style_weight: float = 1e-3,
+    style_layer_weights: dict[str, float] | None = None,
+    statistic: str = "gram",
+    normalize: bool = False,
+    tv_weight: float = 0.0,
+) -> Objective:
+    """Gatys et al.'s objective for a content image (or a batch of frames) and a style image, both in [0, 1]:
+    the reference that benchmarks and ``nst calibrate`` time, where graphs build theirs from loss nodes. A batch's
+    content targets are computed a frame at a time, in one frame's activations."""
+    with torch.no_grad():
+        frames = model.preprocessing.normalize(content).split(1)
+        targets = {CONTENT_LAYER: torch.cat([model.features(x, [CONTENT_LAYER])[CONTENT_LAYER] for x in frames])}
+        style_features = model.features(model.preprocessing.normalize(style), STYLE_LAYERS)
+        statistics = {layer: style_statistics(value) for layer, value in style_features.items()}
+    content_term: FeatureTerm = {
+        "kind": "content",
+        "weight": content_weight,
+        "targets": targets,
+        "layer_weights": {CONTENT_LAYER: 1.0},
+    }
+    terms: list[Term] = [content_term, style_term(statistics, style_weight, style_layer_weights, statistic, normalize)]
+    if tv_weight:
+        terms.append({"kind": "tv", "weight": tv_weight})
+    return {"model": model.identity, "terms": terms}
 
 
 def tensor_sum(values: Iterable[torch.Tensor]) -> torch.Tensor:

@@ -19,11 +19,9 @@ from typing import TypedDict
 import torch
 
 from .image import resize_image
-from .losses import gram_matrix, layer_loss, style_statistics
+from .losses import CONTENT_LAYER, STYLE_LAYERS, gram_matrix, layer_loss, style_statistics
 from .vgg import VGGModel, load_vgg19
 
-STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-CONTENT_LAYER = "relu4_2"
 LAYERS = (*STYLE_LAYERS, CONTENT_LAYER)
 
 

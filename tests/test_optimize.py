@@ -11,11 +11,10 @@ import torch
 
 from nst_nodes.image import load_image, resize_image, target_size
 from nst_nodes.lbfgs import BoxLBFGS
-from nst_nodes.losses import style_statistics, style_term
+from nst_nodes.losses import gatys_objective
 from nst_nodes.optimize import OptimizerSettings, optimize, start_image
+from nst_nodes.types import Objective
 from nst_nodes.vgg import VGGModel, load_vgg19
-
-STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 
 
 @pytest.fixture(scope="module")
@@ -23,31 +22,29 @@ def model(device: torch.device) -> VGGModel:
     return load_vgg19("caffe").to(device)
 
 
-def tiny(path: Path, model: VGGModel, device: torch.device) -> torch.Tensor:
+def tiny(path: Path, device: torch.device) -> torch.Tensor:
     image = load_image(path)
-    return model.preprocessing.normalize(
-        resize_image(image, *target_size(image.shape[1], image.shape[2], "long_side", 64)).to(device)
-    )
-
-
-def gatys_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor, style_weight: float = 1e-3) -> dict:
-    with torch.no_grad():
-        content_features = model.features(content, ["relu4_2"])
-        style_targets = {k: style_statistics(v) for k, v in model.features(style, STYLE_LAYERS).items()}
-    return {
-        "model": model.identity,
-        "terms": [
-            {"kind": "content", "weight": 1.0, "targets": content_features, "layer_weights": {"relu4_2": 1.0}},
-            style_term(style_targets, style_weight),
-        ],
-    }
+    return resize_image(image, *target_size(image.shape[1], image.shape[2], "long_side", 64)).to(device)
 
 
 @pytest.fixture(scope="module")
-def problem(model: VGGModel, device: torch.device) -> tuple[torch.Tensor, dict]:
+def problem(model: VGGModel, device: torch.device) -> tuple[torch.Tensor, Objective]:
+    """The start (the content photo, normalized) and Gatys' objective."""
     images = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
-    content, style = tiny(images / "tubingen.jpg", model, device), tiny(images / "starry_night.jpg", model, device)
-    return content, gatys_objective(model, content, style)
+    content, style = tiny(images / "tubingen.jpg", device), tiny(images / "starry_night.jpg", device)
+    return model.preprocessing.normalize(content), gatys_objective(model, content, style)
+
+
+def test_gatys_objective_takes_a_batch_frame_by_frame(model: VGGModel, device: torch.device) -> None:
+    images = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
+    photo, style = tiny(images / "tubingen.jpg", device), tiny(images / "starry_night.jpg", device)
+    frames = torch.cat([photo, photo.flip(2)])
+    content, gram = gatys_objective(model, frames, style, style_weight=2.0)["terms"]
+    assert content["kind"] == "content" and gram["kind"] == "style" and gram["weight"] == 2.0
+    targets = content["targets"]["relu4_2"]  # type: ignore[typeddict-item]
+    alone = gatys_objective(model, frames[1:], style)["terms"][0]["targets"]["relu4_2"]  # type: ignore[typeddict-item]
+    assert targets.shape[0] == 2 and torch.allclose(targets[1:], alone, atol=1e-5)
+    assert not torch.allclose(targets[:1], alone)
 
 
 def test_lbfgs_lowers_the_objective_substantially(model: VGGModel, problem) -> None:
@@ -101,8 +98,8 @@ def test_autograd_works_under_a_hosts_inference_mode(problem) -> None:
     content, _ = problem
     with torch.inference_mode():
         model = load_vgg19("caffe").to(content.device)
-        style = content.flip(-1)
-        objective = gatys_objective(model, content, style)
+        photo = model.preprocessing.denormalize(content)
+        objective = gatys_objective(model, photo, photo.flip(2))
         _, history = optimize(model, objective, content.clone(), OptimizerSettings(steps=3))
     assert history["loss"][-1] < history["loss"][0]
 
