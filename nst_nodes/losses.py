@@ -221,7 +221,7 @@ def gatys_objective(
     content_weight: float = 1.0,
     style_weight: float = 1e-3,
     style_layer_weights: dict[str, float] | None = None,
-    statistic: str = "gram",
+    statistic: Statistic = "gram",
     normalize: bool = False,
     tv_weight: float = 0.0,
 ) -> Objective:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -39,10 +40,12 @@ def test_gatys_objective_takes_a_batch_frame_by_frame(model: VGGModel, device: t
     images = Path(__file__).resolve().parent.parent / "nst_nodes" / "samples"
     photo, style = tiny(images / "tubingen.jpg", device), tiny(images / "starry_night.jpg", device)
     frames = torch.cat([photo, photo.flip(2)])
-    content, gram = gatys_objective(model, frames, style, style_weight=2.0)["terms"]
+    terms: list[Any] = gatys_objective(model, frames, style, style_weight=2.0)["terms"]
+    content, gram = terms
     assert content["kind"] == "content" and gram["kind"] == "style" and gram["weight"] == 2.0
-    targets = content["targets"]["relu4_2"]  # type: ignore[typeddict-item]
-    alone = gatys_objective(model, frames[1:], style)["terms"][0]["targets"]["relu4_2"]  # type: ignore[typeddict-item]
+    targets = content["targets"]["relu4_2"]
+    alone: Any = gatys_objective(model, frames[1:], style)["terms"][0]
+    alone = alone["targets"]["relu4_2"]
     assert targets.shape[0] == 2 and torch.allclose(targets[1:], alone, atol=1e-5)
     assert not torch.allclose(targets[:1], alone)
 
