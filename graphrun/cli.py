@@ -7,6 +7,7 @@ process settings); pack commands come from the entry point group ``graphrun.comm
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -278,7 +279,10 @@ def pack_commands() -> dict[str, Any]:
 def console(app: App | None = None) -> int:
     """The console script: :func:`main`, then a Ctrl-C or SIGTERM while the process winds up (the
     interpreter's exit runs finalizers, torch's among them) ends it at once with the signal's exit
-    code, where Python would print a traceback."""
+    code, where Python would print a traceback. After the last exit handler the signals are ignored:
+    the interpreter's own teardown resets Python's handlers to the default, which would end the process
+    by the signal instead of with the command's exit code."""
+    atexit.register(_ignore_stop_signals)  # registered before the command's own: it runs after them
     code = main(app=app)
     for stream in (sys.stdout, sys.stderr):  # None where the console was closed before the start
         with suppress(OSError, ValueError):  # a reader that left, a closed stream: nothing more to say
@@ -291,6 +295,11 @@ def console(app: App | None = None) -> int:
 
 def _exit_at_once(code: int, number: int, frame: Any) -> None:
     os._exit(code)
+
+
+def _ignore_stop_signals() -> None:
+    for number in EXIT_CODES:
+        signal.signal(number, signal.SIG_IGN)
 
 
 def _configured(app: App, mode: str | None) -> bool:

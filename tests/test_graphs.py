@@ -355,17 +355,43 @@ def test_a_second_signal_aborts_at_once() -> None:
             stop.handle(signal.SIGINT, None)
 
 
-def test_a_signal_while_the_process_winds_up_ends_it_without_a_traceback() -> None:
+LATE_SIGNALS = {
+    # in an exit handler that the command registered (as dask's and torch's are): it ends the process at once
+    "exit handler": (
+        "import graphrun.cli as cli\n"
+        "command = cli.main\n"
+        "def main(*args, **kwargs):\n"
+        "    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        "    return command(*args, **kwargs)\n"
+        "cli.main = main\n",
+        130,
+    ),
+    # in the interpreter's teardown, after every exit handler (a finalizer at module cleanup, where Python
+    # has put back the default handlers): the command's own exit code, not a death by the signal
+    "teardown": (
+        "class Late:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(1)\n"
+        "late = Late()\n",
+        0,
+    ),
+}
+
+
+@pytest.mark.parametrize("when", sorted(LATE_SIGNALS))
+def test_a_signal_while_the_process_winds_up_ends_it_without_a_traceback(when: str) -> None:
     """A second Ctrl-C that lands after the command finished, while the interpreter exits (as on a fast machine)."""
+    setup, code = LATE_SIGNALS[when]
     script = (
         "import atexit, os, signal, sys, time\n"
         "from nst_nodes.app import console\n"
-        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        f"{setup}"
         "sys.argv = ['nst', 'validate', 'graphs/gatys.json']\n"
         "sys.exit(console())\n"
     )
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert finished.returncode == 130 and "valid" in finished.stdout, finished
+    assert finished.returncode == code and "valid" in finished.stdout, finished
     assert "Traceback" not in finished.stderr and "Exception ignored" not in finished.stderr, finished.stderr
 
 
