@@ -225,7 +225,7 @@ def _batch(args: argparse.Namespace, app: App) -> int:
         except BatchError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_INVALID
-    print(result.summary(), file=sys.stderr)
+        print(result.summary(), file=sys.stderr)  # still under the handler: a last Ctrl-C cannot cut it short
     if stop.signal is not None:
         return stop.exit_code
     return EXIT_FAILED if result.failed else 0
