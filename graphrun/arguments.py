@@ -62,6 +62,13 @@ def _preview_path(text: str) -> Path:
     return path
 
 
+def _add_json_errors(command: argparse.ArgumentParser) -> None:
+    """For one graph's run or validation (a batch reports its items in its summary)."""
+    command.add_argument(
+        "--json", action="store_true", help="errors as JSON on stdout (validation: ComfyUI's node_errors)"
+    )
+
+
 def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("graph", type=Path, help="an API prompt or an editor workflow (JSON)")
     command.add_argument(
@@ -73,9 +80,6 @@ def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
         help="replace a constant input (VALUE is parsed as JSON, else taken as a string)",
     )
     command.add_argument("--only", type=_id_list, metavar="ID,...", help="run only what these nodes need")
-    command.add_argument(
-        "--json", action="store_true", help="errors as JSON on stdout (validation: ComfyUI's node_errors)"
-    )
     command.add_argument(
         "--input-dir",
         type=Path,
@@ -108,6 +112,7 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
 
     run_command = commands.add_parser("run", help="validate and run a graph")
     _add_graph_arguments(run_command)
+    _add_json_errors(run_command)
     run_command.add_argument("--device", choices=DEVICES, default="auto")
     run_command.add_argument(
         "--recompute",
@@ -204,6 +209,7 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
 
     validate_command = commands.add_parser("validate", help="check a graph without running it")
     _add_graph_arguments(validate_command)
+    _add_json_errors(validate_command)
 
     nodes_command = commands.add_parser("nodes", help="list node classes, their inputs and outputs")
     nodes_command.add_argument("--json", action="store_true", help="a ComfyUI /object_info document")

@@ -13,8 +13,10 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ COMMAND_GROUP = "graphrun.commands"
 DEBUG_VARIABLE = "GRAPHRUN_DEBUG"
 EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+SAME_SIGNAL_SECONDS = 0.1
+"""A second signal this soon after the first is the same one delivered twice, not a second key press."""
 
 
 def _print_nodes(registry: Registry) -> None:
@@ -91,6 +95,7 @@ class _StopOnSignal:
         self.event = threading.Event()
         self.abort = abort
         self.signal: int | None = None
+        self.since = 0.0
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopOnSignal:
@@ -104,6 +109,8 @@ class _StopOnSignal:
 
     def handle(self, number: int, frame: Any) -> None:
         if self.event.is_set():
+            if number == self.signal and time.monotonic() - self.since < SAME_SIGNAL_SECONDS:
+                return  # one stop delivered twice: to the process and to its group (``timeout -s INT`` does)
             if self.abort is None:
                 raise KeyboardInterrupt
             self.abort.set()
@@ -113,6 +120,7 @@ class _StopOnSignal:
             )
             return
         self.signal = number
+        self.since = time.monotonic()
         self.event.set()
         print(
             f"\n{SIGNAL_NAMES[number]}: stopping after the current step; the result so far will be saved "
@@ -186,7 +194,9 @@ def _run(args: argparse.Namespace, app: App) -> int:
         for node_id, outputs in results.items():
             if outputs:
                 print(f"output {node_id}: {', '.join(_describe(value) for value in outputs)}")
-    return 0
+    # A stop that came as the run finished (its nodes all cached) leaves it complete, but a script's loop
+    # around nst must still end on it.
+    return 0 if stop.signal is None else stop.exit_code
 
 
 def _batch(args: argparse.Namespace, app: App) -> int:
@@ -315,6 +325,25 @@ def _configured(app: App, mode: str | None) -> bool:
     return True
 
 
+@contextmanager
+def _signals_held() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM noted, not raised, while the packs' modules load: a KeyboardInterrupt inside a
+    library's import was swallowed by it (the command then ran on and exited 0) or left a module half
+    loaded (numpy: "cannot load module more than once per process")."""
+    held: list[int] = []
+    previous = {number: signal.signal(number, lambda received, frame: held.append(received)) for number in EXIT_CODES}
+    try:
+        yield held
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _aborted(number: int) -> int:
+    print("aborted", file=sys.stderr)
+    return EXIT_CODES[number]
+
+
 def main(argv: list[str] | None = None, app: App | None = None) -> int:
     app = app or App()
     argv = sys.argv[1:] if argv is None else argv
@@ -324,10 +353,18 @@ def main(argv: list[str] | None = None, app: App | None = None) -> int:
         if argv and argv[0] in extra:  # a pack's own command (``nst video``): its errors end as ours do
             if not _configured(app, None):
                 return EXIT_INVALID
-            return int(extra[argv[0]].load()(argv[1:]))
+            with _signals_held() as held:
+                command = extra[argv[0]].load()
+                default_registry()
+            return _aborted(held[0]) if held else int(command(argv[1:]))
         args = parser(app, sorted(extra)).parse_args(argv)
         if args.command in ("run", "batch") and not _configured(app, getattr(args, "tuning", None)):
             return EXIT_INVALID
+        if args.command != "cache":
+            with _signals_held() as held:
+                default_registry()  # the packs' modules load here, torch's among them
+            if held:
+                return _aborted(held[0])
         if args.command == "run":
             return _run(args, app)
         if args.command == "validate":

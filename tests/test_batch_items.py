@@ -42,6 +42,16 @@ def test_values_are_globs_ranges_or_lists(frames: Path) -> None:
         parse_over("12.weight=[]")
 
 
+def test_an_existing_file_is_taken_as_it_is_named(frames: Path) -> None:
+    """Not split at its comma, nor read as a glob for its brackets; a glob that matches nothing says how to quote."""
+    for name in ("a,b.png", "photo[1].png"):
+        (frames / name).write_bytes(b"")
+        assert parse_over(f"1.image={name}", frames) == Over("1", "image", (name,), files=True)
+        assert parse_over(f"1.image={frames / name}").values == (str(frames / name),)
+    with pytest.raises(BatchError, match=r"matches no files \(a name with \* \? \[ in it: give it as a JSON list\)"):
+        parse_over(f"1.image={frames}/photo[2].png")
+
+
 def test_items_zip_or_form_a_grid() -> None:
     weights, seeds = Over("12", "weight", (1, 2)), Over("15", "seed", (7, 8, 9))
     assert len(batch_items([weights, seeds], grid=True)) == 6

@@ -355,6 +355,46 @@ def test_a_second_signal_aborts_at_once() -> None:
             stop.handle(signal.SIGINT, None)
 
 
+def test_one_stop_delivered_twice_at_once_is_one_stop() -> None:
+    """``timeout -s INT`` signals the process and then its group: that is not a second Ctrl-C."""
+    from graphrun.cli import SAME_SIGNAL_SECONDS, _StopOnSignal
+
+    with _StopOnSignal() as stop:
+        stop.handle(signal.SIGINT, None)
+        stop.handle(signal.SIGINT, None)  # the same instant: still a stop, not an abort
+        stop.since -= SAME_SIGNAL_SECONDS  # as if pressed again later
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)
+
+
+def test_a_stop_as_the_run_finishes_still_ends_nst_with_the_signals_code(monkeypatch, capsys) -> None:
+    """Its results are complete (all cached, say), but a shell loop around nst must stop on the Ctrl-C."""
+    import graphrun.cli
+
+    def finishes_as_the_signal_comes(*args: object, **kwargs: object) -> dict:
+        signal.raise_signal(signal.SIGINT)  # handled as a stop request: the run is past its last step
+        return {}
+
+    monkeypatch.setattr(graphrun.cli, "run", finishes_as_the_signal_comes)
+    assert main(["run", "graphs/gatys.json", "--no-cache"]) == 130
+    assert "Ctrl-C: stopping after the current step" in capsys.readouterr().err
+
+
+def test_a_signal_while_the_packs_load_ends_the_command_with_a_word(monkeypatch, capsys) -> None:
+    """A Ctrl-C inside a library's import was swallowed by it, or left numpy half loaded: it is held, then said."""
+    import graphrun.cli
+
+    def interrupted_import() -> object:
+        signal.raise_signal(signal.SIGTERM)
+        return graphrun.cli.Registry()
+
+    monkeypatch.setattr(graphrun.cli, "default_registry", interrupted_import)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["validate", "graphs/gatys.json"]) == 143
+    assert capsys.readouterr() == ("", "aborted\n")
+    assert signal.getsignal(signal.SIGTERM) == before  # put back as it was
+
+
 LATE_SIGNALS = {
     # in an exit handler that the command registered (as dask's and torch's are): it ends the process at once
     "exit handler": (

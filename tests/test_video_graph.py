@@ -238,6 +238,37 @@ def test_nst_video_refuses_to_write_over_its_own_clip(tmp_path: Path, capsys: py
     assert clip.read_bytes() == CLIP.read_bytes() and len(list(frames.iterdir())) == 2
 
 
+def test_nst_video_refuses_a_graph_it_cannot_run_as_nst_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An editor workflow is read as one (its core video nodes named), a broken file is refused by name."""
+    broken, stray = tmp_path / "broken.json", tmp_path / "stray.json"
+    broken.write_text('{"1": ')
+    stray.write_text('{"comment": "hi"}')
+    expected = {
+        "example_workflows/fast_video.json": "ComfyUI's own Load Video and Save Video, which run in the editor only",
+        str(broken): f"{broken} is not valid JSON",
+        str(stray): "node comment must be an object",
+        str(tmp_path / "missing.json"): "cannot read graph file",
+    }
+    for graph, message in expected.items():
+        assert main(["video", graph, str(CLIP), "-o", str(tmp_path / "out.mp4"), *TINY]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_nst_video_refuses_a_set_that_its_own_options_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--set 1.start would silently win over --frames (and the summary count the frames asked for)."""
+    output = str(tmp_path / "out.mp4")
+    for setting, option in (("1.start=1", "--frames"), ("18.format=gif", "-o"), ("16.steps=9", "--steps")):
+        assert main(["video", "graphs/video.json", str(CLIP), "-o", output, *TINY, "--set", setting]) == 2
+        assert (
+            f"--set {setting.split('=')[0]}: nst video sets it from {option}; use that instead"
+            in capsys.readouterr().err
+        )
+    assert not Path(output).exists()
+
+
 def test_nst_video_refuses_steps_for_a_graph_that_does_not_optimize(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

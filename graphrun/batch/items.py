@@ -72,8 +72,8 @@ def _name_files(values: list[Any], base: Path) -> bool:
 
 
 def parse_over(text: str, input_folder: Path = Path(".")) -> Over:
-    """``ID.INPUT=VALUES``: a JSON list, a glob of files (relative to ``input_folder``, in natural
-    order: frame_2 before frame_10), ``START:STOP[:STEP]`` (inclusive), or a comma list whose
+    """``ID.INPUT=VALUES``: a JSON list, one existing file, a glob of files (relative to ``input_folder``, in
+    natural order: frame_2 before frame_10), ``START:STOP[:STEP]`` (inclusive), or a comma list whose
     entries read as JSON where they parse (else as text)."""
     target, separator, raw = text.partition("=")
     node_id, dot, input_name = target.rpartition(".")
@@ -88,6 +88,8 @@ def parse_over(text: str, input_folder: Path = Path(".")) -> Over:
         if not listed:
             raise BatchError(f"--over {target}: the list is empty")
         return Over(node_id, input_name, tuple(listed), _name_files(listed, base))
+    if _name_files([raw], base):  # one file, whose name may hold a comma or a glob's brackets
+        return Over(node_id, input_name, (raw,), files=True)
     if GLOB_CHARACTERS.search(raw):
         pattern = Path(raw).expanduser()
         matches = glob.glob(str(pattern if pattern.is_absolute() else base / raw))
@@ -100,7 +102,10 @@ def parse_over(text: str, input_folder: Path = Path(".")) -> Over:
             key=natural_key,
         )
         if not found:
-            raise BatchError(f"--over {target}: {raw!r} matches no files in {base}")
+            where = "" if pattern.is_absolute() else f" in {base}"
+            raise BatchError(
+                f"--over {target}: {raw!r} matches no files{where} (a name with * ? [ in it: give it as a JSON list)"
+            )
         return Over(node_id, input_name, tuple(found), files=True)
     match = RANGE.fullmatch(raw.strip())
     if match:

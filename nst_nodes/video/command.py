@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from graphrun.arguments import at_least_one
+from graphrun.graph import load_graph
 from graphrun.host import DEVICES
 
 from ..nodes.base import Node
@@ -31,6 +32,7 @@ from .io import ENCODERS, ClipError, check_encoder, probe, read_frames_names
 
 LOADER, SAVER, OPTIMIZER, TEMPORAL = "NSTLoadVideo", "NSTSaveVideo", "NSTOptimize", "NSTTemporalLoss"
 TRAINER = "NSTTrainStylizer"
+CORE_VIDEO_HINT = " (this graph uses ComfyUI's own Load Video and Save Video, which run in the editor only)"
 TEMPORAL_MODES = ("off", "chain", "warped", "flow")
 OVERLAP = 8
 """Frames two neighbouring segments share by default: the later one warms up on them, then they are cross-faded
@@ -146,30 +148,35 @@ def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: 
         raise ValueError(
             f"{args.graph}: nst video needs exactly one {LOADER} and one {SAVER} node "
             f"(found {len(loaders)} and {len(savers)}); see graphs/video.json"
+            + (CORE_VIDEO_HINT if _nodes(prompt, "LoadVideo") else "")
         )
     load, save = loaders[0], savers[0]
     start, stop = args.frames
-    settings = [
-        f"{load}.video={json.dumps(places(args)[0])}",
-        f"{load}.start={start}",
-        f"{load}.stop={stop or 0}",
-        f"{save}.filename_prefix={json.dumps(output_name)}",
-        f"{save}.format={output_format}",
-    ]
+    chosen: dict[str, tuple[Any, str]] = {  # input -> its value, and the option it comes from
+        f"{load}.video": (json.dumps(places(args)[0]), "the clip argument"),
+        f"{load}.start": (start, "--frames"),
+        f"{load}.stop": (stop or 0, "--frames"),
+        f"{save}.filename_prefix": (json.dumps(output_name), "-o"),
+        f"{save}.format": (output_format, "-o"),
+    }
     if args.size is not None:
-        settings.append(f"{load}.long_side={args.size}")
+        chosen[f"{load}.long_side"] = (args.size, "--size")
     if args.steps is not None:
         optimizers = _nodes(prompt, OPTIMIZER)
         if not optimizers:
             trainers = "".join(f"; set Train Stylizer's with --set {node}.steps=N" for node in _nodes(prompt, TRAINER))
             raise ValueError(f"{args.graph}: --steps sets Optimize Image's steps, and it has none{trainers}")
-        settings += [f"{node}.steps={args.steps}" for node in optimizers]
+        chosen |= {f"{node}.steps": (args.steps, "--steps") for node in optimizers}
     if args.temporal is not None:
         temporal = _nodes(prompt, TEMPORAL)
         if not temporal:
             raise ValueError(f"{args.graph}: --temporal needs a {TEMPORAL} node in the graph")
-        settings += [f"{node}.mode={args.temporal}" for node in temporal]
-    return settings + list(args.overrides)
+        chosen |= {f"{node}.mode": (args.temporal, "--temporal") for node in temporal}
+    for override in args.overrides:
+        key = override.split("=", 1)[0].strip()
+        if key in chosen:
+            raise ValueError(f"--set {key}: nst video sets it from {chosen[key][1]}; use that instead")
+    return [f"{key}={value}" for key, (value, _) in chosen.items()] + list(args.overrides)
 
 
 def _format(output: Path) -> str:
@@ -197,17 +204,16 @@ def main(argv: list[str]) -> int:
     args.output = args.output.with_suffix(args.output.suffix.lower())  # what Save Video writes: out.MP4 -> out.mp4
     try:
         check_flags(args)
-        prompt = json.loads(args.graph.read_text())
+        prompt = load_graph(args.graph).prompt  # a prompt or an editor workflow, checked as nst run checks it
         output_format = _format(args.output)
         count = probe(
             args.input, args.frames[0], args.frames[1], long_side=args.size
         )  # refuses a clip that is not one, or too large
         if overwrites_input(args.input, args.output):
             raise ValueError(f"-o {args.output}: the clip is read from there; write the result somewhere else")
-    except (OSError, ValueError, ClipError) as error:
+    except (OSError, ValueError, ClipError) as error:  # GraphFormatError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
-    prompt = prompt.get("prompt", prompt)
     try:
         settings = settings_for(prompt, args, places(args)[2], output_format)
     except ValueError as error:
