@@ -180,12 +180,13 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
         metavar="ID.INPUT=SOURCE_ID[:INDEX]",
         help="item i's input reads item i-1's output (video: start each frame from the last)",
     )
-    batch_command.add_argument(
+    where = batch_command.add_mutually_exclusive_group()  # workers started here, or a cluster's
+    where.add_argument(
         "--scheduler",
         metavar="ADDRESS",
         help="join this Dask scheduler (e.g. tcp://10.0.0.5:8786) instead of starting workers",
     )
-    batch_command.add_argument(
+    where.add_argument(
         "--workers",
         type=at_least_one,
         default=1,

@@ -91,10 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID.INPUT=VALUE",
         help="replace any other constant input",
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()  # workers started here, or a cluster's
+    where.add_argument(
         "--workers", type=at_least_one, default=None, help="segments in parallel on this many local workers"
     )
-    parser.add_argument("--scheduler", metavar="ADDRESS", help="segments on the Dask cluster at this scheduler")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="segments on the Dask cluster at this scheduler")
     parser.add_argument(
         "--overlap", type=at_least_one, default=OVERLAP, help=f"frames neighbouring segments share (default {OVERLAP})"
     )
@@ -201,6 +202,11 @@ def main(argv: list[str]) -> int:
     from ..app import main as nst
 
     args = _parser().parse_args(argv)
+    if not args.output.name:
+        print(
+            f"error: -o {str(args.output)!r}: name a video file (out.mp4) or a folder for the frames", file=sys.stderr
+        )
+        return 2
     args.output = args.output.with_suffix(args.output.suffix.lower())  # what Save Video writes: out.MP4 -> out.mp4
     try:
         check_flags(args)
