@@ -292,14 +292,16 @@ def console(app: App | None = None) -> int:
     code, where Python would print a traceback. After the last exit handler the signals are ignored:
     the interpreter's own teardown resets Python's handlers to the default, which would end the process
     by the signal instead of with the command's exit code."""
-    atexit.register(_ignore_stop_signals)  # registered before the command's own: it runs after them
+    # Registered before the command's own exit handlers (dask and torch load inside main, and must keep
+    # doing so), it runs after them.
+    atexit.register(_ignore_stop_signals)
     code = main(app=app)
+    for number, exit_code in EXIT_CODES.items():
+        signal.signal(number, partial(_exit_at_once, exit_code))
     for stream in (sys.stdout, sys.stderr):  # None where the console was closed before the start
         with suppress(OSError, ValueError):  # a reader that left, a closed stream: nothing more to say
             if stream is not None:
                 stream.flush()
-    for number, exit_code in EXIT_CODES.items():
-        signal.signal(number, partial(_exit_at_once, exit_code))
     return code
 
 
@@ -331,7 +333,17 @@ def _signals_held() -> Iterator[list[int]]:
     library's import was swallowed by it (the command then ran on and exited 0) or left a module half
     loaded (numpy: "cannot load module more than once per process")."""
     held: list[int] = []
-    previous = {number: signal.signal(number, lambda received, frame: held.append(received)) for number in EXIT_CODES}
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield held
+        return
+
+    def hold(number: int, frame: Any) -> None:
+        if held:  # pressed again: the load may hang (a network drive); nothing is running yet to save
+            _exit_at_once(EXIT_CODES[number], number, frame)
+        held.append(number)
+        print(f"\n{SIGNAL_NAMES[number]}: stopping once the node packs have loaded (again: at once)", file=sys.stderr)
+
+    previous = {number: signal.signal(number, hold) for number in EXIT_CODES}
     try:
         yield held
     finally:

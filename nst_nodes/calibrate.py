@@ -62,7 +62,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="nst calibrate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="nst calibrate", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument(
         "--sizes",
         type=_size,

@@ -48,6 +48,9 @@ def test_an_existing_file_is_taken_as_it_is_named(frames: Path) -> None:
         (frames / name).write_bytes(b"")
         assert parse_over(f"1.image={name}", frames) == Over("1", "image", (name,), files=True)
         assert parse_over(f"1.image={frames / name}").values == (str(frames / name),)
+    (frames / "7").write_bytes(b"")
+    (frames / "1:2").write_bytes(b"")
+    assert parse_over("15.seed=7", frames).values == (7,) and parse_over("15.seed=1:2", frames).values == (1, 2)
     with pytest.raises(BatchError, match=r"matches no files \(a name with \* \? \[ in it: give it as a JSON list\)"):
         parse_over(f"1.image={frames}/photo[2].png")
 

@@ -355,14 +355,18 @@ def test_a_second_signal_aborts_at_once() -> None:
             stop.handle(signal.SIGINT, None)
 
 
-def test_one_stop_delivered_twice_at_once_is_one_stop() -> None:
+def test_one_stop_delivered_twice_at_once_is_one_stop(monkeypatch) -> None:
     """``timeout -s INT`` signals the process and then its group: that is not a second Ctrl-C."""
-    from graphrun.cli import SAME_SIGNAL_SECONDS, _StopOnSignal
+    import graphrun.cli
+    from graphrun.cli import SAME_SIGNAL_SECONDS
 
-    with _StopOnSignal() as stop:
+    now = [100.0]
+    monkeypatch.setattr(graphrun.cli.time, "monotonic", lambda: now[0])
+    with graphrun.cli._StopOnSignal() as stop:
         stop.handle(signal.SIGINT, None)
-        stop.handle(signal.SIGINT, None)  # the same instant: still a stop, not an abort
-        stop.since -= SAME_SIGNAL_SECONDS  # as if pressed again later
+        now[0] += SAME_SIGNAL_SECONDS / 2
+        stop.handle(signal.SIGINT, None)  # still a stop, not an abort
+        now[0] += SAME_SIGNAL_SECONDS  # pressed again
         with pytest.raises(KeyboardInterrupt):
             stop.handle(signal.SIGINT, None)
 
@@ -380,7 +384,10 @@ def test_a_stop_as_the_run_finishes_still_ends_nst_with_the_signals_code(monkeyp
     assert "Ctrl-C: stopping after the current step" in capsys.readouterr().err
 
 
-def test_a_signal_while_the_packs_load_ends_the_command_with_a_word(monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(
+    "argv", [["validate", "graphs/gatys.json"], ["video", "graphs/video.json", "clip.mp4", "-o", "out.mp4"]]
+)
+def test_a_signal_while_the_packs_load_ends_the_command_with_a_word(argv: list[str], monkeypatch, capsys) -> None:
     """A Ctrl-C inside a library's import was swallowed by it, or left numpy half loaded: it is held, then said."""
     import graphrun.cli
 
@@ -390,8 +397,11 @@ def test_a_signal_while_the_packs_load_ends_the_command_with_a_word(monkeypatch,
 
     monkeypatch.setattr(graphrun.cli, "default_registry", interrupted_import)
     before = signal.getsignal(signal.SIGTERM)
-    assert main(["validate", "graphs/gatys.json"]) == 143
-    assert capsys.readouterr() == ("", "aborted\n")
+    assert main(argv) == 143
+    assert capsys.readouterr() == (
+        "",
+        "\nSIGTERM: stopping once the node packs have loaded (again: at once)\naborted\n",
+    )
     assert signal.getsignal(signal.SIGTERM) == before  # put back as it was
 
 
@@ -411,6 +421,7 @@ LATE_SIGNALS = {
     "teardown": (
         "class Late:\n"
         "    def __del__(self):\n"
+        "        os.write(2, b'late signal\\n')\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "        time.sleep(1)\n"
         "late = Late()\n",
@@ -433,6 +444,7 @@ def test_a_signal_while_the_process_winds_up_ends_it_without_a_traceback(when: s
     finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert finished.returncode == code and "valid" in finished.stdout, finished
     assert "Traceback" not in finished.stderr and "Exception ignored" not in finished.stderr, finished.stderr
+    assert when != "teardown" or "late signal" in finished.stderr  # the finalizer did run, and signal
 
 
 def test_a_ctrl_c_while_nst_or_a_pack_command_starts_ends_it_with_a_word(capsys, monkeypatch) -> None:

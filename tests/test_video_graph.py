@@ -268,7 +268,7 @@ def test_nst_video_refuses_a_set_that_its_own_options_make(tmp_path: Path, capsy
         )
     assert not Path(output).exists()
     assert main(["video", "graphs/video.json", str(CLIP), "-o", "", *TINY]) == 2
-    assert "-o '.': name a video file (out.mp4) or a folder for the frames" in capsys.readouterr().err
+    assert "-o must end in a name: a video file (out.mp4) or a new folder for the frames" in capsys.readouterr().err
 
 
 def test_nst_video_refuses_steps_for_a_graph_that_does_not_optimize(

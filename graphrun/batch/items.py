@@ -72,9 +72,9 @@ def _name_files(values: list[Any], base: Path) -> bool:
 
 
 def parse_over(text: str, input_folder: Path = Path(".")) -> Over:
-    """``ID.INPUT=VALUES``: a JSON list, one existing file, a glob of files (relative to ``input_folder``, in
-    natural order: frame_2 before frame_10), ``START:STOP[:STEP]`` (inclusive), or a comma list whose
-    entries read as JSON where they parse (else as text)."""
+    """``ID.INPUT=VALUES``: a JSON list, ``START:STOP[:STEP]`` (inclusive), one existing file (its name
+    taken as it is), a glob of files (relative to ``input_folder``, in natural order: frame_2 before
+    frame_10), or a comma list whose entries read as JSON where they parse (else as text)."""
     target, separator, raw = text.partition("=")
     node_id, dot, input_name = target.rpartition(".")
     if not separator or not dot or not node_id or not input_name:
@@ -88,8 +88,8 @@ def parse_over(text: str, input_folder: Path = Path(".")) -> Over:
         if not listed:
             raise BatchError(f"--over {target}: the list is empty")
         return Over(node_id, input_name, tuple(listed), _name_files(listed, base))
-    if _name_files([raw], base):  # one file, whose name may hold a comma or a glob's brackets
-        return Over(node_id, input_name, (raw,), files=True)
+    if listed is None and not RANGE.fullmatch(raw.strip()) and _name_files([raw], base):
+        return Over(node_id, input_name, (raw,), files=True)  # one file: its name may hold a comma or brackets
     if GLOB_CHARACTERS.search(raw):
         pattern = Path(raw).expanduser()
         matches = glob.glob(str(pattern if pattern.is_absolute() else base / raw))

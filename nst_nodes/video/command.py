@@ -53,7 +53,9 @@ def _frames(text: str) -> tuple[int, int | None]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nst video", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="nst video",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("graph", type=Path, help="a graph with one Load Video and one Save Video node")
     parser.add_argument("input", help="a video file, or a folder or glob of frames")
@@ -202,9 +204,10 @@ def main(argv: list[str]) -> int:
     from ..app import main as nst
 
     args = _parser().parse_args(argv)
-    if not args.output.name:
+    if not args.output.name:  # '', '.', '..': Save Video writes a named file or folder
         print(
-            f"error: -o {str(args.output)!r}: name a video file (out.mp4) or a folder for the frames", file=sys.stderr
+            "error: -o must end in a name: a video file (out.mp4) or a new folder for the frames (out/)",
+            file=sys.stderr,
         )
         return 2
     args.output = args.output.with_suffix(args.output.suffix.lower())  # what Save Video writes: out.MP4 -> out.mp4
