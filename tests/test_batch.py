@@ -145,8 +145,8 @@ def test_an_abort_stops_waiting_and_reports_every_item(tmp_path: Path) -> None:
         result = batch(
             SLOW, ["1.value=1,2"], tmp_path, one.scheduler_address, stop=stop, abort=abort, reporter=reporter
         )
-    assert [item.outcome for item in result.items] == ["not started", "not started"]
-    assert sorted(reporter.items) == ["not started", "not started"]  # every item reported once
+    assert [item.outcome for item in result.items] == ["unfinished", "unfinished"]  # a worker may still save
+    assert sorted(reporter.items) == ["unfinished", "unfinished"]  # every item reported once
 
 
 def test_more_local_workers_than_cores_are_refused(tmp_path: Path) -> None:
@@ -366,7 +366,7 @@ def test_nst_batch_stopped_by_two_signals_reports_every_item_without_a_traceback
     stderr = "".join(lines)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
-    assert "3 items:" in stderr and "not started" in stderr, stderr
+    assert "3 items:" in stderr and ("not started" in stderr or "unfinished" in stderr), stderr
 
 
 def test_the_dask_executor_drives_an_execution_on_its_own(tmp_path: Path, cluster: str) -> None:

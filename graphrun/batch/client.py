@@ -16,7 +16,7 @@ from typing import Any
 
 from graphrun.batch.items import BatchError, Chain, Over, batch_items, item_prompt, split_item_id
 from graphrun.batch.prepare import Batch, prepare
-from graphrun.batch.report import DONE, FAILED, NOT_STARTED, BatchReporter, BatchResult, ItemResult, NodeRun
+from graphrun.batch.report import DONE, FAILED, NOT_STARTED, UNFINISHED, BatchReporter, BatchResult, ItemResult, NodeRun
 from graphrun.cache import DEFAULT_MEMORY_BYTES, Cache
 from graphrun.execute import NodeExecutionError, RunInterrupted
 from graphrun.executors.dask import DaskExecutor, Submission, TaskSettings, WorkerSetup, stop_cluster_on, wait_any
@@ -155,7 +155,7 @@ class _Collector:
                         self.finish(index, PARTIAL if partial[index] else DONE if ran[index] else CACHED, files(index))
         for index in waiting:
             if index not in self.results:
-                self.finish(index, NOT_STARTED, error="aborted")
+                self.finish(index, UNFINISHED, error="aborted: not waited for")
 
 
 def run_batch(
@@ -184,7 +184,7 @@ def run_batch(
     ``scheduler``. Items that fail do not stop the others; see :class:`BatchResult`.
 
     ``stop``: tasks stop after their current step and the best results so far are saved, as a run
-    does; ``abort``: stop waiting at once (items not finished are reported as not started).
+    does; ``abort``: stop waiting at once (items not finished are reported as unfinished).
     ``registry``: the node classes (default: the installed packs; workers must be able to import
     them); ``worker_hook`` runs once in each worker process before its first task."""
     shipped_registry = registry  # None: each worker reads the installed packs itself

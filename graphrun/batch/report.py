@@ -9,13 +9,14 @@ from pathlib import Path
 from graphrun.batch.items import Item
 from graphrun.reporting import CACHED, PARTIAL, RAN, SilentReporter
 
-DONE, FAILED, NOT_STARTED = "done", "failed", "not started"
+DONE, FAILED, NOT_STARTED, UNFINISHED = "done", "failed", "not started", "unfinished"
 
 
 @dataclass
 class ItemResult:
     """How an item ended: ``done`` (something ran), ``cached``, ``partial`` (stopped: the best result so
-    far was saved), ``failed`` or ``not started``."""
+    far was saved), ``failed``, ``not started`` or ``unfinished`` (not waited for after an abort: a node
+    that was running may still have saved its result so far)."""
 
     item: Item
     outcome: str
@@ -45,7 +46,7 @@ class BatchResult:
 
     @property
     def failed(self) -> list[ItemResult]:
-        return [result for result in self.items if result.outcome in (FAILED, NOT_STARTED)]
+        return [result for result in self.items if result.outcome in (FAILED, NOT_STARTED, UNFINISHED)]
 
     @property
     def shared_saving(self) -> float:
@@ -56,7 +57,9 @@ class BatchResult:
         counts: dict[str, int] = defaultdict(int)
         for result in self.items:
             counts[result.outcome] += 1
-        parts = ", ".join(f"{counts[o]} {o}" for o in (DONE, CACHED, PARTIAL, FAILED, NOT_STARTED) if counts[o])
+        parts = ", ".join(
+            f"{counts[o]} {o}" for o in (DONE, CACHED, PARTIAL, FAILED, NOT_STARTED, UNFINISHED) if counts[o]
+        )
         ran = [run for run in self.nodes if run.outcome == RAN]
         busy = sum(run.seconds for run in ran)
         finished = [result for result in self.items if result.outcome == DONE]
