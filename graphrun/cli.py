@@ -339,7 +339,7 @@ def _signals_held() -> Iterator[list[int]]:
 
     def hold(number: int, frame: Any) -> None:
         if held:  # pressed again: the load may hang (a network drive); nothing is running yet to save
-            _exit_at_once(EXIT_CODES[number], number, frame)
+            os._exit(EXIT_CODES[number])
         held.append(number)
         print(f"\n{SIGNAL_NAMES[number]}: stopping once the node packs have loaded (again: at once)", file=sys.stderr)
 

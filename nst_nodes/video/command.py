@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from graphrun.arguments import at_least_one
-from graphrun.graph import load_graph
+from graphrun.graph import load_graph, parse_override
 from graphrun.host import DEVICES
 
 from ..nodes.base import Node
@@ -125,6 +125,8 @@ def _flag_problem(flag: str, value: int | None, node: type[Node], input_name: st
 
 
 def check_flags(args: argparse.Namespace) -> None:
+    if not args.output.name:  # '' or '.': Save Video writes a named file or folder
+        raise ValueError("-o must end in a name: a video file (out.mp4) or a new folder for the frames (out/)")
     _flag_problem("--frames", args.frames[0], LoadVideo, "start")
     _flag_problem("--frames", args.frames[1], LoadVideo, "stop")
     _flag_problem("--size", args.size, LoadVideo, "long_side")
@@ -176,7 +178,8 @@ def settings_for(prompt: dict[str, Any], args: argparse.Namespace, output_name: 
             raise ValueError(f"{args.graph}: --temporal needs a {TEMPORAL} node in the graph")
         chosen |= {f"{node}.mode": (args.temporal, "--temporal") for node in temporal}
     for override in args.overrides:
-        key = override.split("=", 1)[0].strip()
+        node_id, input_name, _ = parse_override(override)  # as nst run reads it
+        key = f"{node_id}.{input_name}"
         if key in chosen:
             raise ValueError(f"--set {key}: nst video sets it from {chosen[key][1]}; use that instead")
     return [f"{key}={value}" for key, (value, _) in chosen.items()] + list(args.overrides)
@@ -204,15 +207,9 @@ def main(argv: list[str]) -> int:
     from ..app import main as nst
 
     args = _parser().parse_args(argv)
-    if not args.output.name:  # '', '.', '..': Save Video writes a named file or folder
-        print(
-            "error: -o must end in a name: a video file (out.mp4) or a new folder for the frames (out/)",
-            file=sys.stderr,
-        )
-        return 2
-    args.output = args.output.with_suffix(args.output.suffix.lower())  # what Save Video writes: out.MP4 -> out.mp4
     try:
         check_flags(args)
+        args.output = args.output.with_suffix(args.output.suffix.lower())  # Save Video writes out.MP4 as out.mp4
         prompt = load_graph(args.graph).prompt  # a prompt or an editor workflow, checked as nst run checks it
         output_format = _format(args.output)
         count = probe(
