@@ -17,7 +17,8 @@ A node whose ``IS_CHANGED`` returns NaN (ComfyUI's "always rerun") is *volatile*
 descendants are never served from or written to the cache. An output node is served from the
 cache only while the files it wrote are still there, unchanged. After a stop request only the
 nodes downstream of a partial result become ready (so the best result so far is saved); nothing
-partial is cached, and :meth:`Execution.outputs` raises :class:`RunInterrupted`.
+partial is cached, and :meth:`Execution.outputs` raises :class:`RunInterrupted`. What a stopped
+node kept of its progress (graphrun/cache/progress.py) waits under its key for the next run.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from typing import Any
 
 from graphrun.cache import Cache, NodeResult, UnreadableEntry
 from graphrun.cache.entry import result_is_storable
-from graphrun.cache.keys import always_changes, code_version, file_digest, node_key
+from graphrun.cache.keys import always_changes, code_version, file_digest, node_key, progress_key
+from graphrun.cache.progress import KeptProgress
 from graphrun.graph import Graph
 from graphrun.host import Folders, Preview, RunnerHost
 from graphrun.plan import Plan
@@ -138,7 +140,22 @@ class Execution:
         def progress(step: int, total: int, info: dict[str, Any], preview: Preview | None) -> None:
             self.reporter.progress(node_id, class_type, step, total, info, preview)
 
-        return RunnerHost(self.device, self.folders, self.stop, progress)
+        return RunnerHost(self.device, self.folders, self.stop, progress, self._kept_progress(node_id))
+
+    def _kept_progress(self, node_id: str) -> KeptProgress | None:
+        """Where the node keeps its progress when stopped: under its key, unless it has none yet (its
+        ``IS_CHANGED`` is being asked), reruns every time, or runs on a stopped node's partial result."""
+        if node_id not in self.keys or node_id in self.volatile:
+            return None
+        if any(source in self.partial for source in self.sources(node_id)):
+            return None
+
+        def warn(message: str) -> None:
+            self.reporter.warning(f"node {node_id} ({self.class_type(node_id)}): {message}")
+
+        return KeptProgress(
+            self.cache, progress_key(self.keys[node_id]), warn, resumable=node_id not in self.plan.forced
+        )
 
     def hidden_for(self, node_id: str, host: RunnerHost) -> dict[str, Any]:
         """Hidden inputs by kind, as ComfyUI names them, plus the engine's own host."""
@@ -302,6 +319,8 @@ class Execution:
         else:
             outcome = RAN
             self._keep(node_id, result)
+            if node_id not in self.volatile:
+                self.cache.discard(progress_key(self.keys[node_id]))  # what a stopped run of it kept
         files = [self.folders.output / path for path in written_files(result)]
         self.reporter.node_done(
             node_id, self.class_type(node_id), time.perf_counter() - started, outcome, files, shown_text(result)

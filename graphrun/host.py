@@ -8,7 +8,9 @@ its nodes the same interface through its own adapter there.
 Stopping is one path: ``should_stop()`` answers True once the user asked to stop (Ctrl-C,
 SIGTERM, an API caller's event). A node that sees it returns the best result it has; the
 runner marks that result partial, lets it flow to the output nodes, caches none of it, and
-then reports the run as interrupted.
+then reports the run as interrupted. A node that can go on from where it stopped keeps its
+state with ``keep_progress`` first; a rerun of the same node gets it from ``resume_state``
+(graphrun/cache/progress.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -25,6 +27,14 @@ Preview = Callable[[], Any]
 """Makes a preview picture (an object with ``save(path)``) when a reporter wants one."""
 
 ProgressSink = Callable[[int, int, dict[str, Any], Preview | None], None]
+
+
+class ProgressStore(Protocol):
+    """Where a node's progress is kept between runs (``graphrun.cache.progress.KeptProgress``)."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any], done: int) -> None: ...
 
 
 def resolve_device(name: str) -> str:
@@ -73,12 +83,18 @@ class RunnerHost:
     """What a running node may ask of the runner; one per node execution."""
 
     def __init__(
-        self, device: str, folders: Folders, stop: threading.Event, on_progress: ProgressSink | None = None
+        self,
+        device: str,
+        folders: Folders,
+        stop: threading.Event,
+        on_progress: ProgressSink | None = None,
+        kept: ProgressStore | None = None,
     ) -> None:
         self.device = device
         self.folders = folders
         self._stop = stop
         self._on_progress = on_progress
+        self._kept = kept
         self.stopped_early = False  # the node saw a stop request: what it returns is partial
 
     @property
@@ -107,3 +123,14 @@ class RunnerHost:
         if self._stop.is_set():
             self.stopped_early = True
         return self.stopped_early
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """The state a stopped run of this same node (the same inputs, settings and code) kept, or None:
+        go on from it, to the same result as a run that never stopped."""
+        return self._kept.load() if self._kept is not None else None
+
+    def keep_progress(self, state: dict[str, Any], done: int) -> None:
+        """Keep this node's state as it stops (tensors and JSON-able values) for a rerun to go on from;
+        ``done`` says how far it got: progress kept that got as far or further stays."""
+        if self._kept is not None:
+            self._kept.save(state, done)

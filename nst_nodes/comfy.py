@@ -76,6 +76,13 @@ class ComfyHost:
         comfy.model_management.throw_exception_if_processing_interrupted()
         return False
 
+    def resume_state(self) -> dict[str, Any] | None:
+        """None: Cancel interrupts a node before it can keep anything (above)."""
+        return None
+
+    def keep_progress(self, state: dict[str, Any], done: int) -> None:
+        return None
+
 
 VIDEO_SAMPLES = (".mp4",)
 

@@ -49,6 +49,13 @@ class Host(Protocol):
         """Polled after every step. True: return the best result so far now. A host may instead
         raise its own interruption (ComfyUI does: an interrupted node returns nothing there)."""
 
+    def resume_state(self) -> dict[str, Any] | None:
+        """What a stopped run of this same node kept with :meth:`keep_progress`, or None: go on from it."""
+
+    def keep_progress(self, state: dict[str, Any], done: int) -> None:
+        """On a stop, before returning the best result so far: keep ``state`` (tensors and JSON-able values)
+        for a rerun to go on from; ``done`` says how far the node got. Hosts without a store ignore it."""
+
 
 class LocalHost:
     """Plain Python use: plain paths from the current directory, no progress, never asked to stop."""
@@ -83,6 +90,12 @@ class LocalHost:
 
     def should_stop(self) -> bool:
         return False
+
+    def resume_state(self) -> dict[str, Any] | None:
+        return None
+
+    def keep_progress(self, state: dict[str, Any], done: int) -> None:
+        return None
 
 
 def comfyui_is_running() -> bool:

@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -127,6 +128,29 @@ class BoxLBFGS:
         self._remember(x - start, self._gradient() - gradient)
         self.loss = loss
         return loss
+
+    def state(self) -> dict[str, Any]:
+        """What a later run needs, with ``x``, to go on exactly from here: the loss and gradient at ``x`` and the
+        curvature pairs as stored, oldest first."""
+        grad = self.x.grad
+        return {
+            "loss": self.loss,
+            "gradient": grad.detach().clone() if grad is not None and self.loss is not None else None,
+            "steps_taken": self.steps_taken[self.order].clone(),
+            "gradient_changes": self.gradient_changes[self.order].clone(),
+            "inverse_curvatures": list(self.inverse_curvatures),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go on from :meth:`state` (of a run with the same settings, at the ``x`` it was taken at)."""
+        count = len(state["inverse_curvatures"])
+        self.steps_taken[:count] = state["steps_taken"].to(self.steps_taken.device)
+        self.gradient_changes[:count] = state["gradient_changes"].to(self.gradient_changes.device)
+        self.inverse_curvatures = [float(rho) for rho in state["inverse_curvatures"]]
+        self.order = list(range(count))
+        self.loss = state["loss"]
+        if state["gradient"] is not None:
+            self.x.grad = state["gradient"].to(self.x.device, self.x.dtype, copy=True)
 
     def _gradient_step_length(self, gradient: torch.Tensor) -> float:
         """At most 1; :data:`FIRST_STEP` of the box's width for the pixel that moves most (``1 / |g|_1`` in an

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import torch
 
 from . import kernels
 from .lbfgs import BoxLBFGS, time_vector_work
 from .losses import ObjectiveFunction, tensor_sum, term_layers
-from .types import History, Objective
+from .types import History, Objective, OptimizationProgress
 from .vgg import LAYER_INDEX, VGGModel
 
 METHODS = ("lbfgs", "adam")
@@ -280,12 +280,16 @@ def optimize(
     settings: OptimizerSettings,
     report: Callable[[int, int, float, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: OptimizationProgress | None = None,
+    keep: Callable[[OptimizationProgress], None] | None = None,
 ) -> tuple[torch.Tensor, History]:
     """Minimize the objective over the pixels of ``start`` ``[1, 3, H, W]``; returns (best image, history).
 
     ``report(step, total, loss, image)`` is called after every step with the current iterate, then
     ``should_stop()`` is polled: True ends the run with the best image so far (at least one step
-    is always taken, so a stopped run still returns an optimized image).
+    is always taken, so a stopped run still returns an optimized image), after handing ``keep`` the
+    state to go on from. ``resume``: such a state, of a run with the same arguments; the run goes on
+    from it to the result it would have reached had it not stopped.
 
     Works under a host's ``torch.inference_mode()``: targets (ObjectiveFunction) and the start
     image are cloned into normal tensors before autograd sees them.
@@ -303,13 +307,18 @@ def optimize(
         device = start.device
         loss_parts = ObjectiveFunction(objective["terms"], device)
         lower, upper = model.preprocessing.bounds(start)
-        image = start.detach().clone(memory_format=torch.contiguous_format).clamp_(lower, upper).requires_grad_(True)
+        first = start if resume is None else resume["image"].to(device, start.dtype)
+        image = first.detach().clone(memory_format=torch.contiguous_format).clamp_(lower, upper).requires_grad_(True)
         short = settings.steps <= FP32_START  # nothing timed: it would cost more than it saves
-        plan = "fp32"
-        if not short:
+        history_dtype = DTYPES[settings.history_precision]
+        if resume is not None:
+            plan, threads = resume["plan"], resume["vector_threads"]
+        elif short:
+            plan, threads = "fp32", torch.get_num_threads()
+        else:
             plan = pass_plan(settings.precision, model, image.detach(), layers, loss_parts.total, should_stop)
+            threads = vector_threads(model, image.detach(), plan, history_dtype) if settings.method == "lbfgs" else 0
         if settings.method == "lbfgs":
-            history_dtype = DTYPES[settings.history_precision]
             optimizer: BoxLBFGS | torch.optim.Optimizer = BoxLBFGS(
                 image,
                 lower,
@@ -317,11 +326,14 @@ def optimize(
                 lr=settings.lr,
                 history_size=settings.history_size,
                 history_dtype=history_dtype,
-                vector_threads=None if short else vector_threads(model, image.detach(), plan, history_dtype),
+                vector_threads=threads or None,
             )
         else:
             optimizer = torch.optim.Adam([image], lr=settings.lr)
         tracker = _Tracker(image.detach().clone())
+        if resume is not None:
+            tracker.restore(resume, device)
+            restore_optimizer(optimizer, image, resume["optimizer"])
         precision, _, one_kernel = plan.partition(" ")
         reduced = False  # a bf16 or tf32 plan's passes, after its first FP32_START steps in fp32
 
@@ -339,8 +351,9 @@ def optimize(
                 tensor_sum(parts.values()).backward()
             return tracker.record(image, parts)
 
-        steps, stopped = 0, False
-        for step in range(1, settings.steps + 1):
+        steps = resume["step"] if resume is not None else 0
+        stopped = False
+        for step in range(steps + 1, settings.steps + 1):
             reduced = step > FP32_START
             optimizer.step(evaluate)
             if settings.method == "adam":
@@ -350,6 +363,8 @@ def optimize(
             report(step, settings.steps, tracker.history["loss"][-1], image.detach())
             if step < settings.steps and should_stop():  # after the last step there is nothing left to stop
                 stopped = True
+                if keep is not None:
+                    keep(tracker.progress(step, plan, threads, image, optimizer_state(optimizer, image)))
                 break
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
             with torch.no_grad(), cuda_pass(device, reduced and precision == "tf32"):
@@ -359,6 +374,24 @@ def optimize(
     return tracker.best_image, history
 
 
+def optimizer_state(optimizer: BoxLBFGS | torch.optim.Optimizer, image: torch.Tensor) -> dict[str, Any]:
+    """What the optimizer carries from step to step: L-BFGS's (:meth:`BoxLBFGS.state`) or Adam's moments."""
+    if isinstance(optimizer, BoxLBFGS):
+        return optimizer.state()
+    return {name: value.detach().clone() for name, value in optimizer.state[image].items()}
+
+
+def restore_optimizer(optimizer: BoxLBFGS | torch.optim.Optimizer, image: torch.Tensor, state: dict[str, Any]) -> None:
+    if isinstance(optimizer, BoxLBFGS):
+        optimizer.restore(state)
+    elif state:
+        # Adam's step count stays where Adam keeps it (the CPU); its moments go with the image
+        optimizer.state[image] = {
+            name: value.clone() if name == "step" else value.to(image.device, image.dtype, copy=True)
+            for name, value in state.items()
+        }
+
+
 class _Tracker:
     """Loss history per evaluated iterate, the best iterate so far, and the NaN/inf guard."""
 
@@ -366,6 +399,25 @@ class _Tracker:
         self.history: dict[str, list[float]] = {"loss": []}
         self.best_loss = math.inf
         self.best_image = image
+
+    def progress(
+        self, step: int, plan: str, threads: int, image: torch.Tensor, optimizer: dict[str, Any]
+    ) -> OptimizationProgress:
+        return {
+            "step": step,
+            "plan": plan,
+            "vector_threads": threads,
+            "image": image.detach().clone(),
+            "optimizer": optimizer,
+            "best_image": self.best_image.clone(),
+            "best_loss": self.best_loss,
+            "history": {kind: list(values) for kind, values in self.history.items()},
+        }
+
+    def restore(self, progress: OptimizationProgress, device: torch.device) -> None:
+        self.history = {kind: list(values) for kind, values in progress["history"].items()}
+        self.best_loss = progress["best_loss"]
+        self.best_image = progress["best_image"].to(device, copy=True)
 
     def record(self, image: torch.Tensor, parts: dict[str, torch.Tensor]) -> float:
         values = {kind: part.item() for kind, part in parts.items()}

@@ -175,6 +175,45 @@ class Stylizer(TypedDict):
     training: Training
 
 
+# What a stopped node keeps for its rerun to go on from (the host's keep_progress): tensors and JSON-able values.
+
+
+class OptimizationProgress(TypedDict):
+    """One picture's optimization stopped after ``step`` steps (nst_nodes.optimize.optimize)."""
+
+    step: int
+    plan: str  # the pass plan it ran on, and the threads of L-BFGS's vector work: kept, not timed again
+    vector_threads: int
+    image: torch.Tensor  # the current iterate [1, 3, H, W]
+    optimizer: dict[str, Any]  # BoxLBFGS.state(), or Adam's moments of the image
+    best_image: torch.Tensor
+    best_loss: float
+    history: dict[str, list[float]]  # the loss and the terms of every evaluation so far
+
+
+class ClipProgress(TypedDict):
+    """Optimize Image stopped part way through its frames (nst_nodes.video.frames.optimize_frames)."""
+
+    frames: torch.Tensor  # the frames finished, [K, 3, H, W]
+    history: dict[str, Any]  # their History
+    current: OptimizationProgress | None  # frame K's, where the stop came within it
+
+
+class TrainingProgress(TypedDict):
+    """Train Stylizer stopped after ``step`` steps (nst_nodes.fast.train.train_stylizer)."""
+
+    step: int
+    plan: str  # the loss network's pass plan and the stylizer's own ("PRECISION LAYOUT"): kept, not timed again
+    network_plan: str
+    weights: dict[str, torch.Tensor]  # the network's state dict
+    optimizer: dict[str, dict[str, torch.Tensor]]  # Adam's state of each parameter, by its index
+    generator: torch.Tensor  # the state of the crops' generator
+    best_weights: dict[str, torch.Tensor]  # the checkpoint kept so far, as the run that never stopped has it
+    best_loss: float
+    best_step: int
+    seconds: float  # of training so far
+
+
 VALUE_TYPES: dict[str, Any] = {
     IMAGE: torch.Tensor,
     NST_TENSOR: NetworkTensor,

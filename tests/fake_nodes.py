@@ -161,6 +161,20 @@ class Slow(Countdown):
         return (start + done,)
 
 
+class Resumable(Countdown):
+    """A countdown that keeps its count when stopped and goes on from a count a stopped run of it kept."""
+
+    def count(self, start: int, steps: int, context: Any = None) -> tuple[int]:
+        done = int((context.resume_state() or {"done": 0})["done"])
+        for step in range(done + 1, steps + 1):
+            done = step
+            context.progress(step, steps)
+            if step < steps and context.should_stop():
+                context.keep_progress({"done": done, "tensor": torch.full((2,), float(done))}, done)
+                break
+        return (start + done,)
+
+
 class Reciprocal:
     """Fails at run time (not at validation) for 0."""
 
@@ -282,6 +296,7 @@ NODE_CLASS_MAPPINGS = {
         Opaque,
         Countdown,
         Slow,
+        Resumable,
         Reciprocal,
         Fail,
         Checked,

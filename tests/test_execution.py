@@ -159,6 +159,62 @@ def test_stop_request_lets_the_partial_result_reach_the_outputs_and_caches_none_
     assert resumed.cached == ["1"] and sorted(resumed.ran) == ["2", "3", "4", "5"]  # nothing partial was kept
 
 
+RESUMABLE = {
+    "1": {"class_type": "Number", "inputs": {"value": 1}},
+    "2": {"class_type": "Resumable", "inputs": {"start": ["1", 0], "steps": 10}},
+    "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
+}
+
+
+def run_resumable(tmp_path: Path, stop_at: int | None = None, **kwargs):
+    """A run of RESUMABLE in a new process (a fresh cache on the same folder); ``stop_at``: a stop at node 2's step."""
+    reporter = type(kwargs.pop("reporter"))()
+    stop = threading.Event()
+    if stop_at is not None:
+        reporter.stop_at = ("2", stop_at, stop)
+    try:
+        outputs = run_chain(later_process(tmp_path), reporter, graph=RESUMABLE, stop=stop, **kwargs)
+    except RunInterrupted as interrupted:
+        outputs = interrupted.outputs
+    return reporter, [step for node, step, _ in reporter.steps if node == "2"], outputs
+
+
+def test_a_stopped_node_keeps_its_progress_and_the_next_run_goes_on_from_it(tmp_path: Path, reporter) -> None:
+    _, steps, _ = run_resumable(tmp_path, 3, reporter=reporter)
+    assert steps == [1, 2, 3]
+    again, steps, outputs = run_resumable(tmp_path, reporter=reporter)
+    assert steps == [4, 5, 6, 7, 8, 9, 10] and outputs == {"3": ()} and again.ran == ["2", "3"]
+    assert any("node 2 (Resumable): goes on from where a stopped run of it got to" in w for w in again.warnings)
+    assert run_resumable(tmp_path, reporter=reporter)[0].cached == ["3"]  # served whole; nothing partial cached
+    # done: its progress is gone, so a forced rerun starts over
+    forced, steps, _ = run_resumable(tmp_path, reporter=reporter, recompute=["2"])
+    assert steps == list(range(1, 11)) and not forced.warnings
+
+
+def test_progress_that_got_further_is_not_replaced_by_progress_that_got_less_far(tmp_path: Path, reporter) -> None:
+    assert run_resumable(tmp_path, 6, reporter=reporter)[1] == [1, 2, 3, 4, 5, 6]
+    _, steps, _ = run_resumable(tmp_path, 2, reporter=reporter, recompute=["2"])  # forced: starts over
+    assert steps == [1, 2]
+    assert run_resumable(tmp_path, reporter=reporter)[1] == [7, 8, 9, 10]  # from 6, not 2
+
+
+def test_a_node_that_ran_on_a_stopped_nodes_result_keeps_no_progress(tmp_path: Path, reporter) -> None:
+    graph = {
+        "1": {"class_type": "Number", "inputs": {"value": 1}},
+        "2": {"class_type": "Countdown", "inputs": {"start": ["1", 0], "steps": 10}},
+        "3": {"class_type": "Resumable", "inputs": {"start": ["2", 0], "steps": 5}},
+        "4": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
+    }
+    stop = threading.Event()
+    reporter.stop_at = ("2", 3, stop)
+    with pytest.raises(RunInterrupted):
+        run_chain(later_process(tmp_path), reporter, graph=graph, stop=stop)
+    assert reporter.partial == ["2", "3", "4"] and ("3", 1, 5) in reporter.steps  # node 3 stopped at its first step
+    again = type(reporter)()
+    run_chain(later_process(tmp_path), again, graph=graph)
+    assert [step for node, step, _ in again.steps if node == "3"] == [1, 2, 3, 4, 5] and not again.warnings
+
+
 def test_stop_requested_before_anything_runs_runs_nothing(tmp_path: Path, reporter) -> None:
     flag = threading.Event()
     flag.set()

@@ -30,7 +30,7 @@ from nst_nodes.fast.train import (
 from nst_nodes.losses import style_statistics, style_term
 from nst_nodes.nodes import NODE_CLASS_MAPPINGS
 from nst_nodes.optimize import device_label, native_bf16
-from nst_nodes.types import Flow, Objective, Stylizer, Temporal
+from nst_nodes.types import Flow, Objective, Stylizer, Temporal, TrainingProgress
 from nst_nodes.vgg import VGGModel, load_vgg19
 from nst_nodes.video.flow import warp
 
@@ -212,6 +212,24 @@ def test_a_stop_keeps_the_best_checkpoint_so_far_and_it_stylizes(model: VGGModel
     assert 1 <= stylizer["training"]["best_step"] <= 3
     assert previews[-1].shape == pictures()[-1:].shape  # the held-aside picture, stylized
     assert stylize(build(stylizer), pictures(1)).shape == pictures(1).shape
+
+
+def test_a_stopped_training_goes_on_to_the_stylizer_it_would_have_trained(model: VGGModel) -> None:
+    """The weights, Adam's moments, the crops' generator and the checkpoint as the steps so far left it (not the
+    stop's own extra checkpoint) make the rest of the training the same as one that never stopped."""
+    longer = trained(model, steps=40)  # a checkpoint every second step (CHECKPOINTS is 20)
+    kept: list[TrainingProgress] = []
+    calls = iter(range(100))
+    part = trained(model, steps=40, should_stop=lambda: next(calls) >= 4, keep=kept.append)
+    assert part["training"]["steps"] == 5 and part["training"]["best_step"] == 5  # the stop's own checkpoint
+    assert kept[0]["step"] == 5 and kept[0]["best_step"] in (2, 4)
+    steps: list[int] = []
+    rest = trained(model, steps=40, report=lambda step, *_: steps.append(step), resume=kept[0])
+    assert steps == list(range(6, 41))
+    assert rest["training"]["best_step"] == longer["training"]["best_step"]
+    assert rest["training"]["loss"] == longer["training"]["loss"] and rest["training"]["steps"] == 40
+    assert all(torch.equal(rest["weights"][name], longer["weights"][name]) for name in longer["weights"])
+    assert not all(torch.equal(part["weights"][name], longer["weights"][name]) for name in longer["weights"])
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from graphrun import (
     Folders,
     GraphValidationError,
     NodeExecutionError,
+    RunInterrupted,
     default_registry,
     load_graph,
     run,
@@ -75,6 +77,22 @@ def test_gatys_graph_runs_end_to_end_and_documents_itself(tmp_path: Path, report
     again = type(reporter)()
     tiny_run(tmp_path, overrides={"12.weight": 0.01}, cache=cache, reporter=again)
     assert sorted(again.ran, key=int) == ["12", "14", "15", "16", "17", "18", "19"]
+
+
+def test_a_stopped_optimization_is_taken_up_again_by_the_next_run_to_the_same_image(tmp_path: Path, reporter) -> None:
+    """Through the engine and the node: the stop keeps the optimizer's state in the cache (a new process's cache
+    finds it), the rerun goes on from the step after the stop, and its image is the uninterrupted run's."""
+    steps = {"15.steps": 14}
+    whole = tiny_run(tmp_path / "whole", overrides=steps, outputs=["15"])["15"][0]["pixels"]
+    stop = threading.Event()
+    reporter.stop_at = ("15", 5, stop)
+    with pytest.raises(RunInterrupted):
+        tiny_run(tmp_path, overrides=steps, cache=Cache(tmp_path / "cache"), reporter=reporter, stop=stop)
+    again = type(reporter)()
+    rest = tiny_run(tmp_path, overrides=steps, cache=Cache(tmp_path / "cache"), reporter=again, outputs=["15"])
+    assert [step for node, step, _ in again.steps if node == "15"] == list(range(6, 15))
+    assert any(warning.startswith("node 15 (NSTOptimize): goes on from") for warning in again.warnings)
+    assert torch.equal(rest["15"][0]["pixels"], whole)
 
 
 def test_a_whole_graph_runs_inside_inference_mode_like_comfyui(tmp_path: Path, device: torch.device) -> None:
@@ -261,9 +279,8 @@ def test_a_signal_stops_the_optimizer_saves_the_best_image_so_far_and_caches_non
     assert remaining.rstrip().endswith("; finished results stay cached")  # not said under --no-cache
     with Image.open(output / "gatys.png") as picture:
         assert picture.size == (64, 48)
-    assert (
-        len(list(cache_dir.glob("*/*.entry"))) == 9
-    )  # everything before the optimizer but the model and the losses (memory-only)
+    # everything before the optimizer but the model and the losses (memory-only), and the optimizer's state
+    assert len(list(cache_dir.glob("*/*.entry"))) == 9 + 1
 
 
 @pytest.mark.parametrize("name", ["gatys", "blend", "colors", "regions", "styles", "hires", "fast"])

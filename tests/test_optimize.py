@@ -415,3 +415,25 @@ def test_vector_threads_are_timed_once_and_remembered_so_runs_repeat(
     if on_cpu_with_threads:
         key = f"lbfgs vector threads:{'x'.join(map(str, content.shape))}:torch.bfloat16"
         assert kernels.chooser().choices[key].path in ("1", str(torch.get_num_threads()))
+
+
+@pytest.mark.parametrize("method, lr", [("lbfgs", 1.0), ("adam", 5.0)])
+def test_a_stopped_optimization_goes_on_to_the_result_it_would_have_reached(model: VGGModel, problem, method, lr):
+    """What a stop keeps (L-BFGS's curvature pairs, Adam's moments, the best iterate, the history) makes the rest
+    of the run the same as a run that never stopped, bit for bit."""
+    content, objective = problem
+    settings = OptimizerSettings(steps=6, method=method, lr=lr)
+    whole, whole_history = optimize(model, objective, content, settings)
+    kept: list[Any] = []
+    calls = iter(range(100))
+    part, part_history = optimize(model, objective, content, settings, None, lambda: next(calls) >= 2, keep=kept.append)
+    assert part_history["steps"] == 3 and len(kept) == 1 and kept[0]["step"] == 3
+    assert not torch.equal(part, whole)
+    steps: list[int] = []
+    rest, rest_history = optimize(
+        model, objective, content, settings, lambda step, *_: steps.append(step), resume=kept[0]
+    )
+    assert steps == [4, 5, 6] and rest_history["steps"] == 6
+    assert torch.equal(rest, whole) and rest_history["loss"] == whole_history["loss"]
+    if method == "lbfgs":
+        assert len(kept[0]["optimizer"]["inverse_curvatures"]) >= 1  # the pairs were kept, not rebuilt

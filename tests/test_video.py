@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -271,3 +272,26 @@ def test_video_metrics_of_one_frame_say_so_instead_of_failing_after_the_work() -
     assert node.measure(one, three)["result"] == node.measure(one, one)["result"]
     with pytest.raises(ValueError, match="must be of one size"):
         node.measure(three, torch.rand(3, 8, 9, 3))
+
+
+@pytest.mark.parametrize("stop_after", [4, 2])  # after frame 1's second step; between frames 0 and 1
+def test_a_stopped_clip_goes_on_from_its_frames_done_to_the_same_result(clip_problem, stop_after) -> None:
+    model, init, objective, flow = clip_problem
+    temporal = {"start": "warped", "weight": 1e3, "flow": flow}
+    settings = OptimizerSettings(steps=3)
+    whole, whole_history, _ = optimize_frames(model, objective, init, temporal, settings)
+    kept: list[Any] = []
+    calls = iter(range(100))
+    optimize_frames(
+        model, objective, init, temporal, settings, None, lambda: next(calls) >= stop_after, keep=kept.append
+    )
+    assert len(kept) == 1 and kept[0]["frames"].shape[0] == 1
+    assert (kept[0]["current"] is None) == (stop_after == 2)
+    seen: list[tuple[int, int]] = []
+    rest, rest_history, stopped = optimize_frames(
+        model, objective, init, temporal, settings, lambda frame, step, *_: seen.append((frame, step)), resume=kept[0]
+    )
+    assert not stopped and torch.equal(rest, whole)
+    assert rest_history["loss"] == whole_history["loss"] and rest_history["frames"] == whole_history["frames"]
+    assert rest_history["steps"] == whole_history["steps"] == 9
+    assert seen[0] == ((1, 3) if stop_after == 4 else (1, 1))

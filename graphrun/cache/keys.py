@@ -37,6 +37,11 @@ def node_key(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def progress_key(key: str) -> str:
+    """The key under which a stopped node keeps its progress, beside its result's ``key``."""
+    return hashlib.sha256(f"progress:{key}".encode()).hexdigest()
+
+
 def always_changes(changed: Any) -> bool:
     """ComfyUI's convention: an ``IS_CHANGED`` of NaN (or anything not comparable) means "rerun every time"."""
     try:

@@ -28,7 +28,7 @@ import torch
 from .. import kernels
 from ..losses import ObjectiveFunction, content_loss, temporal_loss, tensor_sum, term_layers
 from ..optimize import best_in_turns, device_label, native_bf16, pass_plan
-from ..types import FeatureTerm, Flow, Objective, Stylizer, Temporal, Term, Training
+from ..types import FeatureTerm, Flow, Objective, Stylizer, Temporal, Term, Training, TrainingProgress
 from ..vgg import VGGModel
 from ..video.flow import inside, is_cut, warp
 from .network import RESIDUAL_BLOCKS, TAIL_LAYOUTS, StylizerNetwork, autocast_in, stylize
@@ -222,7 +222,9 @@ class _Loss:
         use the fastest: bf16 where the hardware runs it natively and it is faster, one kernel everywhere, or
         fp32."""
         sample = self.model.preprocessing.normalize(pictures[:1, :size, :size])
-        plan = pass_plan("auto", self.model, sample, self.layers, self.others.total, should_stop)
+        return self.use(pass_plan("auto", self.model, sample, self.layers, self.others.total, should_stop))
+
+    def use(self, plan: str) -> str:
         precision, _, kernel = plan.partition(" ")
         self.reduced = torch.bfloat16 if precision == "bf16" else None
         self.kernel = kernel or None
@@ -285,10 +287,14 @@ def train_stylizer(
     report: Report | None = None,
     should_stop: Callable[[], bool] | None = None,
     temporal: Temporal | None = None,
+    resume: TrainingProgress | None = None,
+    keep: Callable[[TrainingProgress], None] | None = None,
 ) -> Stylizer:
     """Train a stylizer on IMAGE ``[N, H, W, 3]`` against ``objective``, with ``temporal``'s term on the frames'
     flow (see the module's docstring); returns the best checkpoint on the held-aside picture. ``should_stop()`` is
-    polled after every step."""
+    polled after every step; a stop hands ``keep`` the state to go on from. ``resume``: such a state, of a run
+    with the same arguments; the training goes on from it to the stylizer it would have reached had it not
+    stopped."""
     check_pictures(images, settings.size)
     pairs = frame_pairs(images, temporal, settings.batch) if temporal is not None else []
     flow = temporal["flow"] if temporal is not None else None  # not None with a temporal term (frame_pairs)
@@ -302,21 +308,29 @@ def train_stylizer(
     with torch.inference_mode(False), torch.enable_grad():
         held, training = held.to(device).clone(), training.to(device).clone()  # a host's inference-mode tensors
         loss_of = _Loss(model, objective, device, temporal["weight"] if temporal is not None else 0.0)
-        plan = loss_of.plan(training, settings.size, should_stop)
         generator = torch.Generator().manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             network = StylizerNetwork(settings.width).to(device)
-        sample = training[:1, : settings.size, : settings.size].permute(0, 3, 1, 2)
-        network_precision, network.tail_layout = network_plan(
-            network, sample.expand(settings.batch, -1, -1, -1).contiguous(), bf16_allowed=loss_of.temporal_weight == 0
-        ).split()
         optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
         best = _Checkpoint(held, held_motion, loss_of)
+        if resume is None:
+            plan = loss_of.plan(training, settings.size, should_stop)
+            sample = training[:1, : settings.size, : settings.size].permute(0, 3, 1, 2)
+            trains_on = network_plan(
+                network,
+                sample.expand(settings.batch, -1, -1, -1).contiguous(),
+                bf16_allowed=loss_of.temporal_weight == 0,
+            )
+            steps, seconds_before = 0, 0.0
+        else:
+            plan, trains_on = loss_of.use(resume["plan"]), resume["network_plan"]
+            restore_training(resume, network, optimizer, generator, best)
+            steps, seconds_before = resume["step"], resume["seconds"]
+        network_precision, network.tail_layout = trains_on.split()
         every = max(1, settings.steps // CHECKPOINTS)
         preview = held
-        steps = 0
-        for step in range(1, settings.steps + 1):
+        for step in range(steps + 1, settings.steps + 1):
             motion = None
             if flow is not None:
                 crops, (flows, masks) = random_pairs(training, pairs, flow, settings, generator)
@@ -335,6 +349,9 @@ def train_stylizer(
                 preview = best.consider(network, step)
             report(step, settings.steps, loss.item(), preview)
             if step < settings.steps and should_stop():
+                if keep is not None:
+                    seconds = seconds_before + time.perf_counter() - started
+                    keep(training_progress(step, plan, trains_on, network, optimizer, generator, best, seconds))
                 if step % every:
                     best.consider(network, step)
                 break
@@ -348,10 +365,56 @@ def train_stylizer(
         "batch": settings.batch,
         "precision": plan,
         "network_precision": network_precision,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds_before + time.perf_counter() - started, 1),
         "temporal": loss_of.temporal_weight,
     }
     return {"width": settings.width, "blocks": RESIDUAL_BLOCKS, "weights": best.weights, "training": training_record}
+
+
+def training_progress(
+    step: int,
+    plan: str,
+    network_plan: str,
+    network: StylizerNetwork,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    best: _Checkpoint,
+    seconds: float,
+) -> TrainingProgress:
+    """What a training stopped after ``step`` needs to go on (the checkpoint as the steps so far left it)."""
+    return {
+        "step": step,
+        "plan": plan,
+        "network_plan": network_plan,
+        "weights": {name: value.detach().cpu().clone() for name, value in network.state_dict().items()},
+        "optimizer": {
+            str(index): {name: value.detach().cpu().clone() for name, value in state.items()}
+            for index, state in optimizer.state_dict()["state"].items()
+        },
+        "generator": generator.get_state(),
+        "best_weights": dict(best.weights),
+        "best_loss": best.loss,
+        "best_step": best.step,
+        "seconds": seconds,
+    }
+
+
+def restore_training(
+    progress: TrainingProgress,
+    network: StylizerNetwork,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    best: _Checkpoint,
+) -> None:
+    network.load_state_dict(progress["weights"])
+    state = {
+        int(index): {name: value.clone() for name, value in moments.items()}
+        for index, moments in progress["optimizer"].items()
+    }
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    generator.set_state(progress["generator"])
+    best.weights = {name: value.clone() for name, value in progress["best_weights"].items()}
+    best.loss, best.step = progress["best_loss"], progress["best_step"]
 
 
 class _Checkpoint:

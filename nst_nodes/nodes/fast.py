@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -22,7 +22,17 @@ from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory, network_bytes, objective_bytes
 from ..losses import term_layers
-from ..types import IMAGE, NST_LOSS, NST_MODEL, NST_STYLIZER, NST_TEMPORAL, Objective, Stylizer, Temporal
+from ..types import (
+    IMAGE,
+    NST_LOSS,
+    NST_MODEL,
+    NST_STYLIZER,
+    NST_TEMPORAL,
+    Objective,
+    Stylizer,
+    Temporal,
+    TrainingProgress,
+)
 from ..vgg import VGGModel
 from .base import HIDDEN_CONTEXT, Node, require_same_model, seed_input
 from .images import prefix_problem
@@ -127,8 +137,17 @@ class TrainStylizer(Node):
             host.progress(step, total, loss=loss, preview=lambda: to_picture(preview[:1].cpu()))
 
         settings = TrainSettings(size, steps, batch, lr, seed, width)
+        kept = host.resume_state()
         stylizer = train_stylizer(
-            model.to(host.device), objective, images, settings, report, host.should_stop, temporal
+            model.to(host.device),
+            objective,
+            images,
+            settings,
+            report,
+            host.should_stop,
+            temporal,
+            cast(TrainingProgress, kept) if kept is not None and isinstance(kept.get("weights"), dict) else None,
+            lambda progress: host.keep_progress(dict(progress), progress["step"]),
         )
         return (stylizer,)
 

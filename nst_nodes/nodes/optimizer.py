@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 
 from .. import limits
@@ -16,6 +18,7 @@ from ..types import (
     NST_MODEL,
     NST_TEMPORAL,
     NST_TENSOR,
+    ClipProgress,
     History,
     NetworkTensor,
     Objective,
@@ -152,9 +155,30 @@ class OptimizeImage(Node):
             check_memory("init", "optimizing", needed(), host.device, height, width)
             start = start_image(model, init["pixels"].to(host.device), noise, seed)
             result, history, _ = optimize_frames(
-                model.to(host.device), objective, start, temporal, settings, report, host.should_stop
+                model.to(host.device),
+                objective,
+                start,
+                temporal,
+                settings,
+                report,
+                host.should_stop,
+                resumable(host.resume_state(), start),
+                lambda progress: host.keep_progress(dict(progress), steps_done(progress, steps)),
             )
         return {**init, "pixels": result}, history
+
+
+def resumable(state: dict[str, Any] | None, start: torch.Tensor) -> ClipProgress | None:
+    """The progress a stopped run of this node kept, if it is of these frames' shape."""
+    if state is None or not isinstance(frames := state.get("frames"), torch.Tensor):
+        return None
+    fits = frames.shape[1:] == start.shape[1:] and frames.shape[0] <= start.shape[0]
+    return cast(ClipProgress, state) if fits else None
+
+
+def steps_done(progress: ClipProgress, steps: int) -> int:
+    current = progress["current"]
+    return progress["frames"].shape[0] * steps + (current["step"] if current is not None else 0)
 
 
 def check_frames(objective: Objective, temporal: Temporal | None, count: int, height: int, width: int) -> None:

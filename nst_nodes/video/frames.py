@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 
 from ..optimize import OptimizerSettings, optimize
-from ..types import History, Objective, Temporal, TemporalTerm, Term
+from ..types import ClipProgress, History, Objective, OptimizationProgress, Temporal, TemporalTerm, Term
 from ..vgg import VGGModel
 from .flow import is_cut, warp
 
@@ -59,6 +59,11 @@ def frame_start(
     return start[temporal["start"]], term
 
 
+def copied(history: dict[str, Any]) -> dict[str, Any]:
+    """A history whose lists are its own (one kept, or one still growing, stays as it is)."""
+    return {key: list(value) if isinstance(value, list) else value for key, value in history.items()}
+
+
 def optimize_frames(
     model: VGGModel,
     objective: Objective,
@@ -67,17 +72,27 @@ def optimize_frames(
     settings: OptimizerSettings,
     report: Callable[[int, int, int, float, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume: ClipProgress | None = None,
+    keep: Callable[[ClipProgress], None] | None = None,
 ) -> tuple[torch.Tensor, History, bool]:
     """Optimize every frame of ``init`` ``[N, 3, H, W]`` in order; returns the results (the frames done,
     the last one partial when stopped), their history and whether a stop cut the batch short.
 
-    ``report(frame, step, total, loss, image)`` after every step of every frame."""
+    ``report(frame, step, total, loss, image)`` after every step of every frame. A stop hands ``keep``
+    the state to go on from; ``resume``, such a state of a run with the same arguments, goes on from
+    it (see :func:`~nst_nodes.optimize.optimize`)."""
     count = init.shape[0]
     should_stop = should_stop or (lambda: False)
-    results: list[torch.Tensor] = []
-    history: dict[str, Any] = {"frames": []}
-    steps, stopped = 0, False
-    for index in range(count):
+    results = [] if resume is None else [frame[None] for frame in resume["frames"].to(init.device, copy=True)]
+    history: dict[str, Any] = {"frames": []} if resume is None else copied(resume["history"])
+    steps, stopped = history.pop("steps", 0), False
+    within = resume["current"] if resume is not None else None
+
+    def kept(current: OptimizationProgress | None, finished: list[torch.Tensor]) -> ClipProgress:
+        frames = torch.cat(finished) if finished else init[:0]
+        return {"frames": frames.detach().clone(), "history": {**copied(history), "steps": steps}, "current": current}
+
+    for index in range(len(results), count):
         start, term = frame_start(index, init, results[-1] if results else None, temporal)
         goal = frame_objective(objective, index, count)
         if term is not None:
@@ -87,7 +102,13 @@ def optimize_frames(
             if report is not None:
                 report(frame, step, total, loss, image)
 
-        result, frame_history = optimize(model, goal, start, settings, step, should_stop)
+        stopped_within: list[OptimizationProgress] = []
+        result, frame_history = optimize(
+            model, goal, start, settings, step, should_stop, within, stopped_within.append if keep else None
+        )
+        within = None
+        if stopped_within and keep is not None:
+            keep(kept(stopped_within[0], results))
         results.append(result)
         evaluations = len(frame_history["loss"])
         before = sum(history["frames"])
@@ -101,8 +122,13 @@ def optimize_frames(
                 value.extend([0.0] * (before + evaluations - len(value)))
         history["frames"].append(evaluations)
         steps += frame_history["steps"]
-        if frame_history["steps"] < settings.steps or (index < count - 1 and should_stop()):
+        if frame_history["steps"] < settings.steps:
             stopped = True  # the frames done are kept; the last one is the best so far
+            break
+        if index < count - 1 and should_stop():
+            stopped = True
+            if keep is not None:
+                keep(kept(None, results))
             break
     history["steps"] = steps
     return torch.cat(results), cast(History, history), stopped
