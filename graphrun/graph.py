@@ -139,7 +139,7 @@ def read_document(path: str | Path, limits: GraphLimits) -> Any:
             "(raise GRAPHRUN_MAX_GRAPH_BYTES if it is)"
         )
     try:
-        document = json.loads(data.decode("utf-8"))
+        document = json.loads(data.decode("utf-8-sig"))  # a byte order mark, as Windows editors write, is skipped
     except UnicodeDecodeError as error:
         raise GraphFormatError(f"{name} is not UTF-8 text: {error}") from error
     except json.JSONDecodeError as error:

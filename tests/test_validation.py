@@ -259,6 +259,13 @@ def test_hostile_files_are_clear_format_errors(tmp_path: Path, text: str, messag
         load_graph(path)
 
 
+def test_a_graph_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Windows editors (Notepad) start UTF-8 files with one."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + Path("graphs/gatys.json").read_bytes())
+    assert load_graph(path).prompt == load_graph(Path("graphs/gatys.json")).prompt
+
+
 def test_graph_limits_have_clear_messages_and_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "big.json"
     path.write_text(json.dumps({str(i): {"class_type": "Number", "inputs": {"value": 1}} for i in range(30)}))
