@@ -65,7 +65,7 @@ class ConsoleReporter:
             how = f"ran in {seconds:.2f} s on a partial result (not cached)"
         else:
             how = f"ran in {seconds:.2f} s"
-        written = f" -> {', '.join(str(path) for path in files)}" if files else ""
+        written = written_files(files)
         shown = "".join(f"\n    {line}" for line in text)
         self._write(lambda stream: print(f"[{node_id}] {class_type}: {how}{written}{shown}", file=stream, flush=True))
 
@@ -114,6 +114,7 @@ class ConsoleBatchReporter(BatchReporter):
         self.every = every
         self.last_shown = time.monotonic()
         self.running: dict[str, str] = {}
+        self.warned: set[str] = set()
         self.lock = threading.Lock()  # progress arrives on Dask's event-loop thread, items on the caller's
 
     def _print(self, text: str) -> None:
@@ -132,8 +133,7 @@ class ConsoleBatchReporter(BatchReporter):
         how = f"{result.outcome} at {result.seconds:.1f} s"
         if result.error:
             how += f": {result.error}"
-        written = f" -> {', '.join(str(path) for path in result.files)}" if result.files else ""
-        self._print(f"[{self.finished}/{self.total}] {result.item.label}: {how}{written}")
+        self._print(f"[{self.finished}/{self.total}] {result.item.label}: {how}{written_files(result.files)}")
 
     def progress(
         self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Preview | None
@@ -150,4 +150,16 @@ class ConsoleBatchReporter(BatchReporter):
             self._print(f"    running: {shown}")
 
     def warning(self, message: str) -> None:
+        """Each once: the client and a worker may both find the same thing (an output file gone)."""
+        with self.lock:
+            if message in self.warned:
+                return
+            self.warned.add(message)
         self._print(f"warning: {message}")
+
+
+def written_files(files: list[Path], shown: int = 3) -> str:
+    """`` -> a, b, c``; beyond ``shown`` files (a clip's frames) the first and how many more."""
+    if len(files) > shown:
+        return f" -> {files[0]} and {len(files) - 1} more"
+    return f" -> {', '.join(str(path) for path in files)}" if files else ""

@@ -224,8 +224,11 @@ class Execution:
             return None
         changed = [name for name, digest in result.files.items() if file_digest(self.folders.output / name) != digest]
         if changed:
-            missing = ", ".join(str(self.folders.output / name) for name in changed)
-            self.reporter.warning(f"node {node_id}: {missing} is missing or changed; writing it again")
+            first = self.folders.output / changed[0]
+            what = f"{first} is" if len(changed) == 1 else f"{first} and {len(changed) - 1} more of its files are"
+            self.reporter.warning(
+                f"node {node_id}: {what} missing or changed; writing {'them' if changed[1:] else 'it'} again"
+            )
             return None
         return result
 

@@ -141,3 +141,24 @@ def test_a_batch_the_client_cannot_hold_is_refused_with_the_estimate() -> None:
         r"at most 22,075 items fit",
     ):
         check_size(graph, batch_items([parse_over("1.value=0:99999")]))
+
+
+def test_the_batch_console_says_a_warning_once_and_sums_up_a_long_list_of_files() -> None:
+    """A client and a worker may both find one output file gone; a segment of a clip writes a file a frame."""
+    import io
+
+    from graphrun.batch.items import Item
+    from graphrun.batch.report import ItemResult
+    from graphrun.console import ConsoleBatchReporter
+
+    stream = io.StringIO()
+    console = ConsoleBatchReporter(2, stream)
+    console.warning("node 0/3: out/a.png is missing or changed; writing it again")
+    console.warning("node 0/3: out/a.png is missing or changed; writing it again")
+    frames = [Path(f"out/frame_{index:05}.png") for index in range(250)]
+    console.item_done(ItemResult(Item(0, {}), "done", 1.0, frames))
+    console.item_done(ItemResult(Item(1, {}), "done", 2.0, frames[:2]))
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("warning: node 0/3") and len(lines) == 3
+    assert lines[1].endswith("-> out/frame_00000.png and 249 more")
+    assert lines[2].endswith("-> out/frame_00000.png, out/frame_00001.png")
