@@ -60,20 +60,28 @@ class RunInterrupted(RuntimeError):
 
     ``partial``: nodes that ran on a stopped node's result (their files were written, nothing
     was cached); ``skipped``: nodes not started; ``outputs``: what the requested outputs that
-    did finish returned.
+    did finish returned; ``kept``: stopped nodes that kept their progress for the next run.
     """
 
-    def __init__(self, partial: list[str], skipped: list[str], outputs: dict[str, tuple[Any, ...]]) -> None:
-        self.partial, self.skipped, self.outputs = partial, skipped, outputs
+    def __init__(
+        self,
+        partial: list[str],
+        skipped: list[str],
+        outputs: dict[str, tuple[Any, ...]],
+        kept: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        self.partial, self.skipped, self.outputs, self.kept = partial, skipped, outputs, list(kept)
         parts = []
         if partial:
             parts.append(f"the best result so far went through node(s) {', '.join(partial)} (not cached)")
+        if self.kept:
+            parts.append(f"node(s) {', '.join(self.kept)} kept their progress: run again to go on from it")
         if skipped:
             parts.append(f"{len(skipped)} node(s) not started")
         super().__init__("; ".join(parts) or "stopped")
 
     def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # crosses processes (batch runs)
-        return type(self), (self.partial, self.skipped, {})
+        return type(self), (self.partial, self.skipped, {}, self.kept)
 
 
 def written_files(result: NodeResult) -> list[Path]:
@@ -110,6 +118,7 @@ class Execution:
     values: dict[str, Any] = field(default_factory=dict)  # complete nodes -> result (or an executor's handle)
     partial: set[str] = field(default_factory=set)
     skipped: list[str] = field(default_factory=list)
+    kept: set[str] = field(default_factory=set)  # stopped nodes that kept their progress for the next run
     _readers: Counter[str] = field(default_factory=Counter)  # node -> consumers that have not completed
     _missing: dict[str, int] = field(default_factory=dict)  # node to run -> its inputs not complete yet
     _consumers: dict[str, list[str]] = field(default_factory=dict)  # node -> the nodes to run that read it
@@ -154,7 +163,11 @@ class Execution:
             self.reporter.warning(f"node {node_id} ({self.class_type(node_id)}): {message}")
 
         return KeptProgress(
-            self.cache, progress_key(self.keys[node_id]), warn, resumable=node_id not in self.plan.forced
+            self.cache,
+            progress_key(self.keys[node_id]),
+            warn,
+            on_kept=lambda: self.kept.add(node_id),
+            resumable=node_id not in self.plan.forced,
         )
 
     def hidden_for(self, node_id: str, host: RunnerHost) -> dict[str, Any]:
@@ -375,7 +388,10 @@ class Execution:
         }
         if self.stop.is_set() and (self.partial or self.skipped):  # a stop after the last node changes nothing
             raise RunInterrupted(
-                [node_id for node_id in self.plan.order if node_id in self.partial], self.skipped, found
+                [node_id for node_id in self.plan.order if node_id in self.partial],
+                self.skipped,
+                found,
+                [node_id for node_id in self.plan.order if node_id in self.kept],
             )
         return found
 

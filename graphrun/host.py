@@ -32,7 +32,7 @@ ProgressSink = Callable[[int, int, dict[str, Any], Preview | None], None]
 class ProgressStore(Protocol):
     """Where a node's progress is kept between runs (``graphrun.cache.progress.KeptProgress``)."""
 
-    def load(self) -> dict[str, Any] | None: ...
+    def load(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None: ...
 
     def save(self, state: dict[str, Any], done: int) -> None: ...
 
@@ -124,10 +124,11 @@ class RunnerHost:
             self.stopped_early = True
         return self.stopped_early
 
-    def resume_state(self) -> dict[str, Any] | None:
+    def resume_state(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
         """The state a stopped run of this same node (the same inputs, settings and code) kept, or None:
-        go on from it, to the same result as a run that never stopped."""
-        return self._kept.load() if self._kept is not None else None
+        go on from it, to the same result as a run that never stopped. ``fits``: the node's check that it
+        can (a state kept on another machine may not)."""
+        return self._kept.load(fits) if self._kept is not None else None
 
     def keep_progress(self, state: dict[str, Any], done: int) -> None:
         """Keep this node's state as it stops (tensors and JSON-able values) for a rerun to go on from;

@@ -76,7 +76,7 @@ class ComfyHost:
         comfy.model_management.throw_exception_if_processing_interrupted()
         return False
 
-    def resume_state(self) -> dict[str, Any] | None:
+    def resume_state(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
         """None: Cancel interrupts a node before it can keep anything (above)."""
         return None
 

@@ -49,8 +49,9 @@ class Host(Protocol):
         """Polled after every step. True: return the best result so far now. A host may instead
         raise its own interruption (ComfyUI does: an interrupted node returns nothing there)."""
 
-    def resume_state(self) -> dict[str, Any] | None:
-        """What a stopped run of this same node kept with :meth:`keep_progress`, or None: go on from it."""
+    def resume_state(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+        """What a stopped run of this same node kept with :meth:`keep_progress`, or None: go on from it.
+        ``fits``: the node's check that it can (the host says when it cannot)."""
 
     def keep_progress(self, state: dict[str, Any], done: int) -> None:
         """On a stop, before returning the best result so far: keep ``state`` (tensors and JSON-able values)
@@ -91,7 +92,7 @@ class LocalHost:
     def should_stop(self) -> bool:
         return False
 
-    def resume_state(self) -> dict[str, Any] | None:
+    def resume_state(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
         return None
 
     def keep_progress(self, state: dict[str, Any], done: int) -> None:

@@ -183,6 +183,12 @@ def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
+def machine_label(device: torch.device) -> str:
+    """Where a stopped run's state can go on exactly (its plans were timed there; its sums ran on those
+    threads): this machine and thread count (the kernel choices' key) and the device."""
+    return f"{kernels.chooser().key} {device_label(device)}"
+
+
 def pass_plan(
     precision: str,
     model: VGGModel,
@@ -318,6 +324,8 @@ def optimize(
         else:
             plan = pass_plan(settings.precision, model, image.detach(), layers, loss_parts.total, should_stop)
             threads = vector_threads(model, image.detach(), plan, history_dtype) if settings.method == "lbfgs" else 0
+            if should_stop():  # perhaps during the timing: its stand-in plan is not what a rerun will time
+                keep = None
         if settings.method == "lbfgs":
             optimizer: BoxLBFGS | torch.optim.Optimizer = BoxLBFGS(
                 image,
@@ -404,6 +412,7 @@ class _Tracker:
         self, step: int, plan: str, threads: int, image: torch.Tensor, optimizer: dict[str, Any]
     ) -> OptimizationProgress:
         return {
+            "machine": machine_label(image.device),
             "step": step,
             "plan": plan,
             "vector_threads": threads,

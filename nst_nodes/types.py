@@ -181,6 +181,7 @@ class Stylizer(TypedDict):
 class OptimizationProgress(TypedDict):
     """One picture's optimization stopped after ``step`` steps (nst_nodes.optimize.optimize)."""
 
+    machine: str  # where it can go on exactly (nst_nodes.optimize.machine_label)
     step: int
     plan: str  # the pass plan it ran on, and the threads of L-BFGS's vector work: kept, not timed again
     vector_threads: int
@@ -202,6 +203,7 @@ class ClipProgress(TypedDict):
 class TrainingProgress(TypedDict):
     """Train Stylizer stopped after ``step`` steps (nst_nodes.fast.train.train_stylizer)."""
 
+    machine: str  # where it can go on exactly (nst_nodes.optimize.machine_label)
     step: int
     plan: str  # the loss network's pass plan and the stylizer's own ("PRECISION LAYOUT"): kept, not timed again
     network_plan: str

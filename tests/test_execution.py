@@ -191,11 +191,45 @@ def test_a_stopped_node_keeps_its_progress_and_the_next_run_goes_on_from_it(tmp_
     assert steps == list(range(1, 11)) and not forced.warnings
 
 
-def test_progress_that_got_further_is_not_replaced_by_progress_that_got_less_far(tmp_path: Path, reporter) -> None:
+def test_a_node_asked_to_start_over_replaces_the_progress_kept(tmp_path: Path, reporter) -> None:
     assert run_resumable(tmp_path, 6, reporter=reporter)[1] == [1, 2, 3, 4, 5, 6]
     _, steps, _ = run_resumable(tmp_path, 2, reporter=reporter, recompute=["2"])  # forced: starts over
     assert steps == [1, 2]
-    assert run_resumable(tmp_path, reporter=reporter)[1] == [7, 8, 9, 10]  # from 6, not 2
+    assert run_resumable(tmp_path, reporter=reporter)[1] == [3, 4, 5, 6, 7, 8, 9, 10]  # from its own 2
+
+
+def test_kept_progress_is_replaced_only_by_progress_that_got_further_and_only_fitting_progress_is_resumed(
+    tmp_path: Path,
+) -> None:
+    from graphrun.cache.progress import KeptProgress
+
+    said: list[str] = []
+    kept: list[int] = []
+
+    def progress(**kwargs) -> KeptProgress:
+        return KeptProgress(later_process(tmp_path), "ab" * 32, said.append, lambda: kept.append(1), **kwargs)
+
+    progress().save({"done": 6, "values": torch.ones(3)}, 6)
+    progress().save({"done": 2, "values": torch.zeros(3)}, 2)  # one that could not go on from 6
+    assert progress().load()["done"] == 6 and len(kept) == 1 and said[-1].startswith("goes on from")
+    assert progress().load(fits=lambda state: state["values"].sum() == 0) is None
+    assert said[-1].startswith("the progress a stopped run of it kept does not fit this run")
+    with pytest.raises(TypeError, match="tensors and JSON-able values"):
+        progress().save({"done": object()}, 9)
+    unkept = KeptProgress(Cache(None, memory_bytes=0), "ab" * 32, said.append, lambda: kept.append(1))
+    unkept.save({"done": 7}, 7)  # no store will hold it: not said to be kept
+    assert len(kept) == 1
+
+
+def test_a_stopped_run_names_the_nodes_that_kept_their_progress(tmp_path: Path, reporter) -> None:
+    stop = threading.Event()
+    reporter.stop_at = ("2", 3, stop)
+    with pytest.raises(RunInterrupted) as caught:
+        run_chain(later_process(tmp_path), reporter, graph=RESUMABLE, stop=stop)
+    assert caught.value.kept == ["2"] and "node(s) 2 kept their progress: run again to go on" in str(caught.value)
+    with pytest.raises(RunInterrupted) as without_cache:
+        run_chain(Cache(None, memory_bytes=0), type(reporter)(), graph=RESUMABLE, stop=stop)
+    assert without_cache.value.kept == [] and "kept their progress" not in str(without_cache.value)
 
 
 def test_a_node_that_ran_on_a_stopped_nodes_result_keeps_no_progress(tmp_path: Path, reporter) -> None:

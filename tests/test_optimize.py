@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -423,6 +423,7 @@ def test_a_stopped_optimization_goes_on_to_the_result_it_would_have_reached(mode
     of the run the same as a run that never stopped, bit for bit."""
     content, objective = problem
     settings = OptimizerSettings(steps=6, method=method, lr=lr)
+    optimize(model, objective, content, replace(settings, steps=1))  # the kernels of this size chosen for all three
     whole, whole_history = optimize(model, objective, content, settings)
     kept: list[Any] = []
     calls = iter(range(100))
@@ -437,3 +438,26 @@ def test_a_stopped_optimization_goes_on_to_the_result_it_would_have_reached(mode
     assert torch.equal(rest, whole) and rest_history["loss"] == whole_history["loss"]
     if method == "lbfgs":
         assert len(kept[0]["optimizer"]["inverse_curvatures"]) >= 1  # the pairs were kept, not rebuilt
+
+
+def test_a_stop_before_the_first_step_keeps_nothing(model: VGGModel, problem) -> None:
+    """It may have come while the pass plans were timed: the stand-in plan run then is not the one a rerun times."""
+    content, objective = problem
+    kept: list[Any] = []
+    _, history = optimize(model, objective, content, OptimizerSettings(steps=12), None, lambda: True, keep=kept.append)
+    assert history["steps"] == 1 and kept == []
+
+
+def test_a_frame_stopped_part_way_goes_on_only_on_the_machine_it_was_stopped_on() -> None:
+    from nst_nodes.nodes.optimizer import resumable
+    from nst_nodes.optimize import machine_label
+
+    start = torch.zeros(3, 3, 8, 8)
+    current = {"machine": machine_label(start.device), "step": 2, "plan": "fp32", "vector_threads": 1}
+    current |= {"image": start[:1], "optimizer": {}, "best_image": start[:1], "best_loss": 1.0, "history": {}}
+    state: dict[str, Any] = {"frames": start[:1], "history": {"frames": [3]}, "current": current}
+    assert resumable(state, start)
+    assert not resumable({**state, "current": {**current, "machine": "elsewhere cpu"}}, start)
+    assert resumable({**state, "current": None}, start)  # frames done are results: they go anywhere
+    assert not resumable({**state, "frames": start[:1, :, :4]}, start)  # of other frames
+    assert not resumable({"frames": start[:1]}, start)  # not ours

@@ -103,11 +103,13 @@ class Cache:
         if self.disk is not None:
             self.disk.discard(key)
 
-    def store(self, key: str, result: NodeResult, to_disk: bool) -> None:
-        """Keep a result; raises OSError if the disk write fails (the result stays in memory)."""
-        self.memory.put(key, result)
+    def store(self, key: str, result: NodeResult, to_disk: bool) -> bool:
+        """Keep a result; whether it was kept anywhere. Raises OSError if the disk write fails (the result
+        stays in memory)."""
+        kept = self.memory.put(key, result)
         if to_disk and self.disk is not None and self.disk.ready():
-            self.disk.write(key, encode_result(key, result))
+            kept = self.disk.write(key, encode_result(key, result)) or kept
+        return kept
 
     def scan(self) -> Scan:
         return self.disk.scan() if self.disk is not None else Scan()

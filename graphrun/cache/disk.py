@@ -110,10 +110,11 @@ class DiskStore:
         except OSError:
             pass
 
-    def write(self, key: str, blob: bytes) -> None:
-        """Write atomically; raises OSError if it fails (and the store is off from then on)."""
+    def write(self, key: str, blob: bytes) -> bool:
+        """Write atomically (False: the store is off, or the entry there is another user's); raises OSError if
+        it fails (and the store is off from then on)."""
         if key in self.read_only or not self.ready():
-            return
+            return False
         path = self.path(key)
         temporary = path.with_name(f"{key}.{secrets.token_hex(6)}.tmp")
         try:
@@ -131,6 +132,7 @@ class DiskStore:
             self.problem = f"cannot write to cache directory {self.directory} ({error.strerror or error})"
             raise
         self._trim_if_due(len(blob))
+        return True
 
     def _trim_if_due(self, written: int) -> None:
         """Keep within ``budget``: scan after the first write and then after every tenth of the budget

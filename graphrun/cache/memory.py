@@ -54,16 +54,18 @@ class MemoryStore:
         self.entries.move_to_end(key)
         return self.entries[key][0]
 
-    def put(self, key: str, result: NodeResult) -> None:
+    def put(self, key: str, result: NodeResult) -> bool:
+        """Keep ``result`` (False: it is larger than the whole budget)."""
         self.entries.pop(key, None)
         size = approximate_bytes(result.outputs)
         if size > self.budget:
-            return
+            return False
         self.entries[key] = (result, size)
         held = self.held
         while held > self.budget:
             _, (_, evicted) = self.entries.popitem(last=False)
             held -= evicted
+        return True
 
     def discard(self, key: str) -> None:
         self.entries.pop(key, None)

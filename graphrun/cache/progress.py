@@ -6,7 +6,9 @@ later run of the same node (the same key: the same inputs, settings and code) ge
 :meth:`~graphrun.host.RunnerHost.resume_state`. The state is an entry like any result (tensors and
 JSON-able values, read back with ``weights_only``) under :func:`~graphrun.cache.keys.progress_key`,
 so it is bounded, listed and cleared with the cache. Progress that got further is never replaced
-by progress that got less far; a run that completes the node drops it.
+by progress that got less far, but by the progress of a run asked to start over; a run that
+completes the node drops it. Two runs of one node at once (two terminals on one cache) each go
+on from what was kept when they started, and the last to stop is kept.
 """
 
 from __future__ import annotations
@@ -21,21 +23,31 @@ from graphrun.cache.entry import is_storable
 
 @dataclass
 class KeptProgress:
-    """One node's kept progress: ``key`` is its progress key; ``warn`` reports what could not be read or written."""
+    """One node's kept progress: ``key`` is its progress key; ``warn`` says what happened to it;
+    ``on_kept`` is called once a stop's progress is kept."""
 
     cache: Cache
     key: str
     warn: Callable[[str], None]
-    resumable: bool = True  # False: the node is forced to start over (its kept progress is still replaced)
-    done: int | None = None  # how far the kept progress got, once read (-1: there is none)
+    on_kept: Callable[[], None] = lambda: None
+    resumable: bool = True  # False: the node was asked to start over; its progress then replaces what is kept
+    done: int | None = None  # how far the kept progress got, once read (-1: none, or it is to be replaced)
 
-    def load(self) -> dict[str, Any] | None:
-        """The kept state, or None (none kept, unreadable, or the node was asked to start over)."""
+    def load(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+        """The kept state, or None: none kept, unreadable, the node was asked to start over, or ``fits``
+        (the node's check) refuses it."""
+        if not self.resumable:
+            self.done = -1
+            return None
         state = self._read()
-        if state is None or not self.resumable:
+        if state is None:
+            return None
+        if fits is not None and not fits(state):
+            self.warn("the progress a stopped run of it kept does not fit this run (another machine?); starting over")
             return None
         self.warn(
-            "goes on from where a stopped run of it got to (recompute it, or run without the cache, to start over)"
+            "goes on from where a stopped run of it got to (recomputing it, or running without the cache, "
+            "starts it over)"
         )
         return state
 
@@ -48,10 +60,13 @@ class KeptProgress:
         if self.done is not None and self.done >= done:
             return
         try:
-            self.cache.store(self.key, NodeResult((state,), {"done": done}), to_disk=True)
+            kept = self.cache.store(self.key, NodeResult((state,), {"done": done}), to_disk=True)
         except OSError as error:
             self.warn(self.cache.take_disk_problem() or f"could not keep its progress ({error})")
+            return
         self.done = done
+        if kept:
+            self.on_kept()
 
     def _read(self) -> dict[str, Any] | None:
         self.done = -1

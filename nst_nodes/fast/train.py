@@ -27,7 +27,7 @@ import torch
 
 from .. import kernels
 from ..losses import ObjectiveFunction, content_loss, temporal_loss, tensor_sum, term_layers
-from ..optimize import best_in_turns, device_label, native_bf16, pass_plan
+from ..optimize import best_in_turns, device_label, machine_label, native_bf16, pass_plan
 from ..types import FeatureTerm, Flow, Objective, Stylizer, Temporal, Term, Training, TrainingProgress
 from ..vgg import VGGModel
 from ..video.flow import inside, is_cut, warp
@@ -316,6 +316,8 @@ def train_stylizer(
         best = _Checkpoint(held, held_motion, loss_of)
         if resume is None:
             plan = loss_of.plan(training, settings.size, should_stop)
+            if should_stop():  # perhaps during the timing: its stand-in plan is not what a rerun will time
+                keep = None
             sample = training[:1, : settings.size, : settings.size].permute(0, 3, 1, 2)
             trains_on = network_plan(
                 network,
@@ -383,6 +385,7 @@ def training_progress(
 ) -> TrainingProgress:
     """What a training stopped after ``step`` needs to go on (the checkpoint as the steps so far left it)."""
     return {
+        "machine": machine_label(next(network.parameters()).device),
         "step": step,
         "plan": plan,
         "network_plan": network_plan,

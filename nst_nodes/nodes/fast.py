@@ -22,6 +22,7 @@ from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory, network_bytes, objective_bytes
 from ..losses import term_layers
+from ..optimize import machine_label
 from ..types import (
     IMAGE,
     NST_LOSS,
@@ -137,7 +138,12 @@ class TrainStylizer(Node):
             host.progress(step, total, loss=loss, preview=lambda: to_picture(preview[:1].cpu()))
 
         settings = TrainSettings(size, steps, batch, lr, seed, width)
-        kept = host.resume_state()
+        device = torch.device(host.device)
+        kept = host.resume_state(
+            lambda state: (
+                TrainingProgress.__required_keys__ <= state.keys() and state["machine"] == machine_label(device)
+            )
+        )
         stylizer = train_stylizer(
             model.to(host.device),
             objective,
@@ -146,7 +152,7 @@ class TrainStylizer(Node):
             report,
             host.should_stop,
             temporal,
-            cast(TrainingProgress, kept) if kept is not None and isinstance(kept.get("weights"), dict) else None,
+            cast(TrainingProgress | None, kept),
             lambda progress: host.keep_progress(dict(progress), progress["step"]),
         )
         return (stylizer,)

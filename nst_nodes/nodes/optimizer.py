@@ -11,7 +11,7 @@ from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory
 from ..losses import check_mask_fits, check_mask_selects, term_layers
-from ..optimize import METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, start_image
+from ..optimize import METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, machine_label, start_image
 from ..types import (
     NST_HISTORY,
     NST_LOSS,
@@ -22,6 +22,7 @@ from ..types import (
     History,
     NetworkTensor,
     Objective,
+    OptimizationProgress,
     Temporal,
 )
 from ..vgg import VGGModel
@@ -162,18 +163,27 @@ class OptimizeImage(Node):
                 settings,
                 report,
                 host.should_stop,
-                resumable(host.resume_state(), start),
+                cast(ClipProgress | None, host.resume_state(lambda state: resumable(state, start))),
                 lambda progress: host.keep_progress(dict(progress), steps_done(progress, steps)),
             )
         return {**init, "pixels": result}, history
 
 
-def resumable(state: dict[str, Any] | None, start: torch.Tensor) -> ClipProgress | None:
-    """The progress a stopped run of this node kept, if it is of these frames' shape."""
-    if state is None or not isinstance(frames := state.get("frames"), torch.Tensor):
-        return None
-    fits = frames.shape[1:] == start.shape[1:] and frames.shape[0] <= start.shape[0]
-    return cast(ClipProgress, state) if fits else None
+def resumable(state: dict[str, Any], start: torch.Tensor) -> bool:
+    """Whether a stopped run's progress fits these frames: its frames done are results, but a frame stopped
+    part way goes on exactly only on the machine and device it was stopped on."""
+    frames, current = state.get("frames"), state.get("current")
+    if not ClipProgress.__required_keys__ <= state.keys() or not isinstance(frames, torch.Tensor):
+        return False
+    if frames.shape[1:] != start.shape[1:] or frames.shape[0] >= start.shape[0]:
+        return False
+    if current is None:
+        return True
+    return (
+        isinstance(current, dict)
+        and OptimizationProgress.__required_keys__ <= current.keys()
+        and current["machine"] == machine_label(start.device)
+    )
 
 
 def steps_done(progress: ClipProgress, steps: int) -> int:
