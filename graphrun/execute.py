@@ -337,6 +337,7 @@ class Execution:
             self._keep(node_id, result)
             if node_id not in self.volatile:
                 self.cache.discard(progress_key(self.keys[node_id]))  # what a stopped run of it kept
+                self.kept.discard(node_id)
         files = [self.folders.output / path for path in written_files(result)]
         self.reporter.node_done(
             node_id, self.class_type(node_id), time.perf_counter() - started, outcome, files, shown_text(result)

@@ -131,7 +131,8 @@ class RunnerHost:
         return self._kept.load(fits) if self._kept is not None else None
 
     def keep_progress(self, state: dict[str, Any], done: int) -> None:
-        """Keep this node's state as it stops (tensors and JSON-able values) for a rerun to go on from;
-        ``done`` says how far it got: progress kept that got as far or further stays."""
+        """Keep this node's state as it stops, or now and then while it runs (tensors and JSON-able values),
+        for a rerun to go on from; ``done`` says how far it got: progress kept that got as far or further stays.
+        A run that completes the node drops it."""
         if self._kept is not None:
             self._kept.save(state, done)

@@ -214,7 +214,8 @@ def test_a_stop_keeps_the_best_checkpoint_so_far_and_it_stylizes(model: VGGModel
     assert stylize(build(stylizer), pictures(1)).shape == pictures(1).shape
 
 
-def test_a_stopped_training_goes_on_to_the_stylizer_it_would_have_trained(model: VGGModel) -> None:
+@pytest.mark.parametrize("resume_from", [-1, 0])  # the stop's state; the checkpoint kept before it (a killed run)
+def test_a_stopped_training_goes_on_to_the_stylizer_it_would_have_trained(model: VGGModel, resume_from: int) -> None:
     """The weights, Adam's moments, the crops' generator and the checkpoint as the steps so far left it (not the
     stop's own extra checkpoint) make the rest of the training the same as one that never stopped."""
     longer = trained(model, steps=40)  # a checkpoint every second step (CHECKPOINTS is 20)
@@ -222,10 +223,10 @@ def test_a_stopped_training_goes_on_to_the_stylizer_it_would_have_trained(model:
     calls = iter(range(100))
     part = trained(model, steps=40, should_stop=lambda: next(calls) >= 5, keep=kept.append)  # 0: after the timing
     assert part["training"]["steps"] == 5 and part["training"]["best_step"] == 5  # the stop's own checkpoint
-    assert kept[0]["step"] == 5 and kept[0]["best_step"] in (2, 4)
+    assert [state["step"] for state in kept] == [2, 4, 5] and kept[-1]["best_step"] in (2, 4)
     steps: list[int] = []
-    rest = trained(model, steps=40, report=lambda step, *_: steps.append(step), resume=kept[0])
-    assert steps == list(range(6, 41))
+    rest = trained(model, steps=40, report=lambda step, *_: steps.append(step), resume=kept[resume_from])
+    assert steps == list(range(kept[resume_from]["step"] + 1, 41))
     assert rest["training"]["best_step"] == longer["training"]["best_step"]
     assert rest["training"]["loss"] == longer["training"]["loss"] and rest["training"]["steps"] == 40
     assert all(torch.equal(rest["weights"][name], longer["weights"][name]) for name in longer["weights"])

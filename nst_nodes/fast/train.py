@@ -292,7 +292,8 @@ def train_stylizer(
 ) -> Stylizer:
     """Train a stylizer on IMAGE ``[N, H, W, 3]`` against ``objective``, with ``temporal``'s term on the frames'
     flow (see the module's docstring); returns the best checkpoint on the held-aside picture. ``should_stop()`` is
-    polled after every step; a stop hands ``keep`` the state to go on from. ``resume``: such a state, of a run
+    polled after every step; a stop, and every checkpoint, hands ``keep`` the state to go on from. ``resume``: such
+    a state, of a run
     with the same arguments; the training goes on from it to the stylizer it would have reached had it not
     stopped."""
     check_pictures(images, settings.size)
@@ -350,10 +351,13 @@ def train_stylizer(
             if step % every == 0 or step == settings.steps:
                 preview = best.consider(network, step)
             report(step, settings.steps, loss.item(), preview)
-            if step < settings.steps and should_stop():
-                if keep is not None:
-                    seconds = seconds_before + time.perf_counter() - started
-                    keep(training_progress(step, plan, trains_on, network, optimizer, generator, best, seconds))
+            stopping = step < settings.steps and should_stop()
+            # kept at a stop, and at each checkpoint too: a killed process (a second Ctrl-C, the OOM killer, a lost
+            # worker) goes on from the last one
+            if keep is not None and step < settings.steps and (stopping or step % every == 0):
+                seconds = seconds_before + time.perf_counter() - started
+                keep(training_progress(step, plan, trains_on, network, optimizer, generator, best, seconds))
+            if stopping:
                 if step % every:
                     best.consider(network, step)
                 break
