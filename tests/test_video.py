@@ -295,3 +295,19 @@ def test_a_stopped_clip_goes_on_from_its_frames_done_to_the_same_result(clip_pro
     assert rest_history["loss"] == whole_history["loss"] and rest_history["frames"] == whole_history["frames"]
     assert rest_history["steps"] == whole_history["steps"] == 9
     assert seen[0] == ((1, 3) if stop_after == 4 else (1, 1))
+
+
+def test_a_clip_keeps_its_frames_done_now_and_then_so_a_killed_run_goes_on_from_them(
+    clip_problem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nst_nodes.video import frames
+
+    model, init, objective, flow = clip_problem
+    temporal = {"start": "warped", "weight": 1e3, "flow": flow}
+    settings = OptimizerSettings(steps=3)
+    monkeypatch.setattr(frames, "KEEP_SECONDS", 0.0)
+    kept: list[Any] = []
+    whole, whole_history, stopped = optimize_frames(model, objective, init, temporal, settings, keep=kept.append)
+    assert not stopped and [state["frames"].shape[0] for state in kept] == [1, 2]  # not after the last frame
+    rest, rest_history, _ = optimize_frames(model, objective, init, temporal, settings, resume=kept[0])
+    assert torch.equal(rest, whole) and rest_history["loss"] == whole_history["loss"]

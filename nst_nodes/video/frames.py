@@ -9,6 +9,7 @@ also a target where the warp is reliable. A scene cut starts fresh from the cont
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -59,6 +60,11 @@ def frame_start(
     return start[temporal["start"]], term
 
 
+KEEP_SECONDS = 300.0
+"""A clip's frames done are also kept between frames this often, so that a killed run (a second Ctrl-C, the OOM
+killer, a lost worker) goes on from them: each keep writes every frame done (a 250-frame clip at 384x288: 330 MB)."""
+
+
 def copied(history: dict[str, Any]) -> dict[str, Any]:
     """A history whose lists are its own (one kept, or one still growing, stays as it is)."""
     return {key: list(value) if isinstance(value, list) else value for key, value in history.items()}
@@ -78,15 +84,16 @@ def optimize_frames(
     """Optimize every frame of ``init`` ``[N, 3, H, W]`` in order; returns the results (the frames done,
     the last one partial when stopped), their history and whether a stop cut the batch short.
 
-    ``report(frame, step, total, loss, image)`` after every step of every frame. A stop hands ``keep``
-    the state to go on from; ``resume``, such a state of a run with the same arguments, goes on from
-    it (see :func:`~nst_nodes.optimize.optimize`)."""
+    ``report(frame, step, total, loss, image)`` after every step of every frame. A stop, and every
+    :data:`KEEP_SECONDS` between frames, hands ``keep`` the state to go on from; ``resume``, such a state
+    of a run with the same arguments, goes on from it (see :func:`~nst_nodes.optimize.optimize`)."""
     count = init.shape[0]
     should_stop = should_stop or (lambda: False)
     results = [] if resume is None else [frame[None] for frame in resume["frames"].to(init.device, copy=True)]
     history: dict[str, Any] = {"frames": []} if resume is None else copied(resume["history"])
     steps, stopped = history.pop("steps", 0), False
     within = resume["current"] if resume is not None else None
+    last_kept = time.monotonic()
 
     def kept(current: OptimizationProgress | None, finished: list[torch.Tensor]) -> ClipProgress:
         frames = torch.cat(finished) if finished else init[:0]
@@ -125,10 +132,13 @@ def optimize_frames(
         if frame_history["steps"] < settings.steps:
             stopped = True  # the frames done are kept; the last one is the best so far
             break
-        if index < count - 1 and should_stop():
-            stopped = True
-            if keep is not None:
+        if index < count - 1:
+            stopping = should_stop()
+            if keep is not None and (stopping or time.monotonic() - last_kept >= KEEP_SECONDS):
                 keep(kept(None, results))
-            break
+                last_kept = time.monotonic()
+            if stopping:
+                stopped = True
+                break
     history["steps"] = steps
     return torch.cat(results), cast(History, history), stopped
