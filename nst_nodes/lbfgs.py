@@ -131,22 +131,29 @@ class BoxLBFGS:
 
     def state(self) -> dict[str, Any]:
         """What a later run needs, with ``x``, to go on exactly from here: the loss and gradient at ``x`` and the
-        curvature pairs. The pairs' buffers themselves, not a copy (at 2048² they hold 2.5 GB): the caller keeps
-        them once this optimizer has stopped."""
+        curvature pairs. Once the buffers are full, the buffers themselves, not a copy (at 2048² they hold 2.5 GB):
+        the caller keeps them once this optimizer has stopped. Until then the slots in use are the first ones."""
         grad = self.x.grad
+        used = len(self.order)
+        full = used == self.steps_taken.shape[0]
         return {
             "loss": self.loss,
             "gradient": grad if self.loss is not None else None,
-            "steps_taken": self.steps_taken,
-            "gradient_changes": self.gradient_changes,
+            "steps_taken": self.steps_taken if full else self.steps_taken[:used].clone(),
+            "gradient_changes": self.gradient_changes if full else self.gradient_changes[:used].clone(),
             "order": list(self.order),
             "inverse_curvatures": list(self.inverse_curvatures),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Go on from :meth:`state` (of a run with the same settings, at the ``x`` it was taken at)."""
-        self.steps_taken.copy_(state["steps_taken"])
-        self.gradient_changes.copy_(state["gradient_changes"])
+        """Go on from :meth:`state` (of a run with the same settings, at the ``x`` it was taken at). Full buffers
+        on this device are taken over rather than copied: the state's owner lets them go."""
+        for name in ("steps_taken", "gradient_changes"):
+            buffer, kept = getattr(self, name), state[name]
+            if kept.shape == buffer.shape and kept.dtype == buffer.dtype and kept.device == buffer.device:
+                setattr(self, name, kept)
+            else:
+                buffer[: len(kept)] = kept.to(buffer.device)
         self.order = [int(slot) for slot in state["order"]]
         self.inverse_curvatures = [float(rho) for rho in state["inverse_curvatures"]]
         self.loss = state["loss"]

@@ -212,13 +212,16 @@ def test_kept_progress_is_replaced_only_by_progress_that_got_further_and_only_fi
     progress().save({"done": 6, "values": torch.ones(3)}, 6)
     progress().save({"done": 2, "values": torch.zeros(3)}, 2)  # one that could not go on from 6
     assert progress().load()["done"] == 6 and len(kept) == 1 and said[-1].startswith("goes on from")
-    assert progress().load(fits=lambda state: state["values"].sum() == 0) is None
+    refusing = progress()
+    assert refusing.load(fits=lambda state: state["values"].sum() == 0) is None
     assert said[-1].startswith("the progress a stopped run of it kept does not fit this run")
+    refusing.save({"done": 3, "values": torch.zeros(3)}, 3)  # what does not fit is replaced by what does
+    assert progress().load()["done"] == 3
     with pytest.raises(TypeError, match="tensors and JSON-able values"):
         progress().save({"done": object()}, 9)
     unkept = KeptProgress(Cache(None, memory_bytes=0), "ab" * 32, said.append, lambda: kept.append(1))
     unkept.save({"done": 7}, 7)  # no store will hold it: not said to be kept
-    assert len(kept) == 1
+    assert len(kept) == 2
 
 
 def test_a_stopped_run_names_the_nodes_that_kept_their_progress(tmp_path: Path, reporter) -> None:

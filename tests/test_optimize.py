@@ -417,12 +417,14 @@ def test_vector_threads_are_timed_once_and_remembered_so_runs_repeat(
         assert kernels.chooser().choices[key].path in ("1", str(torch.get_num_threads()))
 
 
-@pytest.mark.parametrize("method, lr", [("lbfgs", 1.0), ("adam", 5.0)])
-def test_a_stopped_optimization_goes_on_to_the_result_it_would_have_reached(model: VGGModel, problem, method, lr):
-    """What a stop keeps (L-BFGS's curvature pairs, Adam's moments, the best iterate, the history) makes the rest
-    of the run the same as a run that never stopped, bit for bit."""
+@pytest.mark.parametrize("method, lr, pairs", [("lbfgs", 1.0, 50), ("lbfgs", 1.0, 2), ("adam", 5.0, 50)])
+def test_a_stopped_optimization_goes_on_to_the_result_it_would_have_reached(
+    model: VGGModel, problem, method, lr, pairs
+):
+    """What a stop keeps (L-BFGS's curvature pairs, the slots in use or the full buffers taken over; Adam's moments;
+    the best iterate; the history) makes the rest of the run the same as a run that never stopped, bit for bit."""
     content, objective = problem
-    settings = OptimizerSettings(steps=6, method=method, lr=lr)
+    settings = OptimizerSettings(steps=6, method=method, lr=lr, history_size=pairs)
     optimize(model, objective, content, replace(settings, steps=1))  # the kernels of this size chosen for all three
     whole, whole_history = optimize(model, objective, content, settings)
     kept: list[Any] = []

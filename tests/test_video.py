@@ -311,3 +311,26 @@ def test_a_clip_keeps_its_frames_done_now_and_then_so_a_killed_run_goes_on_from_
     assert not stopped and [state["frames"].shape[0] for state in kept] == [1, 2]  # not after the last frame
     rest, rest_history, _ = optimize_frames(model, objective, init, temporal, settings, resume=kept[0])
     assert torch.equal(rest, whole) and rest_history["loss"] == whole_history["loss"]
+
+
+def test_a_stop_before_a_frames_first_step_still_keeps_the_frames_done(clip_problem) -> None:
+    """It comes after the poll between frames, while the next frame is set up (its state is not kept: the stop may
+    have cut the plans' timing short), but the frames done are."""
+    model, init, objective, _ = clip_problem
+    polls_since_frame_0: list[bool] = []
+    frame_0_done = [False]
+
+    def report(frame: int, step: int, *_: Any) -> None:
+        frame_0_done[0] = frame_0_done[0] or (frame, step) == (0, 12)
+
+    def should_stop() -> bool:  # False at the poll between frames, True from the next one on (frame 1's setup)
+        if frame_0_done[0]:
+            polls_since_frame_0.append(True)
+        return len(polls_since_frame_0) > 1
+
+    kept: list[Any] = []
+    results, _, stopped = optimize_frames(
+        model, objective, init, None, OptimizerSettings(steps=12), report, should_stop, keep=kept.append
+    )
+    assert stopped and results.shape[0] == 2
+    assert len(kept) == 1 and kept[0]["frames"].shape[0] == 1 and kept[0]["current"] is None

@@ -44,6 +44,7 @@ class KeptProgress:
             return None
         if fits is not None and not fits(state):
             self.warn("the progress a stopped run of it kept does not fit this run (another machine?); starting over")
+            self.done = -1  # this run's own progress replaces it
             return None
         self.warn(
             "goes on from where a stopped run of it got to (recomputing it, or running without the cache, "
@@ -81,4 +82,7 @@ class KeptProgress:
         if not isinstance(done, int):
             return None
         self.done = done
+        # The node may take over its tensors (L-BFGS's pairs: GBs) and change them: no later reader gets them from
+        # memory (the disk's copy stays as it was).
+        self.cache.memory.discard(self.key)
         return dict(result.outputs[0])

@@ -292,10 +292,9 @@ def train_stylizer(
 ) -> Stylizer:
     """Train a stylizer on IMAGE ``[N, H, W, 3]`` against ``objective``, with ``temporal``'s term on the frames'
     flow (see the module's docstring); returns the best checkpoint on the held-aside picture. ``should_stop()`` is
-    polled after every step; a stop, and every checkpoint, hands ``keep`` the state to go on from. ``resume``: such
-    a state, of a run
-    with the same arguments; the training goes on from it to the stylizer it would have reached had it not
-    stopped."""
+    polled after every step; a stop, and every checkpoint, hands ``keep`` the state to go on from. ``resume``:
+    such a state, of a run with the same arguments; the training goes on from it to the stylizer it would have
+    reached had it not stopped."""
     check_pictures(images, settings.size)
     pairs = frame_pairs(images, temporal, settings.batch) if temporal is not None else []
     flow = temporal["flow"] if temporal is not None else None  # not None with a temporal term (frame_pairs)
@@ -393,9 +392,9 @@ def training_progress(
         "step": step,
         "plan": plan,
         "network_plan": network_plan,
-        "weights": {name: value.detach().cpu().clone() for name, value in network.state_dict().items()},
+        "weights": {name: value.detach().to("cpu", copy=True) for name, value in network.state_dict().items()},
         "optimizer": {
-            str(index): {name: value.detach().cpu().clone() for name, value in state.items()}
+            str(index): {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
             for index, state in optimizer.state_dict()["state"].items()
         },
         "generator": generator.get_state(),
@@ -448,5 +447,5 @@ class _Checkpoint:
             )
         if loss < self.loss:
             self.loss, self.step = loss, step
-            self.weights = {name: value.detach().cpu().clone() for name, value in network.state_dict().items()}
+            self.weights = {name: value.detach().to("cpu", copy=True) for name, value in network.state_dict().items()}
         return stylized.clamp(0, 1)

@@ -96,8 +96,8 @@ def optimize_frames(
     last_kept = time.monotonic()
 
     def kept(current: OptimizationProgress | None, finished: list[torch.Tensor]) -> ClipProgress:
-        frames = torch.cat(finished) if finished else init[:0]
-        return {"frames": frames.detach().clone(), "history": {**copied(history), "steps": steps}, "current": current}
+        frames = torch.cat(finished).detach() if finished else init[:0].clone()
+        return {"frames": frames, "history": {**copied(history), "steps": steps}, "current": current}
 
     for index in range(len(results), count):
         start, term = frame_start(index, init, results[-1] if results else None, temporal)
@@ -114,8 +114,9 @@ def optimize_frames(
             model, goal, start, settings, step, should_stop, within, stopped_within.append if keep else None
         )
         within = None
-        if stopped_within and keep is not None:
-            keep(kept(stopped_within[0], results))
+        stopped_early = frame_history["steps"] < settings.steps
+        if keep is not None and (stopped_within or (stopped_early and results)):  # the frames done at least
+            keep(kept(stopped_within[0] if stopped_within else None, results))
         results.append(result)
         evaluations = len(frame_history["loss"])
         before = sum(history["frames"])
@@ -129,7 +130,7 @@ def optimize_frames(
                 value.extend([0.0] * (before + evaluations - len(value)))
         history["frames"].append(evaluations)
         steps += frame_history["steps"]
-        if frame_history["steps"] < settings.steps:
+        if stopped_early:
             stopped = True  # the frames done are kept; the last one is the best so far
             break
         if index < count - 1:
