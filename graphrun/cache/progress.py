@@ -1,8 +1,9 @@
 """A stopped node's progress, kept in the cache for a rerun of the same node to continue from.
 
 A node that can go on from where it stopped (an optimization at step 120 of 200, a clip at its
-tenth frame) hands its state to :meth:`graphrun.host.RunnerHost.keep_progress` when it stops; a
-later run of the same node (the same key: the same inputs, settings and code) gets it back from
+tenth frame) hands its state to :meth:`graphrun.host.RunnerHost.keep_progress` when it stops (and,
+if it likes, now and then while it runs, so that a killed process goes on too); a later run of the
+same node (the same key: the same inputs, settings and code) gets it back from
 :meth:`~graphrun.host.RunnerHost.resume_state`. The state is an entry like any result (tensors and
 JSON-able values, read back with ``weights_only``) under :func:`~graphrun.cache.keys.progress_key`,
 so it is bounded, listed and cleared with the cache. Progress that got further is never replaced
@@ -24,7 +25,7 @@ from graphrun.cache.entry import is_storable
 @dataclass
 class KeptProgress:
     """One node's kept progress: ``key`` is its progress key; ``warn`` says what happened to it;
-    ``on_kept`` is called once a stop's progress is kept."""
+    ``on_kept`` is called whenever progress is kept."""
 
     cache: Cache
     key: str
