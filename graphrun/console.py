@@ -65,7 +65,7 @@ class ConsoleReporter:
             how = f"ran in {seconds:.2f} s on a partial result (not cached)"
         else:
             how = f"ran in {seconds:.2f} s"
-        written = written_files(files)
+        written = listed_files(files)
         shown = "".join(f"\n    {line}" for line in text)
         self._write(lambda stream: print(f"[{node_id}] {class_type}: {how}{written}{shown}", file=stream, flush=True))
 
@@ -133,7 +133,7 @@ class ConsoleBatchReporter(BatchReporter):
         how = f"{result.outcome} at {result.seconds:.1f} s"
         if result.error:
             how += f": {result.error}"
-        self._print(f"[{self.finished}/{self.total}] {result.item.label}: {how}{written_files(result.files)}")
+        self._print(f"[{self.finished}/{self.total}] {result.item.label}: {how}{listed_files(result.files)}")
 
     def progress(
         self, node_id: str, class_type: str, step: int, total: int, info: dict[str, Any], preview: Preview | None
@@ -158,7 +158,7 @@ class ConsoleBatchReporter(BatchReporter):
         self._print(f"warning: {message}")
 
 
-def written_files(files: list[Path], shown: int = 3) -> str:
+def listed_files(files: list[Path], shown: int = 3) -> str:
     """`` -> a, b, c``; beyond ``shown`` files (a clip's frames) the first and how many more."""
     if len(files) > shown:
         return f" -> {files[0]} and {len(files) - 1} more"

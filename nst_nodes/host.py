@@ -54,8 +54,9 @@ class Host(Protocol):
         ``fits``: the node's check that it can (the host says when it cannot)."""
 
     def keep_progress(self, state: dict[str, Any], done: int) -> None:
-        """On a stop, before returning the best result so far: keep ``state`` (tensors and JSON-able values)
-        for a rerun to go on from; ``done`` says how far the node got. Hosts without a store ignore it."""
+        """On a stop, before returning the best result so far (and now and then while running, so that a killed
+        process goes on too): keep ``state`` (tensors and JSON-able values) for a rerun to go on from; ``done``
+        says how far the node got. Hosts without a store ignore it."""
 
 
 class LocalHost:
