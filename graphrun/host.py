@@ -34,7 +34,7 @@ class ProgressStore(Protocol):
 
     def load(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None: ...
 
-    def save(self, state: dict[str, Any], done: int) -> None: ...
+    def save(self, state: dict[str, Any], done: int, running: bool = False) -> None: ...
 
 
 def resolve_device(name: str) -> str:
@@ -130,9 +130,10 @@ class RunnerHost:
         can (a state kept on another machine may not)."""
         return self._kept.load(fits) if self._kept is not None else None
 
-    def keep_progress(self, state: dict[str, Any], done: int) -> None:
-        """Keep this node's state as it stops, or now and then while it runs (tensors and JSON-able values),
-        for a rerun to go on from; ``done`` says how far it got: progress kept that got as far or further stays.
+    def keep_progress(self, state: dict[str, Any], done: int, running: bool = False) -> None:
+        """Keep this node's state as it stops, or now and then while it runs (``running``: it goes on changing
+        the state's tensors, so they are written out at once, to disk only), for a rerun to go on from (tensors
+        and JSON-able values); ``done`` says how far it got: progress kept that got as far or further stays.
         A run that completes the node drops it."""
         if self._kept is not None:
-            self._kept.save(state, done)
+            self._kept.save(state, done, running)

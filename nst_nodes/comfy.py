@@ -80,7 +80,7 @@ class ComfyHost:
         """None: Cancel interrupts a node before it can keep anything (above)."""
         return None
 
-    def keep_progress(self, state: dict[str, Any], done: int) -> None:
+    def keep_progress(self, state: dict[str, Any], done: int, running: bool = False) -> None:
         return None
 
 

@@ -53,10 +53,11 @@ class Host(Protocol):
         """What a stopped run of this same node kept with :meth:`keep_progress`, or None: go on from it.
         ``fits``: the node's check that it can (the host says when it cannot)."""
 
-    def keep_progress(self, state: dict[str, Any], done: int) -> None:
-        """On a stop, before returning the best result so far (and now and then while running, so that a killed
-        process goes on too): keep ``state`` (tensors and JSON-able values) for a rerun to go on from; ``done``
-        says how far the node got. Hosts without a store ignore it."""
+    def keep_progress(self, state: dict[str, Any], done: int, running: bool = False) -> None:
+        """On a stop, before returning the best result so far (and now and then while ``running``, so that a
+        killed process goes on too; the node may go on changing the state's tensors): keep ``state`` (tensors and
+        JSON-able values) for a rerun to go on from; ``done`` says how far the node got. Hosts without a store
+        ignore it."""
 
 
 class LocalHost:
@@ -96,7 +97,7 @@ class LocalHost:
     def resume_state(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
         return None
 
-    def keep_progress(self, state: dict[str, Any], done: int) -> None:
+    def keep_progress(self, state: dict[str, Any], done: int, running: bool = False) -> None:
         return None
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 
@@ -24,6 +24,33 @@ from .lbfgs import BoxLBFGS, time_vector_work
 from .losses import ObjectiveFunction, tensor_sum, term_layers
 from .types import History, Objective, OptimizationProgress
 from .vgg import LAYER_INDEX, VGGModel
+
+State = TypeVar("State")
+Keep = Callable[[Callable[[], State], bool], None]
+"""``keep(state, running)``: a run hands over the state to go on from (made by ``state()`` only if it is kept) as it
+stops, and while ``running``; a :class:`Keeper` decides how often."""
+KEEP_SECONDS = 300.0
+KEEP_SHARE = 0.02
+
+
+class Keeper(Generic[State]):
+    """Hands a run's state to ``keep(state, running)`` as it stops, and while it runs every :data:`KEEP_SECONDS`,
+    or more seldom where keeping takes more than :data:`KEEP_SHARE` of the time (at 2048², L-BFGS's pairs are GBs
+    to write), so that a killed process (a second Ctrl-C, the OOM killer, a lost worker) goes on from the last."""
+
+    def __init__(self, keep: Callable[[State, bool], None]) -> None:
+        self.keep = keep
+        self.last, self.seconds = time.monotonic(), 0.0
+
+    def __call__(self, state: Callable[[], State], running: bool = False) -> None:
+        started = time.monotonic()
+        if running and started - self.last < max(KEEP_SECONDS, self.seconds / KEEP_SHARE):
+            return
+        self.keep(state(), running)
+        self.last = time.monotonic()
+        if running:
+            self.seconds = self.last - started
+
 
 METHODS = ("lbfgs", "adam")
 PRECISIONS = ("fp32", "bf16")
@@ -287,15 +314,15 @@ def optimize(
     report: Callable[[int, int, float, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: OptimizationProgress | None = None,
-    keep: Callable[[OptimizationProgress], None] | None = None,
+    keep: Keep[OptimizationProgress] | None = None,
 ) -> tuple[torch.Tensor, History]:
     """Minimize the objective over the pixels of ``start`` ``[1, 3, H, W]``; returns (best image, history).
 
     ``report(step, total, loss, image)`` is called after every step with the current iterate, then
     ``should_stop()`` is polled: True ends the run with the best image so far (at least one step
     is always taken, so a stopped run still returns an optimized image), after handing ``keep`` the
-    state to go on from. ``resume``: such a state, of a run with the same arguments; the run goes on
-    from it to the result it would have reached had it not stopped.
+    state to go on from (handed while it runs too: :class:`Keeper`). ``resume``: such a state, of a run
+    with the same arguments; the run goes on from it to the result it would have reached had it not stopped.
 
     Works under a host's ``torch.inference_mode()``: targets (ObjectiveFunction) and the start
     image are cloned into normal tensors before autograd sees them.
@@ -369,10 +396,12 @@ def optimize(
                     image.clamp_(lower, upper)  # projected Adam; L-BFGS keeps its iterates inside itself
             steps = step
             report(step, settings.steps, tracker.history["loss"][-1], image.detach())
-            if step < settings.steps and should_stop():  # after the last step there is nothing left to stop
-                stopped = True
-                if keep is not None:
-                    keep(tracker.progress(step, plan, threads, image, optimizer_state(optimizer, image)))
+            if step == settings.steps:  # after the last step there is nothing left to stop or keep
+                break
+            stopped = should_stop()
+            if keep is not None:
+                keep(partial(tracker.progress, step, plan, threads, image, optimizer), not stopped)
+            if stopped:
                 break
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
             with torch.no_grad(), cuda_pass(device, reduced and precision == "tf32"):
@@ -409,15 +438,22 @@ class _Tracker:
         self.best_image = image
 
     def progress(
-        self, step: int, plan: str, threads: int, image: torch.Tensor, optimizer: dict[str, Any]
+        self,
+        step: int,
+        plan: str,
+        threads: int,
+        image: torch.Tensor,
+        optimizer: BoxLBFGS | torch.optim.Optimizer,
     ) -> OptimizationProgress:
+        """The state to go on from after ``step``. L-BFGS's full pair buffers are in it, not a copy: while the run
+        goes on they change, so what is kept while running is written out at once."""
         return {
             "machine": machine_label(image.device),
             "step": step,
             "plan": plan,
             "vector_threads": threads,
             "image": image.detach().clone(),
-            "optimizer": optimizer,
+            "optimizer": optimizer_state(optimizer, image),
             "best_image": self.best_image.clone(),
             "best_loss": self.best_loss,
             "history": {kind: list(values) for kind, values in self.history.items()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 import fake_nodes
 import pytest
@@ -164,11 +165,67 @@ def test_an_entry_this_user_may_not_read_warns_once_and_is_not_written_over(
     entries = entries_after_one_run(directory, reporter)
     before = {entry: entry.stat().st_mtime_ns for entry in entries}
 
-    def not_yours(path: Path) -> bytes:  # what another user's 0600 entry answers (root reads everything)
+    def not_yours(path: Path) -> BinaryIO:  # what another user's 0600 entry answers (root reads everything)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("graphrun.cache.disk.read_regular_file", not_yours)
+    monkeypatch.setattr("graphrun.cache.disk.open_regular_file", not_yours)
     again = type(reporter)()
     assert run_graph(Cache(directory), again) == {"2": (6.0,)}
     assert len(again.warnings) == 2 and all("Permission denied" in w for w in again.warnings)
     assert {entry: entry.stat().st_mtime_ns for entry in entries} == before
+
+
+def test_a_disk_that_fills_while_an_entry_streams_to_it_warns_once_and_leaves_no_file(
+    tmp_path: Path, reporter, monkeypatch
+) -> None:
+    import errno
+
+    from graphrun.cache import entry
+
+    class FillingFile:  # an entry's file on a disk that fills after a few hundred bytes
+        def __init__(self, file: BinaryIO) -> None:
+            self.file = file
+
+        def write(self, data: bytes) -> int:
+            if self.file.tell() > 600:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def flush(self) -> None:
+            self.file.flush()
+
+    real_init = entry._HashingWriter.__init__
+    # torch.save turns the failed write into its own RuntimeError: the cache still sees the OSError
+    monkeypatch.setattr(entry._HashingWriter, "__init__", lambda self, file: real_init(self, FillingFile(file)))
+    directory = tmp_path / "cache"
+    cache = Cache(directory)
+    assert run_graph(cache, reporter) == {"2": (6.0,)}
+    assert reporter.warnings == [
+        f"cannot write to cache directory {directory} (No space left on device); results are not cached on disk"
+    ]
+    assert not [path for path in directory.rglob("*") if path.is_file()]
+    again = type(reporter)()
+    assert run_graph(cache, again) == {"2": (6.0,)} and again.cached == ["2"]  # memory still serves
+
+
+def test_an_entry_streams_through_a_file_and_through_bytes_alike(tmp_path: Path) -> None:
+    import io
+
+    import torch
+
+    from graphrun.cache.entry import NodeResult, decode_result, encode_result, read_entry, write_entry
+
+    result = NodeResult((torch.arange(100_000.0), {"a": [1, "b"]}), {"text": ["x"]}, {"out.png": "0" * 64})
+    with open(tmp_path / "entry", "w+b") as file:
+        file.write(b"before ")  # an entry may start anywhere in a file
+        write_entry(file, "k", result)
+        file.seek(len(b"before "))
+        from_file = read_entry(file, "k")
+    from_bytes = decode_result(encode_result("k", result), "k")
+    for back in (from_file, from_bytes):
+        assert torch.equal(back.outputs[0], result.outputs[0]) and back.outputs[1] == {"a": [1, "b"]}
+        assert (back.ui, back.files) == (result.ui, result.files)
+    blob = bytearray(encode_result("k", result))
+    blob[-10] ^= 1
+    with pytest.raises(ValueError, match="checksum"):
+        read_entry(io.BytesIO(blob), "k")

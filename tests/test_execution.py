@@ -224,6 +224,23 @@ def test_kept_progress_is_replaced_only_by_progress_that_got_further_and_only_fi
     assert len(kept) == 2
 
 
+def test_progress_kept_while_a_node_runs_is_written_out_at_once_and_not_held_in_memory(tmp_path: Path) -> None:
+    """The node goes on changing the state's tensors (L-BFGS's pairs): what is kept is what they were then."""
+    from graphrun.cache.progress import KeptProgress
+
+    said: list[str] = []
+    kept: list[int] = []
+    cache = later_process(tmp_path)
+    live = torch.zeros(3)
+    KeptProgress(cache, "ab" * 32, said.append, lambda: kept.append(1)).save({"values": live}, 1, running=True)
+    live += 5  # the node goes on
+    assert cache.memory.held == 0 and len(kept) == 1
+    assert torch.equal(KeptProgress(cache, "ab" * 32, said.append).load()["values"], torch.zeros(3))
+    memory_only = KeptProgress(Cache(None), "ab" * 32, said.append, lambda: kept.append(1))
+    memory_only.save({"values": live}, 1, running=True)  # nowhere to write it out: not kept
+    assert len(kept) == 1 and memory_only.load() is None
+
+
 def test_a_stopped_run_names_the_nodes_that_kept_their_progress(tmp_path: Path, reporter) -> None:
     stop = threading.Event()
     reporter.stop_at = ("2", 3, stop)

@@ -221,7 +221,11 @@ def test_a_stopped_training_goes_on_to_the_stylizer_it_would_have_trained(model:
     longer = trained(model, steps=40)  # a checkpoint every second step (CHECKPOINTS is 20)
     kept: list[TrainingProgress] = []
     calls = iter(range(100))
-    part = trained(model, steps=40, should_stop=lambda: next(calls) >= 5, keep=kept.append)  # 0: after the timing
+
+    def keep(state: TrainingProgress, running: bool) -> None:
+        kept.append(state)
+
+    part = trained(model, steps=40, should_stop=lambda: next(calls) >= 5, keep=keep)  # 0: after the timing
     assert part["training"]["steps"] == 5 and part["training"]["best_step"] == 5  # the stop's own checkpoint
     assert [state["step"] for state in kept] == [2, 4, 5] and kept[-1]["best_step"] in (2, 4)
     steps: list[int] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from nst_nodes.image import load_image, resize_image, target_size
 from nst_nodes.lbfgs import BoxLBFGS
 from nst_nodes.losses import gatys_objective
-from nst_nodes.optimize import OptimizerSettings, optimize, start_image
+from nst_nodes.optimize import Keeper, OptimizerSettings, optimize, start_image
 from nst_nodes.types import Objective
 from nst_nodes.vgg import VGGModel, load_vgg19
 
@@ -429,7 +430,15 @@ def test_a_stopped_optimization_goes_on_to_the_result_it_would_have_reached(
     whole, whole_history = optimize(model, objective, content, settings)
     kept: list[Any] = []
     calls = iter(range(100))
-    part, part_history = optimize(model, objective, content, settings, None, lambda: next(calls) >= 2, keep=kept.append)
+    part, part_history = optimize(
+        model,
+        objective,
+        content,
+        settings,
+        None,
+        lambda: next(calls) >= 2,
+        keep=Keeper(lambda state, _: kept.append(state)),
+    )
     assert part_history["steps"] == 3 and len(kept) == 1 and kept[0]["step"] == 3
     assert not torch.equal(part, whole)
     steps: list[int] = []
@@ -442,11 +451,52 @@ def test_a_stopped_optimization_goes_on_to_the_result_it_would_have_reached(
         assert len(kept[0]["optimizer"]["inverse_curvatures"]) >= 1  # the pairs were kept, not rebuilt
 
 
+@pytest.mark.parametrize("pairs", [50, 2])  # the pairs' slots in use; the full buffers, which go on changing
+def test_a_killed_optimization_goes_on_from_the_state_kept_while_it_ran(
+    model: VGGModel, problem, pairs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nst_nodes import optimize as module
+
+    content, objective = problem
+    settings = OptimizerSettings(steps=6, history_size=pairs)
+    whole, whole_history = optimize(model, objective, content, settings)
+    monkeypatch.setattr(module, "KEEP_SECONDS", 0.0)
+    monkeypatch.setattr(module, "KEEP_SHARE", float("inf"))
+    kept: list[tuple[Any, bool]] = []  # written out at once, as the engine does with what is kept while running
+    keep = Keeper(lambda state, running: kept.append((deepcopy(state), running)))
+    optimize(model, objective, content, settings, keep=keep)
+    assert [(state["step"], running) for state, running in kept] == [(step, True) for step in range(1, 6)]
+    rest, rest_history = optimize(model, objective, content, settings, resume=kept[2][0])
+    assert torch.equal(rest, whole) and rest_history["loss"] == whole_history["loss"]
+
+
+def test_a_keeper_keeps_at_every_stop_and_while_running_spends_at_most_a_share_of_the_time_keeping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nst_nodes import optimize as module
+
+    now = [0.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    kept: list[tuple[float, bool]] = []
+
+    def keep(state: float, running: bool) -> None:
+        kept.append((state, running))
+        now[0] += 10.0  # writing it takes 10 s: the next is due 10 / KEEP_SHARE (500 s) later, not KEEP_SECONDS
+
+    keeper = Keeper(keep)
+    for at in (100.0, 300.0, 700.0, 809.0, 810.0, 1000.0):
+        now[0] = at
+        keeper(lambda: now[0], running=True)
+    keeper(lambda: now[0], running=False)  # a stop always keeps
+    assert kept == [(300.0, True), (810.0, True), (1000.0, False)]
+
+
 def test_a_stop_before_the_first_step_keeps_nothing(model: VGGModel, problem) -> None:
     """It may have come while the pass plans were timed: the stand-in plan run then is not the one a rerun times."""
     content, objective = problem
     kept: list[Any] = []
-    _, history = optimize(model, objective, content, OptimizerSettings(steps=12), None, lambda: True, keep=kept.append)
+    keep = Keeper(lambda state, _: kept.append(state))
+    _, history = optimize(model, objective, content, OptimizerSettings(steps=12), None, lambda: True, keep=keep)
     assert history["steps"] == 1 and kept == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nst_nodes.optimize import Keeper
 from nst_nodes.video import io
 from nst_nodes.video.flow import is_cut, optical_flow, reliable, warp
 from nst_nodes.video.metrics import flicker, warping_error
@@ -282,9 +284,8 @@ def test_a_stopped_clip_goes_on_from_its_frames_done_to_the_same_result(clip_pro
     whole, whole_history, _ = optimize_frames(model, objective, init, temporal, settings)
     kept: list[Any] = []
     calls = iter(range(100))
-    optimize_frames(
-        model, objective, init, temporal, settings, None, lambda: next(calls) >= stop_after, keep=kept.append
-    )
+    keep = Keeper(lambda state, _: kept.append(state))
+    optimize_frames(model, objective, init, temporal, settings, None, lambda: next(calls) >= stop_after, keep=keep)
     assert len(kept) == 1 and kept[0]["frames"].shape[0] == 1
     assert (kept[0]["current"] is None) == (stop_after == 2)
     seen: list[tuple[int, int]] = []
@@ -297,20 +298,25 @@ def test_a_stopped_clip_goes_on_from_its_frames_done_to_the_same_result(clip_pro
     assert seen[0] == ((1, 3) if stop_after == 4 else (1, 1))
 
 
-def test_a_clip_keeps_its_frames_done_now_and_then_so_a_killed_run_goes_on_from_them(
+def test_a_clip_keeps_its_state_now_and_then_so_a_killed_run_goes_on_from_it(
     clip_problem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nst_nodes.video import frames
+    from nst_nodes import optimize as module
 
     model, init, objective, flow = clip_problem
     temporal = {"start": "warped", "weight": 1e3, "flow": flow}
     settings = OptimizerSettings(steps=3)
-    monkeypatch.setattr(frames, "KEEP_SECONDS", 0.0)
-    kept: list[Any] = []
-    whole, whole_history, stopped = optimize_frames(model, objective, init, temporal, settings, keep=kept.append)
-    assert not stopped and [state["frames"].shape[0] for state in kept] == [1, 2]  # not after the last frame
-    rest, rest_history, _ = optimize_frames(model, objective, init, temporal, settings, resume=kept[0])
-    assert torch.equal(rest, whole) and rest_history["loss"] == whole_history["loss"]
+    whole, whole_history, _ = optimize_frames(model, objective, init, temporal, settings)
+    monkeypatch.setattr(module, "KEEP_SECONDS", 0.0)
+    monkeypatch.setattr(module, "KEEP_SHARE", float("inf"))
+    kept: list[Any] = []  # written out at once, as the engine does with what is kept while running
+    keep = Keeper(lambda state, running: kept.append(deepcopy(state)) if running else None)
+    _, _, stopped = optimize_frames(model, objective, init, temporal, settings, keep=keep)
+    where = [(state["frames"].shape[0], state["current"] and state["current"]["step"]) for state in kept]
+    assert not stopped and where == [(0, 1), (0, 2), (1, None), (1, 1), (1, 2), (2, None), (2, 1), (2, 2)]
+    for state in (kept[3], kept[5]):  # within frame 1; between frames 1 and 2
+        rest, rest_history, _ = optimize_frames(model, objective, init, temporal, settings, resume=state)
+        assert torch.equal(rest, whole) and rest_history["loss"] == whole_history["loss"]
 
 
 def test_a_stop_before_a_frames_first_step_still_keeps_the_frames_done(clip_problem) -> None:
@@ -329,8 +335,9 @@ def test_a_stop_before_a_frames_first_step_still_keeps_the_frames_done(clip_prob
         return len(polls_since_frame_0) > 1
 
     kept: list[Any] = []
+    keep = Keeper(lambda state, _: kept.append(state))
     results, _, stopped = optimize_frames(
-        model, objective, init, None, OptimizerSettings(steps=12), report, should_stop, keep=kept.append
+        model, objective, init, None, OptimizerSettings(steps=12), report, should_stop, keep=keep
     )
     assert stopped and results.shape[0] == 2
     assert len(kept) == 1 and kept[0]["frames"].shape[0] == 1 and kept[0]["current"] is None

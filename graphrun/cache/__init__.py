@@ -9,10 +9,11 @@ recently used out first; disk by a byte budget, oldest entries out first.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from graphrun.cache.disk import DiskStore, Scan, UnreadableEntry
-from graphrun.cache.entry import NodeResult, decode_result, encode_result
+from graphrun.cache.entry import NodeResult, read_entry, write_entry
 from graphrun.cache.memory import MemoryStore
 
 DEFAULT_MEMORY_BYTES = 2 << 30
@@ -86,11 +87,12 @@ class Cache:
         found = self.memory.get(key)
         if found is not None or self.disk is None or not self.disk.ready():
             return found
-        blob = self.disk.read(key)
-        if blob is None:
+        file = self.disk.open(key)
+        if file is None:
             return None
         try:
-            result = decode_result(blob, key)
+            with file:
+                result = read_entry(file, key)
         except Exception as error:
             self.discard(key)
             raise UnreadableEntry(f"cache entry {self.disk.path(key)} is damaged ({error}); discarded") from error
@@ -103,12 +105,16 @@ class Cache:
         if self.disk is not None:
             self.disk.discard(key)
 
-    def store(self, key: str, result: NodeResult, to_disk: bool) -> bool:
+    def store(self, key: str, result: NodeResult, to_disk: bool, in_memory: bool = True) -> bool:
         """Keep a result; whether it was kept anywhere. Raises OSError if the disk write fails (the result
-        stays in memory)."""
-        kept = self.memory.put(key, result)
+        stays in memory). Not ``in_memory``: on disk only (the memory store forgets what it held of ``key``)."""
+        if in_memory:
+            kept = self.memory.put(key, result)
+        else:
+            self.memory.discard(key)
+            kept = False
         if to_disk and self.disk is not None and self.disk.ready():
-            kept = self.disk.write(key, encode_result(key, result)) or kept
+            kept = self.disk.write(key, partial(write_entry, key=key, result=result)) or kept
         return kept
 
     def scan(self) -> Scan:

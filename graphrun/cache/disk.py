@@ -14,8 +14,10 @@ import re
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 SUFFIX = ".entry"
 ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.entry")
@@ -52,14 +54,14 @@ class Scan:
         return stats
 
 
-def read_regular_file(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file; never follows a link, never blocks on a FIFO."""
+def open_regular_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file; never follows a link, never blocks on a FIFO."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    handle = os.open(path, flags)
-    with os.fdopen(handle, "rb") as file:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        return file.read()
+    file = os.fdopen(os.open(path, flags), "rb")
+    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        file.close()
+        raise OSError(f"{path} is not a regular file")
+    return file
 
 
 class DiskStore:
@@ -82,11 +84,12 @@ class DiskStore:
             return False
         return True
 
-    def read(self, key: str) -> bytes | None:
-        """The entry's bytes, None if there is none; raises :class:`UnreadableEntry` for one that cannot be read."""
+    def open(self, key: str) -> BinaryIO | None:
+        """The entry opened for reading, None if there is none; raises :class:`UnreadableEntry` for one that cannot
+        be opened."""
         path = self.path(key)
         try:
-            return read_regular_file(path)
+            return open_regular_file(path)
         except FileNotFoundError:
             return None
         except NotADirectoryError:  # the directory's path runs through a file
@@ -110,9 +113,9 @@ class DiskStore:
         except OSError:
             pass
 
-    def write(self, key: str, blob: bytes) -> bool:
-        """Write atomically (False: the store is off, or the entry there is another user's); raises OSError if
-        it fails (and the store is off from then on)."""
+    def write(self, key: str, fill: Callable[[BinaryIO], None]) -> bool:
+        """Write the entry ``fill`` writes to the file it is given, atomically (False: the store is off, or the
+        entry there is another user's); raises OSError if the disk fails (and the store is off from then on)."""
         if key in self.read_only or not self.ready():
             return False
         path = self.path(key)
@@ -123,7 +126,8 @@ class DiskStore:
             handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
                 with os.fdopen(handle, "wb") as file:
-                    file.write(blob)
+                    fill(file)
+                    size = file.tell()
                 os.replace(temporary, path)
             except BaseException:
                 temporary.unlink(missing_ok=True)
@@ -131,7 +135,7 @@ class DiskStore:
         except OSError as error:  # a full disk, a read-only folder: the next write would fail the same way
             self.problem = f"cannot write to cache directory {self.directory} ({error.strerror or error})"
             raise
-        self._trim_if_due(len(blob))
+        self._trim_if_due(size)
         return True
 
     def _trim_if_due(self, written: int) -> None:

@@ -3,6 +3,8 @@
 An entry holds only tensors and JSON-able values, written with ``torch.save`` and read with
 ``torch.load(weights_only=True)``: never an arbitrary pickle. It starts with a magic line and a
 checksum and names its key inside, so a truncated file, or one moved to another name, is not served.
+Entries stream to and from files (hashed on the way), so that one of gigabytes (a node's kept progress)
+costs no copy of itself in memory.
 torch is imported only when an entry is touched, so that importing the engine leaves a process hook
 the chance to configure torch before it starts its thread pools.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
 MAGIC = b"GRAPHRUN1\n"
 
@@ -46,27 +48,67 @@ def result_is_storable(result: NodeResult) -> bool:
     return is_storable(list(result.outputs)) and is_storable(result.ui)
 
 
-def encode_result(key: str, result: NodeResult) -> bytes:
-    """A result as an entry's bytes: tensors and JSON-able values, with a checksum and its key."""
+HEADER_LENGTH = len(MAGIC) + 65  # the magic line, then the payload's SHA-256 in hex and a newline
+READ_BLOCK = 1 << 20
+
+
+class _HashingWriter:
+    """A file's ``write`` that hashes what passes through it: torch.save streams an entry's payload into it
+    (as memoryviews of the tensors' storage, so nothing is copied)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.digest = file, hashlib.sha256()
+        self.error: OSError | None = None  # torch.save reports a failed write as its own RuntimeError
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def write_entry(file: BinaryIO, key: str, result: NodeResult) -> None:
+    """Write a result as an entry to a seekable ``file``: tensors and JSON-able values, with a checksum and its
+    key. The payload streams to the file as it is hashed, so a result of gigabytes costs no copy of itself."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save({"key": key, "outputs": list(result.outputs), "ui": result.ui, "files": dict(result.files)}, buffer)
-    payload = buffer.getvalue()
-    return MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    start = file.tell()
+    file.write(MAGIC + b"0" * 64 + b"\n")
+    writer = _HashingWriter(file)
+    stored = {"key": key, "outputs": list(result.outputs), "ui": result.ui, "files": dict(result.files)}
+    try:
+        torch.save(stored, cast(IO[bytes], writer))
+    except RuntimeError:
+        if writer.error is not None:  # a full disk is an OSError to the caller, as for any other write
+            raise writer.error from None
+        raise
+    end = file.tell()
+    file.seek(start + len(MAGIC))
+    file.write(writer.digest.hexdigest().encode())
+    file.seek(end)
 
 
-def decode_result(blob: bytes, key: str) -> NodeResult:
-    """The result in an entry's bytes (``weights_only``: no arbitrary objects); ValueError if it is not ``key``'s."""
-    header_length = len(MAGIC) + 65
-    if not blob.startswith(MAGIC) or len(blob) < header_length:
+def read_entry(file: BinaryIO, key: str) -> NodeResult:
+    """The result in the entry a seekable ``file`` holds (``weights_only``: no arbitrary objects); ValueError if
+    it is damaged or not ``key``'s. The payload is hashed in blocks, then loaded straight into the tensors."""
+    header = file.read(HEADER_LENGTH)
+    if len(header) < HEADER_LENGTH or not header.startswith(MAGIC) or not header.endswith(b"\n"):
         raise ValueError("bad header")
-    digest, payload = blob[len(MAGIC) : header_length - 1], blob[header_length:]
-    if hashlib.sha256(payload).hexdigest().encode() != digest:
+    payload = file.tell()
+    digest, block = hashlib.sha256(), bytearray(READ_BLOCK)
+    while count := file.readinto(block):  # type: ignore[attr-defined]
+        digest.update(memoryview(block)[:count])
+    if digest.hexdigest().encode() != header[len(MAGIC) : -1]:
         raise ValueError("checksum mismatch (truncated or modified)")
+    file.seek(payload)
     import torch
 
-    stored = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+    stored = torch.load(file, weights_only=True, map_location="cpu")
     if not isinstance(stored, dict) or not isinstance(stored.get("outputs"), (list, tuple)):
         raise ValueError("not a node result")
     if stored.get("key") != key:
@@ -75,3 +117,15 @@ def decode_result(blob: bytes, key: str) -> NodeResult:
     if (ui is not None and not isinstance(ui, dict)) or not isinstance(files, dict):
         raise ValueError("not a node result")
     return NodeResult(outputs=tuple(stored["outputs"]), ui=ui, files=files)
+
+
+def encode_result(key: str, result: NodeResult) -> bytes:
+    """A result as an entry's bytes, for an executor that ships it to another process."""
+    buffer = io.BytesIO()
+    write_entry(buffer, key, result)
+    return buffer.getvalue()
+
+
+def decode_result(blob: bytes, key: str) -> NodeResult:
+    """The result in an entry's bytes (:func:`read_entry`; the bytes are read in place, not copied)."""
+    return read_entry(io.BytesIO(blob), key)

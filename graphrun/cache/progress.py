@@ -53,8 +53,9 @@ class KeptProgress:
         )
         return state
 
-    def save(self, state: dict[str, Any], done: int) -> None:
-        """Keep ``state`` unless what is kept got as far (``done``) or further."""
+    def save(self, state: dict[str, Any], done: int, running: bool = False) -> None:
+        """Keep ``state`` unless what is kept got as far (``done``) or further. ``running``: the node goes on
+        changing the state's tensors, so it is written to disk at once and not held in memory."""
         if not isinstance(state, dict) or not is_storable(state):
             raise TypeError("a node's progress must be a dict of tensors and JSON-able values (str keys)")
         if self.done is None:
@@ -62,7 +63,7 @@ class KeptProgress:
         if self.done is not None and self.done >= done:
             return
         try:
-            kept = self.cache.store(self.key, NodeResult((state,), {"done": done}), to_disk=True)
+            kept = self.cache.store(self.key, NodeResult((state,), {"done": done}), to_disk=True, in_memory=not running)
         except OSError as error:
             self.warn(self.cache.take_disk_problem() or f"could not keep its progress ({error})")
             return

@@ -288,11 +288,12 @@ def train_stylizer(
     should_stop: Callable[[], bool] | None = None,
     temporal: Temporal | None = None,
     resume: TrainingProgress | None = None,
-    keep: Callable[[TrainingProgress], None] | None = None,
+    keep: Callable[[TrainingProgress, bool], None] | None = None,
 ) -> Stylizer:
     """Train a stylizer on IMAGE ``[N, H, W, 3]`` against ``objective``, with ``temporal``'s term on the frames'
     flow (see the module's docstring); returns the best checkpoint on the held-aside picture. ``should_stop()`` is
-    polled after every step; a stop, and every checkpoint, hands ``keep`` the state to go on from. ``resume``:
+    polled after every step; a stop, and every checkpoint, hands ``keep(state, running)`` the state to go on from
+    (``running``: at a checkpoint). ``resume``:
     such a state, of a run with the same arguments; the training goes on from it to the stylizer it would have
     reached had it not stopped."""
     check_pictures(images, settings.size)
@@ -355,7 +356,9 @@ def train_stylizer(
             # worker) goes on from the last one
             if keep is not None and step < settings.steps and (stopping or step % every == 0):
                 seconds = seconds_before + time.perf_counter() - started
-                keep(training_progress(step, plan, trains_on, network, optimizer, generator, best, seconds))
+                keep(
+                    training_progress(step, plan, trains_on, network, optimizer, generator, best, seconds), not stopping
+                )
             if stopping:
                 if step % every:
                     best.consider(network, step)

@@ -153,7 +153,7 @@ class TrainStylizer(Node):
             host.should_stop,
             temporal,
             cast(TrainingProgress | None, kept),
-            lambda progress: host.keep_progress(dict(progress), progress["step"]),
+            lambda progress, running: host.keep_progress(dict(progress), progress["step"], running),
         )
         return (stylizer,)
 

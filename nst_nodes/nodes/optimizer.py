@@ -11,7 +11,15 @@ from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory
 from ..losses import check_mask_fits, check_mask_selects, term_layers
-from ..optimize import METHODS, PASS_PRECISIONS, PRECISIONS, OptimizerSettings, machine_label, start_image
+from ..optimize import (
+    METHODS,
+    PASS_PRECISIONS,
+    PRECISIONS,
+    Keeper,
+    OptimizerSettings,
+    machine_label,
+    start_image,
+)
 from ..types import (
     NST_HISTORY,
     NST_LOSS,
@@ -164,7 +172,9 @@ class OptimizeImage(Node):
                 report,
                 host.should_stop,
                 cast(ClipProgress | None, host.resume_state(lambda state: resumable(state, start))),
-                lambda progress: host.keep_progress(dict(progress), steps_done(progress, steps)),
+                Keeper[ClipProgress](
+                    lambda progress, running: host.keep_progress(dict(progress), steps_done(progress, steps), running)
+                ),
             )
         return {**init, "pixels": result}, history
 

@@ -9,13 +9,12 @@ also a target where the warp is reliable. A scene cut starts fresh from the cont
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 
-from ..optimize import OptimizerSettings, optimize
+from ..optimize import Keep, OptimizerSettings, optimize
 from ..types import ClipProgress, History, Objective, OptimizationProgress, Temporal, TemporalTerm, Term
 from ..vgg import VGGModel
 from .flow import is_cut, warp
@@ -60,11 +59,6 @@ def frame_start(
     return start[temporal["start"]], term
 
 
-KEEP_SECONDS = 300.0
-"""A clip's frames done are also kept between frames this often, so that a killed run (a second Ctrl-C, the OOM
-killer, a lost worker) goes on from them: each keep writes every frame done (a 250-frame clip at 384x288: 330 MB)."""
-
-
 def copied(history: dict[str, Any]) -> dict[str, Any]:
     """A history whose lists are its own (one kept, or one still growing, stays as it is)."""
     return {key: list(value) if isinstance(value, list) else value for key, value in history.items()}
@@ -79,25 +73,33 @@ def optimize_frames(
     report: Callable[[int, int, int, float, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: ClipProgress | None = None,
-    keep: Callable[[ClipProgress], None] | None = None,
+    keep: Keep[ClipProgress] | None = None,
 ) -> tuple[torch.Tensor, History, bool]:
     """Optimize every frame of ``init`` ``[N, 3, H, W]`` in order; returns the results (the frames done,
     the last one partial when stopped), their history and whether a stop cut the batch short.
 
-    ``report(frame, step, total, loss, image)`` after every step of every frame. A stop, and every
-    :data:`KEEP_SECONDS` between frames, hands ``keep`` the state to go on from; ``resume``, such a state
-    of a run with the same arguments, goes on from it (see :func:`~nst_nodes.optimize.optimize`)."""
+    ``report(frame, step, total, loss, image)`` after every step of every frame. A stop, and the keeper's
+    times while it runs (within a frame or between frames), hand ``keep`` the state to go on from: the frames
+    done, and the frame under way; ``resume``, such a state of a run with the same arguments, goes on from it
+    (see :func:`~nst_nodes.optimize.optimize`)."""
     count = init.shape[0]
     should_stop = should_stop or (lambda: False)
     results = [] if resume is None else [frame[None] for frame in resume["frames"].to(init.device, copy=True)]
     history: dict[str, Any] = {"frames": []} if resume is None else copied(resume["history"])
     steps, stopped = history.pop("steps", 0), False
     within = resume["current"] if resume is not None else None
-    last_kept = time.monotonic()
 
     def kept(current: OptimizationProgress | None, finished: list[torch.Tensor]) -> ClipProgress:
         frames = torch.cat(finished).detach() if finished else init[:0].clone()
         return {"frames": frames, "history": {**copied(history), "steps": steps}, "current": current}
+
+    kept_at_stop = False  # the frame under way handed its state to ``keep`` as it stopped
+
+    def keep_within(current: Callable[[], OptimizationProgress], running: bool) -> None:
+        nonlocal kept_at_stop
+        if keep is not None:
+            keep(lambda: kept(current(), results), running)
+            kept_at_stop = kept_at_stop or not running
 
     for index in range(len(results), count):
         start, term = frame_start(index, init, results[-1] if results else None, temporal)
@@ -109,14 +111,11 @@ def optimize_frames(
             if report is not None:
                 report(frame, step, total, loss, image)
 
-        stopped_within: list[OptimizationProgress] = []
-        result, frame_history = optimize(
-            model, goal, start, settings, step, should_stop, within, stopped_within.append if keep else None
-        )
+        result, frame_history = optimize(model, goal, start, settings, step, should_stop, within, keep_within)
         within = None
         stopped_early = frame_history["steps"] < settings.steps
-        if keep is not None and (stopped_within or (stopped_early and results)):  # the frames done at least
-            keep(kept(stopped_within[0] if stopped_within else None, results))
+        if keep is not None and stopped_early and not kept_at_stop and results:  # the frames done at least
+            keep(lambda: kept(None, results), False)
         results.append(result)
         evaluations = len(frame_history["loss"])
         before = sum(history["frames"])
@@ -135,9 +134,8 @@ def optimize_frames(
             break
         if index < count - 1:
             stopping = should_stop()
-            if keep is not None and (stopping or time.monotonic() - last_kept >= KEEP_SECONDS):
-                keep(kept(None, results))
-                last_kept = time.monotonic()
+            if keep is not None:
+                keep(lambda: kept(None, results), not stopping)
             if stopping:
                 stopped = True
                 break
