@@ -47,9 +47,12 @@ def _open(file: BinaryIO, path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
             picture = Image.open(file)
-    except Image.DecompressionBombError as error:
+    except Image.DecompressionBombError:
+        # Pillow refuses above twice its MAX_IMAGE_PIXELS whatever our limit: raising ours would not help
         raise ImageFileError(
-            f"image: {path}: {error}; the limit here is {megapixels(max_image_pixels())} (NST_MAX_IMAGE_PIXELS)"
+            f"image: {path}: more pixels than Pillow opens ({megapixels(2 * (Image.MAX_IMAGE_PIXELS or 0))}, its "
+            f"guard against decompression bombs) and than the limit here ({megapixels(max_image_pixels())}); "
+            "use a smaller image"
         ) from None
     except UnidentifiedImageError as error:
         raise ImageFileError(f"image: {path} is not an image file (unrecognised format)") from error

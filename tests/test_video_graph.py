@@ -269,6 +269,12 @@ def test_nst_video_refuses_a_set_that_its_own_options_make(tmp_path: Path, capsy
     assert not Path(output).exists()
     assert main(["video", "graphs/video.json", str(CLIP), "-o", "", *TINY]) == 2
     assert "-o must end in a name: a video file (out.mp4) or a new folder for the frames" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse's exit
+        main(["video", "graphs/video.json", str(CLIP), "-o", f"{tmp_path}/out.mp4/", *TINY])
+    assert refused.value.code == 2 and "ends in a slash (a folder of frames) but is named like a video: write" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "out.mp4").exists()
 
 
 def test_nst_video_refuses_steps_for_a_graph_that_does_not_optimize(

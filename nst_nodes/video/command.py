@@ -39,6 +39,17 @@ OVERLAP = 8
 (a longer fade changes each frame less: docs/video.md#in-parallel-segments-on-dask)."""
 
 
+def _output(text: str) -> Path:
+    """-o's path. A trailing slash asks for a folder of frames; Path drops it, and would write a video file there."""
+    path = Path(text)
+    if text.endswith(("/", os.sep)) and path.suffix.lower() in ENCODERS:
+        raise argparse.ArgumentTypeError(
+            f"{text} ends in a slash (a folder of frames) but is named like a video: write {text.rstrip('/' + os.sep)} "
+            f"for a video file, or name the folder without {path.suffix}"
+        )
+    return path
+
+
 def _frames(text: str) -> tuple[int, int | None]:
     start, colon, stop = text.partition(":")
     try:
@@ -60,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("graph", type=Path, help="a graph with one Load Video and one Save Video node")
     parser.add_argument("input", help="a video file, or a folder or glob of frames")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help=f"the result: {', '.join(ENCODERS)} or a folder of PNG frames"
+        "-o",
+        "--output",
+        type=_output,
+        required=True,
+        help=f"the result: {', '.join(ENCODERS)} or a folder of PNG frames",
     )
     parser.add_argument(
         "--frames",
