@@ -162,11 +162,13 @@ class Slow(Countdown):
 
 
 class Resumable(Countdown):
-    """A countdown that keeps its count when stopped and goes on from a count a stopped run of it kept."""
+    """A countdown (1 ms a step) that keeps its count when stopped and goes on from a count a stopped run of it
+    kept."""
 
     def count(self, start: int, steps: int, context: Any = None) -> tuple[int]:
         done = int((context.resume_state() or {"done": 0})["done"])
         for step in range(done + 1, steps + 1):
+            time.sleep(0.001)
             done = step
             context.progress(step, steps)
             if step < steps and context.should_stop():

@@ -138,6 +138,35 @@ def test_a_stop_saves_the_best_so_far_and_starts_nothing_new(tmp_path: Path) -> 
     assert "1 partial, 2 not started" in result.summary()
 
 
+def test_a_stopped_batch_says_which_items_kept_their_progress_and_the_same_batch_goes_on_from_it(
+    tmp_path: Path,
+) -> None:
+    graph = {**SLOW, "2": {"class_type": "Resumable", "inputs": {"start": ["1", 0], "steps": 3000}}}
+    stop = threading.Event()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as one:
+        result = batch(
+            graph, ["1.value=1,2"], tmp_path, one.scheduler_address, stop=stop, reporter=StopOnFirstProgress(stop)
+        )
+        assert [(item.outcome, item.kept) for item in result.items] == [("partial", True), ("not started", False)]
+        assert "1 stopped item(s) kept their progress: the same batch again goes on from it" in result.summary()
+        stopped_at = int((tmp_path / "out" / "slow_0.txt").read_text()) - 1
+        again = Recording()
+        rerun = batch(graph, ["1.value=1,2"], tmp_path, one.scheduler_address, reporter=again)
+    assert [(item.outcome, item.kept) for item in rerun.items] == [("done", False), ("done", False)]
+    assert "kept their progress" not in rerun.summary()
+    assert [(tmp_path / "out" / f"slow_{i}.txt").read_text() for i in range(2)] == ["3001", "3002"]
+    assert any("0/2 (Resumable): goes on from where a stopped run of it got to" in w for w in again.warnings)
+    assert 1 <= stopped_at < 3000
+
+
+class Recording(BatchReporter):
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
 def test_an_abort_stops_waiting_and_reports_every_item(tmp_path: Path) -> None:
     stop, abort = threading.Event(), threading.Event()
     reporter = StopOnFirstProgress(stop, abort)

@@ -85,9 +85,11 @@ class _Collector:
         self.files_of: dict[str, list[Path]] = {}  # joined id -> the files it wrote
         self.lock = threading.Lock()  # events arrive on Dask's event-loop thread
 
-    def finish(self, index: int, outcome: str, files: list[Path] | None = None, error: str | None = None) -> None:
+    def finish(
+        self, index: int, outcome: str, files: list[Path] | None = None, error: str | None = None, kept: bool = False
+    ) -> None:
         self.results[index] = ItemResult(
-            self.batch.items[index], outcome, time.perf_counter() - self.started, files or [], error
+            self.batch.items[index], outcome, time.perf_counter() - self.started, files or [], error, kept
         )
         self.reporter.item_done(self.results[index])
 
@@ -131,6 +133,7 @@ class _Collector:
             future_targets[future].append(node_id)
         ran: dict[int, bool] = defaultdict(bool)
         partial: dict[int, bool] = defaultdict(bool)
+        kept: dict[int, bool] = defaultdict(bool)
         while future_targets and (finished := wait_any(list(future_targets), abort)):
             for future in finished:
                 if future.status == "error":
@@ -148,11 +151,13 @@ class _Collector:
                     if value is not None:
                         ran[index] |= value["ran"]
                         partial[index] |= value["partial"]
+                        kept[index] |= bool(value["kept"])
                     waiting[index].discard(node_id)
                     if stopped or error is not None:
                         self.finish(index, NOT_STARTED if stopped else FAILED, error=error)
                     elif not waiting[index]:
-                        self.finish(index, PARTIAL if partial[index] else DONE if ran[index] else CACHED, files(index))
+                        outcome = PARTIAL if partial[index] else DONE if ran[index] else CACHED
+                        self.finish(index, outcome, files(index), kept=kept[index])
         for index in waiting:
             if index not in self.results:
                 self.finish(index, UNFINISHED, error="aborted: not waited for")

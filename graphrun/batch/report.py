@@ -23,6 +23,7 @@ class ItemResult:
     seconds: float = 0.0  # since the batch started, when the item finished
     files: list[Path] = field(default_factory=list)
     error: str | None = None
+    kept: bool = False  # stopped part way, it kept its progress: the same batch again goes on from it
 
 
 @dataclass
@@ -69,6 +70,8 @@ class BatchResult:
         ]
         if finished:
             lines.append(f"{len(finished) * 3600 / max(self.seconds, 1e-9):.1f} items per hour")
+        if kept := sum(result.kept for result in self.items):
+            lines.append(f"{kept} stopped item(s) kept their progress: the same batch again goes on from it")
         return "\n".join(lines)
 
 

@@ -210,7 +210,10 @@ def run_task(task_json: str, *inputs: dict[str, Any]) -> dict[str, Any]:
             "values travel); declare DISK_CACHE = False on the class so each worker computes it",
         )
     ran = any(run["outcome"] == RAN for run in reporter.nodes) or any(shipped["ran"] for shipped in inputs)
-    return {"entry": encode_result(task["keys"][node_id], result), "partial": node_id in execution.partial, "ran": ran}
+    # stopped nodes, this one and those upstream, that kept their progress for the next run
+    kept = sorted({*execution.kept, *(node for shipped in inputs for node in shipped["kept"])})
+    entry = encode_result(task["keys"][node_id], result)
+    return {"entry": entry, "partial": node_id in execution.partial, "ran": ran, "kept": kept}
 
 
 @dataclass
@@ -288,7 +291,7 @@ class DaskExecutor:
             if isinstance(value, NodeResult):  # served by the client's cache: sent along as data, once
                 key = execution.keys[source]
                 if key not in by_key:
-                    entry = {"entry": encode_result(key, value), "partial": False, "ran": False}
+                    entry = {"entry": encode_result(key, value), "partial": False, "ran": False, "kept": []}
                     by_key[key] = self.client.scatter([entry], hash=False)[0]
                 value = by_key[key]
             inputs.append(value)
