@@ -97,9 +97,9 @@ def optimize_frames(
 
     def keep_within(current: Callable[[], OptimizationProgress], running: bool) -> None:
         nonlocal kept_at_stop
-        if keep is not None:
-            keep(lambda: kept(current(), results), running)
-            kept_at_stop = kept_at_stop or not running
+        assert keep is not None
+        keep(lambda: kept(current(), results), running)
+        kept_at_stop = kept_at_stop or not running
 
     for index in range(len(results), count):
         start, term = frame_start(index, init, results[-1] if results else None, temporal)
@@ -111,7 +111,9 @@ def optimize_frames(
             if report is not None:
                 report(frame, step, total, loss, image)
 
-        result, frame_history = optimize(model, goal, start, settings, step, should_stop, within, keep_within)
+        result, frame_history = optimize(
+            model, goal, start, settings, step, should_stop, within, keep_within if keep is not None else None
+        )
         within = None
         stopped_early = frame_history["steps"] < settings.steps
         if keep is not None and stopped_early and not kept_at_stop and results:  # the frames done at least
