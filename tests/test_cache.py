@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -175,28 +176,33 @@ def test_an_entry_this_user_may_not_read_warns_once_and_is_not_written_over(
     assert {entry: entry.stat().st_mtime_ns for entry in entries} == before
 
 
-def test_a_disk_that_fills_while_an_entry_streams_to_it_warns_once_and_leaves_no_file(
-    tmp_path: Path, reporter, monkeypatch
-) -> None:
-    import errno
-
+def fail_entry_writes(monkeypatch, error: BaseException) -> None:
+    """Entry files' writes raise ``error`` after a few hundred bytes (a disk that fills, a second Ctrl-C).
+    torch.save turns what a write raises into its own RuntimeError: the cache still sees ``error``."""
     from graphrun.cache import entry
 
-    class FillingFile:  # an entry's file on a disk that fills after a few hundred bytes
+    class FailingFile:
         def __init__(self, file: BinaryIO) -> None:
             self.file = file
 
         def write(self, data: bytes) -> int:
             if self.file.tell() > 600:
-                raise OSError(errno.ENOSPC, "No space left on device")
+                raise error
             return self.file.write(data)
 
         def flush(self) -> None:
             self.file.flush()
 
     real_init = entry._HashingWriter.__init__
-    # torch.save turns the failed write into its own RuntimeError: the cache still sees the OSError
-    monkeypatch.setattr(entry._HashingWriter, "__init__", lambda self, file: real_init(self, FillingFile(file)))
+    monkeypatch.setattr(entry._HashingWriter, "__init__", lambda self, file: real_init(self, FailingFile(file)))
+
+
+def test_a_disk_that_fills_while_an_entry_streams_to_it_warns_once_and_leaves_no_file(
+    tmp_path: Path, reporter, monkeypatch
+) -> None:
+    import errno
+
+    fail_entry_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
     directory = tmp_path / "cache"
     cache = Cache(directory)
     assert run_graph(cache, reporter) == {"2": (6.0,)}
@@ -206,6 +212,21 @@ def test_a_disk_that_fills_while_an_entry_streams_to_it_warns_once_and_leaves_no
     assert not [path for path in directory.rglob("*") if path.is_file()]
     again = type(reporter)()
     assert run_graph(cache, again) == {"2": (6.0,)} and again.cached == ["2"]  # memory still serves
+
+
+def test_a_second_stop_while_an_entry_streams_to_disk_stops_at_once_and_leaves_no_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import torch
+
+    from graphrun.cache import NodeResult
+
+    fail_entry_writes(monkeypatch, KeyboardInterrupt())
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        cache.store("ab" * 32, NodeResult((torch.ones(1000),)), to_disk=True)
+    assert not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+    assert cache.take_disk_problem() is None  # not a disk that failed
 
 
 def test_an_entry_streams_through_a_file_and_through_bytes_alike(tmp_path: Path) -> None:
@@ -229,3 +250,25 @@ def test_an_entry_streams_through_a_file_and_through_bytes_alike(tmp_path: Path)
     blob[-10] ^= 1
     with pytest.raises(ValueError, match="checksum"):
         read_entry(io.BytesIO(blob), "k")
+
+
+def test_trimming_removes_killed_writers_temporary_files_but_not_a_live_ones(tmp_path: Path, reporter) -> None:
+    directory = tmp_path / "cache"
+    (directory / "ab").mkdir(parents=True)
+    stale, live = (directory / "ab" / f"{'ab' * 32}.{digit * 12}.tmp" for digit in "01")
+    for leftover in (stale, live):
+        leftover.write_bytes(b"half an entry")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))  # untouched for two hours
+    run_graph(Cache(directory), reporter)  # its first write trims
+    assert not stale.exists() and live.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts this process's open files in /proc")
+def test_opening_what_is_not_a_regular_file_leaks_no_handle(tmp_path: Path) -> None:
+    from graphrun.cache.disk import open_regular_file
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(OSError):
+            open_regular_file(tmp_path)  # a directory at an entry's name
+    assert len(os.listdir("/proc/self/fd")) == before

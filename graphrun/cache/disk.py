@@ -2,7 +2,8 @@
 
 Layout: ``DIR/<2 hex>/<64 hex>.entry``. *Leftovers* are the store's own debris: the temporary
 file of a writer that was killed (``<64 hex>.<12 hex>.tmp``) and whatever is not a regular file at
-an entry's name. ``scan`` counts them, ``clear`` removes them with the entries. Nothing else is
+an entry's name. ``scan`` counts them, ``clear`` removes them with the entries, and trimming
+removes temporary files untouched for :data:`STALE_SECONDS`. Nothing else is
 ever touched, so a mistyped cache directory cannot lose a user's files. Entries honour the umask,
 so a cache can be shared between users.
 """
@@ -14,6 +15,7 @@ import re
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ SUFFIX = ".entry"
 ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.entry")
 TEMPORARY_NAME = re.compile(r"[0-9a-f]{64}\.[0-9a-f]{12}\.tmp")
 SHARD_NAME = re.compile(r"[0-9a-f]{2}")
+STALE_SECONDS = 3600.0
+"""A temporary file untouched this long is a killed writer's (a live one writes on): trimming removes it."""
 
 
 class UnreadableEntry(Exception):
@@ -57,11 +61,14 @@ class Scan:
 def open_regular_file(path: Path) -> BinaryIO:
     """``path`` opened for reading if it is a regular file; never follows a link, never blocks on a FIFO."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    file = os.fdopen(os.open(path, flags), "rb")
-    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-        file.close()
-        raise OSError(f"{path} is not a regular file")
-    return file
+    handle = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.fdopen(handle, "rb")
+    except BaseException:
+        os.close(handle)
+        raise
 
 
 class DiskStore:
@@ -140,13 +147,20 @@ class DiskStore:
 
     def _trim_if_due(self, written: int) -> None:
         """Keep within ``budget``: scan after the first write and then after every tenth of the budget
-        written, removing the oldest entries first."""
+        written, removing the oldest entries first (and killed writers' temporary files)."""
         if self._written_since_trim is not None:
             self._written_since_trim += written
             if self._written_since_trim < self.budget // 10:
                 return
         self._written_since_trim = 0
-        stats = sorted(self.scan().entry_stats(), key=lambda stat: stat[2])
+        found = self.scan()
+        for path in found.leftovers:
+            try:
+                if TEMPORARY_NAME.fullmatch(path.name) and time.time() - path.lstat().st_mtime > STALE_SECONDS:
+                    path.unlink()
+            except OSError:
+                pass
+        stats = sorted(found.entry_stats(), key=lambda stat: stat[2])
         total = sum(size for _, size, _ in stats)
         for path, size, _ in stats:
             if total <= self.budget:

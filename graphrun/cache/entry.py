@@ -58,13 +58,15 @@ class _HashingWriter:
 
     def __init__(self, file: BinaryIO) -> None:
         self.file, self.digest = file, hashlib.sha256()
-        self.error: OSError | None = None  # torch.save reports a failed write as its own RuntimeError
+        # torch.save turns whatever a write raises into its own RuntimeError: a full disk (OSError), a second
+        # Ctrl-C (KeyboardInterrupt) are raised as themselves instead
+        self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
         try:
+            self.digest.update(data)
             return self.file.write(data)
-        except OSError as error:
+        except BaseException as error:
             self.error = error
             raise
 
@@ -84,7 +86,7 @@ def write_entry(file: BinaryIO, key: str, result: NodeResult) -> None:
     try:
         torch.save(stored, cast(IO[bytes], writer))
     except RuntimeError:
-        if writer.error is not None:  # a full disk is an OSError to the caller, as for any other write
+        if writer.error is not None:
             raise writer.error from None
         raise
     end = file.tell()
