@@ -132,7 +132,8 @@ class BoxLBFGS:
     def state(self) -> dict[str, Any]:
         """What a later run needs, with ``x``, to go on exactly from here: the loss and gradient at ``x`` and the
         curvature pairs. Once the buffers are full, the buffers themselves, not a copy (at 2048² they hold 2.5 GB):
-        the caller keeps them once this optimizer has stopped. Until then the slots in use are the first ones."""
+        the caller writes them out at once while this optimizer runs on, or keeps them once it has stopped. Until
+        then, a copy of the slots in use (the first ones)."""
         grad = self.x.grad
         used = len(self.order)
         full = used == self.steps_taken.shape[0]

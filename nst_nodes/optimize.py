@@ -216,6 +216,12 @@ def machine_label(device: torch.device) -> str:
     return f"{kernels.chooser().key} {device_label(device)}"
 
 
+def kept_here(state: Mapping[str, Any], keys: frozenset[str], device: torch.device) -> bool:
+    """Whether a kept ``state`` has ``keys`` (OptimizationProgress's, TrainingProgress's: ``machine`` among them) and
+    was kept on this machine and device, so that it goes on exactly here."""
+    return keys <= state.keys() and state["machine"] == machine_label(device)
+
+
 def pass_plan(
     precision: str,
     model: VGGModel,

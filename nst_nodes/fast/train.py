@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -293,9 +293,8 @@ def train_stylizer(
     """Train a stylizer on IMAGE ``[N, H, W, 3]`` against ``objective``, with ``temporal``'s term on the frames'
     flow (see the module's docstring); returns the best checkpoint on the held-aside picture. ``should_stop()`` is
     polled after every step; a stop, and every checkpoint, hands ``keep(state, running)`` the state to go on from
-    (``running``: at a checkpoint). ``resume``:
-    such a state, of a run with the same arguments; the training goes on from it to the stylizer it would have
-    reached had it not stopped."""
+    (``running``: at a checkpoint). ``resume``: such a state, of a run with the same arguments; the training goes on
+    from it to the stylizer it would have reached had it not stopped."""
     check_pictures(images, settings.size)
     pairs = frame_pairs(images, temporal, settings.batch) if temporal is not None else []
     flow = temporal["flow"] if temporal is not None else None  # not None with a temporal term (frame_pairs)
@@ -379,6 +378,11 @@ def train_stylizer(
     return {"width": settings.width, "blocks": RESIDUAL_BLOCKS, "weights": best.weights, "training": training_record}
 
 
+def cpu_copy(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies on the CPU, which the training's later steps leave as they are."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in tensors.items()}
+
+
 def training_progress(
     step: int,
     plan: str,
@@ -395,11 +399,8 @@ def training_progress(
         "step": step,
         "plan": plan,
         "network_plan": network_plan,
-        "weights": {name: value.detach().to("cpu", copy=True) for name, value in network.state_dict().items()},
-        "optimizer": {
-            str(index): {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
-            for index, state in optimizer.state_dict()["state"].items()
-        },
+        "weights": cpu_copy(network.state_dict()),
+        "optimizer": {str(index): cpu_copy(state) for index, state in optimizer.state_dict()["state"].items()},
         "generator": generator.get_state(),
         "best_weights": dict(best.weights),
         "best_loss": best.loss,
@@ -450,5 +451,5 @@ class _Checkpoint:
             )
         if loss < self.loss:
             self.loss, self.step = loss, step
-            self.weights = {name: value.detach().to("cpu", copy=True) for name, value in network.state_dict().items()}
+            self.weights = cpu_copy(network.state_dict())
         return stylized.clamp(0, 1)

@@ -22,7 +22,7 @@ from ..host import Host, host_of
 from ..image import to_picture
 from ..limits import check_memory, network_bytes, objective_bytes
 from ..losses import term_layers
-from ..optimize import machine_label
+from ..optimize import kept_here
 from ..types import (
     IMAGE,
     NST_LOSS,
@@ -139,11 +139,7 @@ class TrainStylizer(Node):
 
         settings = TrainSettings(size, steps, batch, lr, seed, width)
         device = torch.device(host.device)
-        kept = host.resume_state(
-            lambda state: (
-                TrainingProgress.__required_keys__ <= state.keys() and state["machine"] == machine_label(device)
-            )
-        )
+        kept = host.resume_state(lambda state: kept_here(state, TrainingProgress.__required_keys__, device))
         stylizer = train_stylizer(
             model.to(host.device),
             objective,

@@ -17,7 +17,7 @@ from ..optimize import (
     PRECISIONS,
     Keeper,
     OptimizerSettings,
-    machine_label,
+    kept_here,
     start_image,
 )
 from ..types import (
@@ -189,11 +189,7 @@ def resumable(state: dict[str, Any], start: torch.Tensor) -> bool:
         return False
     if current is None:
         return True
-    return (
-        isinstance(current, dict)
-        and OptimizationProgress.__required_keys__ <= current.keys()
-        and current["machine"] == machine_label(start.device)
-    )
+    return isinstance(current, dict) and kept_here(current, OptimizationProgress.__required_keys__, start.device)
 
 
 def steps_done(progress: ClipProgress, steps: int) -> int:
