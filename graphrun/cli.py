@@ -24,6 +24,8 @@ from typing import Any
 from graphrun.app import App
 from graphrun.arguments import parser
 from graphrun.cache import Cache
+from graphrun.cache.disk import entry_key
+from graphrun.cache.keys import is_progress_key
 from graphrun.console import ConsoleBatchReporter, ConsoleReporter
 from graphrun.execute import NodeExecutionError, RunInterrupted
 from graphrun.executors.local import run
@@ -265,6 +267,12 @@ def _cache(args: argparse.Namespace, app: App) -> int:
             f"{cache.directory}: {len(found.entries)} entries, {found.entry_bytes / 2**20:.1f} MiB "
             f"(kept within {cache.disk_bytes / 2**30:.0f} GiB, oldest out first)"
         )
+        progress = [size for path, size, _ in found.entry_stats() if is_progress_key(entry_key(path))]
+        if progress:
+            print(
+                f"{len(progress)} of them hold the progress of stopped runs ({sum(progress) / 2**20:.1f} MiB): "
+                "the same run again goes on from it"
+            )
         if found.leftovers:
             print(f"{len(found.leftovers)} leftovers (unfinished writes, broken entries); `cache clear` removes them")
     if found.foreign:

@@ -83,6 +83,7 @@ class BoxLBFGS:
         self.inverse_curvatures: list[float] = []  # rho_i = 1 / (y_i . s_i), oldest first
         self.order: list[int] = []  # buffer slots, oldest first
         self.loss: float | None = None  # at the current x, whose gradient is in x.grad
+        self.stood_still = False  # the last step found no lower loss than where it started
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float]) -> float:
@@ -126,8 +127,14 @@ class BoxLBFGS:
         else:
             self._forget()  # the model was useless this far out: start over from the gradient
         self._remember(x - start, self._gradient() - gradient)
+        self.stood_still = loss >= self.loss  # the line search found no lower loss
         self.loss = loss
         return loss
+
+    def objective_changed(self) -> None:
+        """The closure now computes the loss otherwise (in another precision): the next step evaluates it here again
+        before it compares a trial against it."""
+        self.loss = None
 
     def state(self) -> dict[str, Any]:
         """What a later run needs, with ``x``, to go on exactly from here: the loss and gradient at ``x`` and the

@@ -377,6 +377,7 @@ def optimize(
             restore_optimizer(optimizer, image, resume["optimizer"])
         precision, _, one_kernel = plan.partition(" ")
         reduced = False  # a bf16 or tf32 plan's passes, after its first FP32_START steps in fp32
+        fp32_from = resume["fp32_from"] if resume is not None else None  # a bf16 plan's steps stood still: fp32 on
 
         def network_features() -> dict[str, torch.Tensor]:
             """The network pass as planned, in bf16 after the first steps (the losses sum in fp32)."""
@@ -395,8 +396,16 @@ def optimize(
         steps = resume["step"] if resume is not None else 0
         stopped = False
         for step in range(steps + 1, settings.steps + 1):
-            reduced = step > FP32_START
+            reduced = step > FP32_START and fp32_from is None
             optimizer.step(evaluate)
+            bf16_step = reduced and precision == "bf16" and step > FP32_START + 1  # the first compares with fp32's loss
+            if bf16_step and isinstance(optimizer, BoxLBFGS) and optimizer.stood_still:
+                # L-BFGS's steps, smaller as it converges, have fallen below what bf16 resolves (about 1 in 256 of a
+                # pixel's value), and each step from here would backtrack for nothing (graphs/gatys.json at 128×96:
+                # from step 285 the loss stood still at 5-8 evaluations a step, where fp32 went on falling). The rest
+                # run in fp32, from the loss here evaluated again.
+                fp32_from = step + 1
+                optimizer.objective_changed()
             if settings.method == "adam":
                 with torch.no_grad():
                     image.clamp_(lower, upper)  # projected Adam; L-BFGS keeps its iterates inside itself
@@ -406,7 +415,7 @@ def optimize(
                 break
             stopped = should_stop()
             if keep is not None:
-                keep(partial(tracker.progress, step, plan, threads, image, optimizer), not stopped)
+                keep(partial(tracker.progress, step, plan, threads, image, optimizer, fp32_from), not stopped)
             if stopped:
                 break
         if settings.method == "adam" and not stopped:  # its last step moved past the last evaluation
@@ -414,6 +423,8 @@ def optimize(
                 tracker.record(image, loss_parts(network_features(), image))
     # The tracker's lists are History's: "loss" and one per term kind
     history: History = {"method": settings.method, "steps": steps, "precision": plan, **cast(History, tracker.history)}
+    if fp32_from is not None:
+        history["fp32_from"] = fp32_from
     return tracker.best_image, history
 
 
@@ -450,6 +461,7 @@ class _Tracker:
         threads: int,
         image: torch.Tensor,
         optimizer: BoxLBFGS | torch.optim.Optimizer,
+        fp32_from: int | None,
     ) -> OptimizationProgress:
         """The state to go on from after ``step``. L-BFGS's full pair buffers are in it, not a copy: while the run
         goes on they change, so what is kept while running is written out at once."""
@@ -463,6 +475,7 @@ class _Tracker:
             "best_image": self.best_image.clone(),
             "best_loss": self.best_loss,
             "history": {kind: list(values) for kind, values in self.history.items()},
+            "fp32_from": fp32_from,
         }
 
     def restore(self, progress: OptimizationProgress, device: torch.device) -> None:

@@ -142,6 +142,7 @@ class History(TypedDict, total=False):
     method: str
     steps: int  # optimizer steps taken
     precision: str  # the network pass as run (optimize.pass_plan): fp32 [kernel], or bf16 or tf32 after the first steps
+    fp32_from: int  # a bf16 plan's steps stood still (bf16 no longer resolved them): fp32 from this step on
     loss: list[float]
     content: list[float]
     style: list[float]
@@ -190,6 +191,7 @@ class OptimizationProgress(TypedDict):
     best_image: torch.Tensor
     best_loss: float
     history: dict[str, list[float]]  # the loss and the terms of every evaluation so far
+    fp32_from: int | None  # History's
 
 
 class ClipProgress(TypedDict):

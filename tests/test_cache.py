@@ -78,6 +78,8 @@ def make_leftovers(directory: Path) -> tuple[list[Path], list[Path]]:
     shard = next(p for p in directory.iterdir() if p.is_dir())
     key = shard.name + "e" * 62
     leftovers = [shard / f"{key}.0123456789ab.tmp", shard / f"{shard.name + 'f' * 62}.entry", shard / f"{key}.entry"]
+    leftovers.append(shard / f"{key}.progress.0123456789ab.tmp")  # a killed writer of kept progress
+    leftovers[-1].write_bytes(b"half of it")
     leftovers[0].write_bytes(b"half an entry")  # a killed writer's
     leftovers[1].mkdir()  # named like an entry, but a folder
     (leftovers[1] / "inside").write_text("x")

@@ -252,6 +252,24 @@ def test_a_stopped_run_names_the_nodes_that_kept_their_progress(tmp_path: Path, 
     assert without_cache.value.kept == [] and "kept their progress" not in str(without_cache.value)
 
 
+def test_cache_info_counts_the_progress_stopped_runs_kept_until_a_run_completes(
+    tmp_path: Path, reporter, capsys
+) -> None:
+    from nst_nodes.app import main
+
+    def info() -> str:
+        assert main(["cache", "info", "--cache-dir", str(tmp_path / "cache")]) == 0
+        return capsys.readouterr().out
+
+    stop = threading.Event()
+    reporter.stop_at = ("2", 3, stop)
+    with pytest.raises(RunInterrupted):
+        run_chain(later_process(tmp_path), reporter, graph=RESUMABLE, stop=stop)
+    assert "1 of them hold the progress of stopped runs" in info()
+    run_chain(later_process(tmp_path), type(reporter)(), graph=RESUMABLE)  # goes on, completes, drops it
+    assert "progress of stopped runs" not in info()
+
+
 def test_a_node_that_ran_on_a_stopped_nodes_result_keeps_no_progress(tmp_path: Path, reporter) -> None:
     graph = {
         "1": {"class_type": "Number", "inputs": {"value": 1}},

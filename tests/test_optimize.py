@@ -505,11 +505,81 @@ def test_a_frame_stopped_part_way_goes_on_only_on_the_machine_it_was_stopped_on(
     from nst_nodes.optimize import machine_label
 
     start = torch.zeros(3, 3, 8, 8)
-    current = {"machine": machine_label(start.device), "step": 2, "plan": "fp32", "vector_threads": 1}
-    current |= {"image": start[:1], "optimizer": {}, "best_image": start[:1], "best_loss": 1.0, "history": {}}
+    current = {"machine": machine_label(start.device), "step": 2, "plan": "fp32"}
+    current |= {"image": start[:1], "optimizer": {}, "best_image": start[:1], "best_loss": 1.0}
+    current |= {"vector_threads": 1, "history": {}, "fp32_from": None}
     state: dict[str, Any] = {"frames": start[:1], "history": {"frames": [3]}, "current": current}
     assert resumable(state, start)
     assert not resumable({**state, "current": {**current, "machine": "elsewhere cpu"}}, start)
     assert resumable({**state, "current": None}, start)  # frames done are results: they go anywhere
     assert not resumable({**state, "frames": start[:1, :, :4]}, start)  # of other frames
     assert not resumable({"frames": start[:1]}, start)  # not ours
+
+
+def test_box_lbfgs_says_when_a_step_found_no_lower_loss(device: torch.device) -> None:
+    """What tells a bf16 plan that its steps have fallen below what bf16 resolves."""
+    x = torch.zeros(3, device=device, requires_grad=True)
+    optimizer = BoxLBFGS(x, torch.tensor(-1.0), torch.tensor(1.0), history_size=5)
+
+    def sloped(level: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], float]:
+        def closure() -> float:
+            x.grad = None
+            loss = level(x)
+            loss.backward()
+            return loss.item()
+
+        return closure
+
+    optimizer.step(sloped(lambda x: ((x - 0.5) ** 2).sum()))
+    assert not optimizer.stood_still
+    level = optimizer.loss
+    assert level is not None
+    # the same loss wherever x moves, with a slope: a pass that rounds every step away
+    optimizer.step(sloped(lambda x: (x - x.detach()).sum() + level))
+    assert optimizer.stood_still
+
+
+def test_a_bf16_plan_whose_steps_stand_still_runs_on_in_fp32_and_goes_on_so_after_a_stop(
+    model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nst_nodes import optimize as optimizing
+
+    content, objective = problem
+    if content.device.type == "cuda" and not optimizing.native_bf16(content.device):
+        pytest.skip("this GPU has no native bf16 (compute capability below 8)")
+    monkeypatch.setattr(optimizing, "FP32_START", 1)
+    original_step = BoxLBFGS._step
+
+    def standing_still_at_step_4(self: BoxLBFGS, closure: Callable[[], float]) -> float:
+        loss = original_step(self, closure)
+        self.taken = getattr(self, "taken", 0) + 1
+        self.stood_still = self.stood_still or self.taken == 4
+        return loss
+
+    monkeypatch.setattr(BoxLBFGS, "_step", standing_still_at_step_4)
+    passes: list[tuple[int, bool]] = []  # (the step it belongs to, in bf16)
+    step = [1]
+    features = model.features
+
+    def recording(image: torch.Tensor, layers: list[str], reduced: torch.dtype | None = None):
+        passes.append((step[0], reduced is not None))
+        return features(image, layers, reduced=reduced)
+
+    def next_step(done: int, *_: Any) -> None:
+        step[0] = done + 1
+
+    monkeypatch.setattr(model, "features", recording)
+    settings = OptimizerSettings(steps=7, precision="bf16")
+    whole, history = optimize(model, objective, content, settings, next_step)
+    assert history["fp32_from"] == 5 and history["precision"] == "bf16"
+    assert all(in_bf16 == (2 <= at <= 4) for at, in_bf16 in passes)  # step 1 in fp32 (FP32_START), then bf16 ...
+    assert len([at for at, _ in passes if at == 5]) >= 2  # ... then the loss evaluated again, in fp32, and fp32 on
+    kept: list[Any] = []
+    step[0] = 1
+    after_step_5 = lambda: step[0] > 5  # noqa: E731
+    optimize(model, objective, content, settings, next_step, after_step_5, keep=Keeper(lambda s, _: kept.append(s)))
+    assert kept[0]["step"] == 5 and kept[0]["fp32_from"] == 5
+    passes.clear()
+    rest, rest_history = optimize(model, objective, content, settings, resume=kept[0])
+    assert passes and not any(in_bf16 for _, in_bf16 in passes) and rest_history["fp32_from"] == 5
+    assert torch.equal(rest, whole) and rest_history["loss"] == history["loss"]

@@ -1,7 +1,8 @@
 """The disk store: entries' bytes under a directory, within a byte budget, oldest entries out first.
 
-Layout: ``DIR/<2 hex>/<64 hex>.entry``. *Leftovers* are the store's own debris: the temporary
-file of a writer that was killed (``<64 hex>.<12 hex>.tmp``) and whatever is not a regular file at
+Layout: ``DIR/<2 hex>/<key>.entry``, a key being 64 hex digits and, for an entry that is not a node's result,
+its kind (``.progress``: :func:`graphrun.cache.keys.progress_key`). *Leftovers* are the store's own debris: the
+temporary file of a writer that was killed (``<key>.<12 hex>.tmp``) and whatever is not a regular file at
 an entry's name. ``scan`` counts them, ``clear`` removes them with the entries, and trimming
 removes temporary files untouched for :data:`STALE_SECONDS`. Nothing else is
 ever touched, so a mistyped cache directory cannot lose a user's files. Entries honour the umask,
@@ -22,11 +23,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 SUFFIX = ".entry"
-ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.entry")
-TEMPORARY_NAME = re.compile(r"[0-9a-f]{64}\.[0-9a-f]{12}\.tmp")
+KEY = r"[0-9a-f]{64}(?:\.[a-z]+)?"
+ENTRY_NAME = re.compile(rf"{KEY}\.entry")
+TEMPORARY_NAME = re.compile(rf"{KEY}\.[0-9a-f]{{12}}\.tmp")
 SHARD_NAME = re.compile(r"[0-9a-f]{2}")
 STALE_SECONDS = 3600.0
 """A temporary file untouched this long is a killed writer's (a live one writes on): trimming removes it."""
+
+
+def entry_key(entry: Path) -> str:
+    """The key an entry's file is named by."""
+    return entry.name.removesuffix(SUFFIX)
 
 
 class UnreadableEntry(Exception):

@@ -37,9 +37,17 @@ def node_key(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+PROGRESS_KIND = ".progress"
+
+
 def progress_key(key: str) -> str:
-    """The key under which a stopped node keeps its progress, beside its result's ``key``."""
-    return hashlib.sha256(f"progress:{key}".encode()).hexdigest()
+    """The key under which a stopped node keeps its progress: its result's ``key`` and a kind of its own, so that
+    the stores tell the two apart (``cache info`` counts kept progress)."""
+    return f"{key}{PROGRESS_KIND}"
+
+
+def is_progress_key(key: str) -> bool:
+    return key.endswith(PROGRESS_KIND)
 
 
 def always_changes(changed: Any) -> bool:
