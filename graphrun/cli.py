@@ -263,11 +263,12 @@ def _cache(args: argparse.Namespace, app: App) -> int:
         print(f"removed {entries} entries and {leftovers} leftovers from {cache.directory}")
     else:
         problems = found.problems
+        stats = found.entry_stats()  # one lstat per entry, for both lines
         print(
-            f"{cache.directory}: {len(found.entries)} entries, {found.entry_bytes / 2**20:.1f} MiB "
+            f"{cache.directory}: {len(found.entries)} entries, {sum(size for _, size, _ in stats) / 2**20:.1f} MiB "
             f"(kept within {cache.disk_bytes / 2**30:.0f} GiB, oldest out first)"
         )
-        progress = [size for path, size, _ in found.entry_stats() if is_progress_key(entry_key(path))]
+        progress = [size for path, size, _ in stats if is_progress_key(entry_key(path))]
         if progress:
             print(
                 f"{len(progress)} of them hold the progress of stopped runs ({sum(progress) / 2**20:.1f} MiB): "

@@ -108,14 +108,21 @@ def test_autograd_works_under_a_hosts_inference_mode(problem) -> None:
     assert history["loss"][-1] < history["loss"][0]
 
 
+def skip_without_bf16(device: torch.device) -> None:
+    """bf16 passes need compute capability 8 on a GPU (a CPU runs them, emulated where not native)."""
+    from nst_nodes.optimize import native_bf16
+
+    if device.type == "cuda" and not native_bf16(device):
+        pytest.skip("this GPU has no native bf16 (compute capability below 8)")
+
+
 def test_bf16_passes_evaluate_nearly_the_same_loss_and_still_optimize(
     model: VGGModel, problem, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nst_nodes import optimize as optimizing
 
     content, objective = problem
-    if content.device.type == "cuda" and not optimizing.native_bf16(content.device):
-        pytest.skip("this GPU has no native bf16 (compute capability below 8)")
+    skip_without_bf16(content.device)
     monkeypatch.setattr(optimizing, "FP32_START", 0)  # every pass in bf16
     fp32 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0, precision="fp32"))[1]
     bf16 = optimize(model, objective, content, OptimizerSettings(steps=5, method="adam", lr=5.0, precision="bf16"))[1]
@@ -545,8 +552,7 @@ def test_a_bf16_plan_whose_steps_stand_still_runs_on_in_fp32_and_goes_on_so_afte
     from nst_nodes import optimize as optimizing
 
     content, objective = problem
-    if content.device.type == "cuda" and not optimizing.native_bf16(content.device):
-        pytest.skip("this GPU has no native bf16 (compute capability below 8)")
+    skip_without_bf16(content.device)
     monkeypatch.setattr(optimizing, "FP32_START", 1)
     original_step = BoxLBFGS._step
 
