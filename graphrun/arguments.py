@@ -8,7 +8,7 @@ from pathlib import Path
 
 from graphrun.app import App
 from graphrun.cache import DEFAULT_DISK_BYTES
-from graphrun.host import DEVICES
+from graphrun.host import DEVICE_HELP, DEVICES
 
 
 def _id_list(text: str) -> list[str]:
@@ -113,7 +113,7 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
     run_command = commands.add_parser("run", help="validate and run a graph")
     _add_graph_arguments(run_command)
     _add_json_errors(run_command)
-    run_command.add_argument("--device", choices=DEVICES, default="auto")
+    run_command.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     run_command.add_argument(
         "--recompute",
         type=_id_list,
@@ -198,7 +198,7 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
         default=None,
         help="torch threads per running node (default: the cores shared between the workers)",
     )
-    batch_command.add_argument("--device", choices=DEVICES, default="auto")
+    batch_command.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     batch_command.add_argument(
         "--cache-dir",
         type=Path,
@@ -216,6 +216,8 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
     nodes_command.add_argument("--json", action="store_true", help="a ComfyUI /object_info document")
 
     cache_command = commands.add_parser("cache", help="show or empty the disk cache")
-    cache_command.add_argument("action", choices=("info", "clear"))
-    cache_command.add_argument("--cache-dir", type=Path, default=None)
+    cache_command.add_argument(
+        "action", choices=("info", "clear"), help="info: what it holds; clear: remove its entries (nothing else)"
+    )
+    cache_command.add_argument("--cache-dir", type=Path, default=None, help=f"default {app.cache_dir()}")
     return parser

@@ -26,7 +26,7 @@ from graphrun.arguments import parser
 from graphrun.cache import Cache
 from graphrun.cache.disk import entry_key
 from graphrun.cache.keys import is_progress_key
-from graphrun.console import ConsoleBatchReporter, ConsoleReporter
+from graphrun.console import ConsoleBatchReporter, ConsoleReporter, counted
 from graphrun.execute import NodeExecutionError, RunInterrupted
 from graphrun.executors.local import run
 from graphrun.graph import Graph, GraphFormatError, load_graph, with_overrides
@@ -47,7 +47,10 @@ SAME_SIGNAL_SECONDS = 0.1
 def _print_nodes(registry: Registry) -> None:
     for name, node_class in sorted(registry.classes.items()):
         spec = node_spec(node_class)
-        print(f"{name}  [{getattr(node_class, 'CATEGORY', '')}]{'  (output node)' if spec.output_node else ''}")
+        marks = ["output node"] * spec.output_node + ["deprecated: kept for old graphs"] * bool(
+            getattr(node_class, "DEPRECATED", False)
+        )
+        print(f"{name}  [{getattr(node_class, 'CATEGORY', '')}]{''.join(f'  ({mark})' for mark in marks)}")
         description = getattr(node_class, "DESCRIPTION", "")
         if description:
             print(f"    {description}")
@@ -260,24 +263,28 @@ def _cache(args: argparse.Namespace, app: App) -> int:
     found = cache.scan()
     if args.action == "clear":
         entries, leftovers, problems = cache.clear()
-        print(f"removed {entries} entries and {leftovers} leftovers from {cache.directory}")
+        print(f"removed {counted(entries, 'entry')} and {counted(leftovers, 'leftover')} from {cache.directory}")
     else:
         problems = found.problems
         stats = found.entry_stats()  # one lstat per entry, for both lines
         print(
-            f"{cache.directory}: {len(found.entries)} entries, {sum(size for _, size, _ in stats) / 2**20:.1f} MiB "
-            f"(kept within {cache.disk_bytes / 2**30:.0f} GiB, oldest out first)"
+            f"{cache.directory}: {counted(len(found.entries), 'entry')}, "
+            f"{sum(size for _, size, _ in stats) / 2**20:.1f} MiB (runs keep it within {cache.disk_bytes / 2**30:.0f} "
+            "GiB unless --disk-cache says otherwise, the oldest out first)"
         )
         progress = [size for path, size, _ in stats if is_progress_key(entry_key(path))]
         if progress:
             print(
-                f"{len(progress)} of them hold the progress of stopped runs ({sum(progress) / 2**20:.1f} MiB): "
-                "the same run again goes on from it"
+                f"the progress of stopped runs: {counted(len(progress), 'entry')}, {sum(progress) / 2**20:.1f} MiB "
+                "(the same run again goes on from it)"
             )
         if found.leftovers:
-            print(f"{len(found.leftovers)} leftovers (unfinished writes, broken entries); `cache clear` removes them")
+            print(
+                f"unfinished writes and broken entries: {counted(len(found.leftovers), 'leftover')} "
+                "(`cache clear` removes them)"
+            )
     if found.foreign:
-        print(f"{len(found.foreign)} files that are not the cache's (e.g. {found.foreign[0]}) were left alone")
+        print(f"left alone, not the cache's: {counted(len(found.foreign), 'file')} (e.g. {found.foreign[0]})")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     return EXIT_FAILED if problems else 0
@@ -304,9 +311,14 @@ def console(app: App | None = None) -> int:
     # Registered before the command's own exit handlers (dask and torch load inside main, and must keep
     # doing so), it runs after them.
     atexit.register(_ignore_stop_signals)
-    code = main(app=app)
-    for number, exit_code in EXIT_CODES.items():
-        signal.signal(number, partial(_exit_at_once, exit_code))
+    winding_up = threading.Event()
+    for number in EXIT_CODES:  # what a run's own stop handling hands the signals back to as it ends
+        signal.signal(number, partial(_stop_outside_a_run, winding_up))
+    try:
+        code = main(app=app)
+    except KeyboardInterrupt:  # a Ctrl-C as main returned
+        code = EXIT_CODES[signal.SIGINT]
+    winding_up.set()
     for stream in (sys.stdout, sys.stderr):  # None where the console was closed before the start
         with suppress(OSError, ValueError):  # a reader that left, a closed stream: nothing more to say
             if stream is not None:
@@ -314,8 +326,12 @@ def console(app: App | None = None) -> int:
     return code
 
 
-def _exit_at_once(code: int, number: int, frame: Any) -> None:
-    os._exit(code)
+def _stop_outside_a_run(winding_up: threading.Event, number: int, frame: Any) -> None:
+    """A stop signal outside a run's own handling: Python's default while the command runs (Ctrl-C raises
+    KeyboardInterrupt, which ends the command with a word), the exit at once once it has returned."""
+    if number == signal.SIGINT and not winding_up.is_set():
+        raise KeyboardInterrupt
+    os._exit(EXIT_CODES[number])
 
 
 def _ignore_stop_signals() -> None:

@@ -163,3 +163,10 @@ def listed_files(files: list[Path], shown: int = 3) -> str:
     if len(files) > shown:
         return f" -> {files[0]} and {len(files) - 1} more"
     return f" -> {', '.join(str(path) for path in files)}" if files else ""
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 file``, ``2 files``, ``3 entries``: a count and its noun, as a person writes them."""
+    if number == 1:
+        return f"1 {noun}"
+    return f"{number} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"

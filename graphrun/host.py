@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_HELP = "where the nodes compute (default auto: a GPU where there is one, else the CPU)"
 
 Preview = Callable[[], Any]
 """Makes a preview picture (an object with ``save(path)``) when a reporter wants one."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,11 +199,18 @@ def _node_errors(graph: Graph, node_id: str, registry: Registry, hidden: dict[st
 
 
 def check_plan(
-    graph: Graph, registry: Registry, plan: Plan, folders: Folders | None = None, device: str = "cpu"
+    graph: Graph,
+    registry: Registry,
+    plan: Plan,
+    folders: Folders | None = None,
+    device: str = "cpu",
+    part_of: Callable[[str], object] = lambda node_id: None,
 ) -> list[ValidationError]:
     """Every problem of the planned part of the graph, in a stable order.
 
     A ``VALIDATE_INPUTS`` that names the hidden host input gets a host with ``folders`` and ``device``.
+    ``part_of``: the part of a joined graph a node belongs to (a batch's item); output nodes are checked for
+    writing the same files within a part (the batch compares its items by their keys).
     """
     hidden = {HOST_INPUT: RunnerHost(device, folders or Folders(), threading.Event())}
     errors = [
@@ -227,12 +236,42 @@ def check_plan(
             ValidationError("dependency_cycle", message, node_id, graph.node(node_id)["class_type"])
             for node_id in cycle
         ]
+    errors += _writing_the_same_files(graph, registry, plan, part_of)
     needed = plan.needed
     for node_id in sorted(graph.dag, key=id_order):
         if node_id in needed:
             errors += _node_errors(graph, node_id, registry, hidden)
         elif graph.node(node_id)["class_type"] not in registry.classes:  # it might have been meant as an output
             errors += _node_errors(graph, node_id, registry, {})
+    return errors
+
+
+def _writing_the_same_files(
+    graph: Graph, registry: Registry, plan: Plan, part_of: Callable[[str], object]
+) -> list[ValidationError]:
+    """Output nodes that name their files (a text input) would write the same ones where they are of one class
+    with the same constants but other inputs: the later one would overwrite the earlier one's files, and every
+    rerun would find them changed (a batch checks its items the same way)."""
+    errors, seen = [], dict[tuple[object, str, str], str]()
+    for node_id in sorted(plan.targets, key=id_order):
+        data = graph.node(node_id)
+        if data["class_type"] not in registry.classes:
+            continue
+        texts = [
+            name
+            for name, spec in node_spec(registry.classes[data["class_type"]]).inputs.items()
+            if spec.type == "STRING"
+        ]
+        if not texts:
+            continue  # names no file
+        key = (part_of(node_id), data["class_type"], json.dumps(data["constants"], sort_keys=True, default=repr))
+        first = seen.setdefault(key, node_id)
+        if first != node_id and graph.node(first)["links"] != data["links"]:
+            message = (
+                f"would write the same files as node {first} (the same {texts[0]} and settings, other inputs), "
+                f"overwriting them: give one of them another {texts[0]}"
+            )
+            errors.append(ValidationError("custom_validation_failed", message, node_id, data["class_type"], texts[0]))
     return errors
 
 

@@ -100,7 +100,8 @@ def test_info_counts_real_entries_and_clear_removes_leftovers_but_nothing_else(
     (directory / "notes.txt").write_text("the user's own file")
     assert main(["cache", "info", "--cache-dir", str(directory)]) == 0
     out = capsys.readouterr().out
-    assert f"{len(entries)} entries" in out and f"{len(leftovers)} leftovers" in out and "2 files that are not" in out
+    assert f"{len(entries)} entries" in out and f"{len(leftovers)} leftovers" in out
+    assert "not the cache's: 2 files" in out
     assert main(["cache", "clear", "--cache-dir", str(directory)]) == 0
     assert f"removed {len(entries)} entries and {len(leftovers)} leftovers" in capsys.readouterr().out
     assert all(path.exists() or path.is_symlink() for path in foreign) and (directory / "notes.txt").exists()
@@ -145,6 +146,20 @@ def test_the_disk_side_keeps_within_its_budget_oldest_first(tmp_path: Path, repo
     again = type(reporter)()
     run(graph, registry=REGISTRY, device="cpu", cache=newest, reporter=again, outputs=list(graph))
     assert again.cached == ["4", "5", "6"] and again.ran == ["1", "2", "3"]
+
+
+def test_an_entry_larger_than_the_whole_budget_is_not_kept_and_removes_nothing(tmp_path: Path, reporter) -> None:
+    cache = Cache(tmp_path / "cache")
+    run_graph(cache, reporter)
+    small = cache.entries()
+    cache.disk_bytes = cache.scan().entry_bytes + 1000  # room for these, not for the entry below (about 5 KB)
+    large = {"1": {"class_type": "Vector", "inputs": {"length": 1000, "scale": 1.0, "kind": "ones"}}}
+    again = type(reporter)()
+    run(large, registry=REGISTRY, device="cpu", cache=cache, reporter=again, outputs=["1"])
+    assert cache.entries() == small  # trimming to make room for it would have removed the others, then it
+    assert [warning.split(" (")[0] for warning in again.warnings] == ["node 1: could not write its cache entry"]
+    assert "more than the disk cache's budget" in again.warnings[0]
+    assert run(large, registry=REGISTRY, device="cpu", cache=Cache(tmp_path / "cache"), outputs=["1"])  # a miss
 
 
 def test_a_cache_path_through_a_file_warns_once(tmp_path: Path, reporter) -> None:

@@ -144,19 +144,21 @@ def test_stop_request_lets_the_partial_result_reach_the_outputs_and_caches_none_
     graph = {
         "1": {"class_type": "Number", "inputs": {"value": 1}},
         "2": {"class_type": "Countdown", "inputs": {"start": ["1", 0], "steps": 10}},
-        "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}},
+        "3": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": ["6", 0]}},
         "4": {"class_type": "Number", "inputs": {"value": 5}},
         "5": {"class_type": "Show", "inputs": {"value": ["4", 0]}},  # not downstream of the stopped node
+        "6": {"class_type": "Number", "inputs": {"value": 2}},  # a short branch the partial result's consumer needs
+        "7": {"class_type": "Show", "inputs": {"value": ["3", 0]}},
     }
     with pytest.raises(RunInterrupted) as caught:
         run_chain(later_process(tmp_path), reporter, graph=graph, stop=stop)
     assert [step for node, step, _ in reporter.steps] == [1, 2, 3]  # stopped within one step
-    assert reporter.ran == ["1"] and reporter.partial == ["2", "3"]
-    assert caught.value.partial == ["2", "3"] and caught.value.skipped == ["4", "5"]
-    assert caught.value.outputs == {"3": ()}
+    assert reporter.ran == ["1", "4", "6"] and reporter.partial == ["2", "3", "7"]  # the sources ran first
+    assert caught.value.partial == ["2", "3", "7"] and caught.value.skipped == ["5"]
+    assert caught.value.outputs == {"7": ()}
     resumed = type(reporter)()
     run_chain(later_process(tmp_path), resumed, graph=graph)
-    assert resumed.cached == ["1"] and sorted(resumed.ran) == ["2", "3", "4", "5"]  # nothing partial was kept
+    assert resumed.cached == ["1", "4", "6"] and sorted(resumed.ran) == ["2", "3", "5", "7"]  # nothing partial kept
 
 
 RESUMABLE = {
@@ -265,7 +267,7 @@ def test_cache_info_counts_the_progress_stopped_runs_kept_until_a_run_completes(
     reporter.stop_at = ("2", 3, stop)
     with pytest.raises(RunInterrupted):
         run_chain(later_process(tmp_path), reporter, graph=RESUMABLE, stop=stop)
-    assert "1 of them hold the progress of stopped runs" in info()
+    assert "the progress of stopped runs: 1 entry" in info()
     run_chain(later_process(tmp_path), type(reporter)(), graph=RESUMABLE)  # goes on, completes, drops it
     assert "progress of stopped runs" not in info()
 

@@ -269,26 +269,30 @@ def test_a_stylizer_file_round_trips_and_runs_no_code(model: VGGModel, tmp_path:
     [
         ({"blocks": 100_000}, "cannot be what its"),
         ({"width": 100_000}, "cannot be what its"),
-        ({"blocks": 4}, "do not fit a width-4 network with 4 residual blocks"),
+        ({"blocks": 4}, "do not fit a network of width 4 with 4 residual blocks"),
         ({"blocks": -1}, "cannot be what its"),
         ({"nan": True}, "NaN or infinite"),
         ({"training": [1]}, "damaged .*training record is not one of ours"),
         ({"training": {"seconds": 3}}, "damaged .*training record is not one of ours"),
+        ({"padding": 1000}, "damaged .*holds .* bytes where its header declares"),
     ],
-    ids=["blocks", "width", "one-block-short", "negative", "nan", "record-a-list", "record-without-steps"],
+    ids=["blocks", "width", "one-block-short", "negative", "nan", "record-a-list", "record-without-steps", "padded"],
 )
 def test_a_crafted_stylizer_file_is_refused_before_its_network_is_built(
     model: VGGModel, tmp_path: Path, change: dict, message: str
 ) -> None:
-    """A genuine file with its header's shape changed (100 000 blocks took 24 GB before) or its weights poisoned."""
+    """A genuine file with its header's shape changed (100 000 blocks took 24 GB before), its weights poisoned, or
+    bytes added (the file is measured against its header before it is read: a file of GBs was read whole)."""
     stylizer = trained(model, steps=1)
     if change.pop("nan", False):
         first = next(iter(stylizer["weights"]))
         stylizer["weights"][first] = stylizer["weights"][first].clone().fill_(float("nan"))
+    padding = bytes(change.pop("padding", 0))
     path = tmp_path / "crafted.safetensors"
-    path.write_bytes(stylizer_bytes({**stylizer, **change}))
-    with path.open("rb") as file, pytest.raises(ValueError, match=message):
+    path.write_bytes(stylizer_bytes({**stylizer, **change}) + padding)
+    with path.open("rb") as file, pytest.raises(ValueError, match=message) as refused:
         read_stylizer(file, path)
+    assert str(path) in str(refused.value)
 
 
 def test_save_stylizer_outside_the_models_folder_names_where_it_wrote(model: VGGModel, tmp_path: Path) -> None:

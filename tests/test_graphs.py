@@ -421,6 +421,18 @@ def test_a_signal_while_the_packs_load_ends_the_command_with_a_word(argv: list[s
 
 
 LATE_SIGNALS = {
+    # as the command returns, after a run's own stop handling handed the signals back: its exit code, no traceback
+    "return": (
+        "import graphrun.cli as cli\n"
+        "command = cli.main\n"
+        "def main(*args, **kwargs):\n"
+        "    code = command(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(1)\n"
+        "    return code\n"
+        "cli.main = main\n",
+        130,
+    ),
     # in an exit handler that the command registered (as dask's and torch's are): it ends the process at once
     "exit handler": (
         "import graphrun.cli as cli\n"

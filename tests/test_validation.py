@@ -114,6 +114,24 @@ def test_custom_validation_runs_on_constants() -> None:
     assert error.kind == "custom_validation_failed" and "3 is odd" in error.message
 
 
+def test_two_output_nodes_that_would_write_the_same_files_are_refused() -> None:
+    numbers = {
+        "1": {"class_type": "Number", "inputs": {"value": 1}},
+        "2": {"class_type": "Number", "inputs": {"value": 2}},
+    }
+    prompt = {
+        **numbers,
+        "3": {"class_type": "WriteText", "inputs": {"value": ["1", 0], "name": "out.txt"}},
+        "4": {"class_type": "WriteText", "inputs": {"value": ["2", 0], "name": "out.txt"}},
+    }
+    error = only_error(prompt)
+    assert (error.node_id, error.input_name) == ("4", "name") and "same files as node 3" in error.message
+    prompt["4"]["inputs"]["name"] = "other.txt"  # another name, or the same input: nothing overwritten
+    assert errors_of(prompt) == []
+    prompt["4"]["inputs"].update(name="out.txt", value=["1", 0])
+    assert errors_of(prompt) == []
+
+
 def test_cycle_names_the_nodes_on_it() -> None:
     prompt = {
         "1": {"class_type": "Add", "inputs": {"a": ["3", 0], "b": 1}},

@@ -103,8 +103,8 @@ def _validation_failures(graph: Graph, errors: list[ValidationError]) -> dict[in
     for error in errors:
         if error.node_id is None:
             raise BatchError(str(error))
-        index, inner = split_item_id(error.node_id)
-        failed[index].append(str(error).replace(f"node {error.node_id} ", f"node {inner} ", 1))
+        index = split_item_id(error.node_id)[0]
+        failed[index].append(str(error).replace(f"node {index}/", "node "))  # the item's node ids, as in its graph
     reasons = {
         index: "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "") for index, problems in failed.items()
     }
@@ -163,7 +163,10 @@ def prepare(
         registry=registry,
     )
     everything = plan(joined, registry)
-    failed = _validation_failures(joined, check_plan(joined, registry, everything, folders, device))
+    failed = _validation_failures(
+        joined,
+        check_plan(joined, registry, everything, folders, device, part_of=lambda node_id: split_item_id(node_id)[0]),
+    )
     targets = [node_id for node_id in everything.targets if split_item_id(node_id)[0] not in failed]
     execution = Execution(
         graph=joined,

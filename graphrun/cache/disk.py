@@ -40,6 +40,11 @@ class UnreadableEntry(Exception):
     """An entry could not be read or failed its checksum; the lookup is a miss."""
 
 
+class EntryTooLarge(OSError):
+    """An entry larger than the store's whole budget: not kept (keeping it would remove every other entry, then
+    itself); the store stays on."""
+
+
 @dataclass
 class Scan:
     """What a cache directory holds: entries, the store's leftovers, and files that are not the store's."""
@@ -129,7 +134,8 @@ class DiskStore:
 
     def write(self, key: str, fill: Callable[[BinaryIO], None]) -> bool:
         """Write the entry ``fill`` writes to the file it is given, atomically (False: the store is off, or the
-        entry there is another user's); raises OSError if the disk fails (and the store is off from then on)."""
+        entry there is another user's); raises OSError if the disk fails (and the store is off from then on), and
+        :class:`EntryTooLarge` for an entry larger than the whole budget."""
         if key in self.read_only or not self.ready():
             return False
         path = self.path(key)
@@ -149,6 +155,12 @@ class DiskStore:
         except OSError as error:  # a full disk, a read-only folder: the next write would fail the same way
             self.problem = f"cannot write to cache directory {self.directory} ({error.strerror or error})"
             raise
+        if size > self.budget:
+            self.discard(key)
+            raise EntryTooLarge(
+                f"its {size / 2**20:.1f} MiB are more than the disk cache's budget of {self.budget / 2**20:.1f} MiB "
+                "(--disk-cache)"
+            )
         self._trim_if_due(size)
         return True
 

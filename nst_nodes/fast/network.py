@@ -106,14 +106,14 @@ def build(stylizer: Stylizer) -> StylizerNetwork:
     largest = max((max(value.shape, default=1) for value in weights.values()), default=0)
     if not (1 <= blocks <= len(weights) and 1 <= width <= largest):
         raise ValueError(
-            f"stylizer: a width-{width} network with {blocks} residual blocks cannot be what its "
+            f"stylizer: a network of width {width} with {blocks} residual blocks cannot be what its "
             f"{len(weights)} tensors hold; it was not made by Train Stylizer"
         )
     with torch.device("meta"):
         expected = {name: value.shape for name, value in StylizerNetwork(width, blocks).state_dict().items()}
     if expected != {name: value.shape for name, value in weights.items()}:
         raise ValueError(
-            f"stylizer: its tensors do not fit a width-{width} network with {blocks} residual blocks; "
+            f"stylizer: its tensors do not fit a network of width {width} with {blocks} residual blocks; "
             "it was not made by Train Stylizer"
         )
     if not all(bool(torch.isfinite(value).all()) for value in weights.values()):

@@ -7,6 +7,7 @@ how it was trained; :func:`read_stylizer` refuses any other file with the reason
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -37,8 +38,9 @@ def write_stylizer(file: BinaryIO, stylizer: Stylizer) -> None:
     file.write(stylizer_bytes(stylizer))
 
 
-def _header(file: BinaryIO, path: Path) -> dict[str, str]:
-    """The metadata of a safetensors file, read without its tensors; ValueError if it is no such file."""
+def _header(file: BinaryIO, path: Path) -> tuple[dict[str, str], int]:
+    """The metadata of a safetensors file and the size its header declares for the whole file, read without its
+    tensors; ValueError if it is no such file."""
     start = file.read(8)
     length = int.from_bytes(start, "little") if len(start) == 8 else 0
     if not 2 <= length <= MAX_HEADER_BYTES:
@@ -47,13 +49,22 @@ def _header(file: BinaryIO, path: Path) -> dict[str, str]:
         header = json.loads(file.read(length))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"stylizer: {path} is not a safetensors file (its header is not JSON)") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
+    if not isinstance(header, dict):
+        raise ValueError(f"stylizer: {path} is not a safetensors file (its header is not a JSON object)")
+    metadata = header.get("__metadata__")
+    ends = [
+        offsets[1]
+        for name, tensor in header.items()
+        if name != "__metadata__" and isinstance(tensor, dict)
+        for offsets in [tensor.get("data_offsets")]
+        if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int)
+    ]
+    return (metadata if isinstance(metadata, dict) else {}), 8 + length + max(ends, default=0)
 
 
 def read_stylizer(file: BinaryIO, path: Path) -> Stylizer:
     """A stylizer from an open file; ValueError naming the file and what is wrong with it."""
-    metadata = _header(file, path)
+    metadata, declared = _header(file, path)
     if metadata.get("format") != FORMAT:
         raise ValueError(f"stylizer: {path} is a safetensors file but not a stylizer saved by Save Stylizer")
     if metadata.get("version") != VERSION:
@@ -64,8 +75,11 @@ def read_stylizer(file: BinaryIO, path: Path) -> Stylizer:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
+    size = file.seek(0, os.SEEK_END)
     file.seek(0)
     try:
+        if size != declared:  # checked before the file is read into memory: it may be of any size
+            raise ValueError(f"it holds {size} bytes where its header declares {declared}")
         weights = load(file.read())
         recorded = json.loads(metadata["training"])
         if not isinstance(recorded, dict) or not isinstance(recorded.get("steps"), int):
@@ -80,5 +94,8 @@ def read_stylizer(file: BinaryIO, path: Path) -> Stylizer:
         }
     except (SafetensorError, KeyError, ValueError) as error:
         raise ValueError(f"stylizer: {path} is damaged ({error}); save it again") from None
-    build(stylizer)  # its tensors fit the network it names
+    try:
+        build(stylizer)  # its tensors fit the network it names
+    except ValueError as error:
+        raise ValueError(f"stylizer: {path}: {str(error).removeprefix('stylizer: ')}") from None
     return stylizer

@@ -23,7 +23,7 @@ from typing import Any
 
 from graphrun.arguments import at_least_one
 from graphrun.graph import load_graph, parse_override
-from graphrun.host import DEVICES
+from graphrun.host import DEVICE_HELP, DEVICES
 
 from ..nodes.base import Node
 from ..nodes.optimizer import OptimizeImage
@@ -116,9 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overlap", type=at_least_one, default=OVERLAP, help=f"frames neighbouring segments share (default {OVERLAP})"
     )
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--no-cache", action="store_true")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="the node cache (default: nst run's)")
+    parser.add_argument("--no-cache", action="store_true", help="no disk cache (a stopped clip starts over)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--models-dir", type=Path, default=Path("models"), help="where Load Stylizer looks (default: ./models)"
     )

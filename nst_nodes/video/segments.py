@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from graphrun.console import counted
+
 from .io import DEFAULT_FPS, Clip, ClipError, read_audio, read_clip, write_output
 
 WORK_FOLDER = ".nst-video-segments"
@@ -85,7 +87,14 @@ def run_segments(
         *common,
     ]
     command += ["--scheduler", args.scheduler] if args.scheduler else ["--workers", str(len(spans))]
-    print(f"{len(spans)} segments: {', '.join(f'{first}:{stop}' for first, stop in spans)}", file=sys.stderr)
+    wanted = args.workers or len(spans)
+    if len(spans) < wanted:  # each segment's share is at least twice the overlap
+        print(
+            f"{count} frames with an overlap of {args.overlap} make {counted(len(spans), 'segment')}, not {wanted} "
+            "(a smaller --overlap makes more)",
+            file=sys.stderr,
+        )
+    print(f"{counted(len(spans), 'segment')}: {', '.join(f'{first}:{stop}' for first, stop in spans)}", file=sys.stderr)
     code = nst(command)
     segments = [_segment(work / f"segment_{index}") for index in range(len(spans))]
     if code == 0:
