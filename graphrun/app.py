@@ -19,7 +19,9 @@ class App:
     default. ``process_modes`` and ``configure_process(mode)``: settings a process needs before its
     first node runs (``--tuning``; each batch worker runs it with the default mode).
     ``worker_environment()``: variables set in local batch workers before they start (asked for once the
-    process is configured, so that a bad setting it reads is reported as one)."""
+    process is configured, so that a bad setting it reads is reported as one). ``check_environment()``: raises
+    ValueError for a bad setting that the nodes read only as they run, so that ``run``, ``batch`` and
+    ``validate`` refuse it before anything runs (called once the packs are loaded)."""
 
     prog: str = "graphrun"
     description: str = "Run, validate and list the nodes of JSON node graphs; inspect and clear the cache."
@@ -27,3 +29,4 @@ class App:
     process_modes: tuple[str, ...] = ()
     configure_process: Callable[[str | None], object] | None = None
     worker_environment: Callable[[], dict[str, str]] = field(default=dict, repr=False)
+    check_environment: Callable[[], object] = field(default=lambda: None, repr=False)

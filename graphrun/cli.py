@@ -402,6 +402,8 @@ def main(argv: list[str] | None = None, app: App | None = None) -> int:
                 default_registry()  # the packs' modules load here, torch's among them
             if held:
                 return _aborted(held[0])
+        if args.command in ("run", "batch", "validate"):
+            app.check_environment()
         if args.command == "run":
             return _run(args, app)
         if args.command == "validate":

@@ -27,7 +27,17 @@ def application() -> App:
         process_modes=MODES,
         configure_process=configure_process,
         worker_environment=openmp_environment,  # OpenMP's wait policy measured on this machine (tuning.py)
+        check_environment=check_limits,
     )
+
+
+def check_limits() -> None:
+    """The limits the nodes read from the environment as they run (limits.py), read once before anything runs."""
+    from . import limits
+
+    limits.max_image_pixels()
+    limits.memory_limit()
+    limits.memory_check_on()
 
 
 def main(argv: list[str] | None = None) -> int:

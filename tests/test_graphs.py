@@ -610,14 +610,19 @@ def test_a_huge_cycle_reports_briefly_in_text_and_fully_in_json(tmp_path: Path, 
     assert len(json.loads(capsys.readouterr().out)["node_errors"]) == count
 
 
-@pytest.mark.parametrize("setting", ["NST_CONV=bogus", "NST_MEMORY_CHECK=banana", "NST_MAX_IMAGE_PIXELS=lots"])
+@pytest.mark.parametrize(
+    "setting", ["NST_CONV=bogus", "NST_MEMORY_CHECK=banana", "NST_MAX_IMAGE_PIXELS=lots", "NST_MEMORY_LIMIT_MIB=abc"]
+)
 def test_a_bad_environment_setting_is_refused_before_anything_runs(
     setting: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name, value = setting.split("=")
     monkeypatch.setenv(name, value)
     assert main(["run", "graphs/gatys.json", "--no-cache", "--output-dir", str(tmp_path)]) == 2
-    assert f"{name}='{value}'" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    err = capsys.readouterr().err
+    assert f"{name}='{value}'" in err and "ran in" not in err and not any(tmp_path.iterdir())
+    if name != "NST_CONV":  # read by the nodes as they run: validate refuses it too
+        assert main(["validate", "graphs/gatys.json"]) == 2 and f"{name}='{value}'" in capsys.readouterr().err
 
 
 def test_calibrate_refuses_sizes_the_nodes_refuse(capsys) -> None:

@@ -516,11 +516,13 @@ def test_a_frame_stopped_part_way_goes_on_only_on_the_machine_it_was_stopped_on(
     current |= {"image": start[:1], "optimizer": {}, "best_image": start[:1], "best_loss": 1.0}
     current |= {"vector_threads": 1, "history": {}, "fp32_from": None}
     state: dict[str, Any] = {"frames": start[:1], "history": {"frames": [3]}, "current": current}
-    assert resumable(state, start)
-    assert not resumable({**state, "current": {**current, "machine": "elsewhere cpu"}}, start)
-    assert resumable({**state, "current": None}, start)  # frames done are results: they go anywhere
-    assert not resumable({**state, "frames": start[:1, :, :4]}, start)  # of other frames
-    assert not resumable({"frames": start[:1]}, start)  # not ours
+    assert resumable(state, start, 10)
+    assert not resumable({**state, "current": {**current, "machine": "elsewhere cpu"}}, start, 10)
+    assert resumable({**state, "current": None}, start, 10)  # frames done are results: they go anywhere
+    assert not resumable({**state, "frames": start[:1, :, :4]}, start, 10)  # of other frames
+    assert not resumable({"frames": start[:1]}, start, 10)  # not ours
+    for wrong in ({"step": 10}, {"step": -5}, {"step": 2.0}, {"image": start[:1, :, :4]}, {"best_image": start}):
+        assert not resumable({**state, "current": {**current, **wrong}}, start, 10), wrong  # a damaged state
 
 
 def test_box_lbfgs_says_when_a_step_found_no_lower_loss(device: torch.device) -> None:

@@ -171,7 +171,7 @@ class OptimizeImage(Node):
                 settings,
                 report,
                 host.should_stop,
-                cast(ClipProgress | None, host.resume_state(lambda state: resumable(state, start))),
+                cast(ClipProgress | None, host.resume_state(lambda state: resumable(state, start, steps))),
                 Keeper[ClipProgress](
                     lambda progress, running: host.keep_progress(dict(progress), steps_done(progress, steps), running)
                 ),
@@ -179,9 +179,9 @@ class OptimizeImage(Node):
         return {**init, "pixels": result}, history
 
 
-def resumable(state: dict[str, Any], start: torch.Tensor) -> bool:
-    """Whether a stopped run's progress fits these frames: its frames done are results, but a frame stopped
-    part way goes on exactly only on the machine and device it was stopped on."""
+def resumable(state: dict[str, Any], start: torch.Tensor, steps: int) -> bool:
+    """Whether a stopped run's progress fits these frames and ``steps`` a frame: its frames done are results, but a
+    frame stopped part way goes on exactly only on the machine and device it was stopped on."""
     frames, current = state.get("frames"), state.get("current")
     if not ClipProgress.__required_keys__ <= state.keys() or not isinstance(frames, torch.Tensor):
         return False
@@ -189,7 +189,16 @@ def resumable(state: dict[str, Any], start: torch.Tensor) -> bool:
         return False
     if current is None:
         return True
-    return isinstance(current, dict) and kept_here(current, OptimizationProgress.__required_keys__, start.device)
+    return (
+        isinstance(current, dict)
+        and kept_here(current, OptimizationProgress.__required_keys__, start.device)
+        and isinstance(current["step"], int)
+        and 0 < current["step"] < steps
+        and all(
+            isinstance(current[name], torch.Tensor) and current[name].shape == start[:1].shape
+            for name in ("image", "best_image")
+        )
+    )
 
 
 def steps_done(progress: ClipProgress, steps: int) -> int:
