@@ -105,6 +105,16 @@ def _add_graph_arguments(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_recompute(command: argparse.ArgumentParser, where: str = "") -> None:
+    command.add_argument(
+        "--recompute",
+        type=_id_list,
+        default=[],
+        metavar="ID,...",
+        help=f"ignore cached results of these nodes and their descendants{where}",
+    )
+
+
 def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
     epilog = f"node packs add: {', '.join(extra)} ({app.prog} NAME --help)" if extra else None
     parser = argparse.ArgumentParser(prog=app.prog, description=app.description, epilog=epilog)
@@ -114,13 +124,7 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
     _add_graph_arguments(run_command)
     _add_json_errors(run_command)
     run_command.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
-    run_command.add_argument(
-        "--recompute",
-        type=_id_list,
-        default=[],
-        metavar="ID,...",
-        help="ignore cached results of these nodes and their descendants",
-    )
+    _add_recompute(run_command)
     run_command.add_argument("--cache-dir", type=Path, default=None, help=f"default {app.cache_dir()}")
     run_command.add_argument(
         "--no-cache",
@@ -199,6 +203,7 @@ def parser(app: App, extra: list[str]) -> argparse.ArgumentParser:
         help="torch threads per running node (default: the cores shared between the workers)",
     )
     batch_command.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
+    _add_recompute(batch_command, " (in every item)")
     batch_command.add_argument(
         "--cache-dir",
         type=Path,

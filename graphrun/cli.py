@@ -236,6 +236,7 @@ def _batch(args: argparse.Namespace, app: App) -> int:
                 abort=abort,
                 worker_hook=hook,
                 worker_environment=app.worker_environment(),
+                recompute=args.recompute,
             )
         except BatchError as error:
             print(f"error: {error}", file=sys.stderr)

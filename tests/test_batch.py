@@ -73,6 +73,10 @@ def test_shared_nodes_run_once_and_a_rerun_is_all_cached(tmp_path: Path, cluster
     third = batch(SHARED_AND_OWN, ["1.value=1,2,3"], tmp_path, cluster)
     assert [item.outcome for item in third.items] == ["cached", "done", "cached"]
     assert [node.class_type for node in third.nodes if node.outcome == "ran"] == ["WriteText"]
+    forced = batch(SHARED_AND_OWN, ["1.value=1,2,3"], tmp_path, cluster, recompute=["8"])  # as nst run's, per item
+    assert Counter(node.class_type for node in forced.nodes if node.outcome == "ran") == {"WriteText": 3}
+    with pytest.raises(BatchError, match="node '9' to recompute is not in the graph"):
+        batch(SHARED_AND_OWN, ["1.value=1,2,3"], tmp_path, cluster, recompute=["9"])
 
 
 def test_a_bad_item_fails_alone(tmp_path: Path, cluster: str) -> None:

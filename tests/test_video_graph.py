@@ -149,6 +149,10 @@ def test_nst_video_in_segments_on_two_workers(tmp_path: Path, capsys: pytest.Cap
     result = io.read_clip(str(tmp_path / "out.mp4"))
     assert result.frames.shape == (16, 40, 48, 3) and result.fps == Fraction(30000, 1001)
     assert not (tmp_path / ".nst-video-segments").exists()  # the work folder is cleaned up, and its parent
+    assert main(command) == 0  # again: the segments from the cache, their frames written again without a warning
+    err = capsys.readouterr().err
+    assert "2 items: 2 done" in err and "warning" not in err and "0.0 s of work" in err
+    assert torch.equal(io.read_clip(str(tmp_path / "out.mp4")).frames, result.frames)
 
 
 def test_the_video_workflow_converts_and_validates_with_comfyuis_core_video_nodes() -> None:

@@ -183,6 +183,7 @@ def run_batch(
     registry: Registry | None = None,
     worker_hook: Callable[[], object] | None = None,
     worker_environment: dict[str, str] | None = None,
+    recompute: list[str] | tuple[str, ...] = (),
 ) -> BatchResult:
     """Run every item of the batch on Dask: a local cluster of ``workers`` processes (each running one
     node at a time with ``threads`` torch threads, default the cores shared out), or the cluster at
@@ -191,7 +192,8 @@ def run_batch(
     ``stop``: tasks stop after their current step and the best results so far are saved, as a run
     does; ``abort``: stop waiting at once (items not finished are reported as unfinished).
     ``registry``: the node classes (default: the installed packs; workers must be able to import
-    them); ``worker_hook`` runs once in each worker process before its first task."""
+    them); ``worker_hook`` runs once in each worker process before its first task; ``recompute``: as ``nst run``'s,
+    in every item."""
     shipped_registry = registry  # None: each worker reads the installed packs itself
     registry = registry or default_registry()
     graph = graph_of(graph, registry, overrides)
@@ -201,7 +203,7 @@ def run_batch(
     cache = Cache(cache_dir, memory_bytes=memory_bytes)
     stop, abort = stop or threading.Event(), abort or threading.Event()
     started = time.perf_counter()
-    batch = prepare(graph, items, chain, cache, folders, resolve_device(device), registry, reporter)
+    batch = prepare(graph, items, chain, cache, folders, resolve_device(device), registry, reporter, recompute)
     collector = _Collector(batch, reporter, started)
     for index, reason in batch.failed.items():
         collector.finish(index, FAILED, error=reason)

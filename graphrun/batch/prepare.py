@@ -152,10 +152,15 @@ def prepare(
     device: str,
     registry: Registry,
     reporter: Reporter,
+    recompute: list[str] | tuple[str, ...] = (),
 ) -> Batch:
-    """Join, validate and key the items; items with problems are set aside with the reason."""
+    """Join, validate and key the items; items with problems are set aside with the reason. ``recompute``: node
+    ids of the graph whose cached results every item ignores (with their descendants)."""
     check_size(graph, items)
     check_inputs(graph, items, chain, registry)
+    unknown = [node_id for node_id in recompute if node_id not in graph.dag]
+    if unknown:
+        raise BatchError(f"node {unknown[0]!r:.100} to recompute is not in the graph")
     joined = load_graph(
         joined_prompt(graph.prompt, items, chain),
         name=graph.source,
@@ -171,7 +176,7 @@ def prepare(
     execution = Execution(
         graph=joined,
         registry=registry,
-        plan=plan(joined, registry, targets),
+        plan=plan(joined, registry, targets, [f"{item.index}/{node_id}" for item in items for node_id in recompute]),
         cache=cache,
         device=device,
         folders=folders,

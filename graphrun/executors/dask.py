@@ -176,7 +176,7 @@ def run_task(task_json: str, *inputs: dict[str, Any]) -> dict[str, Any]:
     execution = Execution(
         graph=graph,
         registry=setup.registry,
-        plan=plan(graph, setup.registry, [node_id]),
+        plan=plan(graph, setup.registry, [node_id], task["forced"]),
         cache=setup.cache(settings.cache, settings.memory),
         device=resolve_device(settings.device),
         folders=Folders(Path(settings.input), Path(settings.output), settings.confined, Path(settings.models)),
@@ -257,6 +257,7 @@ class DaskExecutor:
             "keys": {member: execution.keys[member] for member in part | set(shipped)},
             "shipped": shipped,
             "volatile": sorted(part & execution.volatile),
+            "forced": sorted(part & execution.plan.forced),
             "item_prompt": self.prompt_for(node_id) if self.prompt_for else execution.graph.prompt,
             "settings": vars(self.settings),
         }

@@ -87,6 +87,8 @@ def run_segments(
         *common,
     ]
     command += ["--scheduler", args.scheduler] if args.scheduler else ["--workers", str(len(spans))]
+    if not work.exists():  # a run before joined its segments and removed their frames: written again, no warning
+        command += ["--recompute", save]
     wanted = args.workers or len(spans)
     if len(spans) < wanted:  # each segment's share is at least twice the overlap
         print(
