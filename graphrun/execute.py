@@ -16,7 +16,8 @@ as soon as their last consumer completed.
 A node whose ``IS_CHANGED`` returns NaN (ComfyUI's "always rerun") is *volatile*: it and its
 descendants are never served from or written to the cache. An output node is served from the
 cache only while the files it wrote are still there, unchanged. After a stop request only the
-nodes downstream of a partial result become ready (so the best result so far is saved); nothing
+nodes downstream of a partial result, and the nodes they still wait for, become ready (so the best
+result so far is saved, even where its consumer also needs a short branch not run yet); nothing
 partial is cached, and :meth:`Execution.outputs` raises :class:`RunInterrupted`. What a stopped
 node kept of its progress (graphrun/cache/progress.py) waits under its key for the next run.
 """
@@ -125,6 +126,8 @@ class Execution:
     _ready: list[tuple[int, str]] = field(default_factory=list)  # a heap, in plan order
     _position: dict[str, int] = field(default_factory=dict)
     _kept_inputs: set[str] = field(default_factory=set)  # completed with keeps_inputs
+    _downstream: set[str] = field(default_factory=set)  # nodes to run that rest on a partial result, at any remove
+    _after_stop: set[str] = field(default_factory=set)  # those and the nodes they still wait for: run after a stop
 
     def spec(self, node_id: str) -> NodeSpec:
         return node_spec(self.registry.classes[self.class_type(node_id)])
@@ -306,14 +309,17 @@ class Execution:
             if self._missing[node_id] == 0:
                 heapq.heappush(self._ready, (position[node_id], node_id))
         self._position = position
+        for node_id in list(self.partial):  # partial values provided before (a task's shipped inputs)
+            self._mark_partial(node_id)
 
     def next_ready(self) -> str | None:
         """The first node (in plan order) whose inputs are all complete, or None. After a stop request,
-        only nodes that rest on a partial result are ready; the others are skipped."""
+        only nodes that rest on a partial result, and the nodes these still wait for, are ready; the others are
+        skipped."""
         while self._ready:
             _, node_id = heapq.heappop(self._ready)
             del self._missing[node_id]
-            if self.stop.is_set() and not any(source in self.partial for source in self.sources(node_id)):
+            if self.stop.is_set() and node_id not in self._after_stop:
                 self.skipped.append(node_id)
                 continue
             return node_id
@@ -351,7 +357,7 @@ class Execution:
         Dask task ships them), so they are released with it, not now."""
         self.values[node_id] = value
         if partial:
-            self.partial.add(node_id)
+            self._mark_partial(node_id)
         for consumer in self._consumers.get(node_id, ()):
             if consumer in self._missing:
                 self._missing[consumer] -= 1
@@ -376,7 +382,24 @@ class Execution:
         """A value computed elsewhere for a node that is not part of this graph (a batch task's shipped input)."""
         self.values[node_id] = result
         if partial:
-            self.partial.add(node_id)
+            self._mark_partial(node_id)
+
+    def _mark_partial(self, node_id: str) -> None:
+        """``node_id``'s value is partial: what rests on it is to run after a stop, with the nodes that still have
+        to run for it (the picture a stylizer in training is applied to). Each node is visited once a run."""
+        self.partial.add(node_id)
+        pending = list(self._consumers.get(node_id, ()))
+        while pending:
+            consumer = pending.pop()
+            if consumer not in self._downstream:
+                self._downstream.add(consumer)
+                pending.extend(self._consumers.get(consumer, ()))
+                waited = [consumer]
+                while waited:
+                    wanted = waited.pop()
+                    if wanted not in self._after_stop:
+                        self._after_stop.add(wanted)
+                        waited.extend(source for source in self.sources(wanted) if source in self._missing)
 
     def outputs(self) -> dict[str, tuple[Any, ...]]:
         """The targets' outputs; :class:`RunInterrupted` if a stop left anything partial or not started."""
@@ -418,7 +441,7 @@ class Execution:
                 node_id, class_type, f"returned {len(result.outputs)} values for {len(spec.return_types)} outputs"
             )
         if host.stopped_early or any(source in self.partial for source in self.sources(node_id)):
-            self.partial.add(node_id)
+            self._mark_partial(node_id)
         elif spec.output_node:
             files = {str(path): file_digest(self.folders.output / path) for path in written_files(result)}
             result = NodeResult(result.outputs, result.ui, {name: d for name, d in files.items() if d})

@@ -42,10 +42,8 @@ def node_ids(value: Iterable[str | int] | None, what: str) -> list[str] | None:
 class Plan:
     """What one run does.
 
-    ``order`` lists the needed nodes, each after its inputs, the nodes nearest the graph's sources first (then by
-    id; by id alone where the graph has a cycle, which validation reports): the short branches that a long node's
-    consumers also need (the picture a stylizer in training is applied to) have run before it, so a stop during
-    it still saves its best result so far. ``unknown`` holds requested ids that are not nodes.
+    ``order`` lists the needed nodes, each after its inputs (by id where the graph has a
+    cycle, which validation reports). ``unknown`` holds requested ids that are not nodes.
     """
 
     targets: tuple[str, ...]
@@ -110,7 +108,7 @@ def plan(
     if cycles:
         order = sorted(needed, key=id_order)
     else:
-        order = [node for nodes in nx.topological_generations(part) for node in sorted(nodes, key=id_order)]
+        order = list(nx.lexicographical_topological_sort(part, key=id_order))
     forced = _reachable([r for r in forced_ids if r in dag], dag.successors)
     return Plan(
         targets=tuple(dict.fromkeys(targets)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import threading
 from collections.abc import Callable
@@ -210,7 +209,7 @@ def check_plan(
 
     A ``VALIDATE_INPUTS`` that names the hidden host input gets a host with ``folders`` and ``device``.
     ``part_of``: the part of a joined graph a node belongs to (a batch's item); output nodes are checked for
-    writing the same files within a part (the batch compares its items by their keys).
+    replacing the same files within a part (the batch compares its items by their keys).
     """
     hidden = {HOST_INPUT: RunnerHost(device, folders or Folders(), threading.Event())}
     errors = [
@@ -236,7 +235,7 @@ def check_plan(
             ValidationError("dependency_cycle", message, node_id, graph.node(node_id)["class_type"])
             for node_id in cycle
         ]
-    errors += _writing_the_same_files(graph, registry, plan, part_of)
+    errors += _writing_the_same_files(graph, registry, plan, part_of, hidden)
     needed = plan.needed
     for node_id in sorted(graph.dag, key=id_order):
         if node_id in needed:
@@ -247,31 +246,35 @@ def check_plan(
 
 
 def _writing_the_same_files(
-    graph: Graph, registry: Registry, plan: Plan, part_of: Callable[[str], object]
+    graph: Graph, registry: Registry, plan: Plan, part_of: Callable[[str], object], hidden: dict[str, Any]
 ) -> list[ValidationError]:
-    """Output nodes that name their files (a text input) would write the same ones where they are of one class
-    with the same constants but other inputs: the later one would overwrite the earlier one's files, and every
-    rerun would find them changed (a batch checks its items the same way)."""
-    errors, seen = [], dict[tuple[object, str, str], str]()
+    """Output nodes that would replace the same files: the later one would overwrite the earlier one's, and every
+    rerun would find them changed. A node class says what it replaces with a classmethod ``REPLACED_FILES`` (its
+    constant inputs, and the host where it names ``context``, as VALIDATE_INPUTS; none where it numbers its files).
+    Two nodes of one class with the same inputs write the same thing, which is no conflict."""
+    errors, claimed = [], dict[tuple[object, str], str]()
     for node_id in sorted(plan.targets, key=id_order):
         data = graph.node(node_id)
-        if data["class_type"] not in registry.classes:
+        node_class = registry.classes.get(data["class_type"])
+        if node_class is None or not hasattr(node_class, "REPLACED_FILES"):
             continue
-        texts = [
-            name
-            for name, spec in node_spec(registry.classes[data["class_type"]]).inputs.items()
-            if spec.type == "STRING"
-        ]
-        if not texts:
-            continue  # names no file
-        key = (part_of(node_id), data["class_type"], json.dumps(data["constants"], sort_keys=True, default=repr))
-        first = seen.setdefault(key, node_id)
-        if first != node_id and graph.node(first)["links"] != data["links"]:
-            message = (
-                f"would write the same files as node {first} (the same {texts[0]} and settings, other inputs), "
-                f"overwriting them: give one of them another {texts[0]}"
-            )
-            errors.append(ValidationError("custom_validation_failed", message, node_id, data["class_type"], texts[0]))
+        spec = node_spec(node_class)
+        defaults = {
+            name: declared.options["default"] for name, declared in spec.inputs.items() if "default" in declared.options
+        }
+        try:
+            replaced = call_hook(node_class.REPLACED_FILES, defaults | data["constants"], hidden_inputs(spec, hidden))
+        except Exception:  # a name from a link, or an input its own checks refuse
+            continue
+        for name in replaced:
+            first = claimed.setdefault((part_of(node_id), str(name)), node_id)
+            if first != node_id and (graph.node(first)["class_type"], graph.node(first)["links"]) != (
+                data["class_type"],
+                data["links"],
+            ):
+                message = f"would replace {name}, which node {first} writes: give one of them another file name"
+                errors.append(ValidationError("custom_validation_failed", message, node_id, data["class_type"]))
+                break
     return errors
 
 

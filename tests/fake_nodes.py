@@ -226,6 +226,10 @@ class WriteText:
             "hidden": {"context": "GRAPHRUN_HOST"},
         }
 
+    @classmethod
+    def REPLACED_FILES(cls, name: str, context: Any) -> list[str]:
+        return [] if name.startswith("numbered") else [str(context.output_folder / name)]
+
     def write(self, value: int, name: str, context: Any = None) -> dict[str, Any]:
         path = context.output_folder / name
         path.parent.mkdir(parents=True, exist_ok=True)

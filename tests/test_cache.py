@@ -12,6 +12,7 @@ import fake_nodes
 import pytest
 
 from graphrun import Cache, run
+from graphrun.cache.disk import DiskStore, EntryTooLarge
 from nst_nodes.app import main
 
 REGISTRY = fake_nodes.registry()
@@ -160,6 +161,17 @@ def test_an_entry_larger_than_the_whole_budget_is_not_kept_and_removes_nothing(t
     assert [warning.split(" (")[0] for warning in again.warnings] == ["node 1: could not write its cache entry"]
     assert "more than the disk cache's budget" in again.warnings[0]
     assert run(large, registry=REGISTRY, device="cpu", cache=Cache(tmp_path / "cache"), outputs=["1"])  # a miss
+
+
+def test_an_entry_too_large_for_the_budget_leaves_the_one_it_would_replace(tmp_path: Path) -> None:
+    """A kept progress grows (a clip's, frame by frame): the last one that fitted stays."""
+    store = DiskStore(tmp_path / "cache", budget=1000)
+    key = "ab" * 32 + ".progress"
+    assert store.write(key, lambda file: file.write(b"x" * 500))
+    with pytest.raises(EntryTooLarge):
+        store.write(key, lambda file: file.write(b"y" * 2000))
+    assert store.path(key).read_bytes() == b"x" * 500 and store.problem is None
+    assert sorted(path.name for path in store.path(key).parent.iterdir()) == [f"{key}.entry"]  # no temporary file
 
 
 def test_a_cache_path_through_a_file_warns_once(tmp_path: Path, reporter) -> None:

@@ -153,12 +153,12 @@ def test_stop_request_lets_the_partial_result_reach_the_outputs_and_caches_none_
     with pytest.raises(RunInterrupted) as caught:
         run_chain(later_process(tmp_path), reporter, graph=graph, stop=stop)
     assert [step for node, step, _ in reporter.steps] == [1, 2, 3]  # stopped within one step
-    assert reporter.ran == ["1", "4", "6"] and reporter.partial == ["2", "3", "7"]  # the sources ran first
-    assert caught.value.partial == ["2", "3", "7"] and caught.value.skipped == ["5"]
+    assert reporter.ran == ["1", "6"] and reporter.partial == ["2", "3", "7"]  # 6: what 3 waits for, run after it
+    assert caught.value.partial == ["2", "3", "7"] and caught.value.skipped == ["4", "5"]
     assert caught.value.outputs == {"7": ()}
     resumed = type(reporter)()
     run_chain(later_process(tmp_path), resumed, graph=graph)
-    assert resumed.cached == ["1", "4", "6"] and sorted(resumed.ran) == ["2", "3", "5", "7"]  # nothing partial kept
+    assert resumed.cached == ["1", "6"] and sorted(resumed.ran) == ["2", "3", "4", "5", "7"]  # nothing partial kept
 
 
 RESUMABLE = {

@@ -643,3 +643,9 @@ def test_calibrate_refuses_no_threads(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as refused:
         main(["calibrate", "--threads", "0"])
     assert refused.value.code == 2 and "--threads: '0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_two_save_nodes_that_would_replace_one_file_are_refused_unless_they_number_their_files(capsys) -> None:
+    same = ["validate", "graphs/gatys.json", "--set", "19.filename_prefix=gatys"]
+    assert main(same) == 2 and "would replace output/gatys.png, which node 17 writes" in capsys.readouterr().err
+    assert main([*same, "--set", "17.overwrite=false", "--set", "19.overwrite=false"]) == 0

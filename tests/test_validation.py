@@ -114,7 +114,7 @@ def test_custom_validation_runs_on_constants() -> None:
     assert error.kind == "custom_validation_failed" and "3 is odd" in error.message
 
 
-def test_two_output_nodes_that_would_write_the_same_files_are_refused() -> None:
+def test_two_output_nodes_that_would_replace_the_same_file_are_refused() -> None:
     numbers = {
         "1": {"class_type": "Number", "inputs": {"value": 1}},
         "2": {"class_type": "Number", "inputs": {"value": 2}},
@@ -125,11 +125,15 @@ def test_two_output_nodes_that_would_write_the_same_files_are_refused() -> None:
         "4": {"class_type": "WriteText", "inputs": {"value": ["2", 0], "name": "out.txt"}},
     }
     error = only_error(prompt)
-    assert (error.node_id, error.input_name) == ("4", "name") and "same files as node 3" in error.message
-    prompt["4"]["inputs"]["name"] = "other.txt"  # another name, or the same input: nothing overwritten
+    assert error.node_id == "4" and "would replace output/out.txt, which node 3 writes" in error.message
+    for other in ({"name": "other.txt"}, {"value": ["1", 0]}):  # another file, or the same content
+        assert (
+            errors_of({**prompt, "4": {"class_type": "WriteText", "inputs": {**prompt["4"]["inputs"], **other}}}) == []
+        )
+    for node_id in ("3", "4"):  # files numbered as they are written never clash (its class says which)
+        prompt[node_id]["inputs"]["name"] = "numbered.txt"
     assert errors_of(prompt) == []
-    prompt["4"]["inputs"].update(name="out.txt", value=["1", 0])
-    assert errors_of(prompt) == []
+    assert errors_of({**prompt, "3": {"class_type": "Number", "inputs": {"value": 3}}}, outputs=["2", "3"]) == []
 
 
 def test_cycle_names_the_nodes_on_it() -> None:

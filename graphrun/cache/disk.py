@@ -148,19 +148,20 @@ class DiskStore:
                 with os.fdopen(handle, "wb") as file:
                     fill(file)
                     size = file.tell()
+                if size > self.budget:  # the entry it would replace (a smaller progress of the same node) stays
+                    raise EntryTooLarge(
+                        f"its {size / 2**20:.1f} MiB are more than the disk cache's budget of "
+                        f"{self.budget / 2**20:.1f} MiB (--disk-cache)"
+                    )
                 os.replace(temporary, path)
             except BaseException:
                 temporary.unlink(missing_ok=True)
                 raise
+        except EntryTooLarge:
+            raise
         except OSError as error:  # a full disk, a read-only folder: the next write would fail the same way
             self.problem = f"cannot write to cache directory {self.directory} ({error.strerror or error})"
             raise
-        if size > self.budget:
-            self.discard(key)
-            raise EntryTooLarge(
-                f"its {size / 2**20:.1f} MiB are more than the disk cache's budget of {self.budget / 2**20:.1f} MiB "
-                "(--disk-cache)"
-            )
         self._trim_if_due(size)
         return True
 

@@ -219,6 +219,10 @@ class SaveStylizer(Node):
     def validate(cls, filename_prefix: str | None, overwrite: bool | None, context: Host | None) -> Validation:
         return prefix_problem(filename_prefix, context, models_stem, EXTENSION.removeprefix(".") if overwrite else None)
 
+    @classmethod
+    def REPLACED_FILES(cls, filename_prefix: str, overwrite: bool, context: Host | None) -> list[str]:
+        return [f"{models_stem(host_of(context), filename_prefix)}{EXTENSION}"] if overwrite else []
+
     def save(
         self, stylizer: Stylizer, filename_prefix: str, overwrite: bool = True, context: Host | None = None
     ) -> dict[str, Any]:

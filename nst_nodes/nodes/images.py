@@ -286,6 +286,11 @@ class SaveImage(Node):
     ) -> Validation:
         return prefix_problem(filename_prefix, context, extension=format if overwrite else None)
 
+    @classmethod
+    def REPLACED_FILES(cls, filename_prefix: str, format: str, overwrite: bool, context: Host | None) -> list[str]:
+        """``<prefix>.<format>`` (a batch's ``<prefix>_NN.<format>``) where it overwrites; numbered names differ."""
+        return [f"{output_stem(host_of(context), filename_prefix)}.{format}"] if overwrite else []
+
     def save(
         self,
         image: torch.Tensor,

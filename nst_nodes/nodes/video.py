@@ -122,6 +122,11 @@ class SaveVideo(Node):
                 return f"format: {error}"
         return prefix_problem(filename_prefix, context, extension="" if format == FRAMES else format)
 
+    @classmethod
+    def REPLACED_FILES(cls, filename_prefix: str, format: str, context: Host | None) -> list[str]:
+        stem = output_stem(host_of(context), filename_prefix)
+        return [f"{stem}/" if format == FRAMES else f"{stem}.{format}"]
+
     def save(
         self,
         frames: torch.Tensor,
