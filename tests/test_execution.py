@@ -224,6 +224,11 @@ def test_kept_progress_is_replaced_only_by_progress_that_got_further_and_only_fi
     unkept = KeptProgress(Cache(None, memory_bytes=0), "ab" * 32, said.append, lambda: kept.append(1))
     unkept.save({"done": 7}, 7)  # no store will hold it: not said to be kept
     assert len(kept) == 2
+    small = Cache(tmp_path / "small", memory_bytes=0, disk_bytes=2000)
+    too_large, before = KeptProgress(small, "cd" * 32, said.append, lambda: kept.append(1)), len(said)
+    for step in (1, 2, 3):  # a long run under a small --disk-cache: one warning, not one every few minutes
+        too_large.save({"done": step, "values": torch.ones(1000)}, step, running=step < 3)
+    assert len(kept) == 2 and len(said) == before + 1 and said[-1].endswith("; not tried again in this run")
 
 
 def test_progress_kept_while_a_node_runs_is_written_out_at_once_and_not_held_in_memory(tmp_path: Path) -> None:

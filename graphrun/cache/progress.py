@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graphrun.cache import Cache, NodeResult, UnreadableEntry
+from graphrun.cache.disk import EntryTooLarge
 from graphrun.cache.entry import is_storable
 
 
@@ -33,6 +34,7 @@ class KeptProgress:
     on_kept: Callable[[], None] = lambda: None
     resumable: bool = True  # False: the node was asked to start over; its progress then replaces what is kept
     done: int | None = None  # how far the kept progress got, once read (-1: none, or it is to be replaced)
+    too_large: bool = False  # a state was larger than the disk budget: the later ones, no smaller, are not written
 
     def load(self, fits: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
         """The kept state, or None: none kept, unreadable, the node was asked to start over, or ``fits``
@@ -60,10 +62,14 @@ class KeptProgress:
             raise TypeError("a node's progress must be a dict of tensors and JSON-able values (str keys)")
         if self.done is None:
             self._read()
-        if self.done is not None and self.done >= done:
+        if self.too_large or (self.done is not None and self.done >= done):
             return
         try:
             kept = self.cache.store(self.key, NodeResult((state,), {"done": done}), to_disk=True, in_memory=not running)
+        except EntryTooLarge as error:
+            self.too_large = True
+            self.warn(f"could not keep its progress ({error}); not tried again in this run")
+            return
         except OSError as error:
             self.warn(self.cache.take_disk_problem() or f"could not keep its progress ({error})")
             return
