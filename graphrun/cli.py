@@ -317,9 +317,9 @@ def console(app: App | None = None) -> int:
         signal.signal(number, partial(_stop_outside_a_run, winding_up))
     try:
         code = main(app=app)
-        winding_up.set()
     except KeyboardInterrupt:  # a Ctrl-C as main returned
         code = EXIT_CODES[signal.SIGINT]
+    finally:
         winding_up.set()
     for stream in (sys.stdout, sys.stderr):  # None where the console was closed before the start
         with suppress(OSError, ValueError):  # a reader that left, a closed stream: nothing more to say

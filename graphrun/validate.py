@@ -251,7 +251,7 @@ def _writing_the_same_files(
     """Output nodes that would replace the same files: the later one would overwrite the earlier one's, and every
     rerun would find them changed. A node class says what it replaces with a classmethod ``REPLACED_FILES`` (its
     constant inputs, and the host where it names ``context``, as VALIDATE_INPUTS; none where it numbers its files).
-    Two nodes of one class with the same inputs write the same thing, which is no conflict."""
+    Two nodes of one class with the same constants and links write the same thing, which is no conflict."""
     errors, claimed = [], dict[tuple[object, str], str]()
     for node_id in sorted(plan.targets, key=id_order):
         data = graph.node(node_id)
@@ -259,23 +259,23 @@ def _writing_the_same_files(
         if node_class is None or not hasattr(node_class, "REPLACED_FILES"):
             continue
         spec = node_spec(node_class)
-        defaults = {
-            name: declared.options["default"] for name, declared in spec.inputs.items() if "default" in declared.options
-        }
+        defaults = {name: declared.default for name, declared in spec.inputs.items() if "default" in declared.options}
         try:
             replaced = call_hook(node_class.REPLACED_FILES, defaults | data["constants"], hidden_inputs(spec, hidden))
         except Exception:  # a name from a link, or an input its own checks refuse
             continue
         for name in replaced:
             first = claimed.setdefault((part_of(node_id), str(name)), node_id)
-            if first != node_id and (graph.node(first)["class_type"], graph.node(first)["links"]) != (
-                data["class_type"],
-                data["links"],
-            ):
+            if first != node_id and _written_from(graph.node(first)) != _written_from(data):
                 message = f"would replace {name}, which node {first} writes: give one of them another file name"
                 errors.append(ValidationError("custom_validation_failed", message, node_id, data["class_type"]))
                 break
     return errors
+
+
+def _written_from(data: dict[str, Any]) -> tuple[Any, ...]:
+    """What a node's output depends on within the graph: its class, constants and links."""
+    return data["class_type"], data["constants"], data["links"]
 
 
 def validate(

@@ -64,7 +64,8 @@ def run_segments(
     from ..app import main as nst
 
     start = args.frames[0]
-    spans = plan(start, start + count, args.workers or 2, args.overlap)
+    parts = args.workers or 2
+    spans = plan(start, start + count, parts, args.overlap)
     output_dir = Path(common[common.index("--output-dir") + 1])
     work = output_dir / WORK_FOLDER / args.output.stem
     kept = [
@@ -89,10 +90,9 @@ def run_segments(
     command += ["--scheduler", args.scheduler] if args.scheduler else ["--workers", str(len(spans))]
     if not work.exists():  # a run before joined its segments and removed their frames: written again, no warning
         command += ["--recompute", save]
-    wanted = args.workers or len(spans)
-    if len(spans) < wanted:  # each segment's share is at least twice the overlap
+    if len(spans) < parts:  # each segment's share is at least twice the overlap
         print(
-            f"{count} frames with an overlap of {args.overlap} make {counted(len(spans), 'segment')}, not {wanted} "
+            f"{count} frames with an overlap of {args.overlap} make {counted(len(spans), 'segment')}, not {parts} "
             "(a smaller --overlap makes more)",
             file=sys.stderr,
         )
